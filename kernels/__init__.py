@@ -1,0 +1,1 @@
+"""Triton kernels of tritonconv (only `@triton.jit` code). Installed as `tritonconv.kernels`."""

@@ -1,0 +1,272 @@
+"""Implicit-GEMM convolution kernels: forward, input gradient and weight gradient.
+
+A 2-D convolution is a matrix product once the input is viewed as im2col rows, but we never build that
+matrix: every kernel computes im2col addresses on the fly. Stride, padding and dilation live only in the
+address arithmetic, and the layout (NCHW or channels_last) only in the strides passed in, so one kernel
+serves every case.
+
+Shared notation (per group g; C_g = C / groups, F_g = F / groups):
+
+    y[n, g*F_g + f, oh, ow] = sum_{c, kh, kw} x[n, g*C_g + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
+                                               * w[g*F_g + f, c, kh, kw]
+
+Taps whose input row (or column) is padding for *every* output position are cut away on the host by
+passing the live tap range [kh_start, kh_end) x [kw_start, kw_end); taps that are padding for one
+program's tile only are skipped at run time. At DeepLab's ASPP rates (24, 36) on small maps most taps are
+padding, so this is where dilated convolution saves its work.
+
+All offsets are int64: a tensor over 2^31 elements (or a strided view reaching that far) must index
+correctly, and the extra integer work is small beside the dot products.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += a @ b in float32.
+
+    UPCAST converts both operands to float32 first. The dispatcher sets it only for bfloat16 under
+    Triton's interpreter, whose bf16 `tl.dot` multiplies raw bit patterns (upstream #11584); on a GPU it
+    is False and compiles away. DOT_PRECISION is "tf32" or "ieee" for float32 operands (it follows
+    torch.backends.cudnn.allow_tf32) and is ignored for 16-bit ones.
+    """
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def conv2d_forward_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
+    N, H, W, OH, OW, C_PER_GROUP, F_PER_GROUP,
+    # Geometry. kh/kw ranges are the live taps (see module docstring).
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    kh_start, kh_end, kw_start, kw_end,
+    # Element strides of x, w and y, in (N/F, C, H, W) order; any memory format.
+    sxn, sxc, sxh, sxw,
+    swf, swc, swh, sww,
+    syn, syc, syh, syw,
+    HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # output pixels (n, oh, ow) per program: the GEMM's M
+    BLOCK_N: tl.constexpr,  # output channels per program: the GEMM's N
+    BLOCK_K: tl.constexpr,  # input channels per step of the reduction, for one tap
+    GROUP_M: tl.constexpr,  # M-tiles that share a column of weights, for L2 reuse
+):
+    """Forward convolution as an implicit GEMM: [N*OH*OW, C_g*KH*KW] x [C_g*KH*KW, F_g] per group.
+
+    Grid: (cdiv(N*OH*OW, BLOCK_M) * cdiv(F_g, BLOCK_N), groups).
+    """
+    # Tile order: GROUP_M consecutive M-tiles walk the same N-tile, so a weight tile is fetched once
+    # from DRAM and reused from L2 (the grouped ordering of Triton's matmul tutorial).
+    pid = tl.program_id(0)
+    group = tl.program_id(1)
+    M = N * OH * OW
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(F_PER_GROUP, BLOCK_N)
+    tiles_per_group = GROUP_M * num_n
+    first_m = (pid // tiles_per_group) * GROUP_M
+    group_rows = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % tiles_per_group) % group_rows
+    pid_n = (pid % tiles_per_group) // group_rows
+
+    # Row m of the GEMM is output pixel (n, oh, ow); its window starts at (ih0, iw0) in the input.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    m_valid = offs_m < M
+    n_img = offs_m // (OH * OW)
+    pix = offs_m % (OH * OW)
+    oh = pix // OW
+    ow = pix % OW
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_rows = x_ptr + n_img * sxn + (group * C_PER_GROUP).to(tl.int64) * sxc
+
+    # Column f of the GEMM is output channel group*F_g + f.
+    offs_f = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    f_valid = offs_f < F_PER_GROUP
+    w_cols = w_ptr + (group * F_PER_GROUP + offs_f).to(tl.int64) * swf
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in range(kh_start, kh_end):
+        ih = ih0 + kh * dil_h
+        row_valid = m_valid & (ih >= 0) & (ih < H)
+        for kw in range(kw_start, kw_end):
+            iw = iw0 + kw * dil_w
+            pixel_valid = row_valid & (iw >= 0) & (iw < W)
+            # A tap that reads only padding for this whole tile adds nothing: skip its loads and dots.
+            if tl.max(pixel_valid.to(tl.int32), axis=0) > 0:
+                x_tap = x_rows + ih * sxh + iw * sxw
+                w_tap = w_cols + kh * swh + kw * sww
+                for c0 in range(0, C_PER_GROUP, BLOCK_K):
+                    offs_c = c0 + tl.arange(0, BLOCK_K)
+                    c_valid = offs_c < C_PER_GROUP
+                    a = tl.load(x_tap[:, None] + offs_c[None, :].to(tl.int64) * sxc,
+                                mask=pixel_valid[:, None] & c_valid[None, :], other=0.0)
+                    b = tl.load(w_tap[None, :] + offs_c[:, None].to(tl.int64) * swc,
+                                mask=c_valid[:, None] & f_valid[None, :], other=0.0)
+                    acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + group * F_PER_GROUP + offs_f, mask=f_valid, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+
+    y_offs = (n_img * syn + oh * syh + ow * syw)[:, None] \
+        + (group * F_PER_GROUP + offs_f).to(tl.int64)[None, :] * syc
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=m_valid[:, None] & f_valid[None, :])
+
+
+@triton.jit
+def conv2d_input_grad_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
+    N, H, W, OH, OW, C_PER_GROUP, F_PER_GROUP,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    kh_start, kh_end, kw_start, kw_end,
+    # Element strides of dy, w and dx, in (N/F, C, H, W) order.
+    syn, syc, syh, syw,
+    swf, swc, swh, sww,
+    sxn, sxc, sxh, sxw,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # input pixels (n, ih, iw) per program
+    BLOCK_N: tl.constexpr,  # input channels per program
+    BLOCK_K: tl.constexpr,  # output channels per step of the reduction, for one tap
+    GROUP_M: tl.constexpr,
+):
+    """Input gradient as an implicit GEMM: [N*H*W, F_g*KH*KW] x [F_g*KH*KW, C_g] per group.
+
+        dx[n, c, ih, iw] = sum_{f, kh, kw} dy[n, f, oh, ow] * w[f, c, kh, kw]
+        where oh = (ih + ph - kh*dh) / sh exactly (likewise ow), and 0 <= oh < OH.
+
+    A tap contributes to input pixel ih only when ih + ph - kh*dh is a non-negative multiple of the
+    stride; the others are masked. Grid: (cdiv(N*H*W, BLOCK_M) * cdiv(C_g, BLOCK_N), groups).
+    """
+    pid = tl.program_id(0)
+    group = tl.program_id(1)
+    M = N * H * W
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(C_PER_GROUP, BLOCK_N)
+    tiles_per_group = GROUP_M * num_n
+    first_m = (pid // tiles_per_group) * GROUP_M
+    group_rows = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % tiles_per_group) % group_rows
+    pid_n = (pid % tiles_per_group) // group_rows
+
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    m_valid = offs_m < M
+    n_img = offs_m // (H * W)
+    pix = offs_m % (H * W)
+    ih = pix // W
+    iw = pix % W
+    dy_rows = dy_ptr + n_img * syn + (group * F_PER_GROUP).to(tl.int64) * syc
+
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_valid = offs_c < C_PER_GROUP
+    w_cols = w_ptr + (group * F_PER_GROUP).to(tl.int64) * swf + offs_c.to(tl.int64) * swc
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kh in range(kh_start, kh_end):
+        th = ih + pad_h - kh * dil_h
+        oh = th // stride_h
+        row_valid = m_valid & (th >= 0) & (th % stride_h == 0) & (oh < OH)
+        for kw in range(kw_start, kw_end):
+            tw = iw + pad_w - kw * dil_w
+            ow = tw // stride_w
+            pixel_valid = row_valid & (tw >= 0) & (tw % stride_w == 0) & (ow < OW)
+            if tl.max(pixel_valid.to(tl.int32), axis=0) > 0:
+                dy_tap = dy_rows + oh * syh + ow * syw
+                w_tap = w_cols + kh * swh + kw * sww
+                for f0 in range(0, F_PER_GROUP, BLOCK_K):
+                    offs_f = f0 + tl.arange(0, BLOCK_K)
+                    f_valid = offs_f < F_PER_GROUP
+                    a = tl.load(dy_tap[:, None] + offs_f[None, :].to(tl.int64) * syc,
+                                mask=pixel_valid[:, None] & f_valid[None, :], other=0.0)
+                    b = tl.load(w_tap[None, :] + offs_f[:, None].to(tl.int64) * swf,
+                                mask=f_valid[:, None] & c_valid[None, :], other=0.0)
+                    acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+
+    dx_offs = (n_img * sxn + ih * sxh + iw * sxw)[:, None] \
+        + (group * C_PER_GROUP + offs_c).to(tl.int64)[None, :] * sxc
+    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=m_valid[:, None] & c_valid[None, :])
+
+
+@triton.jit
+def conv2d_weight_grad_kernel(
+    x_ptr, dy_ptr, dw_ptr,
+    # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
+    N, H, W, OH, OW, C_PER_GROUP, F_PER_GROUP, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # Element strides of x and dy in (N, C, H, W) order; dw is a contiguous float32 (F, C_g, KH, KW).
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    SPLIT_K: tl.constexpr,  # programs that share one dw tile's reduction, summed with atomics
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # output channels per program
+    BLOCK_N: tl.constexpr,  # input channels per program
+    BLOCK_K: tl.constexpr,  # output pixels (n, oh, ow) per step of the reduction
+):
+    """Weight gradient, one GEMM per tap: [F_g, N*OH*OW] x [N*OH*OW, C_g].
+
+        dw[f, c, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
+
+    The reduction runs over every output pixel, which is long (N*OH*OW) while the result is small, so
+    SPLIT_K programs each reduce one slice and add into the float32 result with atomics; with
+    SPLIT_K == 1 the result is stored directly. Grid: (tiles * SPLIT_K, KH*KW, groups), the caller
+    zero-fills dw when SPLIT_K > 1.
+    """
+    pid = tl.program_id(0)
+    tap = tl.program_id(1)
+    group = tl.program_id(2)
+    kh = tap // KW
+    kw = tap % KW
+    split = pid % SPLIT_K
+    tile = pid // SPLIT_K
+    num_n = tl.cdiv(C_PER_GROUP, BLOCK_N)
+    pid_m = tile // num_n
+    pid_n = tile % num_n
+
+    offs_f = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    f_valid = offs_f < F_PER_GROUP
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_valid = offs_c < C_PER_GROUP
+    dy_chan = dy_ptr + (group * F_PER_GROUP + offs_f).to(tl.int64) * syc
+    x_chan = x_ptr + (group * C_PER_GROUP + offs_c).to(tl.int64) * sxc
+
+    P = N * OH * OW
+    # Each split reduces a contiguous run of whole BLOCK_K steps.
+    steps = tl.cdiv(P, BLOCK_K)
+    steps_per_split = tl.cdiv(steps, SPLIT_K)
+    p_begin = split * steps_per_split * BLOCK_K
+    p_end = min(p_begin + steps_per_split * BLOCK_K, P)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for p0 in range(p_begin, p_end, BLOCK_K):
+        offs_p = (p0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        p_valid = offs_p < p_end
+        n_img = offs_p // (OH * OW)
+        pix = offs_p % (OH * OW)
+        oh = pix // OW
+        ow = pix % OW
+        ih = oh * stride_h - pad_h + kh * dil_h
+        iw = ow * stride_w - pad_w + kw * dil_w
+        x_valid = p_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = tl.load(dy_chan[:, None] + (n_img * syn + oh * syh + ow * syw)[None, :],
+                    mask=f_valid[:, None] & p_valid[None, :], other=0.0)
+        b = tl.load(x_chan[None, :] + (n_img * sxn + ih * sxh + iw * sxw)[:, None],
+                    mask=x_valid[:, None] & c_valid[None, :], other=0.0)
+        acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+
+    # dw is contiguous (F, C_g, KH, KW): element (f, c, kh, kw) sits at ((f*C_g + c)*KH*KW + tap).
+    KHKW = tl.num_programs(1)
+    dw_offs = ((group * F_PER_GROUP + offs_f).to(tl.int64)[:, None] * C_PER_GROUP + offs_c[None, :]) * KHKW + tap
+    mask = f_valid[:, None] & c_valid[None, :]
+    if SPLIT_K == 1:
+        tl.store(dw_ptr + dw_offs, acc, mask=mask)
+    else:
+        tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask)

@@ -1,0 +1,137 @@
+"""conv2d against torch.nn.functional.conv2d in float64: forward, backward, layouts, dtypes, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tritonconv as tc
+from conftest import DEVICE, DTYPES, assert_close, rand
+
+# (N, C, H, W, F, (KH, KW), stride, padding, dilation, groups): odd sizes, non-power-of-two channels,
+# dilation 1-4, stride 1-2, groups, non-square and factorised kernels, "same"/"valid".
+CASES = [
+    (2, 5, 9, 8, 6, (3, 3), 1, 1, 1, 1),
+    (1, 6, 11, 10, 9, (3, 3), 2, 2, 2, 3),
+    (2, 3, 13, 12, 5, (3, 3), 1, 4, 4, 1),
+    (1, 4, 7, 9, 7, (1, 3), (1, 2), (0, 1), 1, 1),
+    (2, 7, 8, 7, 3, (3, 1), 1, "same", (3, 1), 1),
+    (1, 4, 10, 9, 4, (2, 4), 1, "same", 2, 2),
+    (3, 5, 6, 7, 10, (5, 5), 2, "valid", 1, 5),
+    (1, 18, 5, 5, 20, (1, 1), 1, 0, 1, 1),
+]
+
+
+def _reference(x, w, b, stride, padding, dilation, groups):
+    return F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_conv2d_forward_backward(case, dtype, channels_last):
+    n, c, h, w_, f, k, stride, padding, dilation, groups = case
+    x = rand(n, c, h, w_, dtype=dtype, channels_last=channels_last, requires_grad=True)
+    w = rand(f, c // groups, *k, dtype=dtype, requires_grad=True)
+    b = rand(f, dtype=dtype, requires_grad=True)
+    y = tc.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = _reference(xr, wr, br, stride, padding, dilation, groups)
+    assert_close(y, ref, dtype, "forward")
+    assert y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last or y.shape[1] == 1
+
+    dy = rand(*ref.shape, dtype=dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, dtype, "input grad")
+    assert_close(w.grad, wr.grad, dtype, "weight grad")
+    assert_close(b.grad, br.grad, dtype, "bias grad")
+    assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("dilation,padding,size", [(12, 12, 9), (24, 24, 9), (36, 36, 9), (24, 24, 13)])
+def test_aspp_rates_skip_padding_taps(dilation, padding, size):
+    """ASPP rates on small maps: most taps read only padding and are skipped; the result must not change."""
+    x = rand(1, 4, size, size, requires_grad=True)
+    w = rand(5, 4, 3, 3, requires_grad=True)
+    y = tc.conv2d(x, w, None, 1, padding, dilation)
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    ref = _reference(xr, wr, None, 1, padding, dilation, 1)
+    assert_close(y, ref, torch.float32, "forward")
+    dy = rand(*ref.shape)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, torch.float32, "input grad")
+    assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+def test_live_taps_cut_padding_only_taps():
+    x, w = rand(1, 2, 9, 9), rand(2, 2, 3, 3)
+    geo = tc.conv.conv_geometry(x, w, None, 1, 36, 36, 1)
+    assert geo.live_taps(0) == (1, 2) and geo.live_taps(1) == (1, 2)
+    geo = tc.conv.conv_geometry(x, w, None, 1, 1, 1, 1)
+    assert geo.live_taps(0) == (0, 3)
+
+
+def test_batch_zero_and_no_bias():
+    x = rand(0, 3, 5, 5, requires_grad=True)
+    w = rand(4, 3, 3, 3, requires_grad=True)
+    y = tc.conv2d(x, w, padding=1)
+    assert y.shape == (0, 4, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_indexing_beyond_int32():
+    """A view whose second image starts 2^31 elements into its storage must read and write there."""
+    big = 2**31 + 64
+    c, h, w_ = 2, 3, 4
+    storage = torch.empty(big + c * h * w_, dtype=torch.float16, device=DEVICE)
+    x = storage.as_strided((2, c, h, w_), (big, h * w_, w_, 1))
+    x.copy_(torch.randn(2, c, h, w_, dtype=torch.float64).to(torch.float16))
+    w = rand(3, c, 3, 3, dtype=torch.float16)
+    y = tc.conv2d(x, w, padding=1)
+    assert_close(y, F.conv2d(x.double(), w.double(), padding=1), torch.float16, "far image")
+
+
+def _bad(**overrides):
+    args = dict(input=rand(1, 4, 6, 6), weight=rand(2, 4, 3, 3), bias=None, stride=1, padding=0,
+                dilation=1, groups=1)
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (dict(weight=rand(2, 3, 3, 3)), ValueError, "input channels"),
+    (dict(groups=3), ValueError, "groups"),
+    (dict(groups=0), ValueError, "groups"),
+    (dict(weight=rand(2, 4, 3, 3, dtype=torch.float16)), TypeError, "weight has dtype"),
+    (dict(bias=rand(2, dtype=torch.bfloat16)), TypeError, "bias has dtype"),
+    (dict(bias=rand(3)), ValueError, "bias must have shape"),
+    (dict(input=rand(1, 4, 6, 6).double()), TypeError, "input has dtype"),
+    (dict(input=torch.ones(1, 4, 6, 6, dtype=torch.int32, device=DEVICE)), TypeError, "input has dtype"),
+    (dict(input=rand(4, 6, 6)), ValueError, r"input must be \(N, C, H, W\)"),
+    (dict(weight=rand(2, 4, 9, 9)), ValueError, "padded input"),
+    (dict(dilation=4), ValueError, "padded input"),
+    (dict(stride=0), ValueError, "stride must be >= 1"),
+    (dict(dilation=(1, 0)), ValueError, "dilation must be >= 1"),
+    (dict(padding="same", stride=2), ValueError, "same"),
+    (dict(padding="full"), ValueError, "padding must be"),
+    (dict(input=[[1.0]]), TypeError, "input must be a torch.Tensor"),
+])
+def test_bad_input(overrides, error, match):
+    with pytest.raises(error, match=match):
+        tc.conv2d(**_bad(**overrides))
+
+
+def test_cpu_tensor_outside_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        tc.conv2d(torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3))
+
+
+def test_device_mismatch():
+    x = torch.randn(1, 2, 4, 4, device="meta")
+    with pytest.raises(ValueError, match="weight is on"):
+        tc.conv.check_same(torch.randn(2, 2, 3, 3), "weight", x, "input")

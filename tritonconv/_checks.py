@@ -1,0 +1,101 @@
+"""Argument checking shared by every op: each failure names the argument and says how to fix it."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_tensor(t: object, name: str, ndim: int | None = 4) -> torch.Tensor:
+    """Check that `t` is a float32/float16/bfloat16 tensor of rank `ndim` on a device we can run on."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        shape = "(N, C, H, W)" if ndim == 4 else f"rank {ndim}"
+        raise ValueError(f"{name} must be {shape}, got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; tritonconv supports float32, float16 and bfloat16 "
+                        f"(convert with {name}.float() or {name}.half())")
+    if t.device.type == "cpu" and not interpreting():
+        raise ValueError(f"{name} is a CPU tensor: tritonconv runs on CUDA GPUs. Move it with {name}.cuda(), "
+                         "or run on the CPU in Triton's interpreter by setting TRITON_INTERPRET=1 before "
+                         "triton is imported")
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} is on {t.device}; tritonconv runs on CUDA devices")
+    return t
+
+
+def check_same(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    """Check that `t` has the dtype and device of `ref`."""
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; "
+                        f"cast with {name}.to({ref_name}.dtype)")
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                         f"move it with {name}.to({ref_name}.device)")
+
+
+def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each at least `minimum`, as a pair."""
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(values) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+def check_probability(p: float, name: str = "p") -> float:
+    """A probability in [0, 1]."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1], got {type(p).__name__}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return float(p)
+
+
+def output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    """Output length of a convolution or pooling window along one axis (floor mode)."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_padding(padding: int | Sequence[int] | str, kernel: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Resolve `padding` to ((top, left), (total_h, total_w)) as torch.nn.functional.conv2d does.
+
+    "same" pads d*(k-1) in all, the odd element at the bottom/right, so the output keeps the input's size;
+    "valid" pads nothing.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding != "same":
+            raise ValueError(f'padding must be an int, a pair, "same" or "valid", got {padding!r}')
+        if stride != (1, 1):
+            raise ValueError(f'padding="same" needs stride 1 (got stride={stride}); pass explicit padding')
+        totals = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
+        return (totals[0] // 2, totals[1] // 2), totals
+    top_left = pair(padding, "padding", 0)
+    return top_left, (2 * top_left[0], 2 * top_left[1])
+
+
+def channels_last(*tensors: torch.Tensor) -> bool:
+    """Whether an op's output should be channels_last: when any 4-D operand is, as torch's convolution does."""
+    return any(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+               for t in tensors)
+
+
+def empty_like_layout(shape: Sequence[int], like_channels_last: bool, dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+    """An uninitialised (N, C, H, W) tensor in NCHW or channels_last memory format."""
+    fmt = torch.channels_last if like_channels_last else torch.contiguous_format
+    return torch.empty(tuple(shape), dtype=dtype, device=device, memory_format=fmt)

@@ -1,0 +1,204 @@
+"""conv2d: launchers for the implicit-GEMM kernels, the autograd Function, and the public op."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import triton
+
+from tritonconv import dispatch
+from tritonconv._checks import (channels_last, check_same, check_tensor, conv_padding, empty_like_layout,
+                                interpreting, output_size, pair)
+from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything about a convolution call except the tensors' contents."""
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]          # top, left (the bottom/right padding is implied by the output size)
+    dilation: tuple[int, int]
+    groups: int
+    out_height: int
+    out_width: int
+
+    def live_taps(self, axis: int) -> tuple[int, int]:
+        """The range [start, end) of kernel taps along `axis` (0: rows, 1: columns) that read at least one
+        real input element for some output position; taps outside it read only padding.
+
+        Tap k reads input positions o*s - p + k*d for o in [0, out); that interval moves right as k grows,
+        so the live taps are contiguous.
+        """
+        size, out = (self.height, self.out_height) if axis == 0 else (self.width, self.out_width)
+        k, s, p, d = self.kernel[axis], self.stride[axis], self.pad[axis], self.dilation[axis]
+        live = [t for t in range(k) if (out - 1) * s - p + t * d >= 0 and t * d - p <= size - 1]
+        return (live[0], live[-1] + 1) if live else (0, 0)
+
+    def launch_args(self) -> tuple[int, ...]:
+        """Sizes and geometry in the order the implicit-GEMM kernels take them."""
+        g = self.groups
+        return (self.batch, self.height, self.width, self.out_height, self.out_width,
+                self.in_channels // g, self.out_channels // g,
+                *self.stride, *self.pad, *self.dilation)
+
+
+def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
+    """TF32 for float32 only when cuDNN would use it; float32 operands for bf16 under the interpreter."""
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting()
+    return {"DOT_PRECISION": "tf32" if tf32 else "ieee",
+            "UPCAST": interpreting() and dtype == torch.bfloat16}
+
+
+def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
+    """Launch the forward kernel; the output takes channels_last when the input or weight has it."""
+    y = empty_like_layout((geo.batch, geo.out_channels, geo.out_height, geo.out_width),
+                          channels_last(x, w), x.dtype, x.device)
+    if y.numel() == 0:
+        return y
+    g = geo.groups
+    cfg = dispatch.config_for(dispatch.Problem(
+        "conv2d_forward", m=geo.batch * geo.out_height * geo.out_width, n=geo.out_channels // g,
+        k=geo.in_channels // g * geo.kernel[0] * geo.kernel[1], batch=g, dtype=x.dtype,
+        channels_last=channels_last(x)))
+    grid = (triton.cdiv(geo.batch * geo.out_height * geo.out_width, cfg["BLOCK_M"])
+            * triton.cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
+    conv2d_forward_kernel[grid](
+        x, w, bias if bias is not None else w, y,
+        *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
+        *x.stride(), *w.stride(), *y.stride(),
+        HAS_BIAS=bias is not None, **_dot_flags(x.dtype), **cfg.launch_kwargs())
+    return y
+
+
+def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
+    """dL/dx for the convolution `geo`, in the memory format of `like` (the input)."""
+    dx = empty_like_layout((geo.batch, geo.in_channels, geo.height, geo.width), channels_last(like),
+                           dy.dtype, dy.device)
+    if dx.numel() == 0:
+        return dx
+    g = geo.groups
+    cfg = dispatch.config_for(dispatch.Problem(
+        "conv2d_input_grad", m=geo.batch * geo.height * geo.width, n=geo.in_channels // g,
+        k=geo.out_channels // g * geo.kernel[0] * geo.kernel[1], batch=g, dtype=dy.dtype,
+        channels_last=channels_last(like)))
+    grid = (triton.cdiv(geo.batch * geo.height * geo.width, cfg["BLOCK_M"])
+            * triton.cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g)
+    conv2d_input_grad_kernel[grid](
+        dy, w, dx,
+        *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
+        *dy.stride(), *w.stride(), *dx.stride(),
+        **_dot_flags(dy.dtype), **cfg.launch_kwargs())
+    return dx
+
+
+def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
+    """dL/dw for the convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
+    g = geo.groups
+    kh, kw = geo.kernel
+    pixels = geo.batch * geo.out_height * geo.out_width
+    cfg = dispatch.config_for(dispatch.Problem(
+        "conv2d_weight_grad", m=geo.out_channels // g, n=geo.in_channels // g, k=pixels, batch=g * kh * kw,
+        dtype=x.dtype, channels_last=channels_last(x)))
+    split = cfg["SPLIT_K"]
+    alloc = torch.zeros if split > 1 else torch.empty
+    dw = alloc((geo.out_channels, geo.in_channels // g, kh, kw), dtype=torch.float32, device=x.device)
+    if pixels > 0:
+        grid = (triton.cdiv(geo.out_channels // g, cfg["BLOCK_M"]) * triton.cdiv(geo.in_channels // g, cfg["BLOCK_N"])
+                * split, kh * kw, g)
+        conv2d_weight_grad_kernel[grid](
+            x, dy, dw, *geo.launch_args()[:7], kw, *geo.launch_args()[7:],
+            *x.stride(), *dy.stride(), **_dot_flags(x.dtype), **cfg.launch_kwargs())
+    else:
+        dw.zero_()
+    return dw.to(like.dtype).contiguous(memory_format=torch.channels_last if channels_last(like)
+                                         else torch.contiguous_format)
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """y = conv2d(x, w) + b, with both gradients from our kernels and db = sum of dy over (n, h, w)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.geo = geo
+        ctx.has_bias = bias is not None
+        return conv2d_forward(x, w, bias, geo)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        geo: ConvGeometry = ctx.geo
+        dx = conv2d_input_grad(dy, w, geo, x) if ctx.needs_input_grad[0] else None
+        dw = conv2d_weight_grad(x, dy, geo, w) if ctx.needs_input_grad[1] else None
+        db = dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db, None
+
+
+def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride: int | Sequence[int], padding: int | Sequence[int] | str,
+                  dilation: int | Sequence[int], groups: int) -> ConvGeometry:
+    """Check a conv2d call's arguments as torch.nn.functional.conv2d would, and describe its geometry."""
+    check_tensor(input, "input")
+    check_tensor(weight, "weight")
+    check_same(weight, "weight", input, "input")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    n, c, h, w = input.shape
+    f, c_per_group, kh, kw = weight.shape
+    if c % groups or f % groups:
+        raise ValueError(f"groups={groups} must divide input channels ({c}) and output channels ({f})")
+    if c_per_group * groups != c:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} expects {c_per_group * groups} input channels "
+                         f"(weight.shape[1] * groups = {c_per_group} * {groups}), but input has {c}")
+    if kh < 1 or kw < 1 or f < 1:
+        raise ValueError(f"weight must have non-empty (F, C/groups, KH, KW), got {tuple(weight.shape)}")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same(bias, "bias", input, "input")
+        if bias.shape[0] != f:
+            raise ValueError(f"bias must have shape ({f},) to match weight's out channels, got {tuple(bias.shape)}")
+    stride_hw = pair(stride, "stride", 1)
+    dilation_hw = pair(dilation, "dilation", 1)
+    pad, pad_total = conv_padding(padding, (kh, kw), stride_hw, dilation_hw)
+    oh = output_size(h, kh, stride_hw[0], pad_total[0], dilation_hw[0])
+    ow = output_size(w, kw, stride_hw[1], pad_total[1], dilation_hw[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(f"kernel ({kh}x{kw}, dilation {dilation_hw}) spans "
+                         f"{dilation_hw[0] * (kh - 1) + 1}x{dilation_hw[1] * (kw - 1) + 1} pixels, more than the "
+                         f"padded input ({h + pad_total[0]}x{w + pad_total[1]}); pad the input or use a smaller "
+                         "kernel or dilation")
+    return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
+
+
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+           dilation: int | Sequence[int] = 1, groups: int = 1) -> torch.Tensor:
+    """2-D convolution with exactly the semantics of `torch.nn.functional.conv2d`.
+
+    y[n, f, i, j] = b[f] + sum_{c, u, v} x[n, g*C_g + c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w] * w[f, c, u, v]
+
+    where g = f // F_g is the group of output channel f, C_g = C / groups and F_g = F / groups, and x reads
+    as 0 outside the input. Computed as an implicit GEMM in Triton (no im2col buffer), accumulating in
+    float32; float32 inputs use TF32 tensor cores only when `torch.backends.cudnn.allow_tf32` is set.
+    Autograd computes input and weight gradients with our own kernels.
+
+    Args:
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        weight: (F, C / groups, KH, KW).
+        bias: optional (F,).
+        stride, dilation: int or (h, w) pair, each >= 1.
+        padding: int or (h, w) pair (zeros on both sides), "valid" (none) or "same" (stride 1 only;
+            the output keeps H x W, any odd padding going to the bottom/right).
+        groups: number of channel groups; divides C and F.
+    """
+    geo = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
+    return Conv2dFunction.apply(input, weight, bias, geo)
