@@ -51,6 +51,46 @@ class ConvGeometry:
                 *self.stride, *self.pad, *self.dilation)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Configurations (see tritonconv.dispatch).
+# ---------------------------------------------------------------------------------------------------------
+
+def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Forward and input gradient: output tiles, reduction over channels one tap at a time."""
+    blocks = dispatch.gemm_blocks(problem, interpreter)
+    return dispatch.Config.of(num_warps=4, num_stages=1 if interpreter else 3, GROUP_M=8, **blocks)
+
+
+def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Weight gradient: few small [F_g, C_g] tiles per tap and a long reduction over N*OH*OW, split
+    across programs until the GPU is full. The interpreter splits whenever there are two steps, so the
+    tests exercise the atomic path."""
+    blocks = dispatch.gemm_blocks(problem, interpreter)
+    if interpreter:
+        blocks["BLOCK_K"] = 32
+        return dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=2 if problem.k > 32 else 1, **blocks)
+    tiles = triton.cdiv(problem.m, blocks["BLOCK_M"]) * triton.cdiv(problem.n, blocks["BLOCK_N"]) * problem.batch
+    steps = triton.cdiv(problem.k, blocks["BLOCK_K"])
+    # At least 8 reduction steps per split, so the atomics stay a small share of the traffic.
+    split = max(1, min(dispatch.TARGET_PROGRAMS // tiles, steps // 8, 64))
+    return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
+
+
+def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    return dispatch.product_space(num_warps=(4, 8), num_stages=(2, 3, 4), BLOCK_M=(64, 128),
+                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), GROUP_M=(8,))
+
+
+def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    return dispatch.product_space(num_warps=(4, 8), num_stages=(2, 3, 4), BLOCK_M=(64, 128),
+                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
+
+
+dispatch.register("conv2d_forward", _gemm_config, _gemm_space)
+dispatch.register("conv2d_input_grad", _gemm_config, _gemm_space)
+dispatch.register("conv2d_weight_grad", _weight_grad_config, _weight_grad_space)
+
+
 def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
     """TF32 for float32 only when cuDNN would use it; float32 operands for bf16 under the interpreter."""
     tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting()

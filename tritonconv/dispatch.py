@@ -11,6 +11,8 @@ programs (the interpreter costs ~150 us per program, whatever its size).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import itertools
+from typing import Callable, Sequence
 
 import torch
 import triton
@@ -58,61 +60,81 @@ class Problem:
 
 def config_for(problem: Problem) -> Config:
     """The configuration to launch `problem.kernel` with."""
-    return HEURISTICS[problem.kernel](problem, interpreting())
+    return spec(problem.kernel).heuristic(problem, interpreting())
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Heuristics: one function per kernel family, taking (problem, interpreter) and returning a Config.
+# The kernel registry. Each op module registers its kernels next to their launchers, with a heuristic
+# (problem, interpreter) -> Config that needs no timing. `config_for` is the one place a launch asks.
 # ---------------------------------------------------------------------------------------------------------
 
-# Streaming multiprocessors to fill with programs when splitting a reduction (H100/H200 have 132).
-_TARGET_PROGRAMS = 2 * 132
+Heuristic = Callable[[Problem, bool], Config]
+Space = Callable[[Problem], list[Config]]
 
 
-def _pow2_clamp(value: int, low: int, high: int) -> int:
+@dataclass(frozen=True)
+class KernelSpec:
+    """How to configure one kernel: a timing-free heuristic and the space autotuning searches."""
+
+    name: str
+    heuristic: Heuristic
+    space: Space
+
+
+_KERNELS: dict[str, KernelSpec] = {}
+
+
+def register(kernel: str, heuristic: Heuristic, space: Space) -> None:
+    """Declare how to configure `kernel` (the name used in Problem.kernel).
+
+    `heuristic(problem, interpreter)` picks one Config without timing (the interpreter's is the only
+    config it ever runs); `space(problem)` lists every Config worth timing on a GPU for that problem.
+    """
+    if kernel in _KERNELS:
+        raise ValueError(f"kernel {kernel!r} is registered twice")
+    _KERNELS[kernel] = KernelSpec(kernel, heuristic, space)
+
+
+def spec(kernel: str) -> KernelSpec:
+    """The registered KernelSpec of `kernel`."""
+    try:
+        return _KERNELS[kernel]
+    except KeyError:
+        raise KeyError(f"no kernel {kernel!r} is registered; known: {kernels()}") from None
+
+
+def kernels() -> list[str]:
+    """Names of every registered kernel."""
+    return sorted(_KERNELS)
+
+
+def product_space(num_warps: Sequence[int], num_stages: Sequence[int], **meta: Sequence[int]) -> list[Config]:
+    """Every combination of the given meta-parameter values, warps and stages: a config-space factory."""
+    names = sorted(meta)
+    return [Config(tuple(zip(names, values)), w, s)
+            for values in itertools.product(*(meta[n] for n in names)) for w in num_warps for s in num_stages]
+
+
+# Programs to launch when splitting a reduction so an H100/H200 (132 SMs) is full twice over.
+TARGET_PROGRAMS = 2 * 132
+
+
+def pow2_clamp(value: int, low: int, high: int) -> int:
+    """The next power of two >= value, clamped to [low, high]."""
     return max(low, min(high, triton.next_power_of_2(max(value, 1))))
 
 
-def _gemm_blocks(problem: Problem, interpreter: bool) -> dict[str, int]:
-    """Block sizes for an implicit GEMM. tl.dot needs every block >= 16."""
+def gemm_blocks(problem: Problem, interpreter: bool) -> dict[str, int]:
+    """BLOCK_M/N/K for a GEMM-shaped kernel (tl.dot needs every block >= 16).
+
+    On a GPU: 64 columns and 64 (16-bit) or 32 (float32) reduction elements per step, so two operand
+    tiles of a 3-stage pipeline fit shared memory comfortably; 128-row tiles when there is enough work
+    to fill 132 SMs, else 64 so that more programs run. In the interpreter: one tile as large as the
+    tiny test problem, since the interpreter pays per program.
+    """
     if interpreter:
-        return {"BLOCK_M": _pow2_clamp(problem.m, 16, 128), "BLOCK_N": _pow2_clamp(problem.n, 16, 64),
-                "BLOCK_K": _pow2_clamp(problem.k, 16, 32)}
-    wide = problem.dtype != torch.float32  # 16-bit operands: twice the K per byte of shared memory
-    # 128x64 tiles keep 4 warps' accumulators in registers without spilling; small problems get 64-row
-    # tiles so that more programs run.
+        return {"BLOCK_M": pow2_clamp(problem.m, 16, 128), "BLOCK_N": pow2_clamp(problem.n, 16, 64),
+                "BLOCK_K": pow2_clamp(problem.k, 16, 32)}
     block_m = 128 if problem.m * problem.batch >= 128 * 132 else 64
-    return {"BLOCK_M": block_m, "BLOCK_N": _pow2_clamp(problem.n, 16, 64 if wide else 64),
-            "BLOCK_K": _pow2_clamp(problem.k, 16, 64 if wide else 32)}
-
-
-def _conv_gemm(problem: Problem, interpreter: bool) -> Config:
-    """Forward and input-gradient implicit GEMM: output tiles, reduction over channels per tap."""
-    if interpreter:
-        return Config.of(num_warps=4, num_stages=1, GROUP_M=8, **_gemm_blocks(problem, True))
-    return Config.of(num_warps=4, num_stages=3, GROUP_M=8, **_gemm_blocks(problem, False))
-
-
-def _conv_weight_grad(problem: Problem, interpreter: bool) -> Config:
-    """Weight gradient: small [F_g, C_g] tiles per tap with a long reduction over N*OH*OW, split across
-    programs until the GPU is full (or, in the interpreter, in two whenever there are two steps, so the
-    tests exercise the atomic path)."""
-    blocks = _gemm_blocks(Problem(problem.kernel, problem.m, problem.n, problem.k, problem.batch,
-                                  problem.dtype), interpreter)
-    if interpreter:
-        blocks["BLOCK_K"] = 32
-        split = 2 if problem.k > 32 else 1
-        return Config.of(num_warps=4, num_stages=1, SPLIT_K=split, **blocks)
-    blocks["BLOCK_K"] = 64 if problem.dtype != torch.float32 else 32
-    tiles = triton.cdiv(problem.m, blocks["BLOCK_M"]) * triton.cdiv(problem.n, blocks["BLOCK_N"]) * problem.batch
-    steps = triton.cdiv(problem.k, blocks["BLOCK_K"])
-    # Keep at least 8 reduction steps per split so the atomics stay a small share of the traffic.
-    split = max(1, min(_TARGET_PROGRAMS // max(tiles, 1), steps // 8, 64))
-    return Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
-
-
-HEURISTICS = {
-    "conv2d_forward": _conv_gemm,
-    "conv2d_input_grad": _conv_gemm,
-    "conv2d_weight_grad": _conv_weight_grad,
-}
+    block_k = 64 if problem.dtype != torch.float32 else 32
+    return {"BLOCK_M": block_m, "BLOCK_N": pow2_clamp(problem.n, 16, 64), "BLOCK_K": pow2_clamp(problem.k, 16, block_k)}
