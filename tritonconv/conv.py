@@ -77,18 +77,19 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
 
 
 def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    return dispatch.product_space(num_warps=(4, 8), num_stages=(2, 3, 4), BLOCK_M=(64, 128),
+    return dispatch.product_space(num_warps=(4, 8), num_stages=(3, 4), BLOCK_M=(64, 128),
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), GROUP_M=(8,))
 
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    return dispatch.product_space(num_warps=(4, 8), num_stages=(2, 3, 4), BLOCK_M=(64, 128),
+    return dispatch.product_space(num_warps=(4,), num_stages=(3, 4), BLOCK_M=(32, 64, 128),
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
 
 
-dispatch.register("conv2d_forward", _gemm_config, _gemm_space)
-dispatch.register("conv2d_input_grad", _gemm_config, _gemm_space)
-dispatch.register("conv2d_weight_grad", _weight_grad_config, _weight_grad_space)
+dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space)
+dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _gemm_config, _gemm_space)
+dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, _weight_grad_config,
+                  _weight_grad_space)
 
 
 def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
@@ -105,18 +106,20 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     if y.numel() == 0:
         return y
     g = geo.groups
-    cfg = dispatch.config_for(dispatch.Problem(
-        "conv2d_forward", m=geo.batch * geo.out_height * geo.out_width, n=geo.out_channels // g,
-        k=geo.in_channels // g * geo.kernel[0] * geo.kernel[1], batch=g, dtype=x.dtype,
-        channels_last=channels_last(x)))
-    grid = (triton.cdiv(geo.batch * geo.out_height * geo.out_width, cfg["BLOCK_M"])
-            * triton.cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
-    conv2d_forward_kernel[grid](
-        x, w, bias if bias is not None else w, y,
-        *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
-        *x.stride(), *w.stride(), *y.stride(),
-        HAS_BIAS=bias is not None, **_dot_flags(x.dtype), **cfg.launch_kwargs())
-    return y
+    m = geo.batch * geo.out_height * geo.out_width
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
+        conv2d_forward_kernel[grid](
+            x, w, bias if bias is not None else w, y,
+            *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
+            *x.stride(), *w.stride(), *y.stride(),
+            HAS_BIAS=bias is not None, **_dot_flags(x.dtype), **cfg.launch_kwargs())
+        return y
+
+    return launch(dispatch.config_for(dispatch.Problem(
+        "conv2d_forward", m=m, n=geo.out_channels // g, k=geo.in_channels // g * geo.kernel[0] * geo.kernel[1],
+        batch=g, dtype=x.dtype, channels_last=channels_last(x)), launch))
 
 
 def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
@@ -126,18 +129,20 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
     if dx.numel() == 0:
         return dx
     g = geo.groups
-    cfg = dispatch.config_for(dispatch.Problem(
-        "conv2d_input_grad", m=geo.batch * geo.height * geo.width, n=geo.in_channels // g,
-        k=geo.out_channels // g * geo.kernel[0] * geo.kernel[1], batch=g, dtype=dy.dtype,
-        channels_last=channels_last(like)))
-    grid = (triton.cdiv(geo.batch * geo.height * geo.width, cfg["BLOCK_M"])
-            * triton.cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g)
-    conv2d_input_grad_kernel[grid](
-        dy, w, dx,
-        *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
-        *dy.stride(), *w.stride(), *dx.stride(),
-        **_dot_flags(dy.dtype), **cfg.launch_kwargs())
-    return dx
+    m = geo.batch * geo.height * geo.width
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g)
+        conv2d_input_grad_kernel[grid](
+            dy, w, dx,
+            *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
+            *dy.stride(), *w.stride(), *dx.stride(),
+            **_dot_flags(dy.dtype), **cfg.launch_kwargs())
+        return dx
+
+    return launch(dispatch.config_for(dispatch.Problem(
+        "conv2d_input_grad", m=m, n=geo.in_channels // g, k=geo.out_channels // g * geo.kernel[0] * geo.kernel[1],
+        batch=g, dtype=dy.dtype, channels_last=channels_last(like)), launch))
 
 
 def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
@@ -145,20 +150,24 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
     g = geo.groups
     kh, kw = geo.kernel
     pixels = geo.batch * geo.out_height * geo.out_width
-    cfg = dispatch.config_for(dispatch.Problem(
-        "conv2d_weight_grad", m=geo.out_channels // g, n=geo.in_channels // g, k=pixels, batch=g * kh * kw,
-        dtype=x.dtype, channels_last=channels_last(x)))
-    split = cfg["SPLIT_K"]
-    alloc = torch.zeros if split > 1 else torch.empty
-    dw = alloc((geo.out_channels, geo.in_channels // g, kh, kw), dtype=torch.float32, device=x.device)
-    if pixels > 0:
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        # SPLIT_K programs add into one float32 result, which must start at zero.
+        alloc = torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty
+        dw = alloc((geo.out_channels, geo.in_channels // g, kh, kw), dtype=torch.float32, device=x.device)
         grid = (triton.cdiv(geo.out_channels // g, cfg["BLOCK_M"]) * triton.cdiv(geo.in_channels // g, cfg["BLOCK_N"])
-                * split, kh * kw, g)
+                * cfg["SPLIT_K"], kh * kw, g)
         conv2d_weight_grad_kernel[grid](
             x, dy, dw, *geo.launch_args()[:7], kw, *geo.launch_args()[7:],
             *x.stride(), *dy.stride(), **_dot_flags(x.dtype), **cfg.launch_kwargs())
+        return dw
+
+    if pixels == 0:
+        dw = torch.zeros((geo.out_channels, geo.in_channels // g, kh, kw), dtype=torch.float32, device=x.device)
     else:
-        dw.zero_()
+        dw = launch(dispatch.config_for(dispatch.Problem(
+            "conv2d_weight_grad", m=geo.out_channels // g, n=geo.in_channels // g, k=pixels, batch=g * kh * kw,
+            dtype=x.dtype, channels_last=channels_last(x)), launch))
     return dw.to(like.dtype).contiguous(memory_format=torch.channels_last if channels_last(like)
                                          else torch.contiguous_format)
 

@@ -1,22 +1,38 @@
 """The dispatch seam: every kernel launch asks this module for its tile configuration.
 
 A launcher describes its call as a `Problem` (which kernel, the GEMM-shaped sizes of the work, dtype and
-layout) and gets back a `Config` (block sizes and other constexprs, `num_warps`, `num_stages`). Today the
-answer comes from heuristics; autotuning and a persistent cache sit behind the same `config_for`.
+layout) and passes a `launch(config)` closure; `config_for` returns the `Config` (constexpr block sizes,
+`num_warps`, `num_stages`) to launch with. The answer comes from, in order:
 
-Triton's interpreter always gets exactly one configuration, sized so that tiny test shapes run in few
-programs (the interpreter costs ~150 us per program, whatever its size).
+1. Triton's interpreter: always the kernel's heuristic, one configuration (the interpreter cannot
+   autotune, and pays ~150 us per program, so its heuristics size tiles for few programs).
+2. This process's memory of earlier decisions (the fast path: one dict lookup).
+3. The persistent cache (`tritonconv._cache`), keyed by kernel, shape bucket, dtype, layout, GPU name and
+   compute capability, triton version and a hash of the kernel's source file.
+4. Autotuning, when allowed (`TRITONCONV_AUTOTUNE=1`, the default, or inside `tritonconv.tune`): the
+   kernel's declared space, pruned of what cannot fit or cannot pay, each candidate checked against the
+   heuristic's output and then timed; the winner goes to the cache.
+5. Otherwise the heuristic.
+
+Each kernel declares its heuristic and its tuning space once, beside its launcher, with `register`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import contextvars
+import hashlib
+import inspect
 import itertools
-from typing import Callable, Sequence
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import torch
 import triton
 
+from tritonconv._cache import ConfigCache
 from tritonconv._checks import interpreting
 
 
@@ -35,9 +51,23 @@ class Config:
     def __getitem__(self, name: str) -> int:
         return dict(self.meta)[name]
 
+    def get(self, name: str, default: int | None = None) -> int | None:
+        return dict(self.meta).get(name, default)
+
     def launch_kwargs(self) -> dict[str, int]:
         """Keyword arguments for `kernel[grid](..., **config.launch_kwargs())`."""
         return {**dict(self.meta), "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+    def to_json(self) -> dict:
+        return {"meta": dict(self.meta), "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+    @staticmethod
+    def from_json(data: dict) -> "Config":
+        return Config.of(data["num_warps"], data["num_stages"], **data["meta"])
+
+    def __str__(self) -> str:
+        meta = ", ".join(f"{k}={v}" for k, v in self.meta)
+        return f"{meta}, num_warps={self.num_warps}, num_stages={self.num_stages}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +75,8 @@ class Problem:
     """What a launch computes, in GEMM terms: `batch` independent [m, k] x [k, n] products.
 
     For the implicit-GEMM conv kernels m, n and k are the GEMM sizes of one group (or one tap, for the
-    weight gradient) and `batch` counts groups (times taps). Elementwise kernels use m alone.
+    weight gradient) and `batch` counts groups (times taps). Elementwise kernels use m alone; `extra`
+    carries whatever else changes the best configuration (kernel size, stride...).
     """
 
     kernel: str
@@ -57,15 +88,17 @@ class Problem:
     channels_last: bool = False
     extra: tuple[tuple[str, object], ...] = field(default=())
 
-
-def config_for(problem: Problem) -> Config:
-    """The configuration to launch `problem.kernel` with."""
-    return spec(problem.kernel).heuristic(problem, interpreting())
+    def bucket(self) -> str:
+        """The cache key's shape part. m (which grows with the batch size) is rounded up to a power of
+        two, so a changing batch size does not retune every call; the rest is exact."""
+        layout = "nhwc" if self.channels_last else "nchw"
+        extra = "".join(f",{k}={v}" for k, v in self.extra)
+        return (f"m<={triton.next_power_of_2(max(self.m, 1))},n={self.n},k={self.k},batch={self.batch},"
+                f"{str(self.dtype).removeprefix('torch.')},{layout}{extra}")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The kernel registry. Each op module registers its kernels next to their launchers, with a heuristic
-# (problem, interpreter) -> Config that needs no timing. `config_for` is the one place a launch asks.
+# The kernel registry.
 # ---------------------------------------------------------------------------------------------------------
 
 Heuristic = Callable[[Problem, bool], Config]
@@ -77,22 +110,29 @@ class KernelSpec:
     """How to configure one kernel: a timing-free heuristic and the space autotuning searches."""
 
     name: str
+    family: str
+    fn: object  # the @triton.jit function, whose source file's hash keys the cache
     heuristic: Heuristic
     space: Space
+
+    def source_hash(self) -> str:
+        return _source_hash(self.fn)
 
 
 _KERNELS: dict[str, KernelSpec] = {}
 
 
-def register(kernel: str, heuristic: Heuristic, space: Space) -> None:
+def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: Space) -> None:
     """Declare how to configure `kernel` (the name used in Problem.kernel).
 
-    `heuristic(problem, interpreter)` picks one Config without timing (the interpreter's is the only
-    config it ever runs); `space(problem)` lists every Config worth timing on a GPU for that problem.
+    `family` names the kind of kernel ("implicit_gemm", "depthwise", ...); `fn` is the @triton.jit
+    function launched. `heuristic(problem, interpreter)` picks one Config without timing (the
+    interpreter's is the only config it ever runs); `space(problem)` lists every Config worth timing on a
+    GPU, before `prune`.
     """
     if kernel in _KERNELS:
         raise ValueError(f"kernel {kernel!r} is registered twice")
-    _KERNELS[kernel] = KernelSpec(kernel, heuristic, space)
+    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space)
 
 
 def spec(kernel: str) -> KernelSpec:
@@ -108,6 +148,18 @@ def kernels() -> list[str]:
     return sorted(_KERNELS)
 
 
+_SOURCE_HASHES: dict[object, str] = {}
+
+
+def _source_hash(fn: object) -> str:
+    """Hash of the source file defining `fn`: editing any kernel there (or a helper it calls) invalidates
+    the cache entries of every kernel in the file."""
+    if fn not in _SOURCE_HASHES:
+        module = inspect.getmodule(getattr(fn, "fn", fn))
+        _SOURCE_HASHES[fn] = hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
+    return _SOURCE_HASHES[fn]
+
+
 def product_space(num_warps: Sequence[int], num_stages: Sequence[int], **meta: Sequence[int]) -> list[Config]:
     """Every combination of the given meta-parameter values, warps and stages: a config-space factory."""
     names = sorted(meta)
@@ -115,8 +167,15 @@ def product_space(num_warps: Sequence[int], num_stages: Sequence[int], **meta: S
             for values in itertools.product(*(meta[n] for n in names)) for w in num_warps for s in num_stages]
 
 
-# Programs to launch when splitting a reduction so an H100/H200 (132 SMs) is full twice over.
-TARGET_PROGRAMS = 2 * 132
+# ---------------------------------------------------------------------------------------------------------
+# Heuristic building blocks shared by the op files.
+# ---------------------------------------------------------------------------------------------------------
+
+# Streaming multiprocessors of an H100/H200; heuristics aim for TARGET_PROGRAMS (two waves).
+SM_COUNT = 132
+TARGET_PROGRAMS = 2 * SM_COUNT
+# Shared memory one block may use on sm_90 (227 KB); sm_80 allows 163 KB.
+SMEM_PER_BLOCK = 227 * 1024
 
 
 def pow2_clamp(value: int, low: int, high: int) -> int:
@@ -135,6 +194,219 @@ def gemm_blocks(problem: Problem, interpreter: bool) -> dict[str, int]:
     if interpreter:
         return {"BLOCK_M": pow2_clamp(problem.m, 16, 128), "BLOCK_N": pow2_clamp(problem.n, 16, 64),
                 "BLOCK_K": pow2_clamp(problem.k, 16, 32)}
-    block_m = 128 if problem.m * problem.batch >= 128 * 132 else 64
+    block_m = 128 if problem.m * problem.batch >= 128 * SM_COUNT else 64
     block_k = 64 if problem.dtype != torch.float32 else 32
     return {"BLOCK_M": block_m, "BLOCK_N": pow2_clamp(problem.n, 16, 64), "BLOCK_K": pow2_clamp(problem.k, 16, block_k)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pruning: what cannot fit or cannot pay is never timed.
+# ---------------------------------------------------------------------------------------------------------
+
+def smem_bytes(config: Config, dtype: torch.dtype) -> int:
+    """Shared memory a GEMM-shaped config's operand pipeline needs: stages * (A tile + B tile)."""
+    m, n, k = config.get("BLOCK_M"), config.get("BLOCK_N"), config.get("BLOCK_K")
+    if m is None or n is None or k is None:
+        return 0
+    return config.num_stages * (m * k + k * n) * torch.empty((), dtype=dtype).element_size()
+
+
+def programs(config: Config, problem: Problem) -> int:
+    """Programs a GEMM-shaped launch runs: output tiles times batch times reduction splits."""
+    tiles = triton.cdiv(problem.m, config.get("BLOCK_M", problem.m)) * triton.cdiv(problem.n, config.get("BLOCK_N", problem.n))
+    return tiles * problem.batch * config.get("SPLIT_K", 1)
+
+
+def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = frozenset()) -> list[Config]:
+    """Drop configs that cannot fit or cannot pay, keeping order and dropping duplicates:
+
+    - a block over twice the problem's extent on its axis (it only adds masked lanes) — blocks of 16
+      always stay, since tl.dot needs them;
+    - a reduction split into more pieces than it has BLOCK_K steps;
+    - more shared memory than one block may use;
+    - configurations the static checks found not to compile or to spill (`rejected`);
+    - too few programs: when some candidate fills the GPU, those that fill under a quarter of it.
+    """
+    extents = {"BLOCK_M": problem.m, "BLOCK_N": problem.n, "BLOCK_K": problem.k, "BLOCK": problem.m}
+    kept: list[Config] = []
+    for cfg in dict.fromkeys(configs):
+        meta = dict(cfg.meta)
+        if any(meta[name] > max(16, 2 * triton.next_power_of_2(max(extent, 1)))
+               for name, extent in extents.items() if name in meta):
+            continue
+        if meta.get("SPLIT_K", 1) > triton.cdiv(problem.k, meta.get("BLOCK_K", 1)):
+            continue
+        if smem_bytes(cfg, problem.dtype) > SMEM_PER_BLOCK or cfg in rejected:
+            continue
+        kept.append(cfg)
+    if any(programs(c, problem) >= SM_COUNT for c in kept):
+        kept = [c for c in kept if programs(c, problem) >= SM_COUNT // 4]
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decisions: memory, cache, tuning.
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Decision:
+    """Which configuration a launch of `problem` uses, and where it came from."""
+
+    problem: Problem
+    config: Config
+    source: str  # "heuristic", "cache" or "tuned"
+    tune_seconds: float = 0.0
+    time_ms: float | None = None
+
+
+Launch = Callable[[Config], torch.Tensor]
+Timer = Callable[[Callable[[], object]], float]
+
+CACHE = ConfigCache()
+_MEMORY: dict[tuple[Problem, bool], Decision] = {}
+_FORCE_TUNING: contextvars.ContextVar[bool | None] = contextvars.ContextVar("tritonconv_force_tuning", default=None)
+_RECORDERS: contextvars.ContextVar[tuple[list, ...]] = contextvars.ContextVar("tritonconv_recorders", default=())
+
+
+def default_timer(fn: Callable[[], object]) -> float:
+    """Median milliseconds of `fn` with Triton's do_bench, which flushes L2 before every repetition so
+    candidates are timed on cold caches, as a real layer sees its inputs."""
+    return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
+
+
+TIMER: Timer = default_timer
+
+
+def tuning_allowed() -> bool:
+    """Tuning is on when forced by `tuning(True)` (tritonconv.tune), else when TRITONCONV_AUTOTUNE is not
+    0; never in the interpreter."""
+    if interpreting():
+        return False
+    forced = _FORCE_TUNING.get()
+    if forced is not None:
+        return forced
+    return os.environ.get("TRITONCONV_AUTOTUNE", "1") != "0"
+
+
+@contextlib.contextmanager
+def tuning(enabled: bool) -> Iterator[None]:
+    """Force tuning on or off inside the block, whatever TRITONCONV_AUTOTUNE says."""
+    token = _FORCE_TUNING.set(enabled)
+    try:
+        yield
+    finally:
+        _FORCE_TUNING.reset(token)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Decision]]:
+    """Collect every Decision made inside the block (tritonconv.explain and tritonconv.tune use it)."""
+    decisions: list[Decision] = []
+    token = _RECORDERS.set(_RECORDERS.get() + (decisions,))
+    try:
+        yield decisions
+    finally:
+        _RECORDERS.reset(token)
+
+
+_DEVICE_TAGS: dict[int, str] = {}
+
+
+def _device_tag() -> str:
+    """GPU name and compute capability of the current device, queried once per device and never at
+    import time."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    index = torch.cuda.current_device()
+    if index not in _DEVICE_TAGS:
+        major, minor = torch.cuda.get_device_capability(index)
+        _DEVICE_TAGS[index] = f"{torch.cuda.get_device_name(index)}|sm{major}{minor}"
+    return _DEVICE_TAGS[index]
+
+
+def cache_key(problem: Problem) -> str:
+    """The persistent cache key of a problem on the current device and software."""
+    kernel = spec(problem.kernel)
+    return "|".join((problem.kernel, problem.bucket(), _device_tag(), f"triton={triton.__version__}",
+                     f"src={kernel.source_hash()}"))
+
+
+def decide(problem: Problem, launch: Launch | None = None) -> Decision:
+    """How a launch of `problem` is configured (see the module docstring for the order of sources)."""
+    kernel = spec(problem.kernel)
+    if interpreting():
+        return Decision(problem, kernel.heuristic(problem, True), "heuristic")
+    allowed = tuning_allowed() and launch is not None
+    remembered = _MEMORY.get((problem, allowed))
+    if remembered is not None:
+        return remembered
+    key = cache_key(problem)
+    entry = CACHE.get(key)
+    if entry is not None:
+        decision = Decision(problem, Config.from_json(entry["config"]), "cache", time_ms=entry.get("time_ms"))
+    elif allowed:
+        decision = autotune(problem, launch)
+        CACHE.put(key, {"config": decision.config.to_json(), "time_ms": decision.time_ms,
+                        "tune_seconds": round(decision.tune_seconds, 3), "kernel": problem.kernel,
+                        "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    else:
+        decision = Decision(problem, kernel.heuristic(problem, False), "heuristic")
+    _MEMORY[(problem, allowed)] = decision
+    return decision
+
+
+def config_for(problem: Problem, launch: Launch | None = None) -> Config:
+    """The configuration to launch `problem.kernel` with. `launch(config)` runs the kernel with `config`
+    and returns its output; it is called only when tuning."""
+    decision = decide(problem, launch)
+    for recorder in _RECORDERS.get():
+        recorder.append(decision)
+    return decision.config
+
+
+def forget() -> None:
+    """Drop this process's memory of decisions (after the cache is cleared or the timer replaced)."""
+    _MEMORY.clear()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a candidate's output matches the reference's, allowing for a different summation order."""
+    if a.numel() == 0:
+        return True
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-2)
+    a, b = a.float(), b.float()
+    return bool(torch.isfinite(a).all()) and (a - b).abs().max().item() <= tol * max(b.abs().max().item(), 1e-6)
+
+
+def autotune(problem: Problem, launch: Launch) -> Decision:
+    """Time every pruned candidate of `problem` and return the fastest whose output matches the
+    heuristic's. A candidate that fails to compile or launch, or computes something else, is dropped."""
+    from tritonconv.static_checks import static_rejects  # noqa: PLC0415 (static data, loaded on first tuning)
+
+    kernel = spec(problem.kernel)
+    start = time.perf_counter()
+    heuristic = kernel.heuristic(problem, False)
+    candidates = prune(problem, [heuristic, *kernel.space(problem)],
+                       static_rejects().get((problem.kernel, str(problem.dtype)), frozenset()))
+    if heuristic not in candidates:
+        candidates.insert(0, heuristic)
+    reference = launch(heuristic).clone()
+    times: dict[Config, float] = {}
+    for cfg in _progress(candidates, f"tuning {problem.kernel} [{problem.bucket()}]"):
+        try:
+            if not _close(launch(cfg), reference, problem.dtype):
+                continue
+            times[cfg] = TIMER(lambda cfg=cfg: launch(cfg))
+        except (triton.runtime.errors.OutOfResources, triton.CompilationError, RuntimeError):
+            continue
+    best = min(times, key=times.__getitem__) if times else heuristic
+    return Decision(problem, best, "tuned", time.perf_counter() - start, times.get(best))
+
+
+def _progress(items: list, description: str):
+    """A tqdm progress bar over `items` when tqdm is installed and tuning is interactive."""
+    try:
+        from tqdm.auto import tqdm  # noqa: PLC0415 (optional dependency)
+    except ImportError:
+        return items
+    return tqdm(items, desc=description, leave=False, disable=len(items) < 2)
