@@ -2,6 +2,8 @@
 
 from tritonconv import analysis
 from tritonconv.conv import conv2d
+from tritonconv.dispatch import get_backend, set_backend
+from tritonconv.tuning import explain, tune
 
-__all__ = ["analysis", "conv2d"]
+__all__ = ["analysis", "conv2d", "explain", "get_backend", "set_backend", "tune"]
 __version__ = "0.1.0"

@@ -54,6 +54,32 @@ def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]
     return values  # type: ignore[return-value]
 
 
+def check_bias(bias: torch.Tensor | None, name: str, channels: int, ref: torch.Tensor, ref_name: str) -> None:
+    """Check an optional bias: a (channels,) tensor with the dtype and device of `ref`."""
+    if bias is None:
+        return
+    check_tensor(bias, name, ndim=1)
+    check_same(bias, name, ref, ref_name)
+    if bias.shape[0] != channels:
+        raise ValueError(f"{name} must have shape ({channels},), one per output channel, got {tuple(bias.shape)}")
+
+
+# Activations an op can fuse into its epilogue (kernels/activations.py); None means the identity.
+ACTIVATIONS = ("relu", "relu6", "silu", "gelu")
+
+
+def check_activation(activation: str | None, name: str = "activation") -> str:
+    """The kernel's ACTIVATION constexpr for `activation`: one of ACTIVATIONS, or "none" for None."""
+    if activation is None:
+        return "none"
+    if not isinstance(activation, str):
+        raise TypeError(f"{name} must be None or one of {ACTIVATIONS}, got {type(activation).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown {name} {activation!r}; valid names are None, "
+                         + ", ".join(repr(a) for a in ACTIVATIONS))
+    return activation
+
+
 def check_probability(p: float, name: str = "p") -> float:
     """A probability in [0, 1]."""
     if isinstance(p, bool) or not isinstance(p, (int, float)):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 import triton
 
 from tritonconv import dispatch
@@ -117,9 +118,15 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
             HAS_BIAS=bias is not None, **_dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
 
-    return launch(dispatch.config_for(dispatch.Problem(
-        "conv2d_forward", m=m, n=geo.out_channels // g, k=geo.in_channels // g * geo.kernel[0] * geo.kernel[1],
-        batch=g, dtype=x.dtype, channels_last=channels_last(x)), launch))
+    return launch(dispatch.config_for(_forward_problem(geo, x, w), launch))
+
+
+def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dispatch.Problem:
+    g = geo.groups
+    return dispatch.Problem(
+        "conv2d_forward", m=geo.batch * geo.out_height * geo.out_width, n=geo.out_channels // g,
+        k=geo.in_channels // g * geo.kernel[0] * geo.kernel[1], batch=g, dtype=x.dtype,
+        channels_last=channels_last(x))
 
 
 def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
@@ -230,7 +237,7 @@ def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
-           dilation: int | Sequence[int] = 1, groups: int = 1) -> torch.Tensor:
+           dilation: int | Sequence[int] = 1, groups: int = 1, *, backend: str | None = None) -> torch.Tensor:
     """2-D convolution with exactly the semantics of `torch.nn.functional.conv2d`.
 
     y[n, f, i, j] = b[f] + sum_{c, u, v} x[n, g*C_g + c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w] * w[f, c, u, v]
@@ -248,6 +255,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         padding: int or (h, w) pair (zeros on both sides), "valid" (none) or "same" (stride 1 only;
             the output keeps H x W, any odd padding going to the bottom/right).
         groups: number of channel groups; divides C and F.
+        backend: "triton" (our kernels) or "auto" (ours or PyTorch's, whichever was faster for this
+            shape when timed); None takes `tritonconv.set_backend`'s default, "triton".
     """
     geo = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
+    if dispatch.use_torch(_forward_problem(geo, input, weight), lambda: Conv2dFunction.apply(input, weight, bias, geo),
+                          lambda: F.conv2d(input, weight, bias, stride, padding, dilation, groups), backend):
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     return Conv2dFunction.apply(input, weight, bias, geo)

@@ -257,6 +257,11 @@ class Decision:
     source: str  # "heuristic", "cache" or "tuned"
     tune_seconds: float = 0.0
     time_ms: float | None = None
+    backend: str = "triton"  # "torch" when backend="auto" chose PyTorch's op for the call
+
+    @property
+    def family(self) -> str:
+        return "pytorch" if self.backend == "torch" else spec(self.problem.kernel).family
 
 
 Launch = Callable[[Config], torch.Tensor]
@@ -346,22 +351,31 @@ def decide(problem: Problem, launch: Launch | None = None) -> Decision:
         decision = Decision(problem, Config.from_json(entry["config"]), "cache", time_ms=entry.get("time_ms"))
     elif allowed:
         decision = autotune(problem, launch)
-        CACHE.put(key, {"config": decision.config.to_json(), "time_ms": decision.time_ms,
-                        "tune_seconds": round(decision.tune_seconds, 3), "kernel": problem.kernel,
-                        "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        CACHE.put(key, {**_entry_header(problem), "config": decision.config.to_json(), "time_ms": decision.time_ms,
+                        "tune_seconds": round(decision.tune_seconds, 3)})
     else:
         decision = Decision(problem, kernel.heuristic(problem, False), "heuristic")
     _MEMORY[(problem, allowed)] = decision
     return decision
 
 
+def _entry_header(problem: Problem) -> dict:
+    """The readable part of a cache entry (`python -m tritonconv cache list` prints it)."""
+    return {"kernel": problem.kernel, "shape": problem.bucket(), "device": _device_tag(),
+            "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def config_for(problem: Problem, launch: Launch | None = None) -> Config:
     """The configuration to launch `problem.kernel` with. `launch(config)` runs the kernel with `config`
     and returns its output; it is called only when tuning."""
     decision = decide(problem, launch)
+    _record(decision)
+    return decision.config
+
+
+def _record(decision: Decision) -> None:
     for recorder in _RECORDERS.get():
         recorder.append(decision)
-    return decision.config
 
 
 def forget() -> None:
@@ -381,13 +395,10 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
 def autotune(problem: Problem, launch: Launch) -> Decision:
     """Time every pruned candidate of `problem` and return the fastest whose output matches the
     heuristic's. A candidate that fails to compile or launch, or computes something else, is dropped."""
-    from tritonconv.static_checks import static_rejects  # noqa: PLC0415 (static data, loaded on first tuning)
-
     kernel = spec(problem.kernel)
     start = time.perf_counter()
     heuristic = kernel.heuristic(problem, False)
-    candidates = prune(problem, [heuristic, *kernel.space(problem)],
-                       static_rejects().get((problem.kernel, str(problem.dtype)), frozenset()))
+    candidates = prune(problem, [heuristic, *kernel.space(problem)])
     if heuristic not in candidates:
         candidates.insert(0, heuristic)
     reference = launch(heuristic).clone()
@@ -410,3 +421,63 @@ def _progress(items: list, description: str):
     except ImportError:
         return items
     return tqdm(items, desc=description, leave=False, disable=len(items) < 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backend choice: with backend="auto", PyTorch's own op (cuDNN or its native kernel) is one more
+# candidate, so "auto" is never slower than PyTorch. The default backend is ours alone.
+# ---------------------------------------------------------------------------------------------------------
+
+BACKENDS = ("triton", "auto")
+_BACKEND = "triton"
+
+
+def set_backend(backend: str) -> None:
+    """Choose the default backend of every op: "triton" (ours, the default) or "auto" (ours or PyTorch's,
+    whichever is faster for the shape, decided by timing once and cached)."""
+    global _BACKEND
+    _BACKEND = _check_backend(backend)
+
+
+def get_backend() -> str:
+    """The default backend set by `set_backend`."""
+    return _BACKEND
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def use_torch(problem: Problem, ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor],
+              backend: str | None) -> bool:
+    """Whether a call described by `problem` (its forward kernel's Problem) should run PyTorch's op.
+
+    Only with backend "auto" (the argument, else the default), outside the interpreter; the choice is
+    timed once per shape bucket when tuning is allowed and kept in the same cache as configurations.
+    """
+    if _check_backend(backend or _BACKEND) == "triton" or interpreting():
+        return False
+    allowed = tuning_allowed()
+    memo_key = (Problem("backend|" + problem.kernel, problem.m, problem.n, problem.k, problem.batch,
+                        problem.dtype, problem.channels_last, problem.extra), allowed)
+    decision = _MEMORY.get(memo_key)
+    if decision is None:
+        key = "backend|" + cache_key(problem)
+        entry = CACHE.get(key)
+        if entry is not None:
+            decision = Decision(problem, Config(()), "cache", time_ms=entry.get("time_ms"), backend=entry["backend"])
+        elif allowed:
+            start = time.perf_counter()
+            ours()  # tunes our kernels first, so their best configuration is what gets timed
+            times = {"triton": TIMER(ours), "torch": TIMER(theirs)}
+            winner = min(times, key=times.__getitem__)
+            decision = Decision(problem, Config(()), "tuned", time.perf_counter() - start, times[winner], winner)
+            CACHE.put(key, {**_entry_header(problem), "backend": winner, "time_ms": times[winner], "times_ms": times})
+        else:
+            decision = Decision(problem, Config(()), "heuristic")
+        _MEMORY[memo_key] = decision
+    if decision.backend == "torch":
+        _record(decision)
+    return decision.backend == "torch"
