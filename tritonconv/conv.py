@@ -179,24 +179,79 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
                                          else torch.contiguous_format)
 
 
-class Conv2dFunction(torch.autograd.Function):
-    """y = conv2d(x, w) + b, with both gradients from our kernels and db = sum of dy over (n, h, w)."""
+# ---------------------------------------------------------------------------------------------------------
+# torch.library ops, so torch.compile(fullgraph=True) sees one opaque node per kernel (with a fake
+# implementation for shapes) and autograd runs our backward kernels. A geometry travels as plain ints:
+# (stride, top/left padding, dilation, groups, output size).
+# ---------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.geo = geo
-        ctx.has_bias = bias is not None
-        return conv2d_forward(x, w, bias, geo)
+_GEOMETRY_SCHEMA = "int[] stride, int[] padding, int[] dilation, int groups, int[] output_size"
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, w = ctx.saved_tensors
-        geo: ConvGeometry = ctx.geo
-        dx = conv2d_input_grad(dy, w, geo, x) if ctx.needs_input_grad[0] else None
-        dw = conv2d_weight_grad(x, dy, geo, w) if ctx.needs_input_grad[1] else None
-        db = dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None
+
+def _geometry(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+              dilation: Sequence[int], groups: int, output_size: Sequence[int]) -> ConvGeometry:
+    n, c, h, w = x_shape
+    return ConvGeometry(n, c, w_shape[0], h, w, (w_shape[2], w_shape[3]), tuple(stride), tuple(padding),
+                        tuple(dilation), groups, *output_size)
+
+
+def _geometry_args(geo: ConvGeometry) -> tuple:
+    return list(geo.stride), list(geo.pad), list(geo.dilation), geo.groups, [geo.out_height, geo.out_width]
+
+
+@torch.library.custom_op("tritonconv::conv2d", mutates_args=(),
+                         schema=f"(Tensor x, Tensor w, Tensor? bias, {_GEOMETRY_SCHEMA}) -> Tensor")
+def _conv2d_op(x, w, bias, stride, padding, dilation, groups, output_size):
+    return conv2d_forward(x, w, bias, _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size))
+
+
+@_conv2d_op.register_fake
+def _(x, w, bias, stride, padding, dilation, groups, output_size):
+    return empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
+
+
+@torch.library.custom_op("tritonconv::conv2d_input_grad", mutates_args=(),
+                         schema=f"(Tensor dy, Tensor w, Tensor x, {_GEOMETRY_SCHEMA}) -> Tensor")
+def _conv2d_input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
+    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+    return conv2d_input_grad(dy, w, geo, x)
+
+
+@_conv2d_input_grad_op.register_fake
+def _(dy, w, x, stride, padding, dilation, groups, output_size):
+    return empty_like_layout(x.shape, channels_last(x), dy.dtype, dy.device)
+
+
+@torch.library.custom_op("tritonconv::conv2d_weight_grad", mutates_args=(),
+                         schema=f"(Tensor x, Tensor dy, Tensor w, {_GEOMETRY_SCHEMA}) -> Tensor")
+def _conv2d_weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
+    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+    return conv2d_weight_grad(x, dy, geo, w)
+
+
+@_conv2d_weight_grad_op.register_fake
+def _(x, dy, w, stride, padding, dilation, groups, output_size):
+    return empty_like_layout(w.shape, channels_last(w), w.dtype, w.device)
+
+
+def _setup_context(ctx, inputs, output):
+    x, w, bias, *geometry = inputs
+    ctx.save_for_backward(x, w)
+    ctx.geometry = geometry
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dy):
+    """dx and dw from our kernels; db = sum of dy over (n, h, w), accumulated in float32."""
+    x, w = ctx.saved_tensors
+    dx = torch.ops.tritonconv.conv2d_input_grad(dy, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
+    dw = torch.ops.tritonconv.conv2d_weight_grad(x, dy, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
+    db = (dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
+          if ctx.has_bias and ctx.needs_input_grad[2] else None)
+    return dx, dw, db, None, None, None, None, None
+
+
+_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -235,6 +290,37 @@ def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
 
 
+def _conv2d_kernel_family(geo: ConvGeometry) -> str:
+    """Which family of our kernels computes the convolution `geo`:
+
+    - "depthwise": every group is one input channel (groups == C, so F = C * multiplier): the direct
+      per-channel kernels, since a GEMM would have nothing to reduce over;
+    - "pointwise": an unpadded, ungrouped 1x1 kernel (dilation is irrelevant, a stride subsamples
+      pixels): a plain GEMM over channels, with no im2col address arithmetic;
+    - "implicit_gemm": everything else.
+    """
+    if geo.groups == geo.in_channels:
+        return "depthwise"
+    if geo.kernel == (1, 1) and geo.pad == (0, 0) and geo.groups == 1:
+        return "pointwise"
+    return "implicit_gemm"
+
+
+def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 geo: ConvGeometry) -> torch.Tensor:
+    """conv2d with our kernels, of the family `_conv2d_kernel_family` picks."""
+    family = _conv2d_kernel_family(geo)
+    if family == "depthwise":
+        from tritonconv.depthwise import DepthwiseConv2dFunction  # noqa: PLC0415 (it imports this module)
+
+        return DepthwiseConv2dFunction.apply(input, weight, bias, geo)
+    if family == "pointwise":
+        from tritonconv.pointwise import PointwiseConv2dFunction  # noqa: PLC0415 (it imports this module)
+
+        return PointwiseConv2dFunction.apply(input, weight, bias, geo, "none", False)
+    return torch.ops.tritonconv.conv2d(input, weight, bias, *_geometry_args(geo))
+
+
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
            dilation: int | Sequence[int] = 1, groups: int = 1, *, backend: str | None = None) -> torch.Tensor:
@@ -259,7 +345,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
             shape when timed); None takes `tritonconv.set_backend`'s default, "triton".
     """
     geo = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
-    if dispatch.use_torch(_forward_problem(geo, input, weight), lambda: Conv2dFunction.apply(input, weight, bias, geo),
+    ours = lambda: _conv2d_ours(input, weight, bias, geo)  # noqa: E731
+    if dispatch.use_torch(_forward_problem(geo, input, weight), ours,
                           lambda: F.conv2d(input, weight, bias, stride, padding, dilation, groups), backend):
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-    return Conv2dFunction.apply(input, weight, bias, geo)
+    return ours()
