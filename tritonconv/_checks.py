@@ -34,6 +34,16 @@ def check_tensor(t: object, name: str, ndim: int | None = 4) -> torch.Tensor:
     return t
 
 
+def autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Cast floating tensors to the autocast dtype when autocast is on for their device, as torch does for
+    convolutions (which run in the lower precision), so mixed fp32 weights and fp16 activations work."""
+    first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def check_same(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
     """Check that `t` has the dtype and device of `ref`."""
     if t.dtype != ref.dtype:
@@ -87,6 +97,27 @@ def check_probability(p: float, name: str = "p") -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {p}")
     return float(p)
+
+
+def check_seed(seed: int | None) -> int | None:
+    """A dropout seed: None (draw one from torch's generator) or an int in [0, 2^63)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def philox_seed(seed: int | None, device: torch.device) -> torch.Tensor:
+    """The Philox key of one random op as a one-element int64 tensor on `device`, which kernels load.
+
+    seed=None draws it from torch's default generator of `device` (so torch.manual_seed reproduces the
+    run) without a host synchronisation; an int is used as given. Backward passes keep this tensor, not
+    a mask, and regenerate the mask from it.
+    """
+    if check_seed(seed) is None:
+        return torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, device=device)
+    return torch.full((1,), seed, dtype=torch.int64, device=device)
 
 
 def output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
