@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import triton
 
 from tritonconv import dispatch
-from tritonconv._checks import (channels_last, check_same, check_tensor, conv_padding, empty_like_layout,
+from tritonconv._checks import (autocast, channels_last, check_same, check_tensor, conv_padding, empty_like_layout,
                                 interpreting, output_size, pair)
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
@@ -310,15 +310,11 @@ def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                  geo: ConvGeometry) -> torch.Tensor:
     """conv2d with our kernels, of the family `_conv2d_kernel_family` picks."""
     family = _conv2d_kernel_family(geo)
-    if family == "depthwise":
-        from tritonconv.depthwise import DepthwiseConv2dFunction  # noqa: PLC0415 (it imports this module)
-
-        return DepthwiseConv2dFunction.apply(input, weight, bias, geo)
-    if family == "pointwise":
-        from tritonconv.pointwise import PointwiseConv2dFunction  # noqa: PLC0415 (it imports this module)
-
-        return PointwiseConv2dFunction.apply(input, weight, bias, geo, "none", False)
-    return torch.ops.tritonconv.conv2d(input, weight, bias, *_geometry_args(geo))
+    if family == "implicit_gemm":
+        return torch.ops.tritonconv.conv2d(input, weight, bias, *_geometry_args(geo))
+    # tritonconv.depthwise and tritonconv.pointwise register these ops (y, pre-activation) on import.
+    op = torch.ops.tritonconv.depthwise_conv2d if family == "depthwise" else torch.ops.tritonconv.pointwise_conv2d
+    return op(input, weight, bias, *_geometry_args(geo), "none", False)[0]
 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -344,6 +340,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         backend: "triton" (our kernels) or "auto" (ours or PyTorch's, whichever was faster for this
             shape when timed); None takes `tritonconv.set_backend`'s default, "triton".
     """
+    input, weight, bias = autocast(input, weight, bias)
     geo = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
     ours = lambda: _conv2d_ours(input, weight, bias, geo)  # noqa: E731
     if dispatch.use_torch(_forward_problem(geo, input, weight), ours,

@@ -1,0 +1,240 @@
+"""Direct depthwise convolution kernels: forward, input gradient and weight gradient.
+
+Depthwise convolution filters every input channel on its own, with a channel multiplier MULT: output
+channel f reads input channel f // MULT only.
+
+    y[n, f, oh, ow] = sum_{kh, kw} x[n, f // MULT, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] * w[f, 0, kh, kw]
+
+There is no reduction over channels, so a matrix product has nothing to multiply: feeding `tl.dot` would
+mean padding each channel's reduction up to 16 and doing 16x the work. These kernels compute directly in
+float32 registers, one fused multiply-add per tap and output element.
+
+Every kernel works on a 3-D tile of BLOCK_H x BLOCK_W pixels by BLOCK_C channels, and the layout lives only
+in the strides, so the configuration chooses the tile's shape per layout:
+- channels_last: channels are contiguous, so a wide BLOCK_C vectorises the loads over channels and a few
+  pixels per program keep the tile a few thousand elements;
+- NCHW: a row is contiguous, so BLOCK_C is small and the tile covers a patch of the spatial plane. The
+  patches that the taps read overlap (the input halo); the overlap is re-read from cache, not memory.
+
+Taps that read only padding for every output (large dilations, large kernels on small maps) are cut on the
+host by the live tap range [kh_start, kh_end) x [kw_start, kw_end), as in kernels/conv.py.
+
+All offsets are int64, so tensors over 2^31 elements index correctly.
+"""
+
+import triton
+import triton.language as tl
+
+from tritonconv.kernels.activations import store_epilogue
+
+
+@triton.jit
+def plane_tile(t, rows, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Coordinates of tile `t` of a rows x cols plane cut into BLOCK_H x BLOCK_W tiles, row-major.
+
+    Returns the tile's rows as an int64 (BLOCK_H, 1, 1) tensor and its columns as (1, BLOCK_W, 1), ready
+    to broadcast against a (BLOCK_H, BLOCK_W, BLOCK_C) tile; they may run past the plane's edge.
+    """
+    tiles_w = tl.cdiv(cols, BLOCK_W)
+    r = (t // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
+    c = (t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    return r.to(tl.int64)[:, None, None], c.to(tl.int64)[None, :, None]
+
+
+@triton.jit
+def depthwise_taps(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww, dil_h, dil_w,
+                   kh_start, kh_end, kw_start, kw_end):
+    """acc + sum over the live taps of x[ih0 + kh*dh, iw0 + kw*dw] * w[kh, kw], in float32.
+
+    Shape-agnostic, so the depthwise kernel (3-D pixel x channel tiles) and the fused separable kernel
+    (2-D pixel-row x channel tiles) share it: every argument broadcasts against `acc`.
+      x_base: pointers to x at (ih0, iw0), image and channel already included (the pointer may lie
+              outside x: it is only dereferenced where the tap's pixel is inside the input);
+      x_valid: where the pixel/channel exists at all (e.g. channel < C);
+      ih0, iw0: input row/column of tap (0, 0), used only in comparisons (int32 is enough);
+      w_base, w_valid: pointers to w[f, 0, 0, 0] and their mask.
+    Positions outside the H x W input read as zero (the padding).
+    """
+    for kh in range(kh_start, kh_end):
+        ih = ih0 + kh * dil_h
+        row_ok = x_valid & (ih >= 0) & (ih < H)
+        # Moving one tap down moves every pointer by the same dil_h rows: a scalar int64 added to x_base.
+        row_step = (kh * dil_h).to(tl.int64) * sxh
+        for kw in range(kw_start, kw_end):
+            iw = iw0 + kw * dil_w
+            ok = row_ok & (iw >= 0) & (iw < W)
+            xv = tl.load(x_base + row_step + (kw * dil_w).to(tl.int64) * sxw, mask=ok, other=0.0)
+            wv = tl.load(w_base + kh * swh + kw * sww, mask=w_valid, other=0.0)
+            acc += xv.to(tl.float32) * wv.to(tl.float32)
+    return acc
+
+
+@triton.jit
+def depthwise_forward_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    z_ptr,  # pre-activation output (strides of y), written only when STORE_PRE
+    # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW); the
+    # batch size is implied by the grid.
+    H, W, OH, OW, F, MULT,
+    # Geometry. kh/kw ranges are the live taps (see module docstring).
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    kh_start, kh_end, kw_start, kw_end,
+    # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW).
+    sxn, sxc, sxh, sxw,
+    swf, swh, sww,
+    syn, syc, syh, syw,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,  # "none", "relu", "relu6", "silu" or "gelu" (kernels/activations.py)
+    STORE_PRE: tl.constexpr,   # also store z = conv + bias, the activation's input, for its backward
+    BLOCK_H: tl.constexpr,     # output rows per program
+    BLOCK_W: tl.constexpr,     # output columns per program
+    BLOCK_C: tl.constexpr,     # output channels per program
+):
+    """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
+
+    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H) * cdiv(OW, BLOCK_W),), one flat axis because
+    N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
+    neighbouring spatial tiles of one channel block, so the halo they share is still in cache.
+    """
+    pid = tl.program_id(0)
+    plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
+    tiles_c = tl.cdiv(F, BLOCK_C)
+    oh, ow = plane_tile(pid % plane_tiles, OH, OW, BLOCK_H, BLOCK_W)
+    n = (pid // plane_tiles // tiles_c).to(tl.int64)
+    f = (pid // plane_tiles % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    f_valid = f < F
+
+    # Output pixel (oh, ow) of channel f reads input channel f // MULT from row oh*sh - ph + kh*dh.
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_base = x_ptr + n * sxn + (f // MULT).to(tl.int64) * sxc + ih0 * sxh + iw0 * sxw
+    acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+    acc = depthwise_taps(acc, x_base, f_valid, ih0, iw0, w_ptr + f.to(tl.int64) * swf, f_valid,
+                         H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end)
+
+    y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + ow * syw
+    store_epilogue(acc, bias_ptr, f, f_valid, y_ptr + y_offs, z_ptr + y_offs, (oh < OH) & (ow < OW) & f_valid,
+                   HAS_BIAS, ACTIVATION, STORE_PRE)
+
+
+@triton.jit
+def depthwise_input_grad_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    # Sizes: input (N, C, H, W), weight (C * MULT, 1, KH, KW), output (N, C * MULT, OH, OW); the batch
+    # size is implied by the grid.
+    H, W, OH, OW, C, MULT,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    kh_start, kh_end, kw_start, kw_end,
+    # Element strides of dy and dx in (N, C, H, W) order; of w in (F, KH, KW).
+    syn, syc, syh, syw,
+    swf, swh, sww,
+    sxn, sxc, sxh, sxw,
+    BLOCK_H: tl.constexpr,  # input rows per program
+    BLOCK_W: tl.constexpr,  # input columns per program
+    BLOCK_C: tl.constexpr,  # input channels per program
+):
+    """Input gradient, gathered per input pixel (no atomics):
+
+        dx[n, c, ih, iw] = sum_{j < MULT} sum_{kh, kw} dy[n, c*MULT + j, oh, ow] * w[c*MULT + j, 0, kh, kw]
+        where oh = (ih + ph - kh*dh) / sh exactly (likewise ow), and 0 <= oh < OH.
+
+    A tap reaches input row ih only when ih + ph - kh*dh is a non-negative multiple of the stride; the
+    others are masked (with stride s, a fraction 1 - 1/s^2 of the taps). Grid: as the forward kernel's,
+    over input pixels and input channels.
+    """
+    pid = tl.program_id(0)
+    plane_tiles = tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W)
+    tiles_c = tl.cdiv(C, BLOCK_C)
+    ih, iw = plane_tile(pid % plane_tiles, H, W, BLOCK_H, BLOCK_W)
+    n = (pid // plane_tiles // tiles_c).to(tl.int64)
+    c = (pid // plane_tiles % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    c_valid = c < C
+
+    acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+    for j in range(MULT):
+        # Output channel f = c*MULT + j is the j-th filter applied to input channel c.
+        f = (c * MULT + j).to(tl.int64)
+        dy_chan = dy_ptr + n * syn + f * syc
+        w_chan = w_ptr + f * swf
+        for kh in range(kh_start, kh_end):
+            th = ih + pad_h - kh * dil_h
+            oh = th // stride_h
+            row_ok = c_valid & (th >= 0) & (th % stride_h == 0) & (oh < OH)
+            for kw in range(kw_start, kw_end):
+                tw = iw + pad_w - kw * dil_w
+                ow = tw // stride_w
+                ok = row_ok & (tw >= 0) & (tw % stride_w == 0) & (ow < OW)
+                g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
+                wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
+                acc += g.to(tl.float32) * wv.to(tl.float32)
+
+    dx_offs = n * sxn + c.to(tl.int64) * sxc + ih * sxh + iw * sxw
+    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=(ih < H) & (iw < W) & c_valid)
+
+
+@triton.jit
+def depthwise_weight_grad_kernel(
+    x_ptr, dy_ptr,
+    dw_ptr,  # result: contiguous float32 (F, KH * KW); zero-filled by the caller when SPLIT > 1
+    # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW).
+    N, H, W, OH, OW, F, MULT, KH, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # Element strides of x and dy in (N, C, H, W) order.
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    SPLIT: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction, summed with atomics
+    TAPS: tl.constexpr,     # taps per program, reduced one after another
+    BLOCK_H: tl.constexpr,  # output rows per reduction step
+    BLOCK_W: tl.constexpr,  # output columns per reduction step
+    BLOCK_C: tl.constexpr,  # channels per program
+):
+    """Weight gradient, a reduction over every output pixel of every image:
+
+        dw[f, 0, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, f // MULT, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
+
+    Each program owns a group of TAPS consecutive taps (row-major over KH x KW) and one channel block, and
+    for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT
+    programs share the run and add their float32 partial sums with atomics (SPLIT == 1 stores).
+    Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT,), the tap group varying fastest. With TAPS == 1
+    the programs of every tap over one run are neighbours, run together and re-read dy and x from L2;
+    larger groups re-read them from their own cache and launch fewer programs.
+    """
+    pid = tl.program_id(0)
+    taps = KH * KW
+    tap_groups = tl.cdiv(taps, TAPS)
+    tiles_c = tl.cdiv(F, BLOCK_C)
+    first_tap = pid % tap_groups * TAPS
+    split = pid // tap_groups // tiles_c
+    f_vec = (pid // tap_groups % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    f = f_vec[None, None, :]
+    f_valid = f < F
+    dy_chan = dy_ptr + f.to(tl.int64) * syc
+    x_chan = x_ptr + (f // MULT).to(tl.int64) * sxc
+
+    plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
+    tiles = N * plane_tiles
+    tiles_per_split = tl.cdiv(tiles, SPLIT)
+    t_begin = split * tiles_per_split
+    t_end = tl.minimum(t_begin + tiles_per_split, tiles)
+
+    for tap in range(first_tap, tl.minimum(first_tap + TAPS, taps)):
+        kh = tap // KW
+        kw = tap % KW
+        acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+        for t in range(t_begin, t_end):
+            n = (t // plane_tiles).to(tl.int64)
+            oh, ow = plane_tile(t % plane_tiles, OH, OW, BLOCK_H, BLOCK_W)
+            ih = oh * stride_h - pad_h + kh * dil_h
+            iw = ow * stride_w - pad_w + kw * dil_w
+            g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=(oh < OH) & (ow < OW) & f_valid, other=0.0)
+            # Outside the output dy is masked to zero; x is masked only outside the input (never out of bounds).
+            xv = tl.load(x_chan + n * sxn + ih * sxh + iw * sxw,
+                         mask=(ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & f_valid, other=0.0)
+            acc += g.to(tl.float32) * xv.to(tl.float32)
+
+        partial = tl.sum(tl.sum(acc, axis=0), axis=0)
+        dw_offs = f_vec.to(tl.int64) * taps + tap
+        if SPLIT == 1:
+            tl.store(dw_ptr + dw_offs, partial, mask=f_vec < F)
+        else:
+            tl.atomic_add(dw_ptr + dw_offs, partial, mask=f_vec < F)

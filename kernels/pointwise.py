@@ -1,0 +1,90 @@
+"""Pointwise (1x1) convolution as a GEMM, with bias and activation in the epilogue.
+
+A 1x1 convolution mixes channels pixel by pixel, so it is a matrix product over channels:
+
+    y[n, f, oh, ow] = activation(bias[f] + sum_c x[n, c, oh*sh, ow*sw] * w[f, c, 0, 0])
+
+The output pixels form the GEMM's rows (M), output channels its columns (N) and input channels its
+reduction (K). The rows are cut into BATCH equal runs of ROWS pixels:
+- channels_last: one GEMM [N*OH*OW, C] x [C, F] (BATCH = 1), pixels are evenly spaced rows of memory;
+- NCHW: one GEMM per image, [OH*OW, C] x [C, F] (BATCH = N), whose pixels are contiguous in memory.
+Either way, pixel r of run b sits at b*syn + r*syw in the output (the launcher allocates y densely), so
+stores along M are provably contiguous in NCHW and vectorise. The input is read the same way (FLAT_INPUT)
+when the stride is 1 and its pixels are evenly spaced; otherwise (strided 1x1 conv, views) each pixel's
+(n, oh, ow) is decoded and addressed through all four strides.
+
+All offsets are int64, so tensors over 2^31 elements index correctly.
+"""
+
+import triton
+import triton.language as tl
+
+from tritonconv.kernels.activations import store_epilogue
+from tritonconv.kernels.conv import _dot
+
+
+@triton.jit
+def pointwise_forward_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    z_ptr,  # pre-activation output (strides of y), written only when STORE_PRE
+    # Sizes: input (N, C, H, W), weight (F, C, 1, 1), output (N, F, OH, OW).
+    C, F, OH, OW,
+    ROWS,  # output pixels per GEMM: OH*OW (NCHW, one GEMM per image) or N*OH*OW (channels_last)
+    stride_h, stride_w,
+    # Element strides of x and y in (N, C, H, W) order (any memory format; y dense); of w in (F, C).
+    sxn, sxc, sxh, sxw,
+    swf, swc,
+    syn, syc, syh, syw,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,  # "none", "relu", "relu6", "silu" or "gelu" (kernels/activations.py)
+    STORE_PRE: tl.constexpr,   # also store z = x @ w + bias, the activation's input, for its backward
+    FLAT_INPUT: tl.constexpr,  # pixel r of run b of the input sits at b*sxn + r*sxw (stride 1, dense)
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # output pixels per program
+    BLOCK_N: tl.constexpr,  # output channels per program
+    BLOCK_K: tl.constexpr,  # input channels per step of the reduction
+):
+    """y = activation(x @ w + bias) per pixel. Grid: (BATCH * cdiv(ROWS, BLOCK_M) * cdiv(F, BLOCK_N),).
+
+    The N-tiles of one M-tile are neighbouring programs, so the input tile they all read comes from
+    memory once and from L2 after that (the weights are small and stay in L2).
+    """
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(F, BLOCK_N)
+    num_m = tl.cdiv(ROWS, BLOCK_M)
+    pid_n = pid % num_n
+    pid_m = pid // num_n % num_m
+    run = pid // num_n // num_m
+
+    # Pixel indices are int32 (the launcher keeps BATCH * ROWS below 2^31): int64 division is a branchy
+    # subroutine that costs about 100 registers on sm_90. Offsets are int64.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_valid = offs_m < ROWS
+    if FLAT_INPUT:
+        x_rows = x_ptr + run.to(tl.int64) * sxn + offs_m.to(tl.int64) * sxw
+    else:
+        # Pixel q of the whole output (all runs) is (n, oh, ow); it reads input pixel (oh*sh, ow*sw).
+        q = run * ROWS + offs_m
+        n_img = q // (OH * OW)
+        pix = q % (OH * OW)
+        x_rows = x_ptr + n_img.to(tl.int64) * sxn + ((pix // OW) * stride_h).to(tl.int64) * sxh \
+            + ((pix % OW) * stride_w).to(tl.int64) * sxw
+
+    offs_f = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    f_valid = offs_f < F
+    w_cols = w_ptr + offs_f.to(tl.int64) * swf
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        offs_c = c0 + tl.arange(0, BLOCK_K)
+        c_valid = offs_c < C
+        a = tl.load(x_rows[:, None] + offs_c.to(tl.int64)[None, :] * sxc,
+                    mask=m_valid[:, None] & c_valid[None, :], other=0.0)
+        b = tl.load(w_cols[None, :] + offs_c.to(tl.int64)[:, None] * swc,
+                    mask=c_valid[:, None] & f_valid[None, :], other=0.0)
+        acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+
+    y_offs = (run.to(tl.int64) * syn + offs_m.to(tl.int64) * syw)[:, None] + offs_f.to(tl.int64)[None, :] * syc
+    store_epilogue(acc, bias_ptr, offs_f[None, :], f_valid[None, :], y_ptr + y_offs, z_ptr + y_offs,
+                   m_valid[:, None] & f_valid[None, :], HAS_BIAS, ACTIVATION, STORE_PRE)

@@ -1,0 +1,158 @@
+"""depthwise_conv2d against F.conv2d(groups=C) in float64: forward, backward, layouts, dtypes, routing, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tritonconv as tc
+from conftest import DEVICE, DTYPES, assert_close, rand
+from tritonconv import dispatch
+
+# (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
+# stride 2, dilation 2, even and non-square kernels, "same"/"valid", and planes and channel counts that need
+# several tiles of the interpreter's configuration. Each runs in every dtype and layout.
+CASES = [
+    (2, 5, 9, 8, 1, (1, 1), 1, 0, 1),
+    (1, 6, 7, 10, 2, (3, 3), 1, 1, 1),
+    (2, 3, 8, 9, 1, (5, 5), 2, 2, 1),
+    (1, 4, 8, 11, 1, (7, 7), 1, "same", 2),
+    (1, 20, 7, 19, 1, (2, 4), (1, 2), "valid", (2, 1)),
+]
+# A large kernel on a small map (169 taps, slow in the interpreter): two dtype/layout pairs.
+LARGE = (1, 3, 8, 13, 1, (13, 13), 1, 6, 1)
+PARAMS = [pytest.param(case, dtype, cl,
+                       id=f"k{case[5][0]}x{case[5][1]}_m{case[4]}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
+          for case in CASES for dtype in DTYPES for cl in (False, True)] + [
+    pytest.param(LARGE, torch.float32, False, id="k13x13-float32-nchw"),
+    pytest.param(LARGE, torch.bfloat16, True, id="k13x13-bfloat16-nhwc"),
+]
+
+
+def _reference(x, w, b, stride, padding, dilation):
+    return F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, padding, dilation, x.shape[1])
+
+
+@pytest.mark.parametrize("case,dtype,channels_last", PARAMS)
+def test_depthwise_forward_backward(case, dtype, channels_last):
+    n, c, h, w_, mult, k, stride, padding, dilation = case
+    x = rand(n, c, h, w_, dtype=dtype, channels_last=channels_last, requires_grad=True)
+    w = rand(c * mult, 1, *k, dtype=dtype, requires_grad=True)
+    b = rand(c * mult, dtype=dtype, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, b, stride, padding, dilation)
+
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = _reference(xr, wr, br, stride, padding, dilation)
+    assert_close(y, ref, dtype, "forward")
+    assert y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    dy = rand(*ref.shape, dtype=dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, dtype, "input grad")
+    assert_close(w.grad, wr.grad, dtype, "weight grad")
+    assert_close(b.grad, br.grad, dtype, "bias grad")
+    assert x.grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("dilation,padding", [(12, 12), (24, 24)])
+def test_large_dilation_skips_padding_taps(dilation, padding):
+    """ASPP-like rates on a small map: most taps read only padding and are cut; gradients must not change."""
+    x = rand(1, 3, 9, 9, requires_grad=True)
+    w = rand(3, 1, 3, 3, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, None, 1, padding, dilation)
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    ref = _reference(xr, wr, None, 1, padding, dilation)
+    assert_close(y, ref, torch.float32, "forward")
+    dy = rand(*ref.shape)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, torch.float32, "input grad")
+    assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+def test_batch_zero_and_no_bias():
+    x = rand(0, 3, 5, 5, requires_grad=True)
+    w = rand(6, 1, 3, 3, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, padding=1)
+    assert y.shape == (0, 6, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_indexing_beyond_int32(monkeypatch):
+    """A view whose second image starts 2^31 elements into its storage: forward reads it, the weight
+    gradient reads it again."""
+    big = 2**31 + 64
+    c, h, w_ = 2, 5, 4
+    # Without the NaN fill, the 4 GiB storage stays unwritten (and unallocated) except for the two images.
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", False)
+    storage = torch.empty(big + c * h * w_, dtype=torch.float16, device=DEVICE)
+    x = storage.as_strided((2, c, h, w_), (big, h * w_, w_, 1))
+    x.copy_(torch.randn(2, c, h, w_, dtype=torch.float64).to(torch.float16))
+    w = rand(2 * c, 1, 3, 3, dtype=torch.float16, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, padding=1)
+    wr = w.detach().double().requires_grad_()
+    ref = _reference(x, wr, None, 1, 1, 1)
+    assert_close(y, ref, torch.float16, "far image")
+    dy = rand(*ref.shape, dtype=torch.float16)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(w.grad, wr.grad, torch.float16, "weight grad over the far image")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("c,mult,k,groups,family", [
+    (4, 1, (3, 3), 4, "depthwise"),
+    (3, 2, (5, 3), 3, "depthwise"),
+    (1, 5, (3, 3), 1, "depthwise"),   # one input channel: groups == C even without groups
+    (4, 1, (3, 3), 2, "implicit_gemm"),
+])
+def test_conv2d_routes_depthwise(c, mult, k, groups, family, channels_last):
+    """conv2d sends groups == in_channels to the depthwise kernels and computes the same result."""
+    x = rand(2, c, 7, 6, channels_last=channels_last, requires_grad=True)
+    w = rand(c * mult, c // groups, *k, requires_grad=True)
+    with dispatch.recording() as decisions:
+        y = tc.conv2d(x, w, None, 1, 1, 1, groups)
+        y.backward(torch.ones_like(y))
+    assert {d.family for d in decisions} == {family}
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    ref = F.conv2d(xr, wr, None, 1, 1, 1, groups)
+    ref.backward(torch.ones_like(ref))
+    assert_close(y, ref, torch.float32, "forward")
+    assert_close(x.grad, xr.grad, torch.float32, "input grad")
+    assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+def _bad(**overrides):
+    args = dict(input=rand(1, 4, 6, 6), weight=rand(8, 1, 3, 3), bias=None, stride=1, padding=0, dilation=1)
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (dict(weight=rand(8, 2, 3, 3)), ValueError, r"weight must have shape \(C \* multiplier, 1, KH, KW\)"),
+    (dict(weight=rand(6, 1, 3, 3)), ValueError, "C = 4 input channels"),
+    (dict(weight=rand(2, 1, 3, 3)), ValueError, "multiplier >= 1"),
+    (dict(weight=rand(8, 1, 3)), ValueError, r"weight must be \(N, C, H, W\)"),
+    (dict(weight=rand(8, 1, 3, 3, dtype=torch.float16)), TypeError, "weight has dtype"),
+    (dict(weight="w"), TypeError, "weight must be a torch.Tensor"),
+    (dict(input=rand(1, 0, 6, 6)), ValueError, "at least one channel"),
+    (dict(input=rand(4, 6, 6)), ValueError, r"input must be \(N, C, H, W\)"),
+    (dict(bias=rand(4)), ValueError, "bias must have shape"),
+    (dict(bias=rand(8, dtype=torch.bfloat16)), TypeError, "bias has dtype"),
+    (dict(stride=0), ValueError, "stride must be >= 1"),
+    (dict(padding="same", stride=2), ValueError, "same"),
+    (dict(weight=rand(8, 1, 9, 9)), ValueError, "padded input"),
+])
+def test_bad_input(overrides, error, match):
+    with pytest.raises(error, match=match):
+        tc.depthwise_conv2d(**_bad(**overrides))
+
+
+def test_autocast_runs_in_the_lower_precision():
+    x, w, b = rand(1, 3, 6, 5), rand(6, 1, 3, 3), rand(6)
+    with torch.autocast(x.device.type, dtype=torch.float16):
+        y = tc.depthwise_conv2d(x, w, b, padding=1)
+    assert y.dtype == torch.float16
+    assert_close(y, _reference(x, w, b, 1, 1, 1), torch.float16, "autocast")

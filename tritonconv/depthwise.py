@@ -1,0 +1,267 @@
+"""depthwise_conv2d: configurations and launchers for the direct depthwise kernels, torch.library ops with
+autograd, public op."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import triton
+
+from tritonconv import dispatch
+from tritonconv._checks import autocast, channels_last, check_same, check_tensor, empty_like_layout
+from tritonconv.conv import _GEOMETRY_SCHEMA, ConvGeometry, _geometry, _geometry_args, conv_geometry
+from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
+                                          depthwise_weight_grad_kernel)
+from tritonconv.pointwise import epilogue_fake, register_epilogue_autograd
+
+# ---------------------------------------------------------------------------------------------------------
+# Configurations (see tritonconv.dispatch). A depthwise Problem has m = N * rows * cols pixels of the plane
+# the kernel tiles (the output plane, or the input plane for the input gradient), n = channels, k = taps,
+# and extra = (("height", rows), ("width", cols)).
+# ---------------------------------------------------------------------------------------------------------
+
+# The order in which tile axes are widened, each up to its cap, while the tile stays within the element
+# budget. channels_last widens channels first (contiguous, so the loads vectorise); NCHW widens columns,
+# then rows, so each program covers a patch of the plane. The interpreter pays per program and per
+# operation, not per element, so its one tile covers a whole small test plane (but not the test cases
+# chosen to need several tiles).
+_GPU_TILES = {True: (1024, (("BLOCK_C", 64), ("BLOCK_W", 8), ("BLOCK_H", 8))),
+              False: (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))}
+_INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
+
+
+def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
+    """BLOCK_H, BLOCK_W, BLOCK_C for a plane of problem.extra's height x width and problem.n channels."""
+    extra = dict(problem.extra)
+    extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
+    budget, order = _INTERPRETER_TILES if interpreter else _GPU_TILES[problem.channels_last]
+    blocks = {}
+    for name, cap in order:
+        blocks[name] = dispatch.pow2_clamp(extents[name], 1, min(cap, budget))
+        budget //= blocks[name]
+    return blocks
+
+
+def _warps(blocks: dict[str, int]) -> int:
+    """About 8 float32 accumulators per thread: 4 warps for a 1024-element tile, fewer for small ones."""
+    return dispatch.pow2_clamp(blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"] // 256, 1, 4)
+
+
+def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Forward and input gradient: one tile of the plane per program, no reduction across programs."""
+    blocks = _tile(problem, interpreter)
+    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, **blocks)
+
+
+def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
+    neighbours take the other taps of the same pixels, which then come from L2) and SPLIT programs share
+    each (tap, channel block) until the GPU is full, each keeping at least 4 tiles of work. The
+    interpreter pays per program and per operation, so one program walks every tap; it splits in two
+    whenever there are two tiles, so the tests exercise the atomic path."""
+    blocks = _tile(problem, interpreter)
+    extra = dict(problem.extra)
+    tiles = problem.m // (extra["height"] * extra["width"]) \
+        * triton.cdiv(extra["height"], blocks["BLOCK_H"]) * triton.cdiv(extra["width"], blocks["BLOCK_W"])
+    if interpreter:
+        split, taps = (2 if tiles > 1 else 1), problem.k
+    else:
+        programs = problem.k * triton.cdiv(problem.n, blocks["BLOCK_C"])
+        split, taps = max(1, min(dispatch.TARGET_PROGRAMS // programs, tiles // 4)), 1
+    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT=split, TAPS=taps, **blocks)
+
+
+def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """Tiles of 512 to 4096 elements in the layout's shape, none over twice the plane's extent."""
+    extra = dict(problem.extra)
+    if problem.channels_last:
+        axes = {"BLOCK_C": (32, 64, 128), "BLOCK_W": (2, 4, 8), "BLOCK_H": (2, 4, 8)}
+    else:
+        axes = {"BLOCK_W": (16, 32, 64), "BLOCK_H": (4, 8, 16), "BLOCK_C": (1, 2, 4)}
+    extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
+    fits = {name: tuple(v for v in values if v <= max(values[0], 2 * triton.next_power_of_2(extents[name])))
+            for name, values in axes.items()}
+    return [cfg for cfg in dispatch.product_space(num_warps=(4, 8), num_stages=(1,), **fits)
+            if 512 <= cfg["BLOCK_H"] * cfg["BLOCK_W"] * cfg["BLOCK_C"] <= 4096]
+
+
+def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT=split, TAPS=taps, **dict(cfg.meta))
+            for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3)]
+
+
+dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space)
+dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space)
+dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_kernel, _weight_grad_config,
+                  _weight_grad_space)
+
+
+def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
+             cl: bool) -> dispatch.Problem:
+    return dispatch.Problem(kernel, m=geo.batch * plane[0] * plane[1], n=channels, k=geo.kernel[0] * geo.kernel[1],
+                            dtype=x.dtype, channels_last=cl, extra=(("height", plane[0]), ("width", plane[1])))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launchers.
+# ---------------------------------------------------------------------------------------------------------
+
+def _plane_programs(cfg: dispatch.Config, batch: int, channels: int, plane: tuple[int, int]) -> int:
+    """Programs of a kernel that gives each program one (BLOCK_H, BLOCK_W, BLOCK_C) tile."""
+    return (batch * triton.cdiv(channels, cfg["BLOCK_C"])
+            * triton.cdiv(plane[0], cfg["BLOCK_H"]) * triton.cdiv(plane[1], cfg["BLOCK_W"]))
+
+
+def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
+                      activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y = activation(depthwise(x, w) + bias), in the memory format torch's convolution would give.
+
+    Returns (y, z) where z = depthwise(x, w) + bias, the activation's input, when `store_pre` (else None).
+    """
+    cl = channels_last(x, w)
+    f, plane = geo.out_channels, (geo.out_height, geo.out_width)
+    y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, x.device)
+    z = torch.empty_like(y) if store_pre else None
+    if y.numel() == 0:
+        return y, z
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        depthwise_forward_kernel[(_plane_programs(cfg, geo.batch, f, plane),)](
+            x, w, bias if bias is not None else w, y, z if z is not None else y,
+            geo.height, geo.width, *plane, f, f // geo.in_channels,
+            *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
+            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+            HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **cfg.launch_kwargs())
+        return y
+
+    launch(dispatch.config_for(_problem("depthwise_forward", geo, f, plane, x, cl), launch))
+    return y, z
+
+
+def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
+    """dL/dx of the depthwise convolution `geo`, in the memory format of `like` (the input)."""
+    cl = channels_last(like)
+    c, plane = geo.in_channels, (geo.height, geo.width)
+    dx = empty_like_layout((geo.batch, c, *plane), cl, dy.dtype, dy.device)
+    if dx.numel() == 0:
+        return dx
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        depthwise_input_grad_kernel[(_plane_programs(cfg, geo.batch, c, plane),)](
+            dy, w, dx, *plane, geo.out_height, geo.out_width, c, geo.out_channels // c,
+            *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
+            *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(), **cfg.launch_kwargs())
+        return dx
+
+    return launch(dispatch.config_for(_problem("depthwise_input_grad", geo, c, plane, dy, cl), launch))
+
+
+def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
+    """dL/dw of the depthwise convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
+    f, (kh, kw) = geo.out_channels, geo.kernel
+    plane = (geo.out_height, geo.out_width)
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        # SPLIT programs add into one float32 result, which must start at zero.
+        dw = (torch.zeros if cfg["SPLIT"] > 1 else torch.empty)((f, kh * kw), dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(kh * kw, cfg["TAPS"]) * triton.cdiv(f, cfg["BLOCK_C"]) * cfg["SPLIT"],)
+        depthwise_weight_grad_kernel[grid](
+            x, dy, dw, geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw,
+            *geo.stride, *geo.pad, *geo.dilation, *x.stride(), *dy.stride(), **cfg.launch_kwargs())
+        return dw
+
+    if geo.batch == 0:
+        dw = torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device)
+    else:
+        dw = launch(dispatch.config_for(_problem("depthwise_weight_grad", geo, f, plane, x, channels_last(x)), launch))
+    fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
+    return dw.view(f, 1, kh, kw).to(like.dtype).contiguous(memory_format=fmt)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library ops (opaque to torch.compile, with fake implementations for shapes), autograd, public op.
+# tritonconv::depthwise_conv2d is a conv + bias + activation op returning (y, z), like
+# tritonconv::pointwise_conv2d; the public op uses no activation, the separable backward does.
+# ---------------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("tritonconv::depthwise_conv2d", mutates_args=(),
+                         schema=f"(Tensor x, Tensor w, Tensor? bias, {_GEOMETRY_SCHEMA}, str activation, "
+                                "bool store_pre) -> (Tensor, Tensor)")
+def _depthwise_op(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
+    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+    y, z = depthwise_forward(x, w, bias, geo, activation, store_pre)
+    return y, z if z is not None else x.new_empty(0)
+
+
+@_depthwise_op.register_fake
+def _(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
+    return epilogue_fake(x, w, output_size, store_pre)
+
+
+@torch.library.custom_op("tritonconv::depthwise_conv2d_input_grad", mutates_args=(),
+                         schema=f"(Tensor dy, Tensor w, Tensor x, {_GEOMETRY_SCHEMA}) -> Tensor")
+def _depthwise_input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
+    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+    return depthwise_input_grad(dy, w, geo, x)
+
+
+@_depthwise_input_grad_op.register_fake
+def _(dy, w, x, stride, padding, dilation, groups, output_size):
+    return empty_like_layout(x.shape, channels_last(x), dy.dtype, dy.device)
+
+
+@torch.library.custom_op("tritonconv::depthwise_conv2d_weight_grad", mutates_args=(),
+                         schema=f"(Tensor x, Tensor dy, Tensor w, {_GEOMETRY_SCHEMA}) -> Tensor")
+def _depthwise_weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
+    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+    return depthwise_weight_grad(x, dy, geo, w)
+
+
+@_depthwise_weight_grad_op.register_fake
+def _(x, dy, w, stride, padding, dilation, groups, output_size):
+    return empty_like_layout(w.shape, channels_last(w), w.dtype, w.device)
+
+
+register_epilogue_autograd(_depthwise_op, _depthwise_input_grad_op, _depthwise_weight_grad_op)
+
+
+def check_depthwise_weight(weight: object, name: str, input: torch.Tensor) -> torch.Tensor:
+    """Check that `weight` is a depthwise filter bank (C * multiplier, 1, KH, KW) for `input`'s C channels,
+    with its dtype and device."""
+    check_tensor(weight, name)
+    check_same(weight, name, input, "input")
+    in_channels = input.shape[1]
+    if in_channels < 1:
+        raise ValueError(f"a depthwise convolution needs an input with at least one channel, got {in_channels}")
+    f, one = weight.shape[:2]
+    if one != 1 or f < in_channels or f % in_channels:
+        raise ValueError(f"{name} must have shape (C * multiplier, 1, KH, KW) with C = {in_channels} input "
+                         f"channels and an integer multiplier >= 1, got {tuple(weight.shape)}")
+    return weight
+
+
+def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+                     dilation: int | Sequence[int] = 1) -> torch.Tensor:
+    """Depthwise 2-D convolution: `torch.nn.functional.conv2d(input, weight, bias, stride, padding,
+    dilation, groups=C)`.
+
+    y[n, f, i, j] = b[f] + sum_{u, v} x[n, f // m, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w] * w[f, 0, u, v]
+
+    for output channel f in [0, C*m), with channel multiplier m = weight.shape[0] / C and x reading as 0
+    outside the input. Computed directly in float32 registers (no matrix product: each channel is filtered
+    on its own), for any kernel size. Autograd computes input and weight gradients with our own kernels.
+
+    Args:
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        weight: (C * m, 1, KH, KW), multiplier m >= 1.
+        bias: optional (C * m,).
+        stride, dilation: int or (h, w) pair, each >= 1.
+        padding: int or (h, w) pair, "valid" or "same" (stride 1 only), as in `tritonconv.conv2d`.
+    """
+    input, weight, bias = autocast(input, weight, bias)
+    check_tensor(input, "input")
+    check_depthwise_weight(weight, "weight", input)
+    geo = conv_geometry(input, weight, bias, stride, padding, dilation, input.shape[1])
+    return torch.ops.tritonconv.depthwise_conv2d(input, weight, bias, *_geometry_args(geo), "none", False)[0]

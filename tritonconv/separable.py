@@ -1,0 +1,163 @@
+"""depthwise_separable_conv2d: the fused depthwise -> activation -> pointwise kernel, its torch.library op
+and autograd, the public op."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import triton
+
+from tritonconv import dispatch
+from tritonconv._checks import (autocast, channels_last, check_activation, check_bias, check_tensor,
+                                empty_like_layout)
+from tritonconv.conv import _GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, conv_geometry
+from tritonconv.depthwise import check_depthwise_weight
+from tritonconv.kernels.separable import separable_forward_kernel
+from tritonconv.pointwise import channel_sum, check_pointwise_weight, int32_batches
+
+# ---------------------------------------------------------------------------------------------------------
+# Configurations (see tritonconv.dispatch). The Problem is the pointwise GEMM's: m = N*OH*OW pixels,
+# n = F, k = C * multiplier intermediate channels; extra holds the depthwise taps per channel.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """On a GPU: 64-pixel tiles and every output channel up to 128 in one tile, so that the depthwise
+    block (the costly part of a K-step when F is small) is recomputed for as few N-tiles as possible;
+    32 intermediate channels per step keep the float32 depthwise block at 16 registers a thread. A
+    128-column tile needs 8 warps: with 4 the NCHW epilogue spills on sm_90 (bench.static)."""
+    if interpreter:
+        return dispatch.Config.of(num_warps=4, num_stages=1, **dispatch.gemm_blocks(problem, True))
+    block_n = dispatch.pow2_clamp(problem.n, 16, 128)
+    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=2, BLOCK_M=64, BLOCK_N=block_n,
+                              BLOCK_K=dispatch.pow2_clamp(problem.k, 16, 32))
+
+
+def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    return dispatch.product_space(num_warps=(4, 8), num_stages=(1, 2), BLOCK_M=(64, 128), BLOCK_N=(64, 128, 256),
+                                  BLOCK_K=(16, 32, 64))
+
+
+dispatch.register("separable_forward", "separable", separable_forward_kernel, _fused_config, _fused_space)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launcher.
+# ---------------------------------------------------------------------------------------------------------
+
+def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor,
+                      bp: torch.Tensor | None, geo: ConvGeometry, activation: str) -> torch.Tensor:
+    """y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp in one kernel; `geo` is the depthwise
+    convolution's geometry. The output takes the memory format torch's two convolutions would give."""
+    k, f = wd.shape[0], wp.shape[0]
+    plane = (geo.out_height, geo.out_width)
+    cl = channels_last(x, wd, wp)
+    y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, x.device)
+    if y.numel() == 0:
+        return y
+    m = geo.batch * plane[0] * plane[1]
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        for part in int32_batches(geo.batch, plane[0] * plane[1]):
+            ys = y[part]
+            grid = (triton.cdiv(ys.shape[0] * plane[0] * plane[1], cfg["BLOCK_M"]) * triton.cdiv(f, cfg["BLOCK_N"]),)
+            separable_forward_kernel[grid](
+                x[part], wd, bd if bd is not None else wd, wp, bp if bp is not None else wp, ys,
+                ys.shape[0], geo.height, geo.width, *plane, k, f, k // geo.in_channels,
+                *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
+                *x.stride(), wd.stride(0), wd.stride(2), wd.stride(3), wp.stride(0), wp.stride(1), *y.stride(),
+                HAS_DW_BIAS=bd is not None, HAS_PW_BIAS=bp is not None, ACTIVATION=activation,
+                **_dot_flags(x.dtype), **cfg.launch_kwargs())
+        return y
+
+    return launch(dispatch.config_for(dispatch.Problem(
+        "separable_forward", m=m, n=f, k=k, dtype=x.dtype, channels_last=cl,
+        extra=(("taps", geo.kernel[0] * geo.kernel[1]),)), launch))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library op (opaque to torch.compile, with a fake implementation for shapes), autograd, public op.
+# The geometry arguments are the depthwise convolution's.
+# ---------------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("tritonconv::depthwise_separable_conv2d", mutates_args=(),
+                         schema=f"(Tensor x, Tensor wd, Tensor? bd, Tensor wp, Tensor? bp, {_GEOMETRY_SCHEMA}, "
+                                "str activation) -> Tensor")
+def _separable_op(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation):
+    geo = _geometry(x.shape, wd.shape, stride, padding, dilation, groups, output_size)
+    return separable_forward(x, wd, bd, wp, bp, geo, activation)
+
+
+@_separable_op.register_fake
+def _(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation):
+    return empty_like_layout((x.shape[0], wp.shape[0], *output_size), channels_last(x, wd, wp), x.dtype, x.device)
+
+
+def _setup_context(ctx, inputs, output):
+    x, wd, bd, wp, _bp, *geometry, activation = inputs
+    ctx.save_for_backward(x, wd, bd, wp)
+    ctx.geometry = geometry
+    ctx.activation = activation
+
+
+def _backward(ctx, dy):
+    """Recompute the intermediate with the depthwise kernel (a = activation(t), t = depthwise + bd, t
+    written only when an activation needs it), then run the unfused backward: conv2d's 1x1 kernels give
+    da and dwp, our elementwise kernel dt = da * activation'(t), the depthwise kernels dx and dwd."""
+    x, wd, bd, wp = ctx.saved_tensors
+    act, needs = ctx.activation, ctx.needs_input_grad
+    needs_mid = any(needs[:3])
+    a, t = torch.ops.tritonconv.depthwise_conv2d(x, wd, bd, *ctx.geometry, act, needs_mid and act != "none")
+    # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's size.
+    pw_geometry = ([1, 1], [0, 0], [1, 1], 1, ctx.geometry[-1])
+    dwp = torch.ops.tritonconv.conv2d_weight_grad(a, dy, wp, *pw_geometry) if needs[3] else None
+    dbp = channel_sum(dy) if needs[4] else None
+    dx = dwd = dbd = None
+    if needs_mid:
+        da = torch.ops.tritonconv.conv2d_input_grad(dy, wp, a, *pw_geometry)
+        dt = da if act == "none" else torch.ops.tritonconv.activation_backward(da, t, act)
+        dx = torch.ops.tritonconv.depthwise_conv2d_input_grad(dt, wd, x, *ctx.geometry) if needs[0] else None
+        dwd = torch.ops.tritonconv.depthwise_conv2d_weight_grad(x, dt, wd, *ctx.geometry) if needs[1] else None
+        dbd = channel_sum(dt) if needs[2] else None
+    return (dx, dwd, dbd, dwp, dbp) + (None,) * (len(needs) - 5)
+
+
+_separable_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tensor, pointwise_weight: torch.Tensor,
+                               depthwise_bias: torch.Tensor | None = None,
+                               pointwise_bias: torch.Tensor | None = None, stride: int | Sequence[int] = 1,
+                               padding: int | Sequence[int] | str = 0, dilation: int | Sequence[int] = 1,
+                               activation: str | None = None) -> torch.Tensor:
+    """Depthwise-separable convolution: depthwise, then `activation`, then pointwise, in one kernel.
+
+    t[n, k, i, j] = bd[k] + sum_{u, v} x[n, k // m, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w] * wd[k, 0, u, v]
+    y[n, f, i, j] = bp[f] + sum_k act(t[n, k, i, j]) * wp[f, k, 0, 0]
+
+    i.e. `F.conv2d(act(F.conv2d(input, wd, bd, stride, padding, dilation, groups=C)), wp, bp)` with
+    multiplier m = wd.shape[0] / C. The intermediate t is computed in float32 registers, rounded to the
+    input dtype (as the two-op pair would store it) and fed to the pointwise matrix product on chip: it
+    never goes to memory. Backward recomputes t and uses the unfused backward kernels.
+
+    Args:
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        depthwise_weight: (C * m, 1, KH, KW), multiplier m >= 1; depthwise_bias: optional (C * m,).
+        pointwise_weight: (F, C * m, 1, 1); pointwise_bias: optional (F,).
+        stride, padding, dilation: of the depthwise convolution, as in `tritonconv.depthwise_conv2d`.
+        activation: between the two convolutions: None, "relu", "relu6", "silu" or "gelu" (exact erf form).
+    """
+    act = check_activation(activation)
+    input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias = autocast(
+        input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
+    check_tensor(input, "input")
+    check_depthwise_weight(depthwise_weight, "depthwise_weight", input)
+    mid = depthwise_weight.shape[0]
+    check_bias(depthwise_bias, "depthwise_bias", mid, input, "input")
+    check_pointwise_weight(pointwise_weight, "pointwise_weight", mid, input,
+                           f"the depthwise output's {mid} channels")
+    check_bias(pointwise_bias, "pointwise_bias", pointwise_weight.shape[0], input, "input")
+    geo = conv_geometry(input, depthwise_weight, None, stride, padding, dilation, input.shape[1])
+    return torch.ops.tritonconv.depthwise_separable_conv2d(input, depthwise_weight, depthwise_bias, pointwise_weight,
+                                                           pointwise_bias, *_geometry_args(geo), act)
