@@ -15,8 +15,14 @@ passing the live tap range [kh_start, kh_end) x [kw_start, kw_end); taps that ar
 program's tile only are skipped at run time. At DeepLab's ASPP rates (24, 36) on small maps most taps are
 padding, so this is where dilated convolution saves its work.
 
-All offsets are int64: a tensor over 2^31 elements (or a strided view reaching that far) must index
-correctly, and the extra integer work is small beside the dot products.
+Offsets are int32 unless INT64 is set: the launcher sets it when any operand reaches 2^30 elements
+into its storage, so a tensor over 2^31 elements (or a strided view reaching that far) indexes
+correctly. Per-element 64-bit offsets would double the registers of every pointer tile and spill the
+128x64 tiles (seen in the sm_90 static checks), so the common case keeps them 32-bit.
+
+The launchers hand these kernels channels_last operands: the channel (reduction) axis is then
+contiguous, so operand tiles load as 16-byte vectors that the compiler can pipeline through shared
+memory; in NCHW the gathered pixels have no contiguous axis and every load would be scalar.
 """
 
 import triton
@@ -39,6 +45,14 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _index(offsets, INT64: tl.constexpr):
+    """`offsets` as the index type of the launch: int64 when INT64, else unchanged (int32)."""
+    if INT64:
+        offsets = offsets.to(tl.int64)
+    return offsets
+
+
+@triton.jit
 def conv2d_forward_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
@@ -53,6 +67,7 @@ def conv2d_forward_kernel(
     HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
     BLOCK_M: tl.constexpr,  # output pixels (n, oh, ow) per program: the GEMM's M
     BLOCK_N: tl.constexpr,  # output channels per program: the GEMM's N
     BLOCK_K: tl.constexpr,  # input channels per step of the reduction, for one tap
@@ -76,7 +91,7 @@ def conv2d_forward_kernel(
     pid_n = (pid % tiles_per_group) // group_rows
 
     # Row m of the GEMM is output pixel (n, oh, ow); its window starts at (ih0, iw0) in the input.
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
     m_valid = offs_m < M
     n_img = offs_m // (OH * OW)
     pix = offs_m % (OH * OW)
@@ -84,12 +99,12 @@ def conv2d_forward_kernel(
     ow = pix % OW
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
-    x_rows = x_ptr + n_img * sxn + (group * C_PER_GROUP).to(tl.int64) * sxc
+    x_rows = n_img * sxn + _index(group * C_PER_GROUP, INT64) * sxc
 
     # Column f of the GEMM is output channel group*F_g + f.
-    offs_f = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_f = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     f_valid = offs_f < F_PER_GROUP
-    w_cols = w_ptr + (group * F_PER_GROUP + offs_f).to(tl.int64) * swf
+    w_cols = (group * F_PER_GROUP + offs_f) * swf
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kh in range(kh_start, kh_end):
@@ -103,11 +118,11 @@ def conv2d_forward_kernel(
                 x_tap = x_rows + ih * sxh + iw * sxw
                 w_tap = w_cols + kh * swh + kw * sww
                 for c0 in range(0, C_PER_GROUP, BLOCK_K):
-                    offs_c = c0 + tl.arange(0, BLOCK_K)
+                    offs_c = _index(c0 + tl.arange(0, BLOCK_K), INT64)
                     c_valid = offs_c < C_PER_GROUP
-                    a = tl.load(x_tap[:, None] + offs_c[None, :].to(tl.int64) * sxc,
+                    a = tl.load(x_ptr + x_tap[:, None] + offs_c[None, :] * sxc,
                                 mask=pixel_valid[:, None] & c_valid[None, :], other=0.0)
-                    b = tl.load(w_tap[None, :] + offs_c[:, None].to(tl.int64) * swc,
+                    b = tl.load(w_ptr + w_tap[None, :] + offs_c[:, None] * swc,
                                 mask=c_valid[:, None] & f_valid[None, :], other=0.0)
                     acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
 
@@ -115,8 +130,7 @@ def conv2d_forward_kernel(
         bias = tl.load(bias_ptr + group * F_PER_GROUP + offs_f, mask=f_valid, other=0.0)
         acc += bias.to(tl.float32)[None, :]
 
-    y_offs = (n_img * syn + oh * syh + ow * syw)[:, None] \
-        + (group * F_PER_GROUP + offs_f).to(tl.int64)[None, :] * syc
+    y_offs = (n_img * syn + oh * syh + ow * syw)[:, None] + (group * F_PER_GROUP + offs_f)[None, :] * syc
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=m_valid[:, None] & f_valid[None, :])
 
 
@@ -133,6 +147,7 @@ def conv2d_input_grad_kernel(
     sxn, sxc, sxh, sxw,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
     BLOCK_M: tl.constexpr,  # input pixels (n, ih, iw) per program
     BLOCK_N: tl.constexpr,  # input channels per program
     BLOCK_K: tl.constexpr,  # output channels per step of the reduction, for one tap
@@ -157,17 +172,17 @@ def conv2d_input_grad_kernel(
     pid_m = first_m + (pid % tiles_per_group) % group_rows
     pid_n = (pid % tiles_per_group) // group_rows
 
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
     m_valid = offs_m < M
     n_img = offs_m // (H * W)
     pix = offs_m % (H * W)
     ih = pix // W
     iw = pix % W
-    dy_rows = dy_ptr + n_img * syn + (group * F_PER_GROUP).to(tl.int64) * syc
+    dy_rows = n_img * syn + _index(group * F_PER_GROUP, INT64) * syc
 
-    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     c_valid = offs_c < C_PER_GROUP
-    w_cols = w_ptr + (group * F_PER_GROUP).to(tl.int64) * swf + offs_c.to(tl.int64) * swc
+    w_cols = _index(group * F_PER_GROUP, INT64) * swf + offs_c * swc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kh in range(kh_start, kh_end):
@@ -182,16 +197,15 @@ def conv2d_input_grad_kernel(
                 dy_tap = dy_rows + oh * syh + ow * syw
                 w_tap = w_cols + kh * swh + kw * sww
                 for f0 in range(0, F_PER_GROUP, BLOCK_K):
-                    offs_f = f0 + tl.arange(0, BLOCK_K)
+                    offs_f = _index(f0 + tl.arange(0, BLOCK_K), INT64)
                     f_valid = offs_f < F_PER_GROUP
-                    a = tl.load(dy_tap[:, None] + offs_f[None, :].to(tl.int64) * syc,
+                    a = tl.load(dy_ptr + dy_tap[:, None] + offs_f[None, :] * syc,
                                 mask=pixel_valid[:, None] & f_valid[None, :], other=0.0)
-                    b = tl.load(w_tap[None, :] + offs_f[:, None].to(tl.int64) * swf,
+                    b = tl.load(w_ptr + w_tap[None, :] + offs_f[:, None] * swf,
                                 mask=f_valid[:, None] & c_valid[None, :], other=0.0)
                     acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
 
-    dx_offs = (n_img * sxn + ih * sxh + iw * sxw)[:, None] \
-        + (group * C_PER_GROUP + offs_c).to(tl.int64)[None, :] * sxc
+    dx_offs = (n_img * sxn + ih * sxh + iw * sxw)[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=m_valid[:, None] & c_valid[None, :])
 
 
@@ -207,6 +221,7 @@ def conv2d_weight_grad_kernel(
     SPLIT_K: tl.constexpr,  # programs that share one dw tile's reduction, summed with atomics
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
     BLOCK_M: tl.constexpr,  # output channels per program
     BLOCK_N: tl.constexpr,  # input channels per program
     BLOCK_K: tl.constexpr,  # output pixels (n, oh, ow) per step of the reduction
@@ -231,12 +246,12 @@ def conv2d_weight_grad_kernel(
     pid_m = tile // num_n
     pid_n = tile % num_n
 
-    offs_f = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_f = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
     f_valid = offs_f < F_PER_GROUP
-    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     c_valid = offs_c < C_PER_GROUP
-    dy_chan = dy_ptr + (group * F_PER_GROUP + offs_f).to(tl.int64) * syc
-    x_chan = x_ptr + (group * C_PER_GROUP + offs_c).to(tl.int64) * sxc
+    dy_chan = (group * F_PER_GROUP + offs_f) * syc
+    x_chan = (group * C_PER_GROUP + offs_c) * sxc
 
     P = N * OH * OW
     # Each split reduces a contiguous run of whole BLOCK_K steps.
@@ -247,7 +262,7 @@ def conv2d_weight_grad_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for p0 in range(p_begin, p_end, BLOCK_K):
-        offs_p = (p0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        offs_p = _index(p0 + tl.arange(0, BLOCK_K), INT64)
         p_valid = offs_p < p_end
         n_img = offs_p // (OH * OW)
         pix = offs_p % (OH * OW)
@@ -256,15 +271,15 @@ def conv2d_weight_grad_kernel(
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         x_valid = p_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(dy_chan[:, None] + (n_img * syn + oh * syh + ow * syw)[None, :],
+        a = tl.load(dy_ptr + dy_chan[:, None] + (n_img * syn + oh * syh + ow * syw)[None, :],
                     mask=f_valid[:, None] & p_valid[None, :], other=0.0)
-        b = tl.load(x_chan[None, :] + (n_img * sxn + ih * sxh + iw * sxw)[:, None],
+        b = tl.load(x_ptr + x_chan[None, :] + (n_img * sxn + ih * sxh + iw * sxw)[:, None],
                     mask=x_valid[:, None] & c_valid[None, :], other=0.0)
         acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     # dw is contiguous (F, C_g, KH, KW): element (f, c, kh, kw) sits at ((f*C_g + c)*KH*KW + tap).
     KHKW = tl.num_programs(1)
-    dw_offs = ((group * F_PER_GROUP + offs_f).to(tl.int64)[:, None] * C_PER_GROUP + offs_c[None, :]) * KHKW + tap
+    dw_offs = ((group * F_PER_GROUP + offs_f)[:, None] * C_PER_GROUP + offs_c[None, :]) * KHKW + tap
     mask = f_valid[:, None] & c_valid[None, :]
     if SPLIT_K == 1:
         tl.store(dw_ptr + dw_offs, acc, mask=mask)

@@ -83,16 +83,27 @@ def test_batch_zero_and_no_bias():
     assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
 
 
-def test_indexing_beyond_int32():
-    """A view whose second image starts 2^31 elements into its storage must read and write there."""
-    big = 2**31 + 64
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_indexing_beyond_int32(channels_last, monkeypatch):
+    """A view whose third image starts 2^31 elements into its storage must read there: the image stride
+    fits in int32 but image index * stride does not, so the kernels need 64-bit offsets (NCHW operands
+    are first copied to channels_last, which exercises the copy instead)."""
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", False)  # 4 GiB of NaN is slow
+    step = 2**30 + 32
     c, h, w_ = 2, 3, 4
-    storage = torch.empty(big + c * h * w_, dtype=torch.float16, device=DEVICE)
-    x = storage.as_strided((2, c, h, w_), (big, h * w_, w_, 1))
-    x.copy_(torch.randn(2, c, h, w_, dtype=torch.float64).to(torch.float16))
-    w = rand(3, c, 3, 3, dtype=torch.float16)
+    storage = torch.empty(2 * step + c * h * w_, dtype=torch.float16, device=DEVICE)
+    strides = (step, 1, w_ * c, c) if channels_last else (step, h * w_, w_, 1)
+    x = storage.as_strided((3, c, h, w_), strides)
+    x.copy_(torch.randn(3, c, h, w_, dtype=torch.float64).to(torch.float16))
+    w = rand(3, c, 3, 3, dtype=torch.float16, requires_grad=True)
     y = tc.conv2d(x, w, padding=1)
-    assert_close(y, F.conv2d(x.double(), w.double(), padding=1), torch.float16, "far image")
+    xr, wr = x.detach().double(), w.detach().double().requires_grad_()
+    ref = F.conv2d(xr, wr, padding=1)
+    assert_close(y, ref, torch.float16, "far image")
+    dy = rand(*ref.shape, dtype=torch.float16)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(w.grad, wr.grad, torch.float16, "far image weight grad")
 
 
 def _bad(**overrides):

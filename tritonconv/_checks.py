@@ -56,7 +56,10 @@ def check_same(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> 
 
 def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each at least `minimum`, as a pair."""
-    values = (value, value) if isinstance(value, int) else tuple(value)
+    try:
+        values = (value, value) if isinstance(value, int) else tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(values) < minimum:
@@ -143,6 +146,13 @@ def conv_padding(padding: int | Sequence[int] | str, kernel: tuple[int, int], st
         return (totals[0] // 2, totals[1] // 2), totals
     top_left = pair(padding, "padding", 0)
     return top_left, (2 * top_left[0], 2 * top_left[1])
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether a kernel over these tensors needs 64-bit offsets: when any reaches 2^30 elements into its
+    storage (the margin covers offsets a kernel forms for masked-off lanes, a little past the end)."""
+    return any(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0) >= 2**30
+               for t in tensors)
 
 
 def channels_last(*tensors: torch.Tensor) -> bool:

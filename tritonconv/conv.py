@@ -11,7 +11,7 @@ import triton
 
 from tritonconv import dispatch
 from tritonconv._checks import (autocast, channels_last, check_same, check_tensor, conv_padding, empty_like_layout,
-                                interpreting, output_size, pair)
+                                interpreting, needs_int64, output_size, pair)
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
 
@@ -57,9 +57,24 @@ class ConvGeometry:
 # ---------------------------------------------------------------------------------------------------------
 
 def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Forward and input gradient: output tiles, reduction over channels one tap at a time."""
+    """Forward and input gradient: output tiles, reduction over channels one tap at a time.
+
+    128-row tiles take 8 warps: at 4 warps the input gradient's 128x64 tile needs 255 registers and
+    spills on sm_90 (bench.static), while 8 warps bring it to about 170.
+    """
     blocks = dispatch.gemm_blocks(problem, interpreter)
-    return dispatch.Config.of(num_warps=4, num_stages=1 if interpreter else 3, GROUP_M=8, **blocks)
+    warps = 8 if blocks["BLOCK_M"] >= 128 and not interpreter else 4
+    return dispatch.Config.of(num_warps=warps, num_stages=1 if interpreter else 3, GROUP_M=8, **blocks)
+
+
+def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Input gradient: as the forward, but 64-row tiles at 8 warps on a GPU. Its per-tap stride masks
+    cost registers: in bench.static's full sweep on sm_90 every 128-row float32 tile spilled, and 64x64
+    at 4 warps spilled on sm_80, while 64-row tiles at 8 warps stayed near 210 registers."""
+    if interpreter:
+        return _gemm_config(problem, interpreter)
+    blocks = {**dispatch.gemm_blocks(problem, interpreter), "BLOCK_M": 64}
+    return dispatch.Config.of(num_warps=8, num_stages=3, GROUP_M=8, **blocks)
 
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -88,7 +103,7 @@ def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space)
-dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _gemm_config, _gemm_space)
+dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space)
 dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, _weight_grad_config,
                   _weight_grad_space)
 
@@ -100,12 +115,21 @@ def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
             "UPCAST": interpreting() and dtype == torch.bfloat16}
 
 
+def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
+    """`t` with its channel axis contiguous, which the implicit-GEMM kernels reduce over: as it is when it
+    already is (any other strides are fine), else one transposing copy to channels_last, as cuDNN makes
+    for its NHWC kernels."""
+    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
     """Launch the forward kernel; the output takes channels_last when the input or weight has it."""
     y = empty_like_layout((geo.batch, geo.out_channels, geo.out_height, geo.out_width),
                           channels_last(x, w), x.dtype, x.device)
     if y.numel() == 0:
         return y
+    problem = _forward_problem(geo, x, w)
+    x, w = _gemm_operand(x), _gemm_operand(w)
     g = geo.groups
     m = geo.batch * geo.out_height * geo.out_width
 
@@ -115,10 +139,10 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
             x, w, bias if bias is not None else w, y,
             *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
             *x.stride(), *w.stride(), *y.stride(),
-            HAS_BIAS=bias is not None, **_dot_flags(x.dtype), **cfg.launch_kwargs())
+            HAS_BIAS=bias is not None, INT64=needs_int64(x, w, y), **_dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
 
-    return launch(dispatch.config_for(_forward_problem(geo, x, w), launch))
+    return launch(dispatch.config_for(problem, launch))
 
 
 def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dispatch.Problem:
@@ -135,6 +159,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
                            dy.dtype, dy.device)
     if dx.numel() == 0:
         return dx
+    dy, w = _gemm_operand(dy), _gemm_operand(w)
     g = geo.groups
     m = geo.batch * geo.height * geo.width
 
@@ -144,7 +169,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
             dy, w, dx,
             *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
             *dy.stride(), *w.stride(), *dx.stride(),
-            **_dot_flags(dy.dtype), **cfg.launch_kwargs())
+            INT64=needs_int64(dy, w, dx), **_dot_flags(dy.dtype), **cfg.launch_kwargs())
         return dx
 
     return launch(dispatch.config_for(dispatch.Problem(
@@ -154,6 +179,8 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
 
 def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dw for the convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
+    layout_channels_last = channels_last(x)
+    x, dy = _gemm_operand(x), _gemm_operand(dy)
     g = geo.groups
     kh, kw = geo.kernel
     pixels = geo.batch * geo.out_height * geo.out_width
@@ -166,7 +193,7 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
                 * cfg["SPLIT_K"], kh * kw, g)
         conv2d_weight_grad_kernel[grid](
             x, dy, dw, *geo.launch_args()[:7], kw, *geo.launch_args()[7:],
-            *x.stride(), *dy.stride(), **_dot_flags(x.dtype), **cfg.launch_kwargs())
+            *x.stride(), *dy.stride(), INT64=needs_int64(x, dy, dw), **_dot_flags(x.dtype), **cfg.launch_kwargs())
         return dw
 
     if pixels == 0:
@@ -174,7 +201,7 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
     else:
         dw = launch(dispatch.config_for(dispatch.Problem(
             "conv2d_weight_grad", m=geo.out_channels // g, n=geo.in_channels // g, k=pixels, batch=g * kh * kw,
-            dtype=x.dtype, channels_last=channels_last(x)), launch))
+            dtype=x.dtype, channels_last=layout_channels_last), launch))
     return dw.to(like.dtype).contiguous(memory_format=torch.channels_last if channels_last(like)
                                          else torch.contiguous_format)
 

@@ -34,6 +34,7 @@ import triton
 
 from tritonconv._cache import ConfigCache
 from tritonconv._checks import interpreting
+from tritonconv.static_checks import static_rejects
 
 
 @dataclass(frozen=True)
@@ -392,13 +393,20 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
     return bool(torch.isfinite(a).all()) and (a - b).abs().max().item() <= tol * max(b.abs().max().item(), 1e-6)
 
 
+def _static_target() -> str:
+    """The static checks' target closest to the current GPU: sm_80 before Hopper, else sm_90."""
+    return "sm_80" if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9 else "sm_90"
+
+
 def autotune(problem: Problem, launch: Launch) -> Decision:
     """Time every pruned candidate of `problem` and return the fastest whose output matches the
     heuristic's. A candidate that fails to compile or launch, or computes something else, is dropped."""
     kernel = spec(problem.kernel)
     start = time.perf_counter()
     heuristic = kernel.heuristic(problem, False)
-    candidates = prune(problem, [heuristic, *kernel.space(problem)])
+    rejected = static_rejects(_static_target()).get((problem.kernel, str(problem.dtype), problem.channels_last),
+                                                    frozenset())
+    candidates = prune(problem, [heuristic, *kernel.space(problem)], rejected)
     if heuristic not in candidates:
         candidates.insert(0, heuristic)
     reference = launch(heuristic).clone()

@@ -1,0 +1,223 @@
+"""Dropout kernels for conv nets: element, spatial (per feature map), cutout and DropBlock.
+
+No kernel stores a mask. Every keep/drop decision is a pure function of a 64-bit seed and the logical
+(n, c, h, w) position of the element, computed with Triton's Philox4x32-10 (`tl.randint4x`). A forward
+and its backward read the same seed (a one-element int64 tensor) and so regenerate the same mask; the
+memory layout of the tensors never enters the key, so NCHW and channels_last give the same mask, and a
+gradient can arrive in a different layout from the input.
+
+Keys, with r = n*C + c the index of a feature map (a "row"):
+
+    element dropout   counter r * ceil(HW/4) + hw // 4, word hw % 4 (hw = h*W + w): one Philox call
+                      serves four neighbouring elements of a map, since one call costs many integer
+                      instructions and a memory-bound kernel cannot afford one per element.
+    spatial dropout   counter r, word 0: one draw per feature map.
+    cutout            counter r, words 0 and 1: the square's centre row and column.
+    DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
+                      (r * ceil(Hs/4) + i // 4) * Ws + j, word i % 4 (four seed rows per call).
+
+A word u (uint32) becomes a uniform float in [0, 1) by `tl.uint_to_uniform_float`; an element is kept
+when that float is >= p, so p = 0 keeps everything and p = 1 drops everything.
+
+Dropped elements are written as exact zeros and never read from memory (for spatial dropout in NCHW
+that skips whole maps), so a dropped inf or NaN gives 0, where torch's multiply-by-mask gives NaN.
+
+All offsets and Philox counters are int64: a tensor over 2^31 elements indexes correctly.
+"""
+
+import triton
+import triton.language as tl
+
+# Which mask `dropout_mask_kernel` applies.
+ELEMENT = tl.constexpr(0)   # each element independently: F.dropout
+CHANNEL = tl.constexpr(1)   # each (n, c) feature map as a whole: F.dropout2d
+CUTOUT = tl.constexpr(2)    # one size x size square per (n, c) map, clipped at the border
+
+
+@triton.jit
+def _words_to_uniform(r0, r1, r2, r3, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Interleave four [ROWS, COLS // 4] blocks of Philox words into one [ROWS, COLS] block of uniform
+    floats in [0, 1): column 4q + k takes word k of column q's call."""
+    words = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (ROWS, COLS))
+    return tl.uint_to_uniform_float(words)
+
+
+@triton.jit
+def dropout_mask_kernel(
+    x_ptr, y_ptr,   # input and output (or dy and dx: the backward applies the same mask)
+    seed_ptr,       # one int64, the Philox seed
+    # Sizes: x and y are viewed as (N, C, HW) maps, HW = H*W flattened (its memory stride is that of w,
+    # which needs a dense H x W plane: the launcher copies any other input). H and W are used by CUTOUT.
+    C, HW, H, W,
+    p,              # drop probability (ELEMENT, CHANNEL)
+    scale,          # factor for kept elements: 1/(1-p) for ELEMENT and CHANNEL (0 when p = 1), 1 for CUTOUT
+    cut_size,       # side of the cutout square (CUTOUT)
+    # Element strides of x and y over (n, c, hw).
+    sxn, sxc, sxhw,
+    syn, syc, syhw,
+    MODE: tl.constexpr,       # ELEMENT, CHANNEL or CUTOUT
+    BLOCK_C: tl.constexpr,    # feature maps (channels of one sample) per program
+    BLOCK_HW: tl.constexpr,   # positions of each map per program: a multiple of 4
+):
+    """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
+
+    The backward of every mode is this kernel applied to dy with the same seed. Grid:
+    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_HW),), hw-blocks fastest so that consecutive programs cover
+    consecutive memory of an NCHW map.
+    """
+    # Split the flat program id into (sample, channel block, hw block) with scalar arithmetic only.
+    pid = tl.program_id(0)
+    num_hw = tl.cdiv(HW, BLOCK_HW)
+    num_c = tl.cdiv(C, BLOCK_C)
+    pid_hw = pid % num_hw
+    pid_c = (pid // num_hw) % num_c
+    n = (pid // (num_hw * num_c)).to(tl.int64)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    # int64: a tensor of another rank is one flattened map, which may hold more than 2^31 elements.
+    hw_start = pid_hw.to(tl.int64) * BLOCK_HW
+    offs_hw = hw_start + tl.arange(0, BLOCK_HW)
+    in_bounds = (offs_c < C)[:, None] & (offs_hw < HW)[None, :]
+    rows = n * C + offs_c.to(tl.int64)   # r = n*C + c, the map's index in the Philox keys
+    seed = tl.load(seed_ptr)
+
+    if MODE == ELEMENT:
+        # Call q of this block covers positions 4q..4q+3 (BLOCK_HW is a multiple of 4 and so is every
+        # block start); rows are padded to ceil(HW/4) calls so that each map owns its own counters.
+        calls = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
+        counter = rows[:, None] * tl.cdiv(HW, 4) + calls[None, :]
+        r0, r1, r2, r3 = tl.randint4x(seed, counter)
+        keep = _words_to_uniform(r0, r1, r2, r3, BLOCK_C, BLOCK_HW) >= p
+    elif MODE == CHANNEL:
+        keep = (tl.rand(seed, rows) >= p)[:, None]
+    else:
+        # A centre (cy, cx) uniform over the map: the high word of u * H is floor(u * H / 2^32), uniform on
+        # [0, H) up to a bias of H / 2^32. The square spans rows [cy - size//2, cy - size//2 + size), which
+        # is centred for odd sizes; clipping at the border happens by itself, since only real positions
+        # are compared.
+        u_h, u_w, _, _ = tl.randint4x(seed, rows)
+        top = tl.umulhi(u_h, tl.cast(H, tl.uint32)).to(tl.int32) - cut_size // 2
+        left = tl.umulhi(u_w, tl.cast(W, tl.uint32)).to(tl.int32) - cut_size // 2
+        # One map of a 4-D tensor holds fewer than 2^31 positions: split hw in int32, which is cheaper.
+        h = offs_hw.to(tl.int32) // W
+        w = offs_hw.to(tl.int32) % W
+        inside_h = (h[None, :] >= top[:, None]) & (h[None, :] < top[:, None] + cut_size)
+        inside_w = (w[None, :] >= left[:, None]) & (w[None, :] < left[:, None] + cut_size)
+        keep = ~(inside_h & inside_w)
+
+    # Dropped elements are not read (other=0), so they come out as exact zeros.
+    x_offs = (n * sxn + offs_c.to(tl.int64) * sxc)[:, None] + offs_hw[None, :] * sxhw
+    x = tl.load(x_ptr + x_offs, mask=in_bounds & keep, other=0.0).to(tl.float32)
+    y_offs = (n * syn + offs_c.to(tl.int64) * syc)[:, None] + offs_hw[None, :] * syhw
+    tl.store(y_ptr + y_offs, (x * scale).to(y_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def drop_block_kernel(
+    x_ptr, y_ptr,   # input and output (APPLY only)
+    seed_ptr,       # one int64, the Philox seed
+    count_ptr,      # one int64: the kept elements, added to by COUNT, read by APPLY
+    # Sizes: x and y (N, C, H, W); block side bs; seed grid Hs x Ws = (H - bs + 1) x (W - bs + 1).
+    C, H, W, bs, Hs, Ws,
+    gamma,          # probability that a seed-grid position starts a block
+    numel,          # N*C*H*W as a float, the numerator of the scale (APPLY only)
+    eps,            # added to the kept count in the scale's denominator, as torchvision does
+    # Element strides of x and y in (N, C, H, W) order.
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    COUNT: tl.constexpr,     # True: add the number of kept elements to *count_ptr (int64); no x or y.
+                             # False: y = x * keep * numel / (eps + *count_ptr).
+    BLOCK_C: tl.constexpr,   # channels of one sample per program
+    BLOCK_W: tl.constexpr,   # lanes per row: bs - 1 halo columns, then BLOCK_W - bs + 1 output columns
+    BLOCK_H: tl.constexpr,   # output rows per program, walked one at a time
+):
+    """DropBlock's mask, one row at a time, without a stored mask; one kernel for both passes.
+
+    A seed at grid position (i, j) drops the bs x bs square of rows [i, i+bs) and columns [j, j+bs), so
+    element (h, w) is dropped when some seed lies in rows [h-bs+1, h] and columns [w-bs+1, w]. Each
+    program owns BLOCK_C maps x BLOCK_H rows x (BLOCK_W - bs + 1) columns and walks the seed rows from
+    h0 - bs + 1 down to its last row. For each seed row it draws the seeds of its lanes, counts the seeds
+    in each lane's columns [w-bs+1, w] as the difference of two entries of a running count along the
+    lanes (a hit when positive), and keeps per lane the last seed row with a hit; output row h is dropped
+    where that row is >= h - bs + 1. So each seed is drawn once per program, and the halo costs bs - 1
+    extra rows and columns of draws, never bs^2 draws per element.
+
+    Pass 1 (COUNT) counts the kept elements of the program's own outputs (the halos overlap, the outputs
+    do not) and adds them to one int64 with an atomic. Pass 2 (APPLY) draws the same seeds and writes
+    y = x * keep * numel / (eps + count), reading x only where kept. The backward is pass 2 on dy with the
+    same count. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
+    """
+    pid = tl.program_id(0)
+    out_cols = BLOCK_W - bs + 1
+    num_w = tl.cdiv(W, out_cols)
+    num_h = tl.cdiv(H, BLOCK_H)
+    num_c = tl.cdiv(C, BLOCK_C)
+    pid_w = pid % num_w
+    pid_h = (pid // num_w) % num_h
+    pid_c = (pid // (num_w * num_h)) % num_c
+    n = (pid // (num_w * num_h * num_c)).to(tl.int64)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = n * C + offs_c.to(tl.int64)
+    # Lane t is column w = w0 - (bs - 1) + t: the first bs - 1 lanes are the halo of seeds that reach into
+    # the program's first output column; lane t is an output when t >= bs - 1. Seeds live at columns
+    # j = w in [0, Ws).
+    lane = tl.arange(0, BLOCK_W)
+    w = pid_w * out_cols - (bs - 1) + lane
+    seed_col = (w >= 0) & (w < Ws)
+    out_lane = (offs_c < C)[:, None] & ((lane >= bs - 1) & (w < W))[None, :]
+    lane2d = lane[None, :] + tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
+    seed = tl.load(seed_ptr)
+
+    if not COUNT:
+        kept_total = tl.load(count_ptr).to(tl.float32)
+        scale = numel / (eps + kept_total)
+        # Offsets kept per channel and per column, added per row: a full [BLOCK_C, BLOCK_W] tile of int64
+        # offsets held across the loop costs 4 registers a lane.
+        x_c = n * sxn + offs_c.to(tl.int64) * sxc
+        x_w = w.to(tl.int64) * sxw
+        y_c = n * syn + offs_c.to(tl.int64) * syc
+        y_w = w.to(tl.int64) * syw
+    kept = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
+
+    h0 = pid_h * BLOCK_H
+    h_end = tl.minimum(h0 + BLOCK_H, H)
+    # The last seed row with a hit in each lane; starting at -bs it hits no row h >= 0.
+    last_hit = tl.full((BLOCK_C, BLOCK_W), 0, dtype=tl.int32) - bs
+    # Seed rows come four per Philox call: start at the call holding row h0 - bs + 1 (or row 0).
+    for g in range(tl.maximum(h0 - bs + 1, 0) // 4, tl.cdiv(h_end, 4)):
+        if 4 * g < Hs:
+            counter = (rows[:, None] * tl.cdiv(Hs, 4) + g) * Ws + w.to(tl.int64)[None, :]
+            r0, r1, r2, r3 = tl.randint4x(seed, counter)
+            # Bit k says whether seed row 4g + k has a seed in the lane: one register carries four rows.
+            bits = (tl.uint_to_uniform_float(r0) < gamma).to(tl.int32) \
+                | ((tl.uint_to_uniform_float(r1) < gamma).to(tl.int32) << 1) \
+                | ((tl.uint_to_uniform_float(r2) < gamma).to(tl.int32) << 2) \
+                | ((tl.uint_to_uniform_float(r3) < gamma).to(tl.int32) << 3)
+            bits = tl.where(seed_col[None, :], bits, 0)
+        else:
+            # Rows below Hs - 1 hold no seeds: skip the draws.
+            bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
+        for k in range(4):
+            i = 4 * g + k
+            # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
+            # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
+            i_lanes = lane2d * 0 + i
+            is_seed = (((bits >> k) & 1) != 0) & (i_lanes < Hs)
+            # Seeds in the lane's bs columns [t-bs+1, t]: a running count along the lanes, less the count
+            # bs lanes to the left (none there for t < bs).
+            running = tl.cumsum(is_seed.to(tl.int32), 1)
+            before = tl.gather(running, tl.maximum(lane2d - bs, 0), 1)
+            last_hit = tl.where(running > tl.where(lane2d >= bs, before, 0), i, last_hit)
+            # Seed row i is also output row i: every seed row <= i that reaches it has been seen.
+            out = out_lane & (i_lanes >= h0) & (i_lanes < h_end)
+            keep = last_hit <= i - bs
+            if COUNT:
+                kept += (out & keep).to(tl.int32)
+            else:
+                x_row = x_ptr + (x_c + i.to(tl.int64) * sxh)[:, None] + x_w[None, :]
+                x = tl.load(x_row, mask=out & keep, other=0.0).to(tl.float32)
+                y_row = y_ptr + (y_c + i.to(tl.int64) * syh)[:, None] + y_w[None, :]
+                tl.store(y_row, (x * scale).to(y_ptr.dtype.element_ty), mask=out)
+    if COUNT:
+        tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))

@@ -1,0 +1,256 @@
+"""Max pooling kernels: F.max_pool2d, max-pooling dropout (Wu & Gu 2015) and its weighted-pooling eval.
+
+Notation: x (N, C, H, W) -> y (N, C, OH, OW). The window of output (oh, ow) has taps (kh, kw) in
+[0, KH) x [0, KW), reading x at
+
+    ih = oh*sh - ph + kh*dh,   iw = ow*sw - pw + kw*dw,
+
+and tap t = kh*KW + kw. Taps outside the input are not units of the window (max pooling pads with -inf).
+r = n*C + c indexes a feature map.
+
+Which tap wins. F.max_pool2d scans the taps in order t = 0, 1, ... and takes a value when it is greater
+than the best so far or is NaN; so among equal maxima the first tap wins, and among NaNs the last. `_wins`
+states that order for any visiting order, which lets the dropout mode visit units block by block and
+still pick exactly the unit F.max_pool2d would pick among the kept ones.
+
+Backward without an int64 index tensor. The forward stores, per output, the winning tap t as one byte
+(uint8; int32 for windows of more than 254 taps) instead of torch's int64 input offset, and KH*KW where
+no unit was kept. The input gradient is then a gather: each input pixel visits the windows that contain
+it, one per tap, and adds dy where that window's byte names that tap. No atomics, deterministic.
+
+Max-pooling dropout. Every input unit is kept with probability 1 - p by one Philox draw, shared by all
+the windows that contain it: the draw is keyed on the unit, counter (r * ceil(H/2) + ih//2) *
+ceil(W/2) + iw//2 and word 2*(ih%2) + iw%2, so one call to `tl.randint4x` serves a 2x2 block of units,
+and a 2x2 stride-2 window (VGG's pooling) needs exactly one call. The output is the max of the kept
+units, 0 when none is kept.
+
+Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... >= v_n, the training
+output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
+rank i-1 is counted by comparing it with every other unit of its window (ties broken by tap), which costs
+(KH*KW)^2 comparisons per output and holds only two values at a time.
+
+All offsets and Philox counters are int64.
+"""
+
+import triton
+import triton.language as tl
+
+# What max_pool2d_forward_kernel computes per window.
+MAX = tl.constexpr(0)        # the max, as F.max_pool2d
+DROPOUT = tl.constexpr(1)    # the max of the units Philox keeps, 0 if none
+WEIGHTED = tl.constexpr(2)   # probabilistic weighted pooling, sum_i (1-p) p^(i-1) v_i
+
+
+@triton.jit
+def _wins(v, tap, best, best_tap):
+    """Whether unit (v, tap) replaces (best, best_tap) as the window's max, as F.max_pool2d decides
+    whatever order units are visited in: NaN beats numbers and the later of two NaNs wins; otherwise the
+    larger value wins and, of two equal values, the earlier tap."""
+    v_nan = v != v
+    best_nan = best != best
+    return tl.where(v_nan, ~best_nan | (tap > best_tap),
+                    ~best_nan & ((v > best) | ((v == best) & (tap < best_tap))))
+
+
+@triton.jit
+def _keep_weight(rank, p):
+    """(1-p) p^rank, the probability that the unit of that rank is the training output; exact for p = 0
+    (weight 1 for rank 0, else 0) and p = 1 (weight 0)."""
+    return tl.where(rank == 0, 1.0, tl.exp2(rank.to(tl.float32) * tl.log2(p))) * (1.0 - p)
+
+
+@triton.jit
+def _window_rank(x_map, ih0, iw0, window_ok, v, tap, H, W, KH, KW, dil_h, dil_w, sxh, sxw):
+    """The rank of unit (v, tap) in the window whose tap (0, 0) sits at (ih0, iw0): how many units of the
+    window are larger, or equal with a smaller tap. So ranks are 0..n-1, ties broken by tap.
+
+    x_map: pointers to each lane's feature map; window_ok: lanes whose window exists.
+    """
+    rank = tl.zeros_like(tap)
+    # One flat loop over the taps, as everywhere in this file: nested loops over kh and kw make ptxas
+    # spill the values that live across them (seen on sm_80 and sm_90).
+    for t in range(KH * KW):
+        ih = ih0 + (t // KW) * dil_h
+        iw = iw0 + (t % KW) * dil_w
+        ok = window_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        u = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=0.0).to(tl.float32)
+        rank += (ok & ((u > v) | ((u == v) & (t < tap)))).to(tl.int32)
+    return rank
+
+
+@triton.jit
+def _dropout_unit(word, ih, iw, ih0, iw0, window_ok, best, best_tap, x_map, p,
+                  H, W, KH, KW, dil_h, dil_w, sxh, sxw):
+    """Offer input unit (ih, iw), whose Philox word is `word`, to each lane's window: it competes when it
+    is a tap of the window (an offset from the window's origin that is a multiple of the dilation, within
+    KH x KW taps), lies inside the input and is kept (its uniform draw is >= p)."""
+    dh = ih - ih0
+    dw = iw - iw0
+    kh = dh // dil_h
+    kw = dw // dil_w
+    is_tap = (dh >= 0) & (dw >= 0) & (kh * dil_h == dh) & (kw * dil_w == dw) & (kh < KH) & (kw < KW)
+    kept = window_ok & is_tap & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & (tl.uint_to_uniform_float(word) >= p)
+    v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=kept, other=0.0).to(tl.float32)
+    tap = kh * KW + kw
+    take = kept & _wins(v, tap, best, best_tap)
+    return tl.where(take, v, best), tl.where(take, tap, best_tap)
+
+
+@triton.jit
+def max_pool2d_forward_kernel(
+    x_ptr, y_ptr,   # input and output
+    idx_ptr,        # per output, the winning tap (KH*KW for none), uint8 or int32 (STORE_INDEX only)
+    seed_ptr,       # one int64, the Philox seed (DROPOUT only)
+    # Sizes: x (N, C, H, W), y and idx (N, C, OH, OW); window KH x KW.
+    C, H, W, OH, OW, KH, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    p,              # drop probability of a unit (DROPOUT, WEIGHTED)
+    # Element strides of x and of y (idx has y's shape and memory format, so y's strides), (N, C, H, W) order.
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    MODE: tl.constexpr,          # MAX, DROPOUT or WEIGHTED
+    STORE_INDEX: tl.constexpr,   # write the winning tap to idx, for the backward (MAX, DROPOUT)
+    SPAN_H: tl.constexpr,        # DROPOUT: 2x2 blocks of units a window overlaps, at most, down its rows
+    SPAN_W: tl.constexpr,        # ... and along its columns
+    BLOCK_C: tl.constexpr,       # channels of one sample per program
+    BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program
+):
+    """One program computes BLOCK_C x BLOCK_P outputs of one sample. Grid:
+    (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest."""
+    pid = tl.program_id(0)
+    num_p = tl.cdiv(OH * OW, BLOCK_P)
+    num_c = tl.cdiv(C, BLOCK_C)
+    pid_p = pid % num_p
+    pid_c = (pid // num_p) % num_c
+    n = (pid // (num_p * num_c)).to(tl.int64)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    oh = offs_p // OW
+    ow = offs_p % OW
+    valid = (offs_c < C)[:, None] & (offs_p < OH * OW)[None, :]
+    # Tap (0, 0) of each window, which may lie in the padding.
+    ih0 = (oh * stride_h - pad_h)[None, :]
+    iw0 = (ow * stride_w - pad_w)[None, :]
+    x_map = x_ptr + n * sxn + offs_c.to(tl.int64)[:, None] * sxc
+    KK = KH * KW
+
+    if MODE == WEIGHTED:
+        out = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+        for t in range(KK):
+            ih = ih0 + (t // KW) * dil_h
+            iw = iw0 + (t % KW) * dil_w
+            ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=0.0).to(tl.float32)
+            tap = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + t
+            rank = _window_rank(x_map, ih0, iw0, valid, v, tap, H, W, KH, KW, dil_h, dil_w, sxh, sxw)
+            out += tl.where(ok, _keep_weight(rank, p) * v, 0.0)
+    else:
+        best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
+        best_tap = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + KK   # KK: no unit yet
+        if MODE == MAX:
+            for t in range(KK):
+                ih = ih0 + (t // KW) * dil_h
+                iw = iw0 + (t % KW) * dil_w
+                ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok,
+                            other=float("-inf")).to(tl.float32)
+                take = ok & _wins(v, t, best, best_tap)
+                best = tl.where(take, v, best)
+                best_tap = tl.where(take, t, best_tap)
+            out = best
+        else:
+            # Walk the 2x2 blocks of units that cover the window, one Philox call per block. Block (bh, bw)
+            # holds units (2bh + a, 2bw + b), a, b in {0, 1}; the window's first block row is
+            # floor(ih0 / 2), an arithmetic shift since ih0 may be negative (padding).
+            seed = tl.load(seed_ptr)
+            rows = (n * C + offs_c.to(tl.int64))[:, None]
+            for a in range(SPAN_H):
+                bh = (ih0 >> 1) + a
+                for b in range(SPAN_W):
+                    bw = (iw0 >> 1) + b
+                    counter = (rows * tl.cdiv(H, 2) + bh) * tl.cdiv(W, 2) + bw
+                    r0, r1, r2, r3 = tl.randint4x(seed, counter)
+                    best, best_tap = _dropout_unit(r0, 2 * bh, 2 * bw, ih0, iw0, valid, best, best_tap, x_map, p,
+                                                   H, W, KH, KW, dil_h, dil_w, sxh, sxw)
+                    best, best_tap = _dropout_unit(r1, 2 * bh, 2 * bw + 1, ih0, iw0, valid, best, best_tap, x_map, p,
+                                                   H, W, KH, KW, dil_h, dil_w, sxh, sxw)
+                    best, best_tap = _dropout_unit(r2, 2 * bh + 1, 2 * bw, ih0, iw0, valid, best, best_tap, x_map, p,
+                                                   H, W, KH, KW, dil_h, dil_w, sxh, sxw)
+                    best, best_tap = _dropout_unit(r3, 2 * bh + 1, 2 * bw + 1, ih0, iw0, valid, best, best_tap,
+                                                   x_map, p, H, W, KH, KW, dil_h, dil_w, sxh, sxw)
+            out = tl.where(best_tap == KK, 0.0, best)
+
+    y_offs = (n * syn + offs_c.to(tl.int64)[:, None] * syc) + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[None, :]
+    tl.store(y_ptr + y_offs, out.to(y_ptr.dtype.element_ty), mask=valid)
+    if STORE_INDEX:
+        tl.store(idx_ptr + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def max_pool2d_backward_kernel(
+    dy_ptr,         # output gradient
+    idx_ptr,        # the forward's winning taps (not WEIGHTED)
+    x_ptr,          # the forward's input (WEIGHTED)
+    dx_ptr,         # input gradient, written once per element
+    # Sizes: x and dx (N, C, H, W), dy and idx (N, C, OH, OW); window KH x KW.
+    C, H, W, OH, OW, KH, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    p,              # drop probability (WEIGHTED)
+    # Element strides in (N, C, H, W) order of dy, idx (not WEIGHTED), x (WEIGHTED) and dx.
+    sdyn, sdyc, sdyh, sdyw,
+    sin, sic, sih, siw,
+    sxn, sxc, sxh, sxw,
+    sdxn, sdxc, sdxh, sdxw,
+    WEIGHTED: tl.constexpr,   # True: gradient of weighted pooling (recomputes ranks from x); False: route
+                              # dy to the tap named in idx (MAX and DROPOUT)
+    BLOCK_C: tl.constexpr,    # channels of one sample per program
+    BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program
+):
+    """dx[n, c, ih, iw] = sum over the windows (oh, ow) holding (ih, iw) as tap t of dy[n, c, oh, ow] * g,
+    with g = [idx[n, c, oh, ow] == t] (max) or g = (1-p) p^rank (weighted).
+
+    Input pixel ih is tap kh of window oh when ih + ph - kh*dh = oh*sh exactly, 0 <= oh < OH; the other
+    taps are masked. Each dx element is written once. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),).
+    """
+    pid = tl.program_id(0)
+    num_p = tl.cdiv(H * W, BLOCK_P)
+    num_c = tl.cdiv(C, BLOCK_C)
+    pid_p = pid % num_p
+    pid_c = (pid // num_p) % num_c
+    n = (pid // (num_p * num_c)).to(tl.int64)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    ih = offs_p // W
+    iw = offs_p % W
+    valid = (offs_c < C)[:, None] & (offs_p < H * W)[None, :]
+    c64 = offs_c.to(tl.int64)[:, None]
+    dy_map = dy_ptr + n * sdyn + c64 * sdyc
+    if WEIGHTED:
+        x_map = x_ptr + n * sxn + c64 * sxc
+        v = tl.load(x_map + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[None, :], mask=valid, other=0.0)
+        v = v.to(tl.float32)
+    else:
+        idx_map = idx_ptr + n * sin + c64 * sic
+
+    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+    for t in range(KH * KW):
+        th = ih + pad_h - (t // KW) * dil_h
+        tw = iw + pad_w - (t % KW) * dil_w
+        oh = th // stride_h
+        ow = tw // stride_w
+        ok = valid & ((th >= 0) & (oh * stride_h == th) & (oh < OH)
+                      & (tw >= 0) & (ow * stride_w == tw) & (ow < OW))[None, :]
+        g = tl.load(dy_map + (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :], mask=ok, other=0.0)
+        if WEIGHTED:
+            taps = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + t
+            rank = _window_rank(x_map, (oh * stride_h - pad_h)[None, :], (ow * stride_w - pad_w)[None, :], ok,
+                                v, taps, H, W, KH, KW, dil_h, dil_w, sxh, sxw)
+            acc += tl.where(ok, g.to(tl.float32) * _keep_weight(rank, p), 0.0)
+        else:
+            sel = tl.load(idx_map + (oh.to(tl.int64) * sih + ow.to(tl.int64) * siw)[None, :], mask=ok, other=0)
+            acc += tl.where(ok & (sel.to(tl.int32) == t), g.to(tl.float32), 0.0)
+
+    dx_offs = n * sdxn + c64 * sdxc + (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
+    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=valid)

@@ -1,0 +1,61 @@
+"""Static GPU checks without a GPU (bench/static.py): the configuration the dispatcher picks for every
+registered kernel compiles for sm_90 and sm_80 on the CPU, fits shared memory and spills nothing, and the
+GEMM-shaped kernels reach Hopper's tensor cores (HGMMA) in fp16 and bf16."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tritonconv import dispatch
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["sm_90", "sm_80"]
+DTYPES = {"float32", "float16", "bfloat16"}
+SHOWN = ["target", "kernel", "dtype", "shapes", "config", "registers", "spill_store_bytes", "shared_bytes",
+         "hgmma", "verdict", "error"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> pd.DataFrame:
+    """One run of `python -m bench.static` for both targets, in a process without TRITON_INTERPRET
+    (conftest sets it here; Triton's interpreter stand-ins cannot be compiled)."""
+    out = tmp_path_factory.mktemp("static")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, "-m", "bench.static", "--space", "heuristic", "--quick", "--target", *TARGETS,
+               "--out", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert (out / "static.csv").exists(), f"no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return pd.read_csv(out / "static.csv")
+
+
+def _show(rows: pd.DataFrame) -> str:
+    return "\n" + rows[SHOWN].astype(object).fillna("").to_string(index=False)
+
+
+def test_every_registered_kernel_is_probed_in_every_dtype(report):
+    for target in TARGETS:
+        rows = report[(report["target"] == target) & (report["verdict"] != "no-probe")]
+        for kernel in dispatch.kernels():
+            dtypes = set(rows.loc[rows["kernel"] == kernel, "dtype"])
+            assert dtypes == DTYPES, (
+                f"{target}: kernel {kernel!r} was compiled for {sorted(dtypes)}, not {sorted(DTYPES)}: add a probe "
+                f"to PROBES in bench/static.py or fix the failing one{_show(report[report['kernel'] == kernel])}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_heuristic_configs_compile_fit_shared_memory_and_do_not_spill(report, target):
+    rows = report[report["target"] == target]
+    assert len(rows) > 0
+    bad = rows[rows["verdict"] != "ok"]
+    assert bad.empty, f"{target}: {len(bad)} of {len(rows)} heuristic configurations fail{_show(bad)}"
+
+
+def test_gemm_kernels_use_hgmma_on_sm90_in_16_bit(report):
+    rows = report[(report["target"] == "sm_90") & report["gemm"] & report["dtype"].isin(["float16", "bfloat16"])]
+    assert {"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"} <= set(rows["kernel"])
+    no_hgmma = rows[~(rows["hgmma"] > 0)]
+    assert no_hgmma.empty, f"GEMM-shaped kernels without HGMMA on sm_90{_show(no_hgmma)}"

@@ -1,0 +1,370 @@
+"""Dropouts for conv nets: configurations and launchers for the Philox-mask kernels, torch.library ops with
+autograd, public ops.
+
+Every op draws its mask from Philox keyed on (seed, element index) (see `tritonconv.kernels.dropout`):
+`seed=None` takes a fresh seed from torch's default generator of the input's device, so
+`torch.manual_seed` reproduces a run; an int `seed` gives the same mask on every call. Autograd saves
+that one-element seed tensor (and DropBlock its kept count), never a mask: the backward regenerates the
+mask in the same kernel applied to the incoming gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from tritonconv import dispatch
+from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
+                                philox_seed)
+from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kernel, dropout_mask_kernel
+
+# ---------------------------------------------------------------------------------------------------------
+# Configurations (see tritonconv.dispatch). A mask Problem has m = C (maps per sample), n = HW (positions
+# per map), batch = N; a DropBlock Problem has m = C, n = W, k = H, batch = N and extra = block size.
+# ---------------------------------------------------------------------------------------------------------
+
+def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """About 2048 elements per program (16384 in the interpreter, which pays per program). NCHW widens the
+    positions of a map (contiguous), channels_last the channels (contiguous: 64 channels make 128-byte
+    runs in 16-bit), then fills the rest of the tile with the other axis."""
+    budget = 16384 if interpreter else 2048
+    if problem.channels_last and not interpreter:
+        block_c = dispatch.pow2_clamp(problem.m, 1, 64)
+        block_hw = dispatch.pow2_clamp(problem.n, 4, budget // block_c)
+    else:
+        block_hw = dispatch.pow2_clamp(problem.n, 4, budget)
+        block_c = dispatch.pow2_clamp(problem.m, 1, max(1, budget // block_hw))
+    return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_HW=block_hw)
+
+
+def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only)."""
+    fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128) if v <= max(1, 2 * problem.m)],
+            "BLOCK_HW": [v for v in (4, 16, 64, 256, 1024, 2048, 4096) if v <= max(4, 2 * problem.n)]}
+    return [cfg for cfg in dispatch.product_space(num_warps=(2, 4, 8), num_stages=(1,), **fits)
+            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_HW"] <= 8192]
+
+
+def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """One row of lanes spans the map's width plus the bs - 1 halo columns when it fits in 128 lanes (64 in
+    channels_last, whose contiguous channels want 16 or more per tile); channels fill the tile to 1024
+    lanes (8192 in the interpreter, which pays per program), 4 per thread: each lane carries Philox
+    words, a running count and row state, and 8 lanes a thread take ~150-180 registers on sm_90 (one
+    block per SM), 4 take ~90-130 (two). Rows: up to 32 per program on a GPU (the halo costs bs - 1
+    extra seed rows per program), the whole map in the interpreter."""
+    block = dict(problem.extra)["block"]
+    widest = 64 if problem.channels_last and not interpreter else 128
+    block_w = dispatch.pow2_clamp(problem.n + block - 1, 4, max(widest, triton.next_power_of_2(2 * block)))
+    block_c = dispatch.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
+    block_h = problem.k if interpreter else min(problem.k, 32)
+    warps = dispatch.pow2_clamp(block_c * block_w // 128, 1, 8)
+    return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
+
+
+def _drop_block_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """Rows of lanes wider than the block and at most twice the map's width plus halo, tiles of 512 to
+    2048 lanes, row blocks no taller than the map (or 8)."""
+    block = dict(problem.extra)["block"]
+    widths = [v for v in (16, 32, 64, 128, 256) if v > block and v <= max(16, 2 * (problem.n + block))]
+    return [cfg for cfg in dispatch.product_space(num_warps=(4, 8), num_stages=(1, 2), BLOCK_W=widths,
+                                                  BLOCK_C=(1, 4, 8, 16, 32, 64), BLOCK_H=(8, 16, 32, 64))
+            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_W"] <= 2048 and cfg["BLOCK_H"] <= max(8, problem.k)]
+
+
+dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space)
+dispatch.register("drop_block_count", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space)
+dispatch.register("drop_block_apply", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launchers.
+# ---------------------------------------------------------------------------------------------------------
+
+def _as_maps(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int, int]]:
+    """`t` viewed as (N, C, HW) maps for dropout_mask_kernel: the tensor, its sizes and element strides.
+
+    A 4-D tensor whose H x W plane is dense (NCHW, channels_last, a broadcast gradient, a slice along N or
+    C) is used in place, its plane walked with the stride of w; any other 4-D tensor is copied first. A
+    tensor of another rank is one map of all its elements.
+    """
+    if t.dim() == 4:
+        n, c, h, w = t.shape
+        if h > 1 and t.stride(2) != w * t.stride(3):
+            t = t.contiguous()
+        return t, (n, c, h * w), (t.stride(0), t.stride(1), t.stride(3))
+    t = t.contiguous()
+    return t, (1, 1, t.numel()), (0, 0, 1)
+
+
+def _empty_output(x: torch.Tensor, out_channels_last: bool) -> torch.Tensor:
+    """An uninitialised tensor shaped like x: channels_last when asked (4-D only), else contiguous."""
+    if x.dim() == 4:
+        return empty_like_layout(x.shape, out_channels_last, x.dtype, x.device)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: int,
+               out_channels_last: bool) -> torch.Tensor:
+    """y = x * keep * scale for the mask `mode` (ELEMENT, CHANNEL or CUTOUT), in one pass over x.
+
+    scale is 1/(1-p) for ELEMENT and CHANNEL (0 for p = 1, where nothing is kept) and 1 for CUTOUT. The
+    output is channels_last when `out_channels_last` (a 4-D x only).
+    """
+    src, (n, c, hw), x_strides = _as_maps(x)
+    y = _empty_output(x, out_channels_last)
+    if y.numel() == 0:
+        return y
+    _, _, y_strides = _as_maps(y)
+    h, w = x.shape[2:] if x.dim() == 4 else (1, hw)
+    scale = 1.0 if mode == CUTOUT.value else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        grid = (n * triton.cdiv(c, cfg["BLOCK_C"]) * triton.cdiv(hw, cfg["BLOCK_HW"]),)
+        dropout_mask_kernel[grid](src, y, seed, c, hw, h, w, p, scale, size, *x_strides, *y_strides,
+                                  MODE=mode, **cfg.launch_kwargs())
+        return y
+
+    return launch(dispatch.config_for(dispatch.Problem(
+        "dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype, channels_last=channels_last(x),
+        extra=(("mode", mode),)), launch))
+
+
+def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Problem:
+    n, c, h, w = t.shape
+    return dispatch.Problem(kernel, m=c, n=w, k=h, batch=n, dtype=t.dtype, channels_last=channels_last(t),
+                            extra=(("block", block),))
+
+
+def _drop_block_grid(cfg: dispatch.Config, shape: torch.Size, block: int) -> tuple[int]:
+    n, c, h, w = shape
+    return (n * triton.cdiv(c, cfg["BLOCK_C"]) * triton.cdiv(h, cfg["BLOCK_H"])
+            * triton.cdiv(w, cfg["BLOCK_W"] - block + 1),)
+
+
+def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> torch.Tensor:
+    """Pass 1 of DropBlock: the number of elements of x's shape that the mask keeps, as a one-element
+    int64 tensor on x's device. Draws the seeds and reads nothing else."""
+    n, c, h, w = x.shape
+    count = torch.zeros(1, dtype=torch.int64, device=x.device)
+    if x.numel() == 0:
+        return count
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        count.zero_()  # the programs add into it
+        drop_block_kernel[_drop_block_grid(cfg, x.shape, block)](
+            x, x, seed, count, c, h, w, block, h - block + 1, w - block + 1, gamma, 0.0, 0.0,
+            *x.stride(), *x.stride(), COUNT=True, **cfg.launch_kwargs())
+        return count
+
+    return launch(dispatch.config_for(_drop_block_problem("drop_block_count", x, block), launch))
+
+
+def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, block: int, gamma: float,
+                     out_channels_last: bool) -> torch.Tensor:
+    """Pass 2 of DropBlock: y = x * keep * numel / (eps + count), eps = 1e-6 as in torchvision."""
+    n, c, h, w = x.shape
+    y = empty_like_layout(x.shape, out_channels_last, x.dtype, x.device)
+    if y.numel() == 0:
+        return y
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        drop_block_kernel[_drop_block_grid(cfg, x.shape, block)](
+            x, y, seed, count, c, h, w, block, h - block + 1, w - block + 1, gamma, float(x.numel()), 1e-6,
+            *x.stride(), *y.stride(), COUNT=False, **cfg.launch_kwargs())
+        return y
+
+    return launch(dispatch.config_for(_drop_block_problem("drop_block_apply", x, block), launch))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library ops (opaque to torch.compile, with fake implementations for shapes) and their autograd.
+# The backward of each mask op is the same op on dy, with the saved seed (and DropBlock's count): the
+# saved tensors hold one or two numbers, never a mask.
+# ---------------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("tritonconv::dropout_mask", mutates_args=(),
+                         schema="(Tensor x, Tensor seed, int mode, float p, int size, bool channels_last) -> Tensor")
+def _mask_op(x, seed, mode, p, size, channels_last):
+    return apply_mask(x, seed, mode, p, size, channels_last)
+
+
+@_mask_op.register_fake
+def _(x, seed, mode, p, size, channels_last):
+    return _empty_output(x, channels_last)
+
+
+def _mask_setup_context(ctx, inputs, output):
+    _x, seed, *params = inputs
+    ctx.save_for_backward(seed)
+    ctx.params = params
+
+
+def _mask_backward(ctx, dy):
+    (seed,) = ctx.saved_tensors
+    return torch.ops.tritonconv.dropout_mask(dy, seed, *ctx.params), None, None, None, None, None
+
+
+_mask_op.register_autograd(_mask_backward, setup_context=_mask_setup_context)
+
+
+@torch.library.custom_op("tritonconv::drop_block_count", mutates_args=(),
+                         schema="(Tensor x, Tensor seed, int block, float gamma) -> Tensor")
+def _drop_block_count_op(x, seed, block, gamma):
+    return drop_block_count(x, seed, block, gamma)
+
+
+@_drop_block_count_op.register_fake
+def _(x, seed, block, gamma):
+    return torch.empty(1, dtype=torch.int64, device=x.device)
+
+
+@torch.library.custom_op("tritonconv::drop_block_apply", mutates_args=(),
+                         schema="(Tensor x, Tensor seed, Tensor count, int block, float gamma, bool channels_last) "
+                                "-> Tensor")
+def _drop_block_apply_op(x, seed, count, block, gamma, channels_last):
+    return drop_block_apply(x, seed, count, block, gamma, channels_last)
+
+
+@_drop_block_apply_op.register_fake
+def _(x, seed, count, block, gamma, channels_last):
+    return empty_like_layout(x.shape, channels_last, x.dtype, x.device)
+
+
+def _drop_block_setup_context(ctx, inputs, output):
+    _x, seed, count, *params = inputs
+    ctx.save_for_backward(seed, count)
+    ctx.params = params
+
+
+def _drop_block_backward(ctx, dy):
+    seed, count = ctx.saved_tensors
+    return torch.ops.tritonconv.drop_block_apply(dy, seed, count, *ctx.params), None, None, None, None, None
+
+
+_drop_block_apply_op.register_autograd(_drop_block_backward, setup_context=_drop_block_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public ops.
+# ---------------------------------------------------------------------------------------------------------
+
+def _check_square(size: int, name: str, x: torch.Tensor) -> int:
+    """A square's side: an int from 1 to the smaller side of x's maps."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be an int, got {type(size).__name__}")
+    h, w = x.shape[2:]
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"{name} must be between 1 and the map's smaller side min(H, W) = {min(h, w)}, "
+                         f"got {size}")
+    return size
+
+
+def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, *, seed: int | None = None) -> torch.Tensor:
+    """Element dropout, as `torch.nn.functional.dropout`:
+
+        y = x * m / (1 - p),   m ~ Bernoulli(1 - p) independently for every element
+
+    (y = 0 everywhere for p = 1). Any shape; a 4-D input keeps its memory format and gets the same mask in
+    NCHW and channels_last. Dropped elements are exact zeros, even where x is inf or NaN. Returns `input`
+    itself, launching nothing, when not training or p = 0.
+
+    Args:
+        input: float32, float16 or bfloat16 tensor.
+        p: drop probability in [0, 1].
+        training: apply dropout (True) or the identity (False).
+        seed: None draws the Philox seed from torch's default generator of input's device
+            (reproducible under torch.manual_seed); an int in [0, 2^63) gives the same mask every call.
+    """
+    check_tensor(input, "input", ndim=None)
+    p = check_probability(p)
+    check_seed(seed)
+    if not training or p == 0.0:
+        return input
+    return torch.ops.tritonconv.dropout_mask(input, philox_seed(seed, input.device), ELEMENT.value, p, 0,
+                                             channels_last(input))
+
+
+def spatial_dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True, *,
+                      seed: int | None = None) -> torch.Tensor:
+    """Spatial dropout, as `torch.nn.functional.dropout2d`: whole feature maps are dropped,
+
+        y[n, c, h, w] = x[n, c, h, w] * m[n, c] / (1 - p),   m ~ Bernoulli(1 - p) per (sample, channel)
+
+    since neighbouring pixels of a map are strongly correlated and dropping single ones barely
+    regularises. In NCHW the dropped maps are never read. Returns `input` itself when not training or
+    p = 0. Arguments as `dropout`; input is (N, C, H, W), NCHW or channels_last.
+    """
+    check_tensor(input, "input")
+    p = check_probability(p)
+    check_seed(seed)
+    if not training or p == 0.0:
+        return input
+    return torch.ops.tritonconv.dropout_mask(input, philox_seed(seed, input.device), CHANNEL.value, p, 0,
+                                             channels_last(input))
+
+
+def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool = True, *,
+                 seed: int | None = None) -> torch.Tensor:
+    """DropBlock (Ghiasi et al. 2018) with the semantics of torchvision's `drop_block2d`:
+
+        gamma = p * H * W / (bs^2 * (H - bs + 1) * (W - bs + 1))
+        s[n, c, i, j] ~ Bernoulli(gamma)  on the seed grid 0 <= i <= H - bs, 0 <= j <= W - bs
+        m[n, c, h, w] = 0 if some seed s[n, c, i, j] = 1 has i <= h < i + bs and j <= w < j + bs, else 1
+        y = x * m * numel(m) / (1e-6 + sum(m))
+
+    so every dropped block lies wholly inside the map, about a fraction p of the elements is dropped,
+    and one scale for the whole tensor keeps the expected sum. For odd bs this is exactly torchvision's
+    mask (it pads the seed grid by bs // 2 and max-pools it, so a seed is its block's centre). Even bs has
+    no centre: torchvision's symmetric padding by bs // 2 then yields a mask two rows and columns larger
+    than the map (upstream reports: size-mismatch errors, shifted masks). Here a block is, for every bs,
+    the bs x bs square whose top-left corner is the seed, so it always lies inside the map and gamma keeps
+    its meaning.
+
+    Two passes, no stored mask: pass 1 draws the seeds and counts the kept elements into one int64 on the
+    device (no read of x); pass 2 draws them again and writes y, reading x only where kept. The backward
+    is pass 2 applied to dy with the saved seed and count. Returns `input` itself when not training or
+    p = 0.
+
+    Args:
+        input: (N, C, H, W) float32, float16 or bfloat16, NCHW or channels_last.
+        p: in [0, 1]; the expected fraction of dropped elements, away from the borders.
+        block_size: side bs of the square blocks, 1 <= bs <= min(H, W).
+        training, seed: as `dropout`.
+    """
+    check_tensor(input, "input")
+    p = check_probability(p)
+    block = _check_square(block_size, "block_size", input)
+    check_seed(seed)
+    if not training or p == 0.0:
+        return input
+    h, w = input.shape[2:]
+    gamma = p * h * w / (block**2 * (h - block + 1) * (w - block + 1))
+    seed_t = philox_seed(seed, input.device)
+    # Pass 1 only needs x's shape: detached, since the count is not differentiated.
+    count = torch.ops.tritonconv.drop_block_count(input.detach(), seed_t, block, gamma)
+    return torch.ops.tritonconv.drop_block_apply(input, seed_t, count, block, gamma, channels_last(input))
+
+
+def cutout2d(input: torch.Tensor, size: int, training: bool = True, *, seed: int | None = None) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017) on every feature map: one square zeroed per (sample, channel),
+
+        (cy, cx) ~ Uniform({0..H-1} x {0..W-1})   independently per (n, c)
+        y[n, c, h, w] = 0 if cy - size//2 <= h < cy - size//2 + size and cx - size//2 <= w < cx - size//2 + size
+                        else x[n, c, h, w]
+
+    The square is centred on (cy, cx) for odd sizes (for even sizes the centre is the lower-right of its
+    middle four pixels) and clipped where it crosses the border, so squares near the border are smaller.
+    No rescaling. Returns `input` itself when not training.
+
+    Args:
+        input: (N, C, H, W) float32, float16 or bfloat16, NCHW or channels_last.
+        size: side of the square, 1 <= size <= min(H, W).
+        training, seed: as `dropout`.
+    """
+    check_tensor(input, "input")
+    size = _check_square(size, "size", input)
+    check_seed(seed)
+    if not training:
+        return input
+    return torch.ops.tritonconv.dropout_mask(input, philox_seed(seed, input.device), CUTOUT.value, 0.0, size,
+                                             channels_last(input))

@@ -1,0 +1,317 @@
+"""max_pool2d and max_pool2d_dropout: configurations and launchers for the pooling kernels, torch.library
+ops with autograd, public ops.
+
+Both ops run one forward kernel (`tritonconv.kernels.pooling`) in one of three modes, MAX, DROPOUT
+(training) and WEIGHTED (eval), and one backward kernel. MAX and DROPOUT save one byte per output, the
+winning tap, instead of torch's int64 index (and no dropout mask: the byte already says which unit
+survived and won); WEIGHTED saves the input and recomputes the ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import triton
+
+from tritonconv import dispatch
+from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
+                                output_size, pair, philox_seed)
+from tritonconv.kernels.pooling import DROPOUT, MAX, WEIGHTED, max_pool2d_backward_kernel, max_pool2d_forward_kernel
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Everything about a pooling call except the tensors' contents."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    dilation: tuple[int, int]
+    out_height: int
+    out_width: int
+
+    def launch_args(self) -> tuple[int, ...]:
+        """Sizes and geometry in the order the pooling kernels take them."""
+        return (self.channels, self.height, self.width, self.out_height, self.out_width, *self.kernel,
+                *self.stride, *self.pad, *self.dilation)
+
+    def span(self, axis: int) -> int:
+        """How many 2x2 blocks of units (the dropout draws' grain) a window overlaps along `axis`, at most.
+
+        A window whose first tap is at o (o = out*s - p) covers o .. o + (k-1)*d, so blocks o//2 through
+        (o + (k-1)*d)//2: ((o % 2) + (k-1)*d) // 2 + 1 of them. o's parity is fixed for an even stride
+        (or a single window) and takes both values for an odd one.
+        """
+        k, s, p, d = self.kernel[axis], self.stride[axis], self.pad[axis], self.dilation[axis]
+        out = (self.out_height, self.out_width)[axis]
+        parities = {-p % 2} if s % 2 == 0 or out == 1 else {0, 1}
+        return max((q + (k - 1) * d) // 2 + 1 for q in parities)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configurations (see tritonconv.dispatch). A pooling Problem has m = C, n = output pixels (forward) or
+# input pixels (backward) per map, k = taps, batch = N, extra = the mode.
+# ---------------------------------------------------------------------------------------------------------
+
+def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """About 1024 outputs per program: pixels first in NCHW (contiguous along a row of the map), channels
+    first in channels_last (contiguous: 64 channels make 128-byte runs in 16-bit). 4 warps (8 outputs per
+    thread), except the dropout forward, which holds four Philox words per output: 8 warps keep it near
+    120 registers on sm_90, where 4 take 220. Weighted pooling (a rank loop inside the tap loop) takes 256
+    outputs: at 1024 its backward spills on sm_80. The interpreter takes tiles of up to 4096 so that the
+    tests run few programs."""
+    mode = dict(problem.extra)["mode"]
+    budget = 4096 if interpreter else (256 if mode == WEIGHTED.value else 1024)
+    warps = 8 if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value else 4
+    if problem.channels_last and not interpreter:
+        block_c = dispatch.pow2_clamp(problem.m, 1, 64)
+        block_p = dispatch.pow2_clamp(problem.n, 1, budget // block_c)
+    else:
+        block_p = dispatch.pow2_clamp(problem.n, 1, min(budget, 512))
+        block_c = dispatch.pow2_clamp(problem.m, 1, max(1, budget // block_p))
+    return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
+
+
+def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """Tiles of 256 to 4096 outputs, no axis over twice its extent."""
+    fits = {"BLOCK_C": [v for v in (1, 2, 4, 8, 16, 32, 64, 128) if v <= max(1, 2 * problem.m)],
+            "BLOCK_P": [v for v in (8, 16, 32, 64, 128, 256, 512, 1024) if v <= max(8, 2 * problem.n)]}
+    return [cfg for cfg in dispatch.product_space(num_warps=(2, 4, 8), num_stages=(1,), **fits)
+            if 256 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 4096]
+
+
+dispatch.register("max_pool2d_forward", "pooling", max_pool2d_forward_kernel, _pool_config, _pool_space)
+dispatch.register("max_pool2d_backward", "pooling", max_pool2d_backward_kernel, _pool_config, _pool_space)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launchers.
+# ---------------------------------------------------------------------------------------------------------
+
+def _index_dtype(geo: PoolGeometry) -> torch.dtype:
+    """The per-output tap record: taps 0..KK-1 and KK for "no unit kept" fit a byte up to 255 taps."""
+    return torch.uint8 if geo.kernel[0] * geo.kernel[1] <= 255 else torch.int32
+
+
+def _programs(cfg: dispatch.Config, geo: PoolGeometry, pixels: int) -> tuple[int]:
+    return (geo.batch * triton.cdiv(geo.channels, cfg["BLOCK_C"]) * triton.cdiv(pixels, cfg["BLOCK_P"]),)
+
+
+def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None,
+                 store_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y (in x's memory format) and, when `store_index` (MAX, DROPOUT), the winning tap per output."""
+    shape = (geo.batch, geo.channels, geo.out_height, geo.out_width)
+    cl = channels_last(x)
+    y = empty_like_layout(shape, cl, x.dtype, x.device)
+    idx = empty_like_layout(shape, cl, _index_dtype(geo), x.device) if store_index else None
+    if y.numel() == 0:
+        return y, idx
+    pixels = geo.out_height * geo.out_width
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        max_pool2d_forward_kernel[_programs(cfg, geo, pixels)](
+            x, y, idx if idx is not None else y, seed if seed is not None else x,
+            *geo.launch_args(), p, *x.stride(), *y.stride(),
+            MODE=mode, STORE_INDEX=store_index, SPAN_H=geo.span(0), SPAN_W=geo.span(1), **cfg.launch_kwargs())
+        return y
+
+    launch(dispatch.config_for(dispatch.Problem(
+        "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1], batch=geo.batch,
+        dtype=x.dtype, channels_last=cl, extra=(("mode", mode),)), launch))
+    return y, idx
+
+
+def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode: int, p: float,
+                  out_channels_last: bool) -> torch.Tensor:
+    """dL/dx from dy and `saved`: the input for WEIGHTED, else the per-output winning taps."""
+    weighted = mode == WEIGHTED.value
+    dx = empty_like_layout((geo.batch, geo.channels, geo.height, geo.width), out_channels_last, dy.dtype, dy.device)
+    if dx.numel() == 0:
+        return dx
+    pixels = geo.height * geo.width
+    # Strides of the tensor the kernel does not read are placeholders.
+    idx_strides = dy.stride() if weighted else saved.stride()
+    x_strides = saved.stride() if weighted else dy.stride()
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        max_pool2d_backward_kernel[_programs(cfg, geo, pixels)](
+            dy, saved, saved, dx, *geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride(),
+            WEIGHTED=weighted, **cfg.launch_kwargs())
+        return dx
+
+    return launch(dispatch.config_for(dispatch.Problem(
+        "max_pool2d_backward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1], batch=geo.batch,
+        dtype=dy.dtype, channels_last=out_channels_last, extra=(("mode", mode),)), launch))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library ops (opaque to torch.compile, with fake implementations for shapes) and their autograd. A
+# geometry travels as plain ints: (kernel, stride, top/left padding, dilation, output size), with the mode
+# and p.
+# ---------------------------------------------------------------------------------------------------------
+
+_POOL_SCHEMA = "int[] kernel, int[] stride, int[] padding, int[] dilation, int[] output_size, int mode, float p"
+
+
+def _geometry(x_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+              dilation: Sequence[int], output_size: Sequence[int]) -> PoolGeometry:
+    return PoolGeometry(*x_shape, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), *output_size)
+
+
+def _geometry_args(geo: PoolGeometry) -> tuple:
+    return list(geo.kernel), list(geo.stride), list(geo.pad), list(geo.dilation), [geo.out_height, geo.out_width]
+
+
+@torch.library.custom_op("tritonconv::max_pool2d", mutates_args=(),
+                         schema=f"(Tensor x, Tensor? seed, {_POOL_SCHEMA}, bool store_index) -> (Tensor, Tensor)")
+def _pool_op(x, seed, kernel, stride, padding, dilation, output_size, mode, p, store_index):
+    geo = _geometry(x.shape, kernel, stride, padding, dilation, output_size)
+    y, idx = pool_forward(x, geo, mode, p, seed, store_index)
+    return y, idx if idx is not None else x.new_empty(0, dtype=torch.uint8)
+
+
+@_pool_op.register_fake
+def _(x, seed, kernel, stride, padding, dilation, output_size, mode, p, store_index):
+    shape = (x.shape[0], x.shape[1], *output_size)
+    geo = _geometry(x.shape, kernel, stride, padding, dilation, output_size)
+    idx = (empty_like_layout(shape, channels_last(x), _index_dtype(geo), x.device) if store_index
+           else x.new_empty(0, dtype=torch.uint8))
+    return empty_like_layout(shape, channels_last(x), x.dtype, x.device), idx
+
+
+@torch.library.custom_op("tritonconv::max_pool2d_backward", mutates_args=(),
+                         schema=f"(Tensor dy, Tensor saved, int[] input_size, {_POOL_SCHEMA}, bool channels_last) "
+                                "-> Tensor")
+def _pool_backward_op(dy, saved, input_size, kernel, stride, padding, dilation, output_size, mode, p, channels_last):
+    geo = _geometry(input_size, kernel, stride, padding, dilation, output_size)
+    return pool_backward(dy, saved, geo, mode, p, channels_last)
+
+
+@_pool_backward_op.register_fake
+def _(dy, saved, input_size, kernel, stride, padding, dilation, output_size, mode, p, channels_last):
+    return empty_like_layout(input_size, channels_last, dy.dtype, dy.device)
+
+
+def _pool_setup_context(ctx, inputs, output):
+    """Save the winning taps (MAX, DROPOUT) or the input (WEIGHTED): no mask, no int64 index."""
+    x, _seed, *geometry, _store_index = inputs
+    mode = geometry[-2]
+    ctx.save_for_backward(x if mode == WEIGHTED.value else output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.geometry = geometry
+    ctx.input = (list(x.shape), channels_last(x))
+
+
+def _pool_backward(ctx, dy, _didx):
+    (saved,) = ctx.saved_tensors
+    input_size, out_channels_last = ctx.input
+    dx = torch.ops.tritonconv.max_pool2d_backward(dy, saved, input_size, *ctx.geometry, out_channels_last)
+    return (dx,) + (None,) * 9
+
+
+_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)
+
+
+def _pool(input: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None) -> torch.Tensor:
+    """Run the pooling op; the winning taps are stored only when a backward can follow (not for WEIGHTED,
+    whose backward reads the input instead)."""
+    store_index = mode != WEIGHTED.value and input.requires_grad and torch.is_grad_enabled()
+    return torch.ops.tritonconv.max_pool2d(input, seed, *_geometry_args(geo), mode, p, store_index)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public ops.
+# ---------------------------------------------------------------------------------------------------------
+
+def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+                  padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool) -> PoolGeometry:
+    """Check a max_pool2d call's arguments as torch.nn.functional.max_pool2d does, and describe it.
+
+    Output size per axis: floor((size + 2p - d*(k-1) - 1) / s) + 1, or with ceil instead of floor in
+    ceil_mode, less one if the last window would then start past the input and its left padding.
+    """
+    check_tensor(input, "input")
+    kernel = pair(kernel_size, "kernel_size", 1)
+    stride_hw = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
+        else pair(stride, "stride", 1)
+    pad = pair(padding, "padding", 0)
+    dilation_hw = pair(dilation, "dilation", 1)
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(f"padding must be at most half the kernel size, kernel_size // 2 = "
+                         f"{(kernel[0] // 2, kernel[1] // 2)}, got {padding!r}")
+    n, c, h, w = input.shape
+    out = []
+    for size, k, s, p, d in zip((h, w), kernel, stride_hw, pad, dilation_hw):
+        o = output_size(size, k, s, 2 * p + (s - 1 if ceil_mode else 0), d)
+        if ceil_mode and (o - 1) * s >= size + p:
+            o -= 1
+        out.append(o)
+    if min(out) < 1:
+        raise ValueError(f"the pooling window ({kernel[0]}x{kernel[1]}, dilation {dilation_hw}) does not fit "
+                         f"the padded input ({h + 2 * pad[0]}x{w + 2 * pad[1]}): output size would be "
+                         f"{out[0]}x{out[1]}; use a smaller kernel_size or dilation, or more padding")
+    return PoolGeometry(n, c, h, w, kernel, stride_hw, pad, dilation_hw, out[0], out[1])
+
+
+def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
+               padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
+               ceil_mode: bool = False) -> torch.Tensor:
+    """2-D max pooling with exactly the semantics of `torch.nn.functional.max_pool2d`:
+
+        y[n, c, i, j] = max_{u, v} x[n, c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w]
+
+    over the taps inside the input (padding counts as -inf). NaN propagates: a window holding a NaN gives
+    NaN. The gradient goes to the unit F.max_pool2d picks: the first maximal tap in row-major window
+    order, the last NaN. The backward stores one byte per output (the tap), not an int64 index.
+
+    Args:
+        input: (N, C, H, W) float32, float16 or bfloat16, NCHW or channels_last; the output keeps the format.
+        kernel_size: int or (h, w), each >= 1.
+        stride: int or (h, w), each >= 1; None (or []) means kernel_size.
+        padding: int or (h, w), at most half the kernel size.
+        dilation: int or (h, w), each >= 1.
+        ceil_mode: round the output size up; a window must still start inside the input or its left padding.
+    """
+    geo = pool_geometry(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return _pool(input, geo, MAX.value, 0.0, None)
+
+
+def max_pool2d_dropout(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
+                       padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, p: float = 0.5,
+                       training: bool = True, *, seed: int | None = None) -> torch.Tensor:
+    """Max-pooling dropout (Wu & Gu, "Towards dropout training for convolutional neural networks", 2015).
+
+    Training: every input unit x[n, c, h, w] is kept with probability 1 - p, one draw per unit shared by
+    all the windows that contain it, and
+
+        y[n, c, i, j] = max of the kept units of the window, or 0 if none is kept.
+
+    No rescaling; for the non-negative inputs after a ReLU this is the paper's max(x * mask). The gradient
+    flows to the selected unit only (ties and NaN as `max_pool2d`).
+
+    Eval (training=False): probabilistic weighted pooling, the exact expectation of the training output.
+    With the window's n units sorted descending, v_1 >= ... >= v_n,
+
+        y = sum_{i=1..n} (1 - p) p^(i-1) v_i,
+
+    and the gradient of unit v_i is (1 - p) p^(i-1) (ties ranked by tap order).
+
+    p = 0 (training or not) is exactly `max_pool2d`. Window arguments as `max_pool2d` (floor mode); p in
+    [0, 1]; seed as `tritonconv.dropout`.
+    """
+    geo = pool_geometry(input, kernel_size, stride, padding, dilation, False)
+    p = check_probability(p)
+    check_seed(seed)
+    if p == 0.0:
+        return _pool(input, geo, MAX.value, 0.0, None)
+    if not training:
+        return _pool(input, geo, WEIGHTED.value, p, None)
+    return _pool(input, geo, DROPOUT.value, p, philox_seed(seed, input.device))
