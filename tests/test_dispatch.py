@@ -1,6 +1,7 @@
 """The dispatch seam: heuristics, pruning, the tuner (with a fake timer), the persistent cache, explain,
 tune and the cache CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -113,17 +114,57 @@ def test_prune():
     assert fakes.WRONG not in dispatch.prune(fakes.PROBLEM, fakes.space(fakes.PROBLEM), frozenset({fakes.WRONG}))
 
 
-@pytest.mark.parametrize("kernel", [k for k in dispatch.kernels() if k != fakes.KERNEL])
+@pytest.fixture(scope="module")
+def recorded_problems():
+    """The Problem of every kernel launch that the public ops make on tiny inputs, forward and backward."""
+    x = rand(2, 4, 6, 6, requires_grad=True)
+    w = lambda *shape: rand(*shape, requires_grad=True)  # noqa: E731
+    calls = [
+        lambda: tc.conv2d(x, w(6, 2, 3, 3), padding=1, groups=2),
+        lambda: tc.depthwise_conv2d(x, w(4, 1, 3, 3), padding=1),
+        lambda: tc.pointwise_conv2d(x, w(5, 4, 1, 1), activation="relu"),
+        lambda: tc.depthwise_separable_conv2d(x, w(4, 1, 3, 3), w(5, 4, 1, 1), padding=1, activation="silu"),
+        lambda: tc.dropout(x, 0.3), lambda: tc.spatial_dropout2d(x, 0.3), lambda: tc.drop_block2d(x, 0.3, 3),
+        lambda: tc.cutout2d(x, 2), lambda: tc.max_pool2d(x, 3, 2, 1),
+        lambda: tc.max_pool2d_dropout(x, 2, p=0.3), lambda: tc.max_pool2d_dropout(x, 2, p=0.3, training=False),
+    ]
+    with dispatch.recording() as decisions:
+        for call in calls:
+            call().float().sum().backward()
+    return {d.problem.kernel: d.problem for d in decisions}
+
+
+LIBRARY_KERNELS = [k for k in dispatch.kernels() if k != fakes.KERNEL]
+
+
+def test_every_kernel_is_reached_by_an_op(recorded_problems):
+    assert set(LIBRARY_KERNELS) <= set(recorded_problems)
+
+
+def _assert_valid(config: dispatch.Config, problem: dispatch.Problem) -> None:
+    assert config.num_warps in (1, 2, 4, 8, 16) and config.num_stages >= 1
+    assert all(v >= 1 for _, v in config.meta)
+    assert dispatch.smem_bytes(config, problem.dtype) <= dispatch.SMEM_PER_BLOCK
+
+
+@pytest.mark.parametrize("kernel", LIBRARY_KERNELS)
+def test_heuristics_valid_on_real_problems(kernel, recorded_problems):
+    for dtype in (torch.float32, torch.bfloat16):
+        problem = dataclasses.replace(recorded_problems[kernel], dtype=dtype)
+        for interpreter in (False, True):
+            _assert_valid(dispatch.spec(kernel).heuristic(problem, interpreter), problem)
+
+
+@pytest.mark.parametrize("kernel", [k for k in LIBRARY_KERNELS if dispatch.spec(k).family == "implicit_gemm"])
 @pytest.mark.parametrize("size", ["tiny", "huge"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_heuristics_valid_on_tiny_and_huge(kernel, size, dtype):
+def test_gemm_heuristics_on_tiny_and_huge(kernel, size):
     m, n, k = (1, 1, 1) if size == "tiny" else (2**24, 4096, 2**20)
-    problem = dispatch.Problem(kernel, m=m, n=n, k=k, batch=9, dtype=dtype)
+    problem = dispatch.Problem(kernel, m=m, n=n, k=k, batch=9, dtype=torch.float16)
     for interpreter in (False, True):
         config = dispatch.spec(kernel).heuristic(problem, interpreter)
-        assert config.num_warps in (1, 2, 4, 8, 16) and config.num_stages >= 1
-        assert all(v >= 1 and (v & (v - 1) == 0 or name.startswith(("SPLIT", "GROUP"))) for name, v in config.meta)
-        assert dispatch.smem_bytes(config, dtype) <= dispatch.SMEM_PER_BLOCK
+        _assert_valid(config, problem)
+        blocks = [v for name, v in config.meta if name.startswith("BLOCK")]
+        assert min(blocks) >= 16 and all(v & (v - 1) == 0 for v in blocks), f"tl.dot needs power-of-2 blocks >= 16: {config}"
         if not interpreter and size == "huge":
             assert dispatch.programs(config, problem) >= dispatch.SM_COUNT
 

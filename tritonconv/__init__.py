@@ -10,7 +10,10 @@ from tritonconv.pooling import max_pool2d, max_pool2d_dropout
 from tritonconv.separable import depthwise_separable_conv2d
 from tritonconv.tuning import explain, tune
 
-__all__ = ["analysis", "conv2d", "cutout2d", "depthwise_conv2d", "depthwise_separable_conv2d", "drop_block2d",
-           "dropout", "explain", "get_backend", "max_pool2d", "max_pool2d_dropout", "pointwise_conv2d",
+from tritonconv import nn  # noqa: E402 (its modules call the ops above)
+from tritonconv.nn import convert  # noqa: E402
+
+__all__ = ["analysis", "conv2d", "convert", "cutout2d", "depthwise_conv2d", "depthwise_separable_conv2d", "drop_block2d",
+           "dropout", "explain", "get_backend", "max_pool2d", "max_pool2d_dropout", "nn", "pointwise_conv2d",
            "set_backend", "spatial_dropout2d", "tune"]
 __version__ = "0.1.0"
