@@ -317,26 +317,10 @@ def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
 
 
-def _conv2d_kernel_family(geo: ConvGeometry) -> str:
-    """Which family of our kernels computes the convolution `geo`:
-
-    - "depthwise": every group is one input channel (groups == C, so F = C * multiplier): the direct
-      per-channel kernels, since a GEMM would have nothing to reduce over;
-    - "pointwise": an unpadded, ungrouped 1x1 kernel (dilation is irrelevant, a stride subsamples
-      pixels): a plain GEMM over channels, with no im2col address arithmetic;
-    - "implicit_gemm": everything else.
-    """
-    if geo.groups == geo.in_channels:
-        return "depthwise"
-    if geo.kernel == (1, 1) and geo.pad == (0, 0) and geo.groups == 1:
-        return "pointwise"
-    return "implicit_gemm"
-
-
 def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  geo: ConvGeometry) -> torch.Tensor:
-    """conv2d with our kernels, of the family `_conv2d_kernel_family` picks."""
-    family = _conv2d_kernel_family(geo)
+    """conv2d with our kernels, of the family `dispatch.conv2d_family` picks."""
+    family = dispatch.conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
     if family == "implicit_gemm":
         return torch.ops.tritonconv.conv2d(input, weight, bias, *_geometry_args(geo))
     # tritonconv.depthwise and tritonconv.pointwise register these ops (y, pre-activation) on import.
@@ -352,9 +336,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     y[n, f, i, j] = b[f] + sum_{c, u, v} x[n, g*C_g + c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w] * w[f, c, u, v]
 
     where g = f // F_g is the group of output channel f, C_g = C / groups and F_g = F / groups, and x reads
-    as 0 outside the input. Computed as an implicit GEMM in Triton (no im2col buffer), accumulating in
-    float32; float32 inputs use TF32 tensor cores only when `torch.backends.cudnn.allow_tf32` is set.
-    Autograd computes input and weight gradients with our own kernels.
+    as 0 outside the input. Computed in Triton by the kernel family `dispatch.conv2d_family` picks: the
+    direct depthwise kernels when groups == C, a GEMM for unpadded 1x1 kernels, else an implicit GEMM
+    (no im2col buffer), always accumulating in float32; float32 inputs use TF32 tensor cores only when
+    `torch.backends.cudnn.allow_tf32` is set. Autograd computes input and weight gradients with our own
+    kernels.
 
     Args:
         input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.

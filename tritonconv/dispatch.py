@@ -98,6 +98,22 @@ class Problem:
                 f"{str(self.dtype).removeprefix('torch.')},{layout}{extra}")
 
 
+def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: tuple[int, int]) -> str:
+    """Which family of our kernels computes a convolution:
+
+    - "depthwise": every group is one input channel (groups == C, so F = C * multiplier): the direct
+      per-channel kernels, since a GEMM would have nothing to reduce over;
+    - "pointwise": an unpadded, ungrouped 1x1 kernel (dilation is irrelevant, a stride subsamples
+      pixels): a plain GEMM over channels, with no im2col address arithmetic;
+    - "implicit_gemm": everything else.
+    """
+    if groups == in_channels:
+        return "depthwise"
+    if kernel == (1, 1) and pad == (0, 0) and groups == 1:
+        return "pointwise"
+    return "implicit_gemm"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The kernel registry.
 # ---------------------------------------------------------------------------------------------------------
