@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
+from tritonconv.testing import mismatch, tolerance
 
 # Seed of every check's random op call (an explicit seed must reproduce its output).
 CHECK_SEED = 1234
@@ -85,14 +86,6 @@ def live_pairs(size: int, k: int, stride: int, padding: int, dilation: int) -> i
 # Checking helpers.
 # ---------------------------------------------------------------------------------------------------------
 
-def tolerance(dtype: torch.dtype, device: torch.device) -> float:
-    """Allowed error relative to the reference's largest magnitude, by dtype: the values of the tests'
-    table (tests/conftest.py: tolerance), with TF32 on a GPU when cuDNN may use it."""
-    if dtype == torch.float32:
-        return 5e-3 if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else 2e-5
-    return {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
-
-
 def reference_dtype(device: torch.device) -> torch.dtype:
     """float64 on the CPU; float32 (with TF32 off) on a GPU, where float64 convolutions are too slow."""
     return torch.float64 if device.type == "cpu" else torch.float32
@@ -140,20 +133,9 @@ def torch_seed(seed: int | None, device: torch.device) -> Iterator[None]:
 
 
 def compare(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> list[str]:
-    """[] when `actual` matches `expected` (no NaN, max error within tol * the reference's largest
-    magnitude), else one line saying what is wrong."""
-    if actual.shape != expected.shape:
-        return [f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"]
-    actual = actual.detach().to(expected.dtype)
-    expected = expected.detach()
-    nans = int(actual.isnan().sum()) - int(expected.isnan().sum())
-    if nans > 0:
-        return [f"{what}: {nans} NaN elements (unwritten output?)"]
-    if actual.numel() == 0:
-        return []
-    scale = max(expected.abs().max().item(), 1e-6)
-    err = (actual - expected).abs().max().item()
-    return [] if err <= tol * scale else [f"{what}: max error {err:.3g} > {tol:.1g} x {scale:.3g}"]
+    """[] when `actual` matches `expected` (tritonconv.testing.mismatch), else one line saying what is wrong."""
+    problem = mismatch(actual, expected, tol, what)
+    return [] if problem is None else [problem]
 
 
 def rate_within(count: int, total: int, p: float, what: str, slack: float = 0.0) -> list[str]:

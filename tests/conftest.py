@@ -10,6 +10,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from tritonconv import testing  # noqa: E402
+
 # Every torch.empty (so every output our launchers allocate) starts as NaN: an element a kernel forgets
 # to write shows up as NaN instead of passing by luck. warn_only keeps torch ops without a deterministic
 # implementation usable in references.
@@ -21,26 +23,14 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def tolerance(dtype: torch.dtype) -> float:
-    """Allowed error relative to the reference's largest magnitude, by dtype (the one table of them).
-
-    float32 is exact-ish except when TF32 tensor cores are allowed (GPU, cudnn.allow_tf32); 16-bit
-    results carry their own rounding (fp16: 2^-11, bf16: 2^-8) on top of float32 accumulation.
-    """
-    if dtype == torch.float32:
-        tf32 = DEVICE == "cuda" and torch.backends.cudnn.allow_tf32
-        return 5e-3 if tf32 else 2e-5
-    return {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    """The tolerance table (tritonconv.testing.tolerance) on the test device."""
+    return testing.tolerance(dtype, DEVICE)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
-    """Compare a result with a float64 reference: no NaN anywhere, error within tolerance(dtype)."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    actual = actual.double().cpu()
-    expected = expected.double().cpu()
-    assert not actual.isnan().any(), f"{what}: {int(actual.isnan().sum())} NaN elements (unwritten output?)"
-    scale = max(expected.abs().max().item(), 1e-6)
-    err = (actual - expected).abs().max().item()
-    assert err <= tolerance(dtype) * scale, f"{what}: max error {err:.3g} > {tolerance(dtype):.1g} * {scale:.3g}"
+    """Compare a result with a float64 reference: no NaN, error within tolerance(dtype)."""
+    problem = testing.mismatch(actual.cpu(), expected.double().cpu(), tolerance(dtype), what)
+    assert problem is None, problem
 
 
 def rand(*shape: int, dtype: torch.dtype = torch.float32, channels_last: bool = False,
