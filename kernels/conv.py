@@ -53,6 +53,17 @@ def _index(offsets, INT64: tl.constexpr):
 
 
 @triton.jit
+def _grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """The (M-tile, N-tile) of program `pid` in grouped order: GROUP_M consecutive M-tiles walk the same
+    N-tile, so an N-tile of the second operand (the weights) is fetched from DRAM once and reused from
+    L2 (the ordering of Triton's matmul tutorial)."""
+    tiles_per_group = GROUP_M * num_n
+    first_m = (pid // tiles_per_group) * GROUP_M
+    group_rows = min(num_m - first_m, GROUP_M)
+    return first_m + (pid % tiles_per_group) % group_rows, (pid % tiles_per_group) // group_rows
+
+
+@triton.jit
 def conv2d_forward_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
@@ -77,18 +88,9 @@ def conv2d_forward_kernel(
 
     Grid: (cdiv(N*OH*OW, BLOCK_M) * cdiv(F_g, BLOCK_N), groups).
     """
-    # Tile order: GROUP_M consecutive M-tiles walk the same N-tile, so a weight tile is fetched once
-    # from DRAM and reused from L2 (the grouped ordering of Triton's matmul tutorial).
-    pid = tl.program_id(0)
     group = tl.program_id(1)
     M = N * OH * OW
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(F_PER_GROUP, BLOCK_N)
-    tiles_per_group = GROUP_M * num_n
-    first_m = (pid // tiles_per_group) * GROUP_M
-    group_rows = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % tiles_per_group) % group_rows
-    pid_n = (pid % tiles_per_group) // group_rows
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(F_PER_GROUP, BLOCK_N), GROUP_M)
 
     # Row m of the GEMM is output pixel (n, oh, ow); its window starts at (ih0, iw0) in the input.
     offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
@@ -161,16 +163,9 @@ def conv2d_input_grad_kernel(
     A tap contributes to input pixel ih only when ih + ph - kh*dh is a non-negative multiple of the
     stride; the others are masked. Grid: (cdiv(N*H*W, BLOCK_M) * cdiv(C_g, BLOCK_N), groups).
     """
-    pid = tl.program_id(0)
     group = tl.program_id(1)
     M = N * H * W
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(C_PER_GROUP, BLOCK_N)
-    tiles_per_group = GROUP_M * num_n
-    first_m = (pid // tiles_per_group) * GROUP_M
-    group_rows = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % tiles_per_group) % group_rows
-    pid_n = (pid % tiles_per_group) // group_rows
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C_PER_GROUP, BLOCK_N), GROUP_M)
 
     offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
     m_valid = offs_m < M
