@@ -27,7 +27,8 @@ timeout 60 "$python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 
 status+=("install=${PIPESTATUS[0]}")
 
 echo "== tests on the GPU ($(left) s left)"
-timeout 200 "$python" -m pytest -q -x -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" | tail -n 15
+# test_static.py compiles for sm_90/sm_80 on the CPU: CI runs it, the GPU's minutes are for the rest.
+timeout 200 "$python" -m pytest -q -x -p no:cacheprovider --ignore=tests/test_static.py tests 2>&1 | tee "$out/pytest.log" | tail -n 15
 status+=("tests=${PIPESTATUS[0]}")
 
 # A suite gets `cap` seconds; it starts no new case after cap - 40 s, so its tables are written in time.

@@ -457,8 +457,10 @@ _BACKEND = "triton"
 
 
 def set_backend(backend: str) -> None:
-    """Choose the default backend of every op: "triton" (ours, the default) or "auto" (ours or PyTorch's,
-    whichever is faster for the shape, decided by timing once and cached)."""
+    """Choose the default backend of `tritonconv.conv2d` (so of every convolution, depthwise and 1x1
+    included, and of `tritonconv.nn.Conv2d`): "triton" (ours, the default) or "auto" (ours or PyTorch's,
+    whichever is faster for the shape, decided by timing once and cached). "auto" is an eager-mode
+    choice: under torch.compile keep "triton", whose call path is free of Python-side state."""
     global _BACKEND
     _BACKEND = _check_backend(backend)
 
