@@ -265,3 +265,16 @@ def test_cache_cli(tmp_path):
     assert "1 entries" in listing and "conv2d_forward" in listing and "BLOCK_M=64" in listing
     assert "removed 1" in run("clear")
     assert "0 entries" in run("list")
+
+
+@pytest.mark.parametrize("groups,in_channels,kernel,pad,family", [
+    (8, 8, (3, 3), (1, 1), "depthwise"),        # MobileNet 3x3 depthwise
+    (8, 8, (1, 1), (0, 0), "depthwise"),        # 1x1 per channel is still depthwise
+    (1, 64, (1, 1), (0, 0), "pointwise"),       # 1x1 projection
+    (1, 64, (1, 1), (1, 1), "implicit_gemm"),   # padded 1x1 writes a border: not a plain GEMM
+    (2, 64, (1, 1), (0, 0), "implicit_gemm"),   # grouped 1x1
+    (1, 256, (3, 3), (24, 24), "implicit_gemm"),  # ASPP rate 24
+    (4, 64, (3, 3), (1, 1), "implicit_gemm"),   # grouped 3x3
+])
+def test_conv2d_family(groups, in_channels, kernel, pad, family):
+    assert dispatch.conv2d_family(groups, in_channels, kernel, pad) == family
