@@ -545,10 +545,11 @@ def update_rejects(df: pd.DataFrame, path: Path = REJECTS_PATH) -> None:
     entries = {json.dumps(e, sort_keys=True) for e in old if tuple(e[k] for k in group) not in covered}
     for r in swept[swept["verdict"].isin(REJECT_VERDICTS)].itertuples():
         entries.add(json.dumps({"target": r.target, "kernel": r.kernel, "dtype": f"torch.{r.dtype}", "layout": r.layout,
-                                **json.loads(r.config_json), "verdict": r.verdict}, sort_keys=True))
+                                **json.loads(r.config_json), "verdict": r.verdict,
+                                "source": dispatch.spec(r.kernel).source_hash()}, sort_keys=True))
     about = ("Configurations that do not compile, exceed shared memory or spill, per target, kernel, dtype and "
-             "layout. Written by `python -m bench.static --space full --update-rejects`; read by "
-             "tritonconv.static_checks.")
+             "layout, with the hash of the kernel's source file they were found with. Written by "
+             "`python -m bench.static --space full --update-rejects`; read by tritonconv.static_checks.")
     path.write_text(f'{{"about": {json.dumps(about)},\n "triton": "{triton.__version__}",\n "rejects": [\n'
                     + ",\n".join(sorted(entries)) + "\n]}\n")
 

@@ -92,7 +92,6 @@ def measure_ceilings(device: torch.device) -> Ceilings:
     dst = torch.empty_like(src)
     copy = time_call(lambda: dst.copy_(src), rep_ms=200)
     bandwidth = 2 * src.numel() * src.element_size() / (copy.median_ms * 1e-3)
-    del src, dst
     rates = {}
     size = 8192
     saved = torch.backends.cuda.matmul.allow_tf32

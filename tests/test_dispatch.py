@@ -15,7 +15,7 @@ import torch
 
 import dispatch_fakes as fakes
 import tritonconv as tc
-from conftest import DEVICE, rand
+from conftest import rand
 from tritonconv import _cache, dispatch
 
 TESTS = Path(__file__).parent

@@ -2,6 +2,7 @@
 registered kernel compiles for sm_90 and sm_80 on the CPU, fits shared memory and spills nothing, and the
 GEMM-shaped kernels reach Hopper's tensor cores (HGMMA) in fp16 and bf16."""
 
+import json
 import os
 import subprocess
 import sys
@@ -65,3 +66,22 @@ def test_gemm_kernels_use_hgmma_on_sm90_in_16_bit(report):
     assert {"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"} <= set(rows["kernel"])
     no_hgmma = rows[~(rows["hgmma"] > 0)]
     assert no_hgmma.empty, f"GEMM-shaped kernels without HGMMA on sm_90{_show(no_hgmma)}"
+
+
+def test_rejects_apply_only_to_the_source_they_were_found_with(tmp_path, monkeypatch):
+    from tritonconv import static_checks
+
+    config = {"meta": {"BLOCK_K": 64, "BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8}, "num_warps": 4, "num_stages": 4}
+    current = dispatch.spec("conv2d_forward").source_hash()
+    entries = [{"target": "sm_90", "kernel": "conv2d_forward", "dtype": "torch.float16", "layout": layout,
+                "verdict": "spills", "source": source, **config}
+               for layout, source in (("nhwc", current), ("nchw", "an-older-kernel"))]
+    path = tmp_path / "static_rejects.json"
+    path.write_text(json.dumps({"rejects": entries}))
+    monkeypatch.setattr(static_checks, "REJECTS_PATH", path)
+    static_checks.static_rejects.cache_clear()
+    try:
+        rejects = static_checks.static_rejects("sm_90")
+    finally:
+        static_checks.static_rejects.cache_clear()
+    assert rejects == {("conv2d_forward", "torch.float16", True): frozenset({dispatch.Config.from_json(config)})}

@@ -28,14 +28,17 @@ REJECT_VERDICTS = ("no-compile", "smem-over-limit", "spills")
 def static_rejects(target: str = "sm_90") -> dict[tuple[str, str, bool], frozenset[Config]]:
     """The rejected configurations for `target` ("sm_90" or "sm_80"), keyed by
     (kernel, str(dtype), channels_last), e.g. ("conv2d_forward", "torch.float16", True): look up
-    (problem.kernel, str(problem.dtype), problem.channels_last). Read once per process."""
-    # Imported here: dispatch imports this module when it prunes.
-    from tritonconv.dispatch import Config  # noqa: PLC0415
+    (problem.kernel, str(problem.dtype), problem.channels_last). Read once per process. An entry found
+    with another version of its kernel's source file (the hash differs) no longer says anything and is
+    ignored, as are entries of kernels no longer registered."""
+    # Imported here: dispatch imports this module.
+    from tritonconv.dispatch import Config, kernels, spec  # noqa: PLC0415
 
     rejects: dict[tuple[str, str, bool], set[Config]] = collections.defaultdict(set)
     if REJECTS_PATH.exists():
         for entry in json.loads(REJECTS_PATH.read_text())["rejects"]:
-            if entry["target"] == target:
+            if (entry["target"] == target and entry["kernel"] in kernels()
+                    and entry.get("source") == spec(entry["kernel"]).source_hash()):
                 key = (entry["kernel"], entry["dtype"], entry["layout"] == "nhwc")
                 rejects[key].add(Config.from_json(entry))
     return {key: frozenset(configs) for key, configs in rejects.items()}
