@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -237,28 +237,27 @@ def _(x, w, bias, stride, padding, dilation, groups, output_size):
     return empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
 
 
-@torch.library.custom_op("tritonconv::conv2d_input_grad", mutates_args=(),
-                         schema=f"(Tensor dy, Tensor w, Tensor x, {_GEOMETRY_SCHEMA}) -> Tensor")
-def _conv2d_input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
-    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-    return conv2d_input_grad(dy, w, geo, x)
+def register_gradient_ops(name: str, input_grad: Callable, weight_grad: Callable) -> tuple:
+    """Register "tritonconv::{name}_input_grad"(dy, w, x, geometry...) and
+    "tritonconv::{name}_weight_grad"(x, dy, w, geometry...) as custom ops with fakes: the backward ops of
+    a convolution family, whose launchers take (dy, w, geo, x) and (x, dy, geo, w). Returns both ops."""
+
+    def input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
+        return input_grad(dy, w, _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), x)
+
+    def weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
+        return weight_grad(x, dy, _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), w)
+
+    input_op = torch.library.custom_op(f"tritonconv::{name}_input_grad", input_grad_op, mutates_args=(),
+                                       schema=f"(Tensor dy, Tensor w, Tensor x, {_GEOMETRY_SCHEMA}) -> Tensor")
+    weight_op = torch.library.custom_op(f"tritonconv::{name}_weight_grad", weight_grad_op, mutates_args=(),
+                                        schema=f"(Tensor x, Tensor dy, Tensor w, {_GEOMETRY_SCHEMA}) -> Tensor")
+    input_op.register_fake(lambda dy, w, x, *geometry: empty_like_layout(x.shape, channels_last(x), dy.dtype, dy.device))
+    weight_op.register_fake(lambda x, dy, w, *geometry: empty_like_layout(w.shape, channels_last(w), w.dtype, w.device))
+    return input_op, weight_op
 
 
-@_conv2d_input_grad_op.register_fake
-def _(dy, w, x, stride, padding, dilation, groups, output_size):
-    return empty_like_layout(x.shape, channels_last(x), dy.dtype, dy.device)
-
-
-@torch.library.custom_op("tritonconv::conv2d_weight_grad", mutates_args=(),
-                         schema=f"(Tensor x, Tensor dy, Tensor w, {_GEOMETRY_SCHEMA}) -> Tensor")
-def _conv2d_weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
-    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-    return conv2d_weight_grad(x, dy, geo, w)
-
-
-@_conv2d_weight_grad_op.register_fake
-def _(x, dy, w, stride, padding, dilation, groups, output_size):
-    return empty_like_layout(w.shape, channels_last(w), w.dtype, w.device)
+register_gradient_ops("conv2d", conv2d_input_grad, conv2d_weight_grad)
 
 
 def _setup_context(ctx, inputs, output):

@@ -10,7 +10,7 @@ import triton
 
 from tritonconv import dispatch
 from tritonconv._checks import autocast, channels_last, check_same, check_tensor, empty_like_layout
-from tritonconv.conv import _GEOMETRY_SCHEMA, ConvGeometry, _geometry, _geometry_args, conv_geometry
+from tritonconv.conv import _GEOMETRY_SCHEMA, ConvGeometry, _geometry, _geometry_args, conv_geometry, register_gradient_ops
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
 from tritonconv.pointwise import epilogue_fake, register_epilogue_autograd
@@ -199,30 +199,8 @@ def _(x, w, bias, stride, padding, dilation, groups, output_size, activation, st
     return epilogue_fake(x, w, output_size, store_pre)
 
 
-@torch.library.custom_op("tritonconv::depthwise_conv2d_input_grad", mutates_args=(),
-                         schema=f"(Tensor dy, Tensor w, Tensor x, {_GEOMETRY_SCHEMA}) -> Tensor")
-def _depthwise_input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
-    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-    return depthwise_input_grad(dy, w, geo, x)
-
-
-@_depthwise_input_grad_op.register_fake
-def _(dy, w, x, stride, padding, dilation, groups, output_size):
-    return empty_like_layout(x.shape, channels_last(x), dy.dtype, dy.device)
-
-
-@torch.library.custom_op("tritonconv::depthwise_conv2d_weight_grad", mutates_args=(),
-                         schema=f"(Tensor x, Tensor dy, Tensor w, {_GEOMETRY_SCHEMA}) -> Tensor")
-def _depthwise_weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
-    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-    return depthwise_weight_grad(x, dy, geo, w)
-
-
-@_depthwise_weight_grad_op.register_fake
-def _(x, dy, w, stride, padding, dilation, groups, output_size):
-    return empty_like_layout(w.shape, channels_last(w), w.dtype, w.device)
-
-
+_depthwise_input_grad_op, _depthwise_weight_grad_op = register_gradient_ops(
+    "depthwise_conv2d", depthwise_input_grad, depthwise_weight_grad)
 register_epilogue_autograd(_depthwise_op, _depthwise_input_grad_op, _depthwise_weight_grad_op)
 
 
