@@ -86,6 +86,17 @@ def test_batch_bucket_shares_entry_but_other_dtype_does_not(gpu_mode):
     assert dispatch.decide(other, fakes.launch).source == "tuned"
 
 
+def test_tuning_budget_keeps_the_heuristics_neighbourhood(gpu_mode, monkeypatch):
+    space = fakes.space(fakes.PROBLEM)
+    near = dispatch.nearest(fakes.HEURISTIC, space, 4)
+    assert near[0] == fakes.HEURISTIC and len(near) == 4
+    differing = lambda c: sum(a != b for a, b in zip(c.meta, fakes.HEURISTIC.meta)) + (c.num_warps != 4) + (c.num_stages != 3)  # noqa: E731
+    assert max(differing(c) for c in near) <= min(differing(c) for c in space if c not in near)
+    monkeypatch.setenv("TRITONCONV_TUNE_CONFIGS", "3")
+    dispatch.decide(fakes.PROBLEM, fakes.launch)
+    assert len(gpu_mode.timed) <= 3
+
+
 def test_tuning_off_uses_heuristic(gpu_mode, monkeypatch):
     monkeypatch.setenv("TRITONCONV_AUTOTUNE", "0")
     decision = dispatch.decide(fakes.PROBLEM, fakes.launch)

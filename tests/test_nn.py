@@ -196,9 +196,13 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    single = subprocess.run([sys.executable, str(script), "0", "1", port, str(tmp_path / "one.pt")], env=env)
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, str(tmp_path / "two.pt")], env=env)
-             for r in range(2)]
-    assert single.returncode == 0 and all(p.wait(timeout=300) == 0 for p in procs)
+    single = subprocess.run([sys.executable, str(script), "0", "1", port, str(tmp_path / "one.pt")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, str(tmp_path / "two.pt")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for rank, proc in enumerate(procs):
+        output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, f"rank {rank}:\n{output[-3000:]}"
     for one, two in zip(torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")):
         assert_close(two, one, torch.float32, "DDP gradient")

@@ -409,6 +409,25 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
     return bool(torch.isfinite(a).all()) and (a - b).abs().max().item() <= tol * max(b.abs().max().item(), 1e-6)
 
 
+def tune_budget() -> int:
+    """Candidates timed per shape: $TRITONCONV_TUNE_CONFIGS, default 16. Each new candidate costs a
+    compile (about 0.5-1 s) before its timing, so 16 keep tuning a shape near the 10 s target."""
+    return max(1, int(os.environ.get("TRITONCONV_TUNE_CONFIGS", "16")))
+
+
+def nearest(heuristic: Config, candidates: Sequence[Config], budget: int) -> list[Config]:
+    """The heuristic and the `budget` - 1 candidates closest to it (fewest meta-parameters, warps and
+    stages that differ; ties keep the space's order): tuning searches the heuristic's neighbourhood."""
+
+    def distance(cfg: Config) -> int:
+        meta, base = dict(cfg.meta), dict(heuristic.meta)
+        return (sum(meta.get(k) != base.get(k) for k in meta.keys() | base.keys())
+                + (cfg.num_warps != heuristic.num_warps) + (cfg.num_stages != heuristic.num_stages))
+
+    others = sorted((c for c in dict.fromkeys(candidates) if c != heuristic), key=distance)
+    return [heuristic, *others[:budget - 1]]
+
+
 def _static_target() -> str:
     """The static checks' target closest to the current GPU: sm_80 before Hopper, else sm_90."""
     return "sm_80" if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9 else "sm_90"
@@ -422,9 +441,7 @@ def autotune(problem: Problem, launch: Launch) -> Decision:
     heuristic = kernel.heuristic(problem, False)
     rejected = static_rejects(_static_target()).get((problem.kernel, str(problem.dtype), problem.channels_last),
                                                     frozenset())
-    candidates = prune(problem, [heuristic, *kernel.space(problem)], rejected)
-    if heuristic not in candidates:
-        candidates.insert(0, heuristic)
+    candidates = nearest(heuristic, prune(problem, [heuristic, *kernel.space(problem)], rejected), tune_budget())
     reference = launch(heuristic).clone()
     times: dict[Config, float] = {}
     for cfg in _progress(candidates, f"tuning {problem.kernel} [{problem.bucket()}]"):
