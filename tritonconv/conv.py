@@ -260,6 +260,11 @@ def register_gradient_ops(name: str, input_grad: Callable, weight_grad: Callable
 register_gradient_ops("conv2d", conv2d_input_grad, conv2d_weight_grad)
 
 
+def channel_sum(dy: torch.Tensor) -> torch.Tensor:
+    """The bias gradient: dy summed over (n, h, w) in float32, in dy's dtype."""
+    return dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
+
+
 def _setup_context(ctx, inputs, output):
     x, w, bias, *geometry = inputs
     ctx.save_for_backward(x, w)
@@ -272,8 +277,7 @@ def _backward(ctx, dy):
     x, w = ctx.saved_tensors
     dx = torch.ops.tritonconv.conv2d_input_grad(dy, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
     dw = torch.ops.tritonconv.conv2d_weight_grad(x, dy, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
-    db = (dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
-          if ctx.has_bias and ctx.needs_input_grad[2] else None)
+    db = channel_sum(dy) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return dx, dw, db, None, None, None, None, None
 
 

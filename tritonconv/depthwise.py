@@ -10,10 +10,10 @@ import triton
 
 from tritonconv import dispatch
 from tritonconv._checks import autocast, channels_last, check_same, check_tensor, empty_like_layout
-from tritonconv.conv import _GEOMETRY_SCHEMA, ConvGeometry, _geometry, _geometry_args, conv_geometry, register_gradient_ops
+from tritonconv.conv import ConvGeometry, _geometry_args, conv_geometry, register_gradient_ops
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
-from tritonconv.pointwise import epilogue_fake, register_epilogue_autograd
+from tritonconv.pointwise import register_epilogue_op
 
 # ---------------------------------------------------------------------------------------------------------
 # Configurations (see tritonconv.dispatch). A depthwise Problem has m = N * rows * cols pixels of the plane
@@ -185,23 +185,8 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
 # tritonconv::pointwise_conv2d; the public op uses no activation, the separable backward does.
 # ---------------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("tritonconv::depthwise_conv2d", mutates_args=(),
-                         schema=f"(Tensor x, Tensor w, Tensor? bias, {_GEOMETRY_SCHEMA}, str activation, "
-                                "bool store_pre) -> (Tensor, Tensor)")
-def _depthwise_op(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
-    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-    y, z = depthwise_forward(x, w, bias, geo, activation, store_pre)
-    return y, z if z is not None else x.new_empty(0)
-
-
-@_depthwise_op.register_fake
-def _(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
-    return epilogue_fake(x, w, output_size, store_pre)
-
-
-_depthwise_input_grad_op, _depthwise_weight_grad_op = register_gradient_ops(
-    "depthwise_conv2d", depthwise_input_grad, depthwise_weight_grad)
-register_epilogue_autograd(_depthwise_op, _depthwise_input_grad_op, _depthwise_weight_grad_op)
+register_epilogue_op("depthwise_conv2d", depthwise_forward, *register_gradient_ops(
+    "depthwise_conv2d", depthwise_input_grad, depthwise_weight_grad))
 
 
 def check_depthwise_weight(weight: object, name: str, input: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ import triton
 from tritonconv import dispatch
 from tritonconv._checks import (autocast, channels_last, check_activation, check_same, check_tensor,
                                 empty_like_layout)
-from tritonconv.conv import _GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, conv_geometry
+from tritonconv.conv import (_GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, channel_sum,
+                             conv_geometry)
 from tritonconv.kernels.activations import activation_backward_kernel
 from tritonconv.kernels.pointwise import pointwise_forward_kernel
 
@@ -134,20 +135,10 @@ def _(dy, z, activation):
     return torch.empty_like(z)
 
 
-def epilogue_fake(x: torch.Tensor, w: torch.Tensor, output_size: Sequence[int],
-                  store_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (y, z) a conv + bias + activation op returns, without computing them."""
-    y = empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
-    return y, torch.empty_like(y) if store_pre else x.new_empty(0)
-
-
-def channel_sum(dy: torch.Tensor) -> torch.Tensor:
-    """The bias gradient: dy summed over (n, h, w) in float32, in dy's dtype."""
-    return dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
-
-
-def register_epilogue_autograd(op, input_grad: Callable, weight_grad: Callable) -> None:
-    """Autograd for a conv + bias + activation op (x, w, bias, *geometry, activation, store_pre) -> (y, z).
+def register_epilogue_op(name: str, forward: Callable, input_grad: Callable, weight_grad: Callable):
+    """Register "tritonconv::{name}": a conv + bias + activation op
+    (x, w, bias, *geometry, activation, store_pre) -> (y, z), computed by
+    `forward(x, w, bias, geo, activation, store_pre) -> (y, z or None)`, with its fake and its autograd.
 
     The activation's backward needs its input z. Recomputing z would cost a second convolution as large as
     the forward; instead the forward writes z beside y (one more output-sized store) when the public op
@@ -155,6 +146,15 @@ def register_epilogue_autograd(op, input_grad: Callable, weight_grad: Callable) 
     kernel), `input_grad(dz, w, x, *geometry)` and `weight_grad(x, dz, w, *geometry)` give dx and dw, and
     db is dz summed over (n, h, w). z itself is an internal output, never differentiated.
     """
+    def compute(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
+        geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+        y, z = forward(x, w, bias, geo, activation, store_pre)
+        return y, z if z is not None else x.new_empty(0)
+
+    def fake(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
+        y = empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
+        return y, torch.empty_like(y) if store_pre else x.new_empty(0)
+
     def setup_context(ctx, inputs, output):
         x, w, _bias, *geometry, activation, _store_pre = inputs
         ctx.save_for_backward(x, w, output[1])
@@ -170,26 +170,17 @@ def register_epilogue_autograd(op, input_grad: Callable, weight_grad: Callable) 
         db = channel_sum(dz) if ctx.needs_input_grad[2] else None
         return (dx, dw, db) + (None,) * (len(ctx.needs_input_grad) - 3)
 
+    op = torch.library.custom_op(f"tritonconv::{name}", compute, mutates_args=(),
+                                 schema=f"(Tensor x, Tensor w, Tensor? bias, {_GEOMETRY_SCHEMA}, str activation, "
+                                        "bool store_pre) -> (Tensor, Tensor)")
+    op.register_fake(fake)
     op.register_autograd(backward, setup_context=setup_context)
-
-
-@torch.library.custom_op("tritonconv::pointwise_conv2d", mutates_args=(),
-                         schema=f"(Tensor x, Tensor w, Tensor? bias, {_GEOMETRY_SCHEMA}, str activation, "
-                                "bool store_pre) -> (Tensor, Tensor)")
-def _pointwise_op(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
-    geo = _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-    y, z = pointwise_forward(x, w, bias, geo, activation, store_pre)
-    return y, z if z is not None else x.new_empty(0)
-
-
-@_pointwise_op.register_fake
-def _(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
-    return epilogue_fake(x, w, output_size, store_pre)
+    return op
 
 
 # The linear part's gradients are conv2d's implicit-GEMM input and weight gradients for a 1x1 kernel.
-register_epilogue_autograd(_pointwise_op, torch.ops.tritonconv.conv2d_input_grad,
-                           torch.ops.tritonconv.conv2d_weight_grad)
+register_epilogue_op("pointwise_conv2d", pointwise_forward, torch.ops.tritonconv.conv2d_input_grad,
+                     torch.ops.tritonconv.conv2d_weight_grad)
 
 
 def needs_pre_activation(activation: str, *tensors: torch.Tensor | None) -> bool:
@@ -219,7 +210,7 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     (None), "relu", "relu6", "silu" or "gelu" (the exact erf form, `F.gelu`'s default). Computed as a
     matrix product over channels ([N*H*W, C] x [C, F] in channels_last, [H*W, C] x [C, F] per image in
     NCHW) accumulating in float32; float32 inputs use TF32 only when `torch.backends.cudnn.allow_tf32` is
-    set. Autograd computes every gradient with our kernels (see `register_epilogue_autograd`).
+    set. Autograd computes every gradient with our kernels (see `register_epilogue_op`).
 
     Args:
         input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.

@@ -11,10 +11,11 @@ import triton
 from tritonconv import dispatch
 from tritonconv._checks import (autocast, channels_last, check_activation, check_bias, check_tensor,
                                 empty_like_layout)
-from tritonconv.conv import _GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, conv_geometry
+from tritonconv.conv import (_GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, channel_sum,
+                             conv_geometry)
 from tritonconv.depthwise import check_depthwise_weight
 from tritonconv.kernels.separable import separable_forward_kernel
-from tritonconv.pointwise import channel_sum, check_pointwise_weight, int32_batches
+from tritonconv.pointwise import check_pointwise_weight, int32_batches
 
 # ---------------------------------------------------------------------------------------------------------
 # Configurations (see tritonconv.dispatch). The Problem is the pointwise GEMM's: m = N*OH*OW pixels,
