@@ -42,6 +42,18 @@ WEIGHTED = tl.constexpr(2)   # probabilistic weighted pooling, sum_i (1-p) p^(i-
 
 
 @triton.jit
+def _sample_channel_pixel_tile(pid, C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Program `pid`'s tile over (N, C, P pixels), pixel blocks fastest: its sample n (int64), its
+    BLOCK_C channels and its BLOCK_P flat pixel indices (either may run past C or P)."""
+    num_p = tl.cdiv(P, BLOCK_P)
+    num_c = tl.cdiv(C, BLOCK_C)
+    n = (pid // (num_p * num_c)).to(tl.int64)
+    offs_c = (pid // num_p) % num_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = pid % num_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    return n, offs_c, offs_p
+
+
+@triton.jit
 def _wins(v, tap, best, best_tap):
     """Whether unit (v, tap) replaces (best, best_tap) as the window's max, as F.max_pool2d decides
     whatever order units are visited in: NaN beats numbers and the later of two NaNs wins; otherwise the
@@ -117,15 +129,7 @@ def max_pool2d_forward_kernel(
 ):
     """One program computes BLOCK_C x BLOCK_P outputs of one sample. Grid:
     (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest."""
-    pid = tl.program_id(0)
-    num_p = tl.cdiv(OH * OW, BLOCK_P)
-    num_c = tl.cdiv(C, BLOCK_C)
-    pid_p = pid % num_p
-    pid_c = (pid // num_p) % num_c
-    n = (pid // (num_p * num_c)).to(tl.int64)
-
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, offs_c, offs_p = _sample_channel_pixel_tile(tl.program_id(0), C, OH * OW, BLOCK_C, BLOCK_P)
     oh = offs_p // OW
     ow = offs_p % OW
     valid = (offs_c < C)[:, None] & (offs_p < OH * OW)[None, :]
@@ -213,15 +217,7 @@ def max_pool2d_backward_kernel(
     Input pixel ih is tap kh of window oh when ih + ph - kh*dh = oh*sh exactly, 0 <= oh < OH; the other
     taps are masked. Each dx element is written once. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),).
     """
-    pid = tl.program_id(0)
-    num_p = tl.cdiv(H * W, BLOCK_P)
-    num_c = tl.cdiv(C, BLOCK_C)
-    pid_p = pid % num_p
-    pid_c = (pid // num_p) % num_c
-    n = (pid // (num_p * num_c)).to(tl.int64)
-
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, offs_c, offs_p = _sample_channel_pixel_tile(tl.program_id(0), C, H * W, BLOCK_C, BLOCK_P)
     ih = offs_p // W
     iw = offs_p % W
     valid = (offs_c < C)[:, None] & (offs_p < H * W)[None, :]
