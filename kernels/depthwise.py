@@ -26,19 +26,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-
-
-@triton.jit
-def plane_tile(t, rows, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Coordinates of tile `t` of a rows x cols plane cut into BLOCK_H x BLOCK_W tiles, row-major.
-
-    Returns the tile's rows as an int64 (BLOCK_H, 1, 1) tensor and its columns as (1, BLOCK_W, 1), ready
-    to broadcast against a (BLOCK_H, BLOCK_W, BLOCK_C) tile; they may run past the plane's edge.
-    """
-    tiles_w = tl.cdiv(cols, BLOCK_W)
-    r = (t // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-    c = (t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    return r.to(tl.int64)[:, None, None], c.to(tl.int64)[None, :, None]
+from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks
 
 
 @triton.jit
@@ -96,12 +84,10 @@ def depthwise_forward_kernel(
     N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
     neighbouring spatial tiles of one channel block, so the halo they share is still in cache.
     """
-    pid = tl.program_id(0)
-    plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
-    tiles_c = tl.cdiv(F, BLOCK_C)
-    oh, ow = plane_tile(pid % plane_tiles, OH, OW, BLOCK_H, BLOCK_W)
-    n = (pid // plane_tiles // tiles_c).to(tl.int64)
-    f = (pid // plane_tiles % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    n, pid_f, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(F, BLOCK_C),
+                                           tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W))
+    oh, ow = plane_tile(tile, OH, OW, BLOCK_H, BLOCK_W)
+    f = pid_f * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     f_valid = f < F
 
     # Output pixel (oh, ow) of channel f reads input channel f // MULT from row oh*sh - ph + kh*dh.
@@ -142,12 +128,10 @@ def depthwise_input_grad_kernel(
     others are masked (with stride s, a fraction 1 - 1/s^2 of the taps). Grid: as the forward kernel's,
     over input pixels and input channels.
     """
-    pid = tl.program_id(0)
-    plane_tiles = tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W)
-    tiles_c = tl.cdiv(C, BLOCK_C)
-    ih, iw = plane_tile(pid % plane_tiles, H, W, BLOCK_H, BLOCK_W)
-    n = (pid // plane_tiles // tiles_c).to(tl.int64)
-    c = (pid // plane_tiles % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    n, pid_c, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C),
+                                           tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W))
+    ih, iw = plane_tile(tile, H, W, BLOCK_H, BLOCK_W)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     c_valid = c < C
 
     acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
@@ -157,13 +141,11 @@ def depthwise_input_grad_kernel(
         dy_chan = dy_ptr + n * syn + f * syc
         w_chan = w_ptr + f * swf
         for kh in range(kh_start, kh_end):
-            th = ih + pad_h - kh * dil_h
-            oh = th // stride_h
-            row_ok = c_valid & (th >= 0) & (th % stride_h == 0) & (oh < OH)
+            oh, oh_ok = inverse_stride(ih + pad_h - kh * dil_h, stride_h, OH)
+            row_ok = c_valid & oh_ok
             for kw in range(kw_start, kw_end):
-                tw = iw + pad_w - kw * dil_w
-                ow = tw // stride_w
-                ok = row_ok & (tw >= 0) & (tw % stride_w == 0) & (ow < OW)
+                ow, ow_ok = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
+                ok = row_ok & ow_ok
                 g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
                 wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
                 acc += g.to(tl.float32) * wv.to(tl.float32)

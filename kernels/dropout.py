@@ -28,6 +28,8 @@ All offsets and Philox counters are int64: a tensor over 2^31 elements indexes c
 import triton
 import triton.language as tl
 
+from tritonconv.kernels.common import sample_channel_blocks
+
 # Which mask `dropout_mask_kernel` applies.
 ELEMENT = tl.constexpr(0)   # each element independently: F.dropout
 CHANNEL = tl.constexpr(1)   # each (n, c) feature map as a whole: F.dropout2d
@@ -65,13 +67,7 @@ def dropout_mask_kernel(
     (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_HW),), hw-blocks fastest so that consecutive programs cover
     consecutive memory of an NCHW map.
     """
-    # Split the flat program id into (sample, channel block, hw block) with scalar arithmetic only.
-    pid = tl.program_id(0)
-    num_hw = tl.cdiv(HW, BLOCK_HW)
-    num_c = tl.cdiv(C, BLOCK_C)
-    pid_hw = pid % num_hw
-    pid_c = (pid // num_hw) % num_c
-    n = (pid // (num_hw * num_c)).to(tl.int64)
+    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, BLOCK_HW))
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     # int64: a tensor of another rank is one flattened map, which may hold more than 2^31 elements.
@@ -147,15 +143,11 @@ def drop_block_kernel(
     y = x * keep * numel / (eps + count), reading x only where kept. The backward is pass 2 on dy with the
     same count. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
     """
-    pid = tl.program_id(0)
     out_cols = BLOCK_W - bs + 1
     num_w = tl.cdiv(W, out_cols)
-    num_h = tl.cdiv(H, BLOCK_H)
-    num_c = tl.cdiv(C, BLOCK_C)
-    pid_w = pid % num_w
-    pid_h = (pid // num_w) % num_h
-    pid_c = (pid // (num_w * num_h)) % num_c
-    n = (pid // (num_w * num_h * num_c)).to(tl.int64)
+    n, pid_c, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(H, BLOCK_H) * num_w)
+    pid_h = tile // num_w
+    pid_w = tile % num_w
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     rows = n * C + offs_c.to(tl.int64)
