@@ -59,31 +59,31 @@ def dropout_mask_kernel(
     syn, syc, syhw,
     MODE: tl.constexpr,       # ELEMENT, CHANNEL or CUTOUT
     BLOCK_C: tl.constexpr,    # feature maps (channels of one sample) per program
-    BLOCK_HW: tl.constexpr,   # positions of each map per program: a multiple of 4
+    BLOCK_P: tl.constexpr,   # positions of each map per program: a multiple of 4
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
     The backward of every mode is this kernel applied to dy with the same seed. Grid:
-    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_HW),), hw-blocks fastest so that consecutive programs cover
+    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_P),), position blocks fastest so that consecutive programs cover
     consecutive memory of an NCHW map.
     """
-    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, BLOCK_HW))
+    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, BLOCK_P))
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     # int64: a tensor of another rank is one flattened map, which may hold more than 2^31 elements.
-    hw_start = pid_hw.to(tl.int64) * BLOCK_HW
-    offs_hw = hw_start + tl.arange(0, BLOCK_HW)
+    hw_start = pid_hw.to(tl.int64) * BLOCK_P
+    offs_hw = hw_start + tl.arange(0, BLOCK_P)
     in_bounds = (offs_c < C)[:, None] & (offs_hw < HW)[None, :]
     rows = n * C + offs_c.to(tl.int64)   # r = n*C + c, the map's index in the Philox keys
     seed = tl.load(seed_ptr)
 
     if MODE == ELEMENT:
-        # Call q of this block covers positions 4q..4q+3 (BLOCK_HW is a multiple of 4 and so is every
+        # Call q of this block covers positions 4q..4q+3 (BLOCK_P is a multiple of 4 and so is every
         # block start); rows are padded to ceil(HW/4) calls so that each map owns its own counters.
-        calls = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
+        calls = hw_start // 4 + tl.arange(0, BLOCK_P // 4)
         counter = rows[:, None] * tl.cdiv(HW, 4) + calls[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, counter)
-        keep = _words_to_uniform(r0, r1, r2, r3, BLOCK_C, BLOCK_HW) >= p
+        keep = _words_to_uniform(r0, r1, r2, r3, BLOCK_C, BLOCK_P) >= p
     elif MODE == CHANNEL:
         keep = (tl.rand(seed, rows) >= p)[:, None]
     else:

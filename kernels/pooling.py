@@ -193,7 +193,7 @@ def max_pool2d_backward_kernel(
     p,              # drop probability (WEIGHTED)
     # Element strides in (N, C, H, W) order of dy, idx (not WEIGHTED), x (WEIGHTED) and dx.
     sdyn, sdyc, sdyh, sdyw,
-    sin, sic, sih, siw,
+    sidxn, sidxc, sidxh, sidxw,
     sxn, sxc, sxh, sxw,
     sdxn, sdxc, sdxh, sdxw,
     WEIGHTED: tl.constexpr,   # True: gradient of weighted pooling (recomputes ranks from x); False: route
@@ -218,7 +218,7 @@ def max_pool2d_backward_kernel(
         v = tl.load(x_map + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[None, :], mask=valid, other=0.0)
         v = v.to(tl.float32)
     else:
-        idx_map = idx_ptr + n * sin + c64 * sic
+        idx_map = idx_ptr + n * sidxn + c64 * sidxc
 
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     for t in range(KH * KW):
@@ -232,7 +232,7 @@ def max_pool2d_backward_kernel(
                                 v, taps, H, W, KH, KW, dil_h, dil_w, sxh, sxw)
             acc += tl.where(ok, g.to(tl.float32) * _keep_weight(rank, p), 0.0)
         else:
-            sel = tl.load(idx_map + (oh.to(tl.int64) * sih + ow.to(tl.int64) * siw)[None, :], mask=ok, other=0)
+            sel = tl.load(idx_map + (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :], mask=ok, other=0)
             acc += tl.where(ok & (sel.to(tl.int32) == t), g.to(tl.float32), 0.0)
 
     dx_offs = n * sdxn + c64 * sdxc + (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]

@@ -252,7 +252,7 @@ def test_mask_independent_of_tiling(op, kernels, monkeypatch):
     reference = call(x, seed=3)
     for name in kernels:
         spec = dispatch.spec(name)
-        small = {"dropout_mask": dict(BLOCK_C=2, BLOCK_HW=8),
+        small = {"dropout_mask": dict(BLOCK_C=2, BLOCK_P=8),
                  "drop_block_count": dict(BLOCK_C=4, BLOCK_W=8, BLOCK_H=2),
                  "drop_block_apply": dict(BLOCK_C=2, BLOCK_W=16, BLOCK_H=3)}[name]
         monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(

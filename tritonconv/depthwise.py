@@ -26,8 +26,8 @@ from tritonconv.pointwise import register_epilogue_op
 # then rows, so each program covers a patch of the plane. The interpreter pays per program and per
 # operation, not per element, so its one tile covers a whole small test plane (but not the test cases
 # chosen to need several tiles).
-_GPU_TILES = {True: (1024, (("BLOCK_C", 64), ("BLOCK_W", 8), ("BLOCK_H", 8))),
-              False: (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))}
+_CHANNELS_LAST_TILES = (1024, (("BLOCK_C", 64), ("BLOCK_W", 8), ("BLOCK_H", 8)))
+_NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 
 
@@ -35,7 +35,10 @@ def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
     """BLOCK_H, BLOCK_W, BLOCK_C for a plane of problem.extra's height x width and problem.n channels."""
     extra = dict(problem.extra)
     extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
-    budget, order = _INTERPRETER_TILES if interpreter else _GPU_TILES[problem.channels_last]
+    if interpreter:
+        budget, order = _INTERPRETER_TILES
+    else:
+        budget, order = _CHANNELS_LAST_TILES if problem.channels_last else _NCHW_TILES
     blocks = {}
     for name, cap in order:
         blocks[name] = dispatch.pow2_clamp(extents[name], 1, min(cap, budget))
@@ -56,7 +59,7 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
-    neighbours take the other taps of the same pixels, which then come from L2) and SPLIT programs share
+    neighbours take the other taps of the same pixels, which then come from L2) and SPLIT_K programs share
     each (tap, channel block) until the GPU is full, each keeping at least 4 tiles of work. The
     interpreter pays per program and per operation, so one program walks every tap; it splits in two
     whenever there are two tiles, so the tests exercise the atomic path."""
@@ -69,7 +72,7 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
     else:
         programs = problem.k * triton.cdiv(problem.n, blocks["BLOCK_C"])
         split, taps = max(1, min(dispatch.TARGET_PROGRAMS // programs, tiles // 4)), 1
-    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT=split, TAPS=taps, **blocks)
+    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
 
 def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -87,7 +90,7 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT=split, TAPS=taps, **dict(cfg.meta))
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT_K=split, TAPS=taps, **dict(cfg.meta))
             for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3)]
 
 
@@ -163,9 +166,9 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
     plane = (geo.out_height, geo.out_width)
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        # SPLIT programs add into one float32 result, which must start at zero.
-        dw = (torch.zeros if cfg["SPLIT"] > 1 else torch.empty)((f, kh * kw), dtype=torch.float32, device=x.device)
-        grid = (triton.cdiv(kh * kw, cfg["TAPS"]) * triton.cdiv(f, cfg["BLOCK_C"]) * cfg["SPLIT"],)
+        # SPLIT_K programs add into one float32 result, which must start at zero.
+        dw = (torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty)((f, kh * kw), dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(kh * kw, cfg["TAPS"]) * triton.cdiv(f, cfg["BLOCK_C"]) * cfg["SPLIT_K"],)
         depthwise_weight_grad_kernel[grid](
             x, dy, dw, geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw,
             *geo.stride, *geo.pad, *geo.dilation, *x.stride(), *dy.stride(), **cfg.launch_kwargs())

@@ -229,9 +229,10 @@ def smem_bytes(config: Config, dtype: torch.dtype) -> int:
 
 
 def programs(config: Config, problem: Problem) -> int:
-    """Programs a GEMM-shaped launch runs: output tiles times batch times reduction splits."""
+    """Programs a GEMM-shaped launch runs: output tiles times batch times reduction splits (of BLOCK_K
+    steps; depthwise's SPLIT_K splits pixel tiles, which Problem does not describe, so it is not counted)."""
     tiles = triton.cdiv(problem.m, config.get("BLOCK_M", problem.m)) * triton.cdiv(problem.n, config.get("BLOCK_N", problem.n))
-    return tiles * problem.batch * config.get("SPLIT_K", 1)
+    return tiles * problem.batch * (config.get("SPLIT_K", 1) if config.get("BLOCK_K") else 1)
 
 
 def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = frozenset()) -> list[Config]:
@@ -251,7 +252,7 @@ def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = fro
         if any(meta[name] > max(16, 2 * triton.next_power_of_2(max(extent, 1)))
                for name, extent in extents.items() if name in meta):
             continue
-        if meta.get("SPLIT_K", 1) > triton.cdiv(problem.k, meta.get("BLOCK_K", 1)):
+        if "BLOCK_K" in meta and meta.get("SPLIT_K", 1) > triton.cdiv(problem.k, meta["BLOCK_K"]):
             continue
         if smem_bytes(cfg, problem.dtype) > SMEM_PER_BLOCK or cfg in rejected:
             continue

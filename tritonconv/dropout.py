@@ -30,19 +30,19 @@ def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     budget = 16384 if interpreter else 2048
     if problem.channels_last and not interpreter:
         block_c = dispatch.pow2_clamp(problem.m, 1, 64)
-        block_hw = dispatch.pow2_clamp(problem.n, 4, budget // block_c)
+        block_p = dispatch.pow2_clamp(problem.n, 4, budget // block_c)
     else:
-        block_hw = dispatch.pow2_clamp(problem.n, 4, budget)
-        block_c = dispatch.pow2_clamp(problem.m, 1, max(1, budget // block_hw))
-    return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_HW=block_hw)
+        block_p = dispatch.pow2_clamp(problem.n, 4, budget)
+        block_c = dispatch.pow2_clamp(problem.m, 1, max(1, budget // block_p))
+    return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
 
 
 def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only)."""
     fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128) if v <= max(1, 2 * problem.m)],
-            "BLOCK_HW": [v for v in (4, 16, 64, 256, 1024, 2048, 4096) if v <= max(4, 2 * problem.n)]}
+            "BLOCK_P": [v for v in (4, 16, 64, 256, 1024, 2048, 4096) if v <= max(4, 2 * problem.n)]}
     return [cfg for cfg in dispatch.product_space(num_warps=(2, 4, 8), num_stages=(1,), **fits)
-            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_HW"] <= 8192]
+            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 8192]
 
 
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -119,7 +119,7 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     scale = 1.0 if mode == CUTOUT.value else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        grid = (n * triton.cdiv(c, cfg["BLOCK_C"]) * triton.cdiv(hw, cfg["BLOCK_HW"]),)
+        grid = (n * triton.cdiv(c, cfg["BLOCK_C"]) * triton.cdiv(hw, cfg["BLOCK_P"]),)
         dropout_mask_kernel[grid](src, y, seed, c, hw, h, w, p, scale, size, *x_strides, *y_strides,
                                   MODE=mode, **cfg.launch_kwargs())
         return y
