@@ -66,7 +66,10 @@ from triton.runtime.jit import JITFunction
 
 import tritonconv
 from tritonconv import _checks, dispatch
+from tritonconv._progress import progress
 from tritonconv.static_checks import REJECTS_PATH, REJECT_VERDICTS
+
+from bench.report import markdown_table
 
 # ---------------------------------------------------------------------------------------------------------
 # What to check.
@@ -495,15 +498,6 @@ def _no_probe_rows(kernels: list[str], launches: list[Launch], targets: list[str
              "verdict": "no-probe", "error": error} for target in targets for k in kernels if k not in seen]
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """A pipe table of `df` (pandas' to_markdown needs tabulate, which is not a dependency)."""
-    def cell(v: object) -> str:
-        return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _count(verdict: str) -> tuple[str, Callable[[pd.Series], int]]:
     """A named aggregation: how many rows of a group have `verdict`."""
     return "verdict", lambda v: int((v == verdict).sum())
@@ -523,12 +517,12 @@ def summary(df: pd.DataFrame, space: str) -> str:
         # Tensor-core instructions matter for GEMM-shaped kernels only.
         view.insert(len(view.columns) - 1, f"min {mma.upper()}",
                     view["min_mma"].astype(object).where(view["gemm"], ""))
-        parts += [f"## {target}", "", markdown(view.drop(columns=["gemm", "min_mma"]).reset_index()), ""]
+        parts += [f"## {target}", "", markdown_table(view.drop(columns=["gemm", "min_mma"]).reset_index()), ""]
         bad = t[t["verdict"] != "ok"]
         if len(bad):
             shown = bad.assign(smem_KB=(bad["shared_bytes"] / 1024).round(1))
             parts += [f"Not ok on {target}:", "",
-                      markdown(shown[["kernel", "dtype", "shapes", "config", "registers", "spill_store_bytes",
+                      markdown_table(shown[["kernel", "dtype", "shapes", "config", "registers", "spill_store_bytes",
                                       "local_ops", "smem_KB", mma, "verdict", "error"]]), ""]
     return "\n".join(parts)
 
@@ -552,15 +546,6 @@ def update_rejects(df: pd.DataFrame, path: Path = REJECTS_PATH) -> None:
              "`python -m bench.static --space full --update-rejects`; read by tritonconv.static_checks.")
     path.write_text(f'{{"about": {json.dumps(about)},\n "triton": "{triton.__version__}",\n "rejects": [\n'
                     + ",\n".join(sorted(entries)) + "\n]}\n")
-
-
-def _progress(futures: list, total: int) -> Iterable:
-    """The futures as they complete, behind a tqdm progress bar when tqdm (the bench extra) is installed."""
-    try:
-        from tqdm import tqdm  # noqa: PLC0415 (optional: the bench extra)
-    except ImportError:
-        return as_completed(futures)
-    return tqdm(as_completed(futures), total=total, desc="compiling", unit="kernel")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -599,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                              initializer=_worker_init) as pool:
         futures = {pool.submit(compile_job, {k: v for k, v in job.items() if k != "launches"}): job
                    for job in todo.values()}
-        for future in _progress(list(futures), len(futures)):
+        for future in progress(as_completed(futures), "compiling", total=len(futures), unit="kernel"):
             rows.append(_row(futures[future], future.result()))
 
     df = pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in _INT_COLUMNS})

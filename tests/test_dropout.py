@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
+from bench.reference import drop_block_probability
 from conftest import DTYPES, assert_close, rand
 from tritonconv import dispatch
 
@@ -112,14 +113,6 @@ def _torchvision_mask(seeds: torch.Tensor, block: int) -> torch.Tensor:
     return F.max_pool2d(noise, block, stride=1, padding=block // 2) > 0
 
 
-def _drop_probability(h: int, w: int, block: int, gamma: float) -> torch.Tensor:
-    """P(element (h, w) is dropped) = 1 - (1 - gamma)^(number of seed positions whose block covers it)."""
-    def cover(size: int) -> torch.Tensor:
-        pos = torch.arange(size)
-        return (torch.clamp(pos, max=size - block) - torch.clamp(pos - block + 1, min=0) + 1).double()
-    return 1 - (1 - gamma) ** (cover(h)[:, None] * cover(w)[None, :])
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_drop_block_forward_backward(dtype, channels_last):
@@ -153,7 +146,7 @@ def test_drop_block_mask_is_union_of_whole_blocks(block, size):
         assert torch.equal(_torchvision_mask(seeds, block), dropped)
     gamma = p * h * w / (block**2 * (h - block + 1) * (w - block + 1))
     per_map = dropped.double().sum(dim=(2, 3)).flatten()
-    expected = _drop_probability(h, w, block, gamma).sum().item()
+    expected = drop_block_probability(h, w, block, gamma).sum().item()
     assert abs(per_map.mean().item() - expected) <= 5 * per_map.std().item() / per_map.numel() ** 0.5 + 1e-9, \
         f"mean dropped per map {per_map.mean():.2f}, expected {expected:.2f}"
 

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
+from bench.reference import ACTIVATIONS
 from conftest import DEVICE, DTYPES, assert_close, rand
 from tritonconv import dispatch
 
-ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
 
 # (N, C, H, W, F, stride): odd sizes, non-power-of-two channels, C over one reduction step and F over one
 # column tile of the interpreter's configuration, strides 1, 2 and (1, 2). Each runs in every dtype and

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
+from bench.reference import ACTIVATIONS
 from conftest import DEVICE, DTYPES, assert_close, rand
 from tritonconv import dispatch
 
-ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
 
 # (N, C, H, W, multiplier, (KH, KW), F, stride, padding, dilation): K = 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over one

@@ -34,6 +34,7 @@ import triton
 
 from tritonconv._cache import ConfigCache
 from tritonconv._checks import interpreting
+from tritonconv._progress import progress
 from tritonconv.static_checks import static_rejects
 
 
@@ -445,7 +446,7 @@ def autotune(problem: Problem, launch: Launch) -> Decision:
     candidates = nearest(heuristic, prune(problem, [heuristic, *kernel.space(problem)], rejected), tune_budget())
     reference = launch(heuristic).clone()
     times: dict[Config, float] = {}
-    for cfg in _progress(candidates, f"tuning {problem.kernel} [{problem.bucket()}]"):
+    for cfg in progress(candidates, f"tuning {problem.kernel} [{problem.bucket()}]", leave=False):
         try:
             if not _close(launch(cfg), reference, problem.dtype):
                 continue
@@ -454,15 +455,6 @@ def autotune(problem: Problem, launch: Launch) -> Decision:
             continue
     best = min(times, key=times.__getitem__) if times else heuristic
     return Decision(problem, best, "tuned", time.perf_counter() - start, times.get(best))
-
-
-def _progress(items: list, description: str):
-    """A tqdm progress bar over `items` when tqdm is installed and tuning is interactive."""
-    try:
-        from tqdm.auto import tqdm  # noqa: PLC0415 (optional dependency)
-    except ImportError:
-        return items
-    return tqdm(items, desc=description, leave=False, disable=len(items) < 2)
 
 
 # ---------------------------------------------------------------------------------------------------------
