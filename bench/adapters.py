@@ -334,6 +334,9 @@ class MaskOp(Op):
     def check(self, case, t, provider, backward):
         return checking.check_mask(self, case, t, provider, backward)
 
+    def describe(self, case):
+        return f"{case.n}x{case.c}x{case.h}x{case.w}, p={case.p:g}"
+
 
 class Dropout(MaskOp):
     name = "dropout"
@@ -347,9 +350,6 @@ class Dropout(MaskOp):
 
     def structure(self, case, dropped):
         return rate_within(int(dropped.sum()), dropped.numel(), case.p, "dropped elements")
-
-    def describe(self, case):
-        return f"{case.n}x{case.c}x{case.h}x{case.w}, p={case.p:g}"
 
 
 class SpatialDropout2d(MaskOp):
@@ -368,9 +368,6 @@ class SpatialDropout2d(MaskOp):
         if not torch.equal(whole, maps.any(dim=2)):
             return ["some feature maps are partly dropped (spatial dropout drops whole maps)"]
         return rate_within(int(whole.sum()), whole.numel(), case.p, "dropped maps")
-
-    def describe(self, case):
-        return f"{case.n}x{case.c}x{case.h}x{case.w}, p={case.p:g}"
 
 
 class DropBlock2d(MaskOp):
