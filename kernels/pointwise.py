@@ -13,7 +13,8 @@ stores along M are provably contiguous in NCHW and vectorise. The input is read 
 when the stride is 1 and its pixels are evenly spaced; otherwise (strided 1x1 conv, views) each pixel's
 (n, oh, ow) is decoded and addressed through all four strides.
 
-All offsets are int64, so tensors over 2^31 elements index correctly.
+All offsets are int64, so tensors over 2^31 elements index correctly; pixel indices are int32
+(kernels/common.py gives the index-width policies and why).
 """
 
 import triton

@@ -15,7 +15,8 @@ When F needs more than one N-tile, each N-tile recomputes the depthwise block (K
 per pixel against K*BLOCK_N for its share of the GEMM); the N-tiles of one M-tile are neighbouring
 programs, so they re-read x from L2 rather than memory.
 
-All offsets are int64, so tensors over 2^31 elements index correctly.
+All offsets are int64, so tensors over 2^31 elements index correctly; pixel indices are int32
+(kernels/common.py gives the index-width policies and why).
 """
 
 import triton
