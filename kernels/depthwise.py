@@ -175,14 +175,14 @@ def depthwise_input_grad_kernel(
 @triton.jit
 def depthwise_weight_grad_kernel(
     x_ptr, dy_ptr,
-    dw_ptr,  # result: contiguous float32 (F, KH * KW); zero-filled by the caller when SPLIT > 1
+    dw_ptr,  # result: contiguous float32 (F, KH * KW); zero-filled by the caller when SPLIT_K > 1
     # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW).
     N, H, W, OH, OW, F, MULT, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # Element strides of x and dy in (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
-    SPLIT: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction, summed with atomics
+    SPLIT_K: tl.constexpr,  # programs sharing one (tap, channel block)'s reduction, summed with atomics
     TAPS: tl.constexpr,     # taps per program, reduced one after another
     BLOCK_H: tl.constexpr,  # output rows per reduction step
     BLOCK_W: tl.constexpr,  # output columns per reduction step
@@ -193,9 +193,9 @@ def depthwise_weight_grad_kernel(
         dw[f, 0, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, f // MULT, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
 
     Each program owns a group of TAPS consecutive taps (row-major over KH x KW) and one channel block, and
-    for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT
-    programs share the run and add their float32 partial sums with atomics (SPLIT == 1 stores).
-    Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT,), the tap group varying fastest. With TAPS == 1
+    for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT_K
+    programs share the run and add their float32 partial sums with atomics (SPLIT_K == 1 stores).
+    Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest. With TAPS == 1
     the programs of every tap over one run are neighbours, run together and re-read dy and x from L2;
     larger groups re-read them from their own cache and launch fewer programs.
     """
@@ -213,7 +213,7 @@ def depthwise_weight_grad_kernel(
 
     plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
     tiles = N * plane_tiles
-    tiles_per_split = tl.cdiv(tiles, SPLIT)
+    tiles_per_split = tl.cdiv(tiles, SPLIT_K)
     t_begin = split * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tiles)
 
@@ -234,7 +234,7 @@ def depthwise_weight_grad_kernel(
 
         partial = tl.sum(tl.sum(acc, axis=0), axis=0)
         dw_offs = f_vec.to(tl.int64) * taps + tap
-        if SPLIT == 1:
+        if SPLIT_K == 1:
             tl.store(dw_ptr + dw_offs, partial, mask=f_vec < F)
         else:
             tl.atomic_add(dw_ptr + dw_offs, partial, mask=f_vec < F)
