@@ -4,7 +4,6 @@ mode launches run in, and the index-width policy of the kernels."""
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import enum
 import os
 from typing import Iterator, Sequence
@@ -23,15 +22,16 @@ class Mode(enum.Enum):
     PROBE = "probe"              # recorded, never run (bench.static): GPU decisions and flags on CPU tensors
 
 
-_MODE: contextvars.ContextVar[Mode | None] = contextvars.ContextVar("tritonconv_mode", default=None)
+# Set by `running_as`. A plain module global rather than a contextvars.ContextVar: torch.compile traces
+# check_tensor inside the public ops, and dynamo can read (and guard on) a global but not a ContextVar.
+_forced_mode: Mode | None = None
 
 
 def mode() -> Mode:
     """The mode set by the innermost `running_as`, else INTERPRETER when TRITON_INTERPRET is set (Triton
     then runs every kernel in its interpreter), else GPU. The one place the mode is decided."""
-    forced = _MODE.get()
-    if forced is not None:
-        return forced
+    if _forced_mode is not None:
+        return _forced_mode
     return Mode.INTERPRETER if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else Mode.GPU
 
 
@@ -39,11 +39,12 @@ def mode() -> Mode:
 def running_as(new_mode: Mode) -> Iterator[None]:
     """Run the block in `new_mode`, whatever TRITON_INTERPRET says (bench.static probes in PROBE mode; the
     dispatcher's tests decide as on a GPU)."""
-    token = _MODE.set(new_mode)
+    global _forced_mode
+    saved, _forced_mode = _forced_mode, new_mode
     try:
         yield
     finally:
-        _MODE.reset(token)
+        _forced_mode = saved
 
 
 def interpreting() -> bool:
