@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, rand
+from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 
 # (N, C, H, W, F, (KH, KW), stride, padding, dilation, groups): odd sizes, non-power-of-two channels,
 # dilation 1-4, stride 1-2, groups, non-square and factorised kernels, "same"/"valid".
@@ -160,3 +160,8 @@ def test_device_mismatch():
 def test_conv2d_family(groups, in_channels, kernel, pad, family):
     assert tc.conv.conv2d_family(groups, in_channels, kernel, pad) == family
 
+
+@op_sample("conv2d")
+def _sample() -> torch.Tensor:
+    x = rand(2, 4, 6, 6, requires_grad=True)
+    return tc.conv2d(x, rand(6, 2, 3, 3, requires_grad=True), rand(6, requires_grad=True), padding=1, groups=2)
