@@ -145,7 +145,7 @@ def test_cpu_tensor_outside_interpreter(monkeypatch):
 def test_device_mismatch():
     x = torch.randn(1, 2, 4, 4, device="meta")
     with pytest.raises(ValueError, match="weight is on"):
-        tc.conv.check_same(torch.randn(2, 2, 3, 3), "weight", x, "input")
+        tc._checks.check_same(torch.randn(2, 2, 3, 3), "weight", x, "input")
 
 
 @pytest.mark.parametrize("groups,in_channels,kernel,pad,family", [
