@@ -145,6 +145,7 @@ def _assert_valid(config: dispatch.Config, problem: dispatch.Problem) -> None:
     assert config.num_warps in (1, 2, 4, 8, 16) and config.num_stages >= 1
     assert all(v >= 1 for _, v in config.meta)
     assert dispatch.smem_bytes(config, problem.dtype) <= heuristics.SMEM_PER_BLOCK
+    assert dispatch.programs(config, problem) >= 1
 
 
 @pytest.mark.parametrize("kernel", LIBRARY_KERNELS)

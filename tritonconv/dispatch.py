@@ -14,7 +14,9 @@ layout) and passes a `launch(config)` closure; `config_for` returns the `Config`
    heuristic's output and then timed; the winner goes to the cache.
 5. Otherwise the heuristic.
 
-Each kernel declares its heuristic and its tuning space once, beside its launcher, with `register`.
+Each kernel declares its heuristic, its tuning space and (unless it is a GEMM) its program count once,
+beside its launcher, with `register`. What the heuristics assume about the GPU is in
+`tritonconv.heuristics`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 import triton
 
-from tritonconv._cache import ConfigCache
 from tritonconv import testing
+from tritonconv._cache import ConfigCache
 from tritonconv._checks import interpreting
 from tritonconv.heuristics import SM_COUNT, SMEM_PER_BLOCK
 from tritonconv.static_checks import static_rejects
