@@ -14,10 +14,10 @@ How it works:
    shape and dtype. The tensors come from `torch.empty` on the CPU: no kernel runs and their pages are
    never touched, so real sizes cost nothing. While a probe runs, `JITFunction.run` (what
    `kernel[grid](...)` calls) records the launch instead of running it, and `dispatch.config_for`
-   records the Problem and answers with the kernel's GPU heuristic. The ops see a GPU world: only
-   `_checks.check_tensor` still knows it is on the CPU (so it accepts CPU tensors); every other
-   `interpreting()` answers False, so launchers pass their GPU flags (no interpreter UPCAST, TF32 as
-   cuDNN would). Each launch's arguments are specialised as Triton's launcher does on a GPU (an int equal
+   records the Problem and answers with the kernel's GPU heuristic. The probes run in PROBE mode
+   (`tritonconv._checks.running_as`): `interpreting()` answers False everywhere, so launchers pass their
+   GPU flags (no interpreter UPCAST, TF32 as cuDNN would), while `check_tensor` still accepts the CPU
+   tensors. Each launch's arguments are specialised as Triton's launcher does on a GPU (an int equal
    to 1 becomes a constant, ints and pointers divisible by 16 are marked so), which gives the exact
    signature a GPU compiles. With `--space full` the probe also calls each launch closure with every
    configuration of the kernel's tuning space, so launchers derive grids and flags as they would.
@@ -65,7 +65,7 @@ from triton.runtime.cache import get_cache_manager
 from triton.runtime.jit import JITFunction
 
 import tritonconv
-from tritonconv import _checks, dispatch
+from tritonconv import _checks, dispatch, heuristics
 from tritonconv._progress import progress
 from tritonconv.static_checks import REJECTS_PATH, REJECT_VERDICTS
 
@@ -77,7 +77,7 @@ from bench.report import markdown_table
 
 # Compute capability and the most shared memory one block may use (static + dynamic, with the opt-in):
 # 227 KB on H100/H200, 163 KB on A100.
-TARGETS = {"sm_90": (90, dispatch.SMEM_PER_BLOCK), "sm_80": (80, 163 * 1024)}
+TARGETS = {"sm_90": (90, heuristics.SMEM_PER_BLOCK), "sm_80": (80, 163 * 1024)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Kernels that are matrix products at heart and must reach the tensor cores: HGMMA on sm_90 for 16-bit
@@ -306,27 +306,15 @@ def _gpu_world(full: bool) -> Iterator[_Recorder]:
     """Inside the block, ops record their launches instead of running them, as if on a GPU (see the
     module docstring)."""
     recorder = _Recorder(full)
-    # Only _checks keeps the truth (so check_tensor accepts CPU tensors); every other module sees a GPU.
-    gpu_modules = [mod for name, mod in list(sys.modules.items())
-                   if (name == "tritonconv" or name.startswith("tritonconv.")) and mod is not _checks
-                   and getattr(mod, "interpreting", None) is _checks.interpreting]
-    saved = (os.environ.get("TRITON_INTERPRET"), dispatch.config_for, dispatch.use_torch, JITFunction.run)
-    os.environ["TRITON_INTERPRET"] = "1"
-    for mod in gpu_modules:
-        mod.interpreting = lambda: False
+    saved = (dispatch.config_for, dispatch.use_torch, JITFunction.run)
     dispatch.config_for = recorder.config_for
     dispatch.use_torch = lambda *args, **kwargs: False  # we check our kernels, never PyTorch's
     JITFunction.run = lambda fn, *args, grid, warmup, **kwargs: recorder.run(fn, args, kwargs)
     try:
-        yield recorder
+        with _checks.running_as(_checks.Mode.PROBE):
+            yield recorder
     finally:
-        for mod in gpu_modules:
-            mod.interpreting = _checks.interpreting
-        env, dispatch.config_for, dispatch.use_torch, JITFunction.run = saved
-        if env is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = env
+        dispatch.config_for, dispatch.use_torch, JITFunction.run = saved
 
 
 def probe(dtypes: Iterable[str], full: bool) -> tuple[list[Launch], list[str]]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from bench.reference import drop_block_probability
-from conftest import DTYPES, assert_close, rand
+from conftest import DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
 
 # The four mask ops with typical arguments, as (name, call(x, **kw)).
@@ -341,3 +341,23 @@ def test_torch_compile_fullgraph_matches_eager():
     x.grad = None
     chain(x).sum().backward()
     assert torch.equal(grad, x.grad)
+
+
+@op_sample("dropout")
+def _dropout_sample() -> torch.Tensor:
+    return tc.dropout(rand(2, 4, 6, 6, requires_grad=True), 0.3)
+
+
+@op_sample("spatial_dropout2d")
+def _spatial_sample() -> torch.Tensor:
+    return tc.spatial_dropout2d(rand(2, 4, 6, 6, requires_grad=True), 0.3)
+
+
+@op_sample("drop_block2d")
+def _drop_block_sample() -> torch.Tensor:
+    return tc.drop_block2d(rand(2, 4, 6, 6, requires_grad=True), 0.3, 3)
+
+
+@op_sample("cutout2d")
+def _cutout_sample() -> torch.Tensor:
+    return tc.cutout2d(rand(2, 4, 6, 6, requires_grad=True), 2)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from bench.reference import ACTIVATIONS
-from conftest import DEVICE, DTYPES, assert_close, rand
+from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
 
 
@@ -184,3 +184,10 @@ def test_autocast_runs_in_the_lower_precision():
         y = tc.pointwise_conv2d(x, w, b, activation="silu")
     assert y.dtype == torch.bfloat16
     assert_close(y, F.silu(F.conv2d(x.double(), w.double(), b.double())), torch.bfloat16, "autocast")
+
+
+@op_sample("pointwise_conv2d")
+def _sample() -> torch.Tensor:
+    x = rand(2, 4, 6, 6, requires_grad=True)
+    return tc.pointwise_conv2d(x, rand(5, 4, 1, 1, requires_grad=True), rand(5, requires_grad=True),
+                               activation="relu")
