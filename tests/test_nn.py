@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 import tritonconv as tc
 import tritonconv.nn as tnn
-from conftest import DEVICE, assert_close, rand
+from conftest import DEVICE, assert_close, rand, randomise_batchnorm
 
 
 def mobilenet_block(c: int = 6, expand: int = 2) -> nn.Sequential:
@@ -40,19 +40,9 @@ def deeplab_block(c: int = 4) -> nn.Sequential:
     )
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model
-
-
 @pytest.mark.parametrize("build", [mobilenet_block, deeplab_block])
 def test_convert_keeps_state_dict_and_eval_output(build):
-    model = _randomise_bn(build()).to(DEVICE).eval()
+    model = randomise_batchnorm(build()).to(DEVICE).eval()
     keys = list(model.state_dict())
     x = rand(2, model[0].in_channels, 8, 8)
     expected = model(x)
@@ -69,7 +59,7 @@ def test_convert_keeps_state_dict_and_eval_output(build):
 
 
 def test_convert_folds_batchnorm_and_fuses_separable():
-    model = _randomise_bn(mobilenet_block()).to(DEVICE).eval()
+    model = randomise_batchnorm(mobilenet_block()).to(DEVICE).eval()
     x = rand(1, 6, 7, 7)
     expected = model(x)
     converted = tc.nn.convert(copy.deepcopy(model), fold_batchnorm=True, fuse_separable=True)
