@@ -8,19 +8,47 @@ state_dict keys and `isinstance` checks stay as they were; only `forward` change
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import tritonconv as tc
-from tritonconv._checks import check_activation, pair
+from tritonconv._checks import FLOAT_DTYPES, check_activation, check_int, check_probability, conv_padding, pair
+from tritonconv.pooling import check_window
+
+
+def _check_dtypes(module: nn.Module, input: torch.Tensor, *parameters: torch.Tensor | None) -> None:
+    """A dtype error raised from a module names the fix for the model (model.float()), where the op's own
+    error could only name the tensor."""
+    for what, t in (("input", input), *(("parameter", p) for p in parameters)):
+        if isinstance(t, torch.Tensor) and t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"tritonconv.nn.{type(module).__name__} got a {t.dtype} {what}; tritonconv supports "
+                            "float32, float16 and bfloat16: cast the model with model.float() (or .half(), "
+                            ".bfloat16()) and its input with input.float()")
+
+
+def _unbatched_as_one_sample(forward: Callable) -> Callable:
+    """torch's conv and pooling modules take an unbatched (C, H, W) input as a batch of one; so do ours."""
+
+    @functools.wraps(forward)
+    def wrapper(self: nn.Module, input: torch.Tensor, *args) -> torch.Tensor:
+        if isinstance(input, torch.Tensor) and input.dim() == 3:
+            return forward(self, input.unsqueeze(0), *args).squeeze(0)
+        return forward(self, input, *args)
+
+    return wrapper
 
 
 class Conv2d(nn.Conv2d):
     """`torch.nn.Conv2d` computed by `tritonconv.conv2d` (which routes depthwise and 1x1 convolutions to
     their own kernels). Non-zero padding modes pad with `F.pad` first, as torch does."""
 
+    @_unbatched_as_one_sample
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        _check_dtypes(self, input, weight, bias)
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return tc.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
@@ -41,6 +69,7 @@ class DepthwiseSeparableConv2d(nn.Module):
         super().__init__()
         check_activation(activation)
         kh, kw = pair(kernel_size, "kernel_size", 1)
+        conv_padding(padding, (kh, kw), pair(stride, "stride", 1), pair(dilation, "dilation", 1))
         depthwise = nn.Conv2d(in_channels, in_channels, (kh, kw), groups=in_channels, bias=bias)
         pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
         self.depthwise_weight = depthwise.weight
@@ -49,7 +78,9 @@ class DepthwiseSeparableConv2d(nn.Module):
         self.pointwise_bias = pointwise.bias
         self.stride, self.padding, self.dilation, self.activation = stride, padding, dilation, activation
 
+    @_unbatched_as_one_sample
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _check_dtypes(self, input, self.depthwise_weight, self.pointwise_weight)
         return tc.depthwise_separable_conv2d(input, self.depthwise_weight, self.pointwise_weight, self.depthwise_bias,
                                              self.pointwise_bias, self.stride, self.padding, self.dilation,
                                              self.activation)
@@ -65,6 +96,7 @@ class Dropout(nn.Dropout):
     """`torch.nn.Dropout` with a Philox mask regenerated in backward instead of stored."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _check_dtypes(self, input)
         return tc.dropout(input, self.p, self.training)
 
 
@@ -72,6 +104,7 @@ class SpatialDropout2d(nn.Dropout2d):
     """`torch.nn.Dropout2d`: whole (sample, channel) feature maps dropped, survivors scaled by 1/(1-p)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _check_dtypes(self, input)
         return tc.spatial_dropout2d(input, self.p, self.training)
 
 
@@ -80,9 +113,10 @@ class DropBlock2d(nn.Module):
 
     def __init__(self, p: float, block_size: int) -> None:
         super().__init__()
-        self.p, self.block_size = p, block_size
+        self.p, self.block_size = check_probability(p), check_int(block_size, "block_size", 1)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _check_dtypes(self, input)
         return tc.drop_block2d(input, self.p, self.block_size, self.training)
 
     def extra_repr(self) -> str:
@@ -94,9 +128,10 @@ class Cutout2d(nn.Module):
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        self.size = size
+        self.size = check_int(size, "size", 1)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _check_dtypes(self, input)
         return tc.cutout2d(input, self.size, self.training)
 
     def extra_repr(self) -> str:
@@ -106,9 +141,15 @@ class Cutout2d(nn.Module):
 class MaxPool2d(nn.MaxPool2d):
     """`torch.nn.MaxPool2d` whose backward stores no index tensor."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         if self.return_indices:
             raise ValueError("tritonconv.nn.MaxPool2d does not return indices; use torch.nn.MaxPool2d for that")
+        check_window(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    @_unbatched_as_one_sample
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _check_dtypes(self, input)
         return tc.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
@@ -120,9 +161,12 @@ class MaxPoolDropout2d(nn.Module):
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                  padding: int | tuple[int, int] = 0, p: float = 0.5) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding, self.p = kernel_size, stride, padding, p
+        check_window(kernel_size, stride, padding, 1)
+        self.kernel_size, self.stride, self.padding, self.p = kernel_size, stride, padding, check_probability(p)
 
+    @_unbatched_as_one_sample
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _check_dtypes(self, input)
         return tc.max_pool2d_dropout(input, self.kernel_size, self.stride, self.padding, p=self.p,
                                      training=self.training)
 
