@@ -261,35 +261,46 @@ def _users_context(node: _Node) -> str:
 def _separable_chain(dw: _Node, unfolded: dict[str, str], calls: Counter, aliased: set[int]
                      ) -> tuple[list[_Node], str | None, str | None]:
     """From a depthwise conv: (the nodes up to and including the 1x1 conv, activation, None) when they fuse,
-    else ([], None, why not). `unfolded` says why each BatchNorm left in the model was not folded."""
-    chain, activation, node = [dw], None, dw
+    else ([], None, why not). `unfolded` says why each BatchNorm left in the model was not folded. An
+    activation without a fused kernel does not end the walk, so a reason also names what lies beyond it
+    (MobileNetV3: Hardswish, then a squeeze-excitation block)."""
+    chain, activation, node, problems = [dw], None, dw, []
     while True:
         if len(node.users) != 1:
             users = ", ".join(u.describe() for u in node.users)
-            return [], None, (f"the output of {node.name} has {len(node.users)} users ({users}){_users_context(node)}; "
-                              "the intermediate must feed only the 1x1 conv")
+            problems.append(f"the output of {node.name} has {len(node.users)} users ({users}){_users_context(node)}; "
+                            "the intermediate must feed only the 1x1 conv")
+            break
         node = node.users[0]
         m = node.module
         if m is not None and (calls[id(m)] != 1 or id(m) in aliased):
-            return [], None, f"{node.describe()} is called {calls[id(m)]} times (or shared): fusing would remove its other uses"
+            problems.append(f"{node.describe()} is called {calls[id(m)]} times (or shared): fusing would remove "
+                            "its other uses")
+            break
         chain.append(node)
         if _is_pointwise(m):
-            return chain, activation, None
+            break
         if isinstance(m, _BATCHNORMS) and node.name not in unfolded and len(chain) == 2:
             continue  # folded into the depthwise conv
         if isinstance(m, _BATCHNORMS):
-            return [], None, (f"{node.describe()} between them is not folded: "
-                              + unfolded.get(node.name, "it does not directly follow the depthwise conv"))
+            problems.append(f"{node.describe()} between them is not folded: "
+                            + unfolded.get(node.name, "it does not directly follow the depthwise conv"))
+            break
         if isinstance(m, nn.Identity):
             continue
         if m is not None and type(m).__module__ == nn.ReLU.__module__ and activation is None:
-            activation = _activation_name(m)
-            if activation is None:
-                return [], None, (f"{node.describe()} has no fused kernel (fused: ReLU, ReLU6, SiLU, GELU with "
-                                  "approximate='none')")
+            activation = _activation_name(m) or ""
+            if not activation:
+                problems.append(f"{node.describe()} has no fused kernel (fused: ReLU, ReLU6, SiLU, GELU with "
+                                "approximate='none')")
             continue
-        what = f"{node.describe()}" + (f" -> {_following(node)}" if _following(node) else "")
-        return [], None, f"followed by {what}, not [BatchNorm] -> [activation] -> an unpadded stride-1 1x1 Conv2d"
+        following = _following(node)
+        problems.append(f"followed by {node.describe()}" + (f" -> {following}" if following else "")
+                        + ", not [BatchNorm] -> [activation] -> an unpadded stride-1 1x1 Conv2d")
+        break
+    if problems:
+        return [], None, "; ".join(problems)
+    return chain, activation, None
 
 
 def _fuse(chain: list[_Node], activation: str | None) -> DepthwiseSeparableConv2d:
