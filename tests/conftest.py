@@ -42,19 +42,6 @@ def rand(*shape: int, dtype: torch.dtype = torch.float32, channels_last: bool = 
     return t.requires_grad_(requires_grad)
 
 
-def randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """Random running statistics and affine parameters in every BatchNorm2d (as freshly built, a BatchNorm
-    is the identity in eval mode, and folding it would go unchecked)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import tritonconv as tc
-from conftest import DEVICE, assert_close, rand, randomise_batchnorm
+from tritonconv.testing import randomise_batchnorm
+from conftest import DEVICE, assert_close, rand
 
 
 class BasicBlock(nn.Module):

@@ -11,12 +11,13 @@ import re
 import pytest
 import torch
 
-from conftest import DEVICE, assert_close, rand, randomise_batchnorm
+from conftest import DEVICE, assert_close, rand
 
 tv = pytest.importorskip("torchvision", reason="torchvision is not installed: these tests convert its models "
                                                "(pip install torch==2.14.1 torchvision==0.29.1)")
 
 import tritonconv as tc  # noqa: E402 (after the skip)
+from tritonconv.testing import randomise_batchnorm  # noqa: E402
 
 
 def converted(name: str):

@@ -15,7 +15,8 @@ from torch.utils.checkpoint import checkpoint
 
 import tritonconv as tc
 import tritonconv.nn as tnn
-from conftest import DEVICE, assert_close, rand, randomise_batchnorm
+from tritonconv.testing import randomise_batchnorm
+from conftest import DEVICE, assert_close, rand
 
 
 def mobilenet_block(c: int = 6, expand: int = 2) -> nn.Sequential:
