@@ -148,7 +148,7 @@ def run_model(tv, name: str, train: bool, dtype: torch.dtype, channels_last: boo
     for provider, model in models.items():
         checked = {"tritonconv": status, "eager": "reference", "torch.compile": "not checked (PyTorch's)"}[provider]
         row = {"model": name, "mode": "fwdbwd" if train else "fwd", "provider": provider, "batch": batch,
-               "size": size, "check": checked if timed or provider == "tritonconv" else "not run (no GPU)",
+               "size": size, "check": checked if timed or provider != "torch.compile" else "not run (no GPU)",
                "convert": _convert_summary(converted) if provider == "tritonconv" else ""}
         if timed and (status == "ok" or provider != "tritonconv"):
             try:
