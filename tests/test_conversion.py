@@ -90,6 +90,17 @@ def test_fuses_depthwise_nested_in_a_sequential_with_the_next_sibling():
     assert "ReLU6 0.conv.1.2" in report.fused[0][1] and "Conv2d 0.conv.2" in report.fused[0][1]
 
 
+def test_folds_and_fuses_a_model_converted_before():
+    model = randomise_batchnorm(InvertedResidual()).to(DEVICE).eval()
+    x = rand(1, 4, 5, 5)
+    expected = copy.deepcopy(model).double()(x.double())
+    converted = tc.convert(tc.convert(model), fold_batchnorm=True, fuse_separable=True)
+    report = converted.tritonconv_report
+    assert len(report.folded) == 3 and len(report.fused) == 1
+    with torch.no_grad():
+        assert_close(converted(x), expected, torch.float32, "converted twice")
+
+
 def test_structure_fallback_where_forward_does_not_trace():
     """A forward with data-dependent control flow does not trace: its Sequential order is matched instead
     (here a nested depthwise -> 1x1 and a stem conv -> BN), and each other child is traced on its own."""

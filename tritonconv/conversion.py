@@ -164,6 +164,7 @@ def _dataflow(module: nn.Module, prefix: str, notes: list[str]) -> list[list[_No
 # ---------------------------------------------------------------------------------------------------------
 
 _BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+_PLAIN_CONVS = (nn.Conv2d, Conv2d)  # convs whose forward is F.conv2d's (ours, from an earlier convert, too)
 
 
 def _fold_blocker(bn_nodes: list[_Node], calls: Counter, aliased: set[int]) -> tuple[_Node | None, str | None]:
@@ -181,7 +182,7 @@ def _fold_blocker(bn_nodes: list[_Node], calls: Counter, aliased: set[int]) -> t
     conv = node.inputs[0] if len(node.inputs) == 1 else None
     if conv is None or not isinstance(conv.module, nn.Conv2d):
         return None, f"its input is {conv.describe() if conv else 'several tensors'}, not an nn.Conv2d"
-    if type(conv.module) is not nn.Conv2d:
+    if type(conv.module) not in _PLAIN_CONVS:
         return None, f"its input comes from {conv.describe()}, a Conv2d subclass whose forward may differ"
     if calls[id(conv.module)] != 1 or id(conv.module) in aliased:
         return None, f"{conv.name} is called {calls[id(conv.module)]} times (or shared): folding would change them all"
@@ -230,12 +231,12 @@ def _activation_name(module: nn.Module) -> str | None:
 
 
 def _is_depthwise(module: nn.Module | None) -> bool:
-    return (type(module) is nn.Conv2d and module.groups == module.in_channels
+    return (type(module) in _PLAIN_CONVS and module.groups == module.in_channels
             and module.out_channels % module.in_channels == 0 and module.padding_mode == "zeros")
 
 
 def _is_pointwise(module: nn.Module | None) -> bool:
-    return (type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.stride == (1, 1)
+    return (type(module) in _PLAIN_CONVS and module.kernel_size == (1, 1) and module.stride == (1, 1)
             and module.groups == 1 and module.padding in ((0, 0), "valid"))
 
 
