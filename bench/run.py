@@ -23,7 +23,7 @@ import tritonconv as tc
 from tritonconv._checks import interpreting
 from tritonconv._progress import progress, write
 
-from bench import report, timing
+from bench import models, report, timing
 from bench.adapters import OPS, Case, Op
 from bench.suites import DTYPES, LAYOUTS, MODES, SUITES, Suite
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "networks. Without a GPU: check every case in Triton's interpreter on a scaled-down shape and "
                     "write the analytic columns only.")
     parser.add_argument("--list", action="store_true", help="list the suites (with --suite: that suite's cases)")
-    parser.add_argument("--suite", choices=sorted(SUITES), help="the suite to run")
+    parser.add_argument("--suite", choices=sorted([*SUITES, models.NAME]), help="the suite to run")
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="dtypes (default: the suite's)")
     parser.add_argument("--layout", nargs="+", choices=LAYOUTS, help="memory layouts (default: the suite's)")
     parser.add_argument("--mode", nargs="+", choices=MODES, help="forward, forward+backward (default: both)")
@@ -57,20 +57,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def listing(suite: str | None) -> str:
     """The suites (name, cases, ops, default runs), or one suite's cases."""
+    models_line = f"{models.NAME}: {models.DESCRIPTION} (needs torchvision)"
+    if suite == models.NAME:
+        return models_line
     if suite is not None:
         s = SUITES[suite]
-        lines = [f"{s.name}: {s.description}; runs {_runs(s)}"]
-        lines += [f"  {c.layer:<36} {c.op:<27} {OPS[c.op].describe(c)}" for c in s.cases]
+        lines = [f"{s.name}: {s.description}; {runs(len(s.cases), s.dtypes, s.layouts, s.modes)}"]
+        lines += [f"  {c.op:<27} {c.layer:<36} {OPS[c.op].describe(c)}" for c in s.cases]
         return "\n".join(lines)
     lines = []
     for s in SUITES.values():
         ops = ", ".join(dict.fromkeys(c.op for c in s.cases))
-        lines.append(f"{s.name:<16} {len(s.cases):>3} cases  {s.description}\n{'':<16} ops: {ops}; runs {_runs(s)}")
-    return "\n".join(lines)
+        lines.append(f"{s.name:<16} {s.description}\n{'':<16} ops: {ops}\n{'':<16} "
+                     f"{runs(len(s.cases), s.dtypes, s.layouts, s.modes)}")
+    return "\n".join(lines + [models_line])
 
 
-def _runs(s: Suite) -> str:
-    return f"{'/'.join(s.dtypes)} x {'/'.join(s.layouts)} x {'/'.join(s.modes)}"
+def runs(cases: int, dtypes: tuple[str, ...], layouts: tuple[str, ...], modes: tuple[str, ...]) -> str:
+    """How a suite's cases become runs, the one count both --list and a run print: a run is one case in one
+    dtype and layout, checked (and timed) in each mode."""
+    return (f"{cases} cases x {len(dtypes)} dtypes ({'/'.join(dtypes)}) x {len(layouts)} layouts "
+            f"({'/'.join(layouts)}) = {cases * len(dtypes) * len(layouts)} runs, each in {' and '.join(modes)}")
 
 
 @contextlib.contextmanager
@@ -266,12 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(listing(args.suite))
         return 0
-    suite = SUITES[args.suite]
     gpu = torch.cuda.is_available()
     if not gpu and not interpreting():
         print("No CUDA GPU, and Triton's interpreter is off: set TRITON_INTERPRET=1 before triton is imported "
               "(python -m bench does it)", file=sys.stderr)
         return 2
+    if args.suite == models.NAME:
+        with _settings(gpu, args.tune):
+            return models.main(args)
+    suite = SUITES[args.suite]
     timed = gpu and not args.check_only
     if not gpu:
         print("No CUDA GPU: checking every case's correctness in Triton's interpreter on a scaled-down shape; "
@@ -292,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ceilings {ceilings.describe()}")
         run = Run(suite, device, timed, ceilings, report.environment(gpu, args.tune))
         groups = [(c, d, lay) for c in suite.cases for d in dtypes for lay in layouts]
+        print(f"{suite.name}: {runs(len(suite.cases), dtypes, layouts, modes)}")
         for i, (case, dtype_name, layout) in enumerate(progress(groups, suite.name, unit="case"), 1):
             if args.budget is not None and time.perf_counter() - start > args.budget:
                 rows += [run.row(OPS[case.op], case, case.scaled(), dtype_name, DTYPES[dtype_name], layout, mode,
@@ -301,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             group_start = time.perf_counter()
             group_rows, note = run.group(case, dtype_name, layout, modes)
             rows += group_rows
-            write(f"[{i}/{len(groups)}] {case.layer} {dtype_name} {layout}: {note} "
+            write(f"[run {i}/{len(groups)}] {case.op} {case.layer} {dtype_name} {layout}: {note} "
                            f"({time.perf_counter() - group_start:.1f} s)")
             report.write_csv(rows, csv_path)
     df = report.write_csv(rows, csv_path)
@@ -316,6 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary_table(df, timed))
     if why_no_plot:
         print(why_no_plot)
-    print(f"{len(ours)} runs of {len(groups)} cases in {time.perf_counter() - start:.0f} s; "
-          f"{len(bad)} not correct; wrote " + ", ".join(str(p) for p in written))
+    print(f"{len(groups)} runs ({len(suite.cases)} cases) in {time.perf_counter() - start:.0f} s; "
+          f"{len(bad)} of {len(ours)} checks (runs x modes) not correct; wrote " + ", ".join(str(p) for p in written))
     return 1 if len(bad) else 0

@@ -105,6 +105,15 @@ def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]
     return values  # type: ignore[return-value]
 
 
+def check_int(value: int, name: str, minimum: int) -> int:
+    """An int (not a bool) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def check_bias(bias: torch.Tensor | None, name: str, channels: int, ref: torch.Tensor, ref_name: str) -> None:
     """Check an optional bias: a (channels,) tensor with the dtype and device of `ref`."""
     if bias is None:

@@ -229,14 +229,11 @@ def _pool(input: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: tor
 # Public ops.
 # ---------------------------------------------------------------------------------------------------------
 
-def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
-                  padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool) -> PoolGeometry:
-    """Check a max_pool2d call's arguments as torch.nn.functional.max_pool2d does, and describe it.
-
-    Output size per axis: floor((size + 2p - d*(k-1) - 1) / s) + 1, or with ceil instead of floor in
-    ceil_mode, less one if the last window would then start past the input and its left padding.
-    """
-    check_tensor(input, "input")
+def check_window(kernel_size: int | Sequence[int], stride: int | Sequence[int] | None, padding: int | Sequence[int],
+                 dilation: int | Sequence[int], ceil_mode: bool = False
+                 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Check a pooling window's arguments, as torch does, before any input is seen (the modules check
+    them when built): (kernel, stride, padding, dilation) as pairs; stride None (or []) is kernel_size."""
     kernel = pair(kernel_size, "kernel_size", 1)
     stride_hw = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
         else pair(stride, "stride", 1)
@@ -247,6 +244,18 @@ def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride:
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
         raise ValueError(f"padding must be at most half the kernel size, kernel_size // 2 = "
                          f"{(kernel[0] // 2, kernel[1] // 2)}, got {padding!r}")
+    return kernel, stride_hw, pad, dilation_hw
+
+
+def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+                  padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool) -> PoolGeometry:
+    """Check a max_pool2d call's arguments as torch.nn.functional.max_pool2d does, and describe it.
+
+    Output size per axis: floor((size + 2p - d*(k-1) - 1) / s) + 1, or with ceil instead of floor in
+    ceil_mode, less one if the last window would then start past the input and its left padding.
+    """
+    check_tensor(input, "input")
+    kernel, stride_hw, pad, dilation_hw = check_window(kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = input.shape
     out = []
     for size, k, s, p, d in zip((h, w), kernel, stride_hw, pad, dilation_hw):
