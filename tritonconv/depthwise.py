@@ -3,7 +3,7 @@ autograd, public op."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import triton
@@ -91,10 +91,24 @@ def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
             for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3)]
 
 
-dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space)
-dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space)
+def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
+    """Forward: the live kh and kw taps; input gradient: the MULT filters of a channel, then its taps."""
+    taps = (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"])
+    return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
+
+
+def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
+                       args: Mapping[str, object]) -> tuple[float, ...]:
+    """The program's TAPS taps, then one split's share of the N * (output tiles per image) tiles."""
+    tiles = args["N"] * triton.cdiv(args["OH"], config["BLOCK_H"]) * triton.cdiv(args["OW"], config["BLOCK_W"])
+    return (min(config["TAPS"], args["KH"] * args["KW"]), triton.cdiv(tiles, config["SPLIT"]))
+
+
+dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space, _tap_trips)
+dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space,
+                  _tap_trips)
 dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space)
+                  _weight_grad_space, _weight_grad_trips)
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,

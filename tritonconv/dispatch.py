@@ -27,7 +27,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import triton
@@ -120,6 +120,7 @@ def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: t
 
 Heuristic = Callable[[Problem, bool], Config]
 Space = Callable[[Problem], list[Config]]
+Trips = Callable[[Problem, Config, Mapping[str, object]], tuple[float, ...]]
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class KernelSpec:
     fn: object  # the @triton.jit function, whose source file's hash keys the cache
     heuristic: Heuristic
     space: Space
+    trips: Trips | None = None
 
     def source_hash(self) -> str:
         return _source_hash(self.fn)
@@ -139,17 +141,20 @@ class KernelSpec:
 _KERNELS: dict[str, KernelSpec] = {}
 
 
-def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: Space) -> None:
+def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: Space,
+             trips: Trips | None = None) -> None:
     """Declare how to configure `kernel` (the name used in Problem.kernel).
 
     `family` names the kind of kernel ("implicit_gemm", "depthwise", ...); `fn` is the @triton.jit
     function launched. `heuristic(problem, interpreter)` picks one Config without timing (the
     interpreter's is the only config it ever runs); `space(problem)` lists every Config worth timing on a
-    GPU, before `prune`.
+    GPU, before `prune`. `trips(problem, config, args)`, for the cost model (bench/cost.py), gives the
+    average iterations per program of each loop of the kernel, one entry per source loop in order (an
+    outer loop before the loops it holds), from the launch's arguments by name (constexprs included).
     """
     if kernel in _KERNELS:
         raise ValueError(f"kernel {kernel!r} is registered twice")
-    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space)
+    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space, trips)
 
 
 def spec(kernel: str) -> KernelSpec:

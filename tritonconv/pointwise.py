@@ -45,9 +45,10 @@ def _elementwise_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     return dispatch.product_space(num_warps=(4, 8), num_stages=(1,), BLOCK=(512, 1024, 2048, 4096))
 
 
-dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space)
+dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space,
+                  lambda problem, config, args: (triton.cdiv(args["C"], config["BLOCK_K"]),))  # channel steps
 dispatch.register("activation_backward", "elementwise", activation_backward_kernel, _elementwise_config,
-                  _elementwise_space)
+                  _elementwise_space, lambda problem, config, args: ())  # no loop
 
 
 # ---------------------------------------------------------------------------------------------------------
