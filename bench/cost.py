@@ -50,14 +50,16 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import importlib
 import json
 import math
 import multiprocessing
 import re
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -156,8 +158,8 @@ def used_parameters(ptx: str) -> set[int]:
     return {int(i) for i in re.findall(r"ld\.param\.\w+\s+%\w+,\s*\[\w+_param_(\d+)\]", ptx)}
 
 
-def touched_bytes(launch: static.Launch, ptx: str) -> tuple[int, int]:
-    """(bytes of the distinct tensors the kernel reads or writes, elements of the largest of them)."""
+def touched_bytes(launch: static.Launch, ptx: str) -> int:
+    """Bytes of the distinct tensors the kernel reads or writes, each counted once."""
     runtime = [name for name, kind in launch.signature if kind != "constexpr"]
     used = {runtime[i] for i in used_parameters(ptx) if i < len(runtime)}
     tensors: dict[int, static.TensorArg] = {}
@@ -165,8 +167,15 @@ def touched_bytes(launch: static.Launch, ptx: str) -> tuple[int, int]:
         if name in used and isinstance(value, static.TensorArg):
             if value.data_ptr not in tensors or value.nbytes > tensors[value.data_ptr].nbytes:
                 tensors[value.data_ptr] = value
-    largest = max((t.nbytes // t.dtype.itemsize for t in tensors.values()), default=0)
-    return sum(t.nbytes for t in tensors.values()), largest
+    return sum(t.nbytes for t in tensors.values())
+
+
+def random_values(launch: static.Launch) -> int:
+    """Random values a launch of a dropout kernel needs at most: one per element of its largest tensor
+    argument (an element for dropout, an input unit for max-pooling dropout, about a seed position for
+    DropBlock, whose counting pass reads no tensor but is passed x)."""
+    return max((v.nbytes // v.dtype.itemsize for _, v in launch.values if isinstance(v, static.TensorArg)),
+               default=0)
 
 
 def _kernel_size(values: Mapping[str, object]) -> tuple[int, int] | None:
@@ -240,7 +249,7 @@ class Cost:
     macs: dict[str, float]       # tensor-core MACs per program by operand type
     hot_loop: int | None         # region index of the hottest loop
     hot_loop_instr: int
-    philox_calls: float          # per program
+    philox_per_value: float | None
     issue_us: float
     tensor_us: float
     hbm_us: float
@@ -252,8 +261,9 @@ class Cost:
 
 
 def model(launch: static.Launch, function: sass.Function, trips: Sequence[float], shared: int, spills: int,
-          nbytes: int, largest: int, machine: Machine = MACHINE) -> Cost:
-    """Predict one launch (see the module docstring) and flag what slows it."""
+          nbytes: int, values: int, machine: Machine = MACHINE) -> Cost:
+    """Predict one launch (see the module docstring) and flag what slows it: `nbytes` are its fewest
+    bytes, `values` the random values it needs (random_values)."""
     warps = dict(launch.options).get("num_warps", 4)
     programs = math.prod(launch.grid) if launch.grid else 1
     runs, matched = executions(function, trips)
@@ -286,10 +296,11 @@ def model(launch: static.Launch, function: sass.Function, trips: Sequence[float]
     hottest = max(function.loops, key=lambda r: per_region[r.index], default=None)
     waves = programs / (machine.sms * blocks) if blocks else math.inf
     cost = Cost(programs, blocks, waves, warp_instr, exposed, dict(macs), hottest.index if hottest else None,
-                hottest.count if hottest else 0, philox_rounds / 10, *(times[k] * 1e6 for k in times),
+                hottest.count if hottest else 0,
+                philox_rounds / 10 * programs / values if philox_rounds and values else None,
+                *(times[k] * 1e6 for k in times),
                 max(times.values()) * 1e6, bound, [], _loops_line(function, runs))
-    cost.flags = flags(function, runs, hot, launch, spills, waves, cost.philox_calls * programs / max(largest, 1),
-                       matched)
+    cost.flags = flags(function, runs, hot, launch, spills, waves, cost.philox_per_value or 0.0, matched)
     return cost
 
 
@@ -479,11 +490,11 @@ def row(launch: static.Launch, compiled: dict, trips: Sequence[float], nbytes: i
     if compiled["verdict"] == "no-compile":
         return out, None
     function = sass.parse(compiled["sass"])
-    largest = 0
     if nbytes is None:
-        nbytes, largest = touched_bytes(launch, compiled["ptx"])
+        nbytes = touched_bytes(launch, compiled["ptx"])
     spills = (compiled["spill_store_bytes"] or 0) + (compiled["spill_load_bytes"] or 0) + (compiled["local_ops"] or 0)
-    cost = model(launch, function, trips, compiled["shared_bytes"], spills, nbytes, largest, machine)
+    cost = model(launch, function, trips, compiled["shared_bytes"], spills, nbytes,
+                 random_values(launch), machine)
     floor_ms, _ = report.roofline_floor_ms(useful_flops(launch), nbytes, machine.ceilings, p.dtype)
     programs = cost.programs
     total_instr = cost.warp_instr * programs
@@ -493,7 +504,7 @@ def row(launch: static.Launch, compiled: dict, trips: Sequence[float], nbytes: i
                warp_instr=total_instr, exposed_loads=cost.exposed_loads, tensor_macs=tensor_macs,
                instr_per_kmac=total_instr / (tensor_macs / 1e3) if tensor_macs else None, min_bytes=nbytes,
                instr_per_byte=total_instr / nbytes if nbytes else None,
-               philox_per_value=cost.philox_calls * programs / largest if cost.philox_calls and largest else None,
+               philox_per_value=cost.philox_per_value,
                issue_us=cost.issue_us, tensor_us=cost.tensor_us, hbm_us=cost.hbm_us, latency_us=cost.latency_us,
                predicted_us=cost.predicted_us,
                floor_us=floor_ms * 1e3, predicted_pct_of_floor=report.percent_of_floor(floor_ms * 1e3, cost.predicted_us),
@@ -501,12 +512,15 @@ def row(launch: static.Launch, compiled: dict, trips: Sequence[float], nbytes: i
     return out, compiled["sass"]
 
 
-def model_launches(launches: Sequence[static.Launch], jobs: int, dump: Path | None = None) -> pd.DataFrame:
-    """Compile and model every launch and its reference; one row each (references after ours)."""
+def model_launches(launches: Sequence[static.Launch], jobs: int,
+                   dump: Path | None = None) -> tuple[pd.DataFrame, dict[str, static.Launch]]:
+    """Compile and model every launch and its reference: one row each (references after ours), and the
+    launches by the rows' keys."""
     keys = _keys(launches)
     compiled = compile_all(launches, jobs)
     rows, references = [], {}
-    for key, launch in zip(keys, launches):
+    by_key = dict(zip(keys, launches))
+    for key, launch in by_key.items():
         trips = dispatch.spec(launch.kernel).trips(launch.problem, launch.config, dict(launch.values))
         r, code = row(launch, compiled[launch], trips)
         r["key"] = key
@@ -528,6 +542,7 @@ def model_launches(launches: Sequence[static.Launch], jobs: int, dump: Path | No
         r["key"] = f"{ref.kernel} {r['dtype']} {r['grid']} [{ref.problem.m}x{ref.problem.n}x{ref.problem.k}"\
                    f"x{ref.problem.batch}]"
         ref_rows[ident] = r
+        by_key[r["key"]] = ref
     for r in rows:
         if r["key"] in references:
             ref, _, _ = references[r["key"]]
@@ -535,8 +550,7 @@ def model_launches(launches: Sequence[static.Launch], jobs: int, dump: Path | No
             r.update(reference=ref_row["key"], reference_us=ref_row.get("predicted_us"))
             if r.get("predicted_us") and ref_row.get("predicted_us"):
                 r["ratio_to_reference"] = r["predicted_us"] / ref_row["predicted_us"]
-    df = pd.DataFrame(rows + list(ref_rows.values()), columns=COLUMNS)
-    return df
+    return pd.DataFrame(rows + list(ref_rows.values()), columns=COLUMNS), by_key
 
 
 def _dump(folder: Path, key: str, launch: static.Launch, code: str, ptx: str, trips: Sequence[float]) -> None:
@@ -645,44 +659,43 @@ def check_budget(predicted: Mapping[str, float], budget: Mapping[str, float],
 # Calibration on a GPU.
 # ---------------------------------------------------------------------------------------------------------
 
-def replay_ms(launch: static.Launch) -> float:
-    """Median ms of the launch run on the GPU with random inputs of its recorded shapes and strides
-    (do_bench, L2 flushed before each run), tensors passed twice shared as they were."""
-    import importlib  # noqa: PLC0415 (GPU only)
+def replay(launch: static.Launch, device: str = "cuda") -> tuple[Callable[[], object], dict[str, torch.Tensor]]:
+    """A call that runs the recorded launch again on `device`, and its tensors by argument name: random
+    inputs of the recorded shapes and strides (zeros for integer tensors), one tensor per recorded
+    storage, so that a tensor passed twice is shared as it was."""
     module, name = launch.fn.split(":")
     fn = getattr(importlib.import_module(module), name)
-    tensors: dict[int, torch.Tensor] = {}
-    kwargs = {}
+    storages: dict[int, torch.Tensor] = {}
+    kwargs: dict[str, object] = {}
     for arg, value in launch.values:
         if isinstance(value, static.TensorArg):
-            if value.data_ptr not in tensors or value.data_ptr == 0:
-                t = torch.empty_strided(value.shape, value.stride, dtype=value.dtype, device="cuda")
+            # References record shapeless (meta) tensors, all at address 0: each gets its own.
+            if value.data_ptr not in storages or value.data_ptr == 0:
+                t = torch.empty_strided(value.shape, value.stride, dtype=value.dtype, device=device)
                 t.normal_() if value.dtype.is_floating_point else t.zero_()
-                tensors[value.data_ptr] = t
-            kwargs[arg] = tensors[value.data_ptr]
+                storages[value.data_ptr] = t
+            kwargs[arg] = storages[value.data_ptr]
         else:
             kwargs[arg] = value
-    kwargs.update(launch.options)
-    run = lambda: fn[launch.grid](**kwargs)  # noqa: E731
-    return float(triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median"))
+    tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    return (lambda: fn[launch.grid](**kwargs, **dict(launch.options))), tensors
 
 
-def calibrate(launches: Sequence[tuple[str, static.Launch]], df: pd.DataFrame, path: Path,
-              seconds: float) -> pd.DataFrame:
-    """Time each (key, launch) on the GPU, writing `path` as it goes (predicted and measured us, the ratio
-    measured / predicted); starts no launch after `seconds`."""
-    import time  # noqa: PLC0415
-    start = time.monotonic()
+def calibrate(launches: Mapping[str, static.Launch], df: pd.DataFrame, path: Path, deadline: float) -> pd.DataFrame:
+    """Time each launch (by key) on the GPU, writing `path` as it goes (predicted and measured us, the
+    ratio measured / predicted); starts no launch after time.monotonic() passes `deadline`."""
     by_key = df.set_index("key")
     rows = []
-    for key, launch in launches:
-        if time.monotonic() - start > seconds:
+    for key, launch in launches.items():
+        if time.monotonic() > deadline:
+            print(f"calibration: stopped at its deadline after {len(rows)} of {len(launches)} launches")
             break
         if key not in by_key.index or pd.isna(by_key.at[key, "predicted_us"]):
             continue
         r = by_key.loc[key]
         try:
-            measured, error = replay_ms(launch) * 1e3, ""
+            call, _ = replay(launch)
+            measured, error = triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3, ""
         except Exception as e:  # noqa: BLE001 (one failing launch is a row, not the end)
             measured, error = math.nan, f"{type(e).__name__}: {e}"[:200]
         rows.append({"key": key, "kernel": r["kernel"], "dtype": r["dtype"], "layout": r["layout"],
@@ -716,9 +729,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-budget", action="store_true", help=f"with --quick: rewrite {BUDGET_PATH.name}")
     parser.add_argument("--calibrate", type=Path, metavar="CSV",
                         help="on a GPU: also time every launch with do_bench and write predicted vs measured here")
-    parser.add_argument("--calibrate-seconds", type=float, default=60.0,
-                        help="start no calibration launch after this many seconds")
+    parser.add_argument("--calibrate-seconds", type=float, default=math.inf,
+                        help="start no calibration launch this many seconds after the command started")
     args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.calibrate_seconds
     if args.update_budget and not (args.quick and not args.kernel and args.dtype == list(static.DTYPES)):
         parser.error("--update-budget needs --quick over every kernel and dtype (the budget's set)")
     kernels = dispatch.kernels()
@@ -734,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         launches = static.first_shapes(launches)
     missing = sorted(set(kernels) - {launch.kernel for launch in launches})
     errors += [f"no probe launches kernel {k!r}" for k in missing]
-    df = model_launches(launches, args.jobs, args.dump)
+    df, by_key = model_launches(launches, args.jobs, args.dump)
     df = df.sort_values(["kernel", "dtype", "layout", "direction", "probe"], kind="stable")
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "cost.csv", index=False)
@@ -754,8 +768,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in problems:
                 print("budget:", line, file=sys.stderr)
     if args.calibrate is not None:
-        pairs = list(zip(_keys(launches), launches))
-        calibrate(pairs, df, args.calibrate, args.calibrate_seconds)
+        calibrate(by_key, df, args.calibrate, deadline)
     for error in errors:
         print("error:", error, file=sys.stderr)
     return 1 if errors or problems else 0

@@ -3,9 +3,11 @@
 #   1. install the project (no dependencies fetched: the machine is offline and has torch/triton/pandas);
 #   2. the tests on the GPU (pytest -x, capped at 200 s);
 #   3. the `quick` benchmark suite (every op, fwd and fwd+bwd, bf16 channels_last; capped at 170 s);
-#   4. the `deeplab` suite with whatever time is left (skipped under 90 s).
-# Results go to $OUT when set (the device tool brings back what is there), else bench/out/, as at most
-# eight files in one folder: pytest.log, bench.log, {quick,deeplab}.{csv,md,png}.
+#   4. the cost model's calibration: every quick probe launch of `python -m bench.cost --quick` (and its
+#      reference) predicted with this machine's triton and timed with do_bench (capped at 100 s);
+#   5. the `deeplab` suite with whatever time is left (skipped under 90 s).
+# Results go to $OUT when set (the device tool brings back what is there), else bench/out/: pytest.log,
+# bench.log, {quick,deeplab}.{csv,md,png}, cost.log, cost_calibration.csv and cost/cost.{csv,md}.
 # Usage, from anywhere: bash bench/gpu_check.sh   (PYTHON=... to pick the interpreter; default python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,18 @@ run_suite() {
 
 cap=$(left); [ "$cap" -gt 170 ] && cap=170
 if [ "$cap" -ge 60 ]; then run_suite quick "$cap"; else status+=("quick=skipped"); fi
+# Predicted against measured time per launch (bench/cost.py); it starts no launch after cap - 15 s.
+cap=$(left); [ "$cap" -gt 100 ] && cap=100
+if [ "$cap" -ge 40 ]; then
+    echo "== cost model calibration (cap ${cap} s, $(left) s left)"
+    timeout "$cap" "$python" -m bench.cost --quick --jobs "$(nproc)" --out "$out/cost" \
+        --calibrate "$out/cost_calibration.csv" --calibrate-seconds $((cap - 15)) 2>&1 \
+        | grep -v "compiling:" | tee "$out/cost.log" | tail -n 5
+    status+=("cost=${PIPESTATUS[0]}")
+else
+    status+=("cost=skipped")
+fi
+
 cap=$(($(left) - 5))
 if [ "$cap" -ge 90 ]; then run_suite deeplab "$cap"; else status+=("deeplab=skipped"); fi
 

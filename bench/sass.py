@@ -215,7 +215,7 @@ def regions(code: list[Instruction]) -> list[Region]:
 
 def parse(text: str) -> Function:
     """The first function of a `cuobjdump --dump-resource-usage --dump-sass` output."""
-    name = re.search(r"Function\s*:?\s*(\S+)", text)
+    name = re.search(r"Function\s*:?\s*([A-Za-z_]\w*)", text)
     resources = _RESOURCES.search(text)
     registers, stack, shared, _ = map(int, resources.groups()) if resources else (0, 0, 0, 0)
     return Function(name.group(1) if name else "", registers, stack, shared, regions(instructions(text)))
