@@ -735,17 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.calibrate_seconds
     if args.update_budget and not (args.quick and not args.kernel and args.dtype == list(static.DTYPES)):
         parser.error("--update-budget needs --quick over every kernel and dtype (the budget's set)")
-    kernels = dispatch.kernels()
-    if args.kernel:
-        unknown = sorted(set(args.kernel) - set(kernels))
-        if unknown:
-            parser.error(f"unknown kernels {unknown}; registered: {kernels}")
-        kernels = sorted(args.kernel)
-
-    launches, errors = static.probe(args.dtype, False)
-    launches = [launch for launch in launches if launch.kernel in kernels]
-    if args.quick:
-        launches = static.first_shapes(launches)
+    kernels, launches, errors = static.select(parser, args.kernel, args.dtype, False, args.quick)
     missing = sorted(set(kernels) - {launch.kernel for launch in launches})
     errors += [f"no probe launches kernel {k!r}" for k in missing]
     df, by_key = model_launches(launches, args.jobs, args.dump)

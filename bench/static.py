@@ -609,6 +609,22 @@ def _progress(futures: list, total: int) -> Iterable:
     return tqdm(as_completed(futures), total=total, desc="compiling", unit="kernel")
 
 
+def select(parser: argparse.ArgumentParser, names: list[str] | None, dtypes: list[str], full: bool,
+           quick: bool) -> tuple[list[str], list[Launch], list[str]]:
+    """The kernels named on the command line (every registered one when None; an unknown name is a usage
+    error), their probe launches in `dtypes` (with `quick`, the first probe shape of each kernel, dtype
+    and layout only) and the probes' errors."""
+    kernels = dispatch.kernels()
+    if names:
+        unknown = sorted(set(names) - set(kernels))
+        if unknown:
+            parser.error(f"unknown kernels {unknown}; registered: {kernels}")
+        kernels = sorted(names)
+    launches, errors = probe(dtypes, full)
+    launches = [launch for launch in launches if launch.kernel in kernels]
+    return kernels, first_shapes(launches) if quick else launches, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.static", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", nargs="+", choices=sorted(TARGETS), default=["sm_90"])
@@ -627,17 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.update_rejects and args.space != "full":
         parser.error("--update-rejects needs --space full (a heuristic sweep does not see the tuning space)")
-    kernels = dispatch.kernels()
-    if args.kernel:
-        unknown = sorted(set(args.kernel) - set(kernels))
-        if unknown:
-            parser.error(f"unknown kernels {unknown}; registered: {kernels}")
-        kernels = sorted(args.kernel)
-
-    launches, errors = probe(args.dtype, args.space == "full")
-    launches = [launch for launch in launches if launch.kernel in kernels]
-    if args.quick:
-        launches = first_shapes(launches)
+    kernels, launches, errors = select(parser, args.kernel, args.dtype, args.space == "full", args.quick)
     todo = jobs(launches, args.target)
     rows = _no_probe_rows(kernels, launches, args.target, errors)
     # Spawned workers import triton afresh, without TRITON_INTERPRET, and with the ptxas log switched on.
