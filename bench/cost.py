@@ -102,9 +102,11 @@ class Machine:
         return Ceilings(self.hbm_bytes_per_s, dict(self.matmul), "cost model (H200 measured constants)")
 
     def mac_rate(self, operands: str) -> float:
-        """Tensor-core MACs per second for HGMMA operand type `operands` (SASS's F16, BF16, TF32...)."""
+        """Tensor-core MACs per second for operand type `operands` (SASS's F16, BF16, TF32; with "/hmma"
+        for the mma.sync instructions, HMMA)."""
         rates = dict(self.matmul)
-        return (rates["tf32"] if operands == "TF32" else rates["float16"]) / 2
+        kind, _, hmma = operands.partition("/")
+        return (rates["tf32"] if kind == "TF32" else rates["float16"]) / 2 * (self.hmma_share if hmma else 1.0)
 
 
 MACHINE = Machine()
@@ -133,6 +135,16 @@ FLAGS = {
 # ---------------------------------------------------------------------------------------------------------
 # Counting a launch.
 # ---------------------------------------------------------------------------------------------------------
+
+# The reference kernels' families; the families whose reference is a GEMM (the others' is a copy).
+REFERENCE_FAMILY = {"reference_gemm": "implicit_gemm", "reference_copy": "copy"}
+TENSOR_FAMILIES = frozenset({"implicit_gemm", "pointwise", "separable"})
+
+
+def family(kernel: str) -> str:
+    """The kernel family of a registered or reference kernel."""
+    return REFERENCE_FAMILY.get(kernel) or dispatch.spec(kernel).family
+
 
 def executions(function: sass.Function, trips: Sequence[float]) -> tuple[list[float], bool]:
     """How often each region runs per program, and whether `trips` matched the compiled loops.
@@ -195,7 +207,7 @@ def useful_flops(launch: static.Launch) -> dict[str, float]:
     that read real input (bench.ops.live_pairs). Input gradients count the forward's MACs (their Problem
     tiles input pixels). Memory-bound kernels do no FLOPs that count."""
     p, values = launch.problem, dict(launch.values)
-    family = dispatch.spec(p.kernel).family if p.kernel in dispatch.kernels() else "reference"
+    kind = family(p.kernel)
     macs = float(p.m * p.n * p.k * p.batch)
     live = 1.0
     size = _kernel_size(values)
@@ -206,11 +218,11 @@ def useful_flops(launch: static.Launch) -> dict[str, float]:
         live = pairs / (values["OH"] * values["OW"] * kh * kw)
         if p.kernel.endswith("input_grad"):
             live *= values["OH"] * values["OW"] / (values["H"] * values["W"]) * values.get("MULT", 1)
-    if family in ("implicit_gemm", "pointwise", "reference"):
-        return {"tensor": 2 * macs * live} if family != "reference" or p.n > 1 else {}
-    if family == "depthwise":
+    if kind in ("implicit_gemm", "pointwise"):
+        return {"tensor": 2 * macs * live}
+    if kind == "depthwise":
         return {"simt": 2 * macs * live}
-    if family == "separable":
+    if kind == "separable":
         return {"tensor": 2 * macs, "simt": 2 * p.m * p.k * dict(p.extra)["taps"] * live}
     return {}
 
@@ -246,9 +258,8 @@ class Cost:
     waves: float
     warp_instr: float            # per program
     exposed_loads: float         # memory round trips per program that nothing in the program overlaps
-    macs: dict[str, float]       # tensor-core MACs per program by operand type
-    hot_loop: int | None         # region index of the hottest loop
-    hot_loop_instr: int
+    macs: dict[str, float]       # tensor-core MACs per program by operand type (machine.mac_rate's keys)
+    hot_loop_instr: int          # instructions per iteration of the loop that issues the most
     philox_per_value: float | None
     issue_us: float
     tensor_us: float
@@ -275,8 +286,7 @@ def model(launch: static.Launch, function: sass.Function, trips: Sequence[float]
         for ins in r.instructions:
             if ins.base in ("HGMMA", "HMMA"):
                 per_warp, operands = _mma_shape(ins)
-                share = 1.0 if ins.base == "HGMMA" else machine.hmma_share
-                macs[operands] += per_warp * warps * runs[r.index] / share
+                macs[operands if ins.base == "HGMMA" else f"{operands}/hmma"] += per_warp * warps * runs[r.index]
             elif sass.is_philox_round(ins):
                 philox_rounds += runs[r.index] * warps * 32
     blocks = occupancy(function.registers, shared, warps, machine)
@@ -295,11 +305,11 @@ def model(launch: static.Launch, function: sass.Function, trips: Sequence[float]
     hot = [r for r in function.loops if per_region[r.index] >= HOT_SHARE * warp_instr]
     hottest = max(function.loops, key=lambda r: per_region[r.index], default=None)
     waves = programs / (machine.sms * blocks) if blocks else math.inf
-    cost = Cost(programs, blocks, waves, warp_instr, exposed, dict(macs), hottest.index if hottest else None,
-                hottest.count if hottest else 0,
+    cost = Cost(programs, blocks, waves, warp_instr, exposed, dict(macs), hottest.count if hottest else 0,
                 philox_rounds / 10 * programs / values if philox_rounds and values else None,
-                *(times[k] * 1e6 for k in times),
-                max(times.values()) * 1e6, bound, [], _loops_line(function, runs))
+                issue_us=times["issue"] * 1e6, tensor_us=times["tensor"] * 1e6, hbm_us=times["hbm"] * 1e6,
+                latency_us=times["latency"] * 1e6, predicted_us=max(times.values()) * 1e6, bound=bound, flags=[],
+                loops=_loops_line(function, runs))
     cost.flags = flags(function, runs, hot, launch, spills, waves, cost.philox_per_value or 0.0, matched)
     return cost
 
@@ -309,7 +319,7 @@ def waits_on_memory(region: sass.Region) -> bool:
     registers (LDG, used in the same pass) or drains the cp.async pipeline, which must then refill; the
     top level waits for its first loads of any kind."""
     kinds = [sass.kind(ins) for ins in region.instructions]
-    drains = any(sass.kind(ins) == "cp_async_wait" and sass.wait_depth(ins) == 0 for ins in region.instructions)
+    drains = any(k == "cp_async_wait" and sass.wait_depth(ins) == 0 for k, ins in zip(kinds, region.instructions))
     loads = any(k.startswith("ldg.") for k in kinds)
     first = region.index == 0 and any(k.startswith(("ldg", "tma")) for k in kinds)
     return loads or drains or first
@@ -378,14 +388,6 @@ def flags(function: sass.Function, runs: list[float], hot: list[sass.Region], la
 # ---------------------------------------------------------------------------------------------------------
 # Reference launches (bench/reference_kernels.py), recorded as bench.static records ours.
 # ---------------------------------------------------------------------------------------------------------
-
-REFERENCE_FAMILY = {"reference_gemm": "implicit_gemm", "reference_copy": "copy"}
-TENSOR_FAMILIES = frozenset({"implicit_gemm", "pointwise", "separable"})
-
-
-def family(kernel: str) -> str:
-    return REFERENCE_FAMILY.get(kernel) or dispatch.spec(kernel).family
-
 
 def _meta(*shape: int, dtype: torch.dtype) -> torch.Tensor:
     """A tensor with a shape and no storage: references are compiled and modelled, never run here."""
@@ -539,8 +541,8 @@ def model_launches(launches: Sequence[static.Launch], jobs: int,
     ref_rows = {}
     for ident, (ref, trips, nbytes) in distinct.items():
         r, _ = row(ref, ref_compiled[ref], trips, nbytes)
-        r["key"] = f"{ref.kernel} {r['dtype']} {r['grid']} [{ref.problem.m}x{ref.problem.n}x{ref.problem.k}"\
-                   f"x{ref.problem.batch}]"
+        key = f"{ref.kernel} {r['dtype']} {r['grid']} [{ref.problem.m}x{ref.problem.n}x{ref.problem.k}x{ref.problem.batch}]"
+        r["key"] = key if key not in by_key else f"{key} #{len(ref_rows) + 1}"
         ref_rows[ident] = r
         by_key[r["key"]] = ref
     for r in rows:
@@ -681,8 +683,14 @@ def replay(launch: static.Launch, device: str = "cuda") -> tuple[Callable[[], ob
     return (lambda: fn[launch.grid](**kwargs, **dict(launch.options))), tensors
 
 
-def calibrate(launches: Mapping[str, static.Launch], df: pd.DataFrame, path: Path, deadline: float) -> pd.DataFrame:
-    """Time each launch (by key) on the GPU, writing `path` as it goes (predicted and measured us, the
+def _do_bench(call: Callable[[], object]) -> float:
+    """Median milliseconds of `call`, L2 flushed before each run (a layer's inputs come from HBM)."""
+    return triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median")
+
+
+def calibrate(launches: Mapping[str, static.Launch], df: pd.DataFrame, path: Path, deadline: float = math.inf,
+              device: str = "cuda", timer: Callable[[Callable[[], object]], float] = _do_bench) -> pd.DataFrame:
+    """Time each launch (by key) on `device`, writing `path` as it goes (predicted and measured us, the
     ratio measured / predicted); starts no launch after time.monotonic() passes `deadline`."""
     by_key = df.set_index("key")
     rows = []
@@ -694,8 +702,8 @@ def calibrate(launches: Mapping[str, static.Launch], df: pd.DataFrame, path: Pat
             continue
         r = by_key.loc[key]
         try:
-            call, _ = replay(launch)
-            measured, error = triton.testing.do_bench(call, warmup=10, rep=40, return_mode="median") * 1e3, ""
+            call, _ = replay(launch, device)
+            measured, error = timer(call) * 1e3, ""
         except Exception as e:  # noqa: BLE001 (one failing launch is a row, not the end)
             measured, error = math.nan, f"{type(e).__name__}: {e}"[:200]
         rows.append({"key": key, "kernel": r["kernel"], "dtype": r["dtype"], "layout": r["layout"],

@@ -184,18 +184,30 @@ def test_quick_run_models_every_kernel_with_a_reference(quick):
         ours.loc[ours["flags"].fillna("").str.contains("trips-mismatch"), ["kernel", "loops", "flags"]]
 
 
+def _copy_launch(src_ptr: int, dst_ptr: int) -> static.Launch:
+    """A recorded launch of the reference copy over one block of 4096 float32."""
+    tensor = lambda ptr: static.TensorArg((4096,), (1,), torch.float32, ptr)  # noqa: E731
+    return static.Launch("reference_copy", "toy", dispatch.Problem("reference_copy", 4096), dispatch.Config.of(),
+                         True, "bench.reference_kernels:copy_kernel", (), (), (), (("num_warps", 4),), (1,),
+                         (("src_ptr", tensor(src_ptr)), ("dst_ptr", tensor(dst_ptr)), ("numel", 4096), ("BLOCK", 4096)))
+
+
 def test_replay_rebuilds_a_launch_from_its_record():
-    """What --calibrate runs on a GPU, here in Triton's interpreter: the recorded copy over one block, its
-    source and destination given as one storage (as a launch passing x twice would be) and as two."""
-    def launch(src_ptr: int, dst_ptr: int) -> static.Launch:
-        tensor = lambda ptr: static.TensorArg((4096,), (1,), torch.float32, ptr)  # noqa: E731
-        return static.Launch("reference_copy", "toy", dispatch.Problem("reference_copy", 4096), dispatch.Config.of(),
-                             True, "bench.reference_kernels:copy_kernel", (), (), (), (("num_warps", 4),), (1,),
-                             (("src_ptr", tensor(src_ptr)), ("dst_ptr", tensor(dst_ptr)), ("numel", 4096),
-                              ("BLOCK", 4096)))
+    """What --calibrate runs on a GPU, here in Triton's interpreter: the recorded copy, its source and
+    destination given as two storages and as one (as a launch passing x twice would be)."""
+    launch = _copy_launch
     call, tensors = cost.replay(launch(16, 32), device="cpu")
     assert tensors["src_ptr"] is not tensors["dst_ptr"] and tensors["src_ptr"].std() > 0
     call()
     assert torch.equal(tensors["dst_ptr"], tensors["src_ptr"])
     _, shared = cost.replay(launch(16, 16), device="cpu")
     assert shared["src_ptr"] is shared["dst_ptr"]
+
+
+def test_calibration_writes_predicted_against_measured(tmp_path):
+    df = pd.DataFrame([{"key": "copy", "kernel": "reference_copy", "dtype": "float32", "layout": "nchw",
+                        "direction": "fwd", "probe": "toy", "bound": "hbm", "predicted_us": 2.0, "floor_us": 1.0}])
+    path = tmp_path / "cost_calibration.csv"
+    timed = cost.calibrate({"copy": _copy_launch(16, 32)}, df, path, device="cpu", timer=lambda call: (call(), 0.005)[1])
+    assert path.exists() and list(pd.read_csv(path)["measured_us"]) == [5.0]
+    assert timed.loc[0, "ratio"] == pytest.approx(2.5) and timed.loc[0, "error"] == ""
