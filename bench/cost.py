@@ -325,16 +325,19 @@ def waits_on_memory(region: sass.Region) -> bool:
     return loads or drains or first
 
 
+def _mix(region: sass.Region) -> str:
+    """The region's instruction kinds with counts, pipeline waits with their depth (`wgmma_wait<=1`: at
+    most one wgmma group left in flight), moves and branches left out."""
+    kinds = collections.Counter(
+        f"{k}<={sass.wait_depth(ins)}" if k.endswith("_wait") else k
+        for k, ins in ((sass.kind(ins), ins) for ins in region.instructions) if k not in ("move", "control"))
+    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+
+
 def _loops_line(function: sass.Function, runs: list[float]) -> str:
-    """Each loop as 'L<i>[<parent>] x<runs per program>: <instructions> (<notable kinds>)'."""
-    parts = []
-    for r in function.loops:
-        mix = r.mix
-        notable = [f"{n} {k}" for k, n in sorted(mix.items())
-                   if k.startswith(("ldg", "ldgsts", "tma", "hgmma", "hmma", "atomic", "stg", "ldl", "stl", "mufu"))]
-        parent = f"<L{r.parent}" if r.parent else ""
-        parts.append(f"L{r.index}{parent} x{runs[r.index]:.4g}: {r.count}" + (f" ({', '.join(notable)})" if notable else ""))
-    return "; ".join(parts)
+    """Each loop as 'L<i>[<L<parent>] x<runs per program>: <instructions per iteration> (<mix>)'."""
+    return "; ".join(f"L{r.index}{f'<L{r.parent}' if r.parent else ''} x{runs[r.index]:.4g}: {r.count} ({_mix(r)})"
+                     for r in function.loops)
 
 
 def _loads(code: Iterable[sass.Instruction]) -> list[sass.Instruction]:

@@ -72,8 +72,12 @@ def wait_depth(ins: Instruction) -> int | None:
 
 
 def kind(ins: Instruction) -> str:
-    """The instruction's kind, one of the keys `Region.mix` counts (see the module docstring)."""
+    """The instruction's kind, one of the keys `Region.mix` counts (see the module docstring). Guarded by
+    the always-false predicate (`@!PT`, ptxas's padding, e.g. `@!PT LDS RZ, [RZ]`) it is a "nop": it takes
+    an issue slot and does nothing."""
     base = ins.base
+    if ins.predicate == "@!PT":
+        return "nop"
     if base == "LDG":
         return f"ldg.{width(ins)}"
     if base == "LDGSTS":

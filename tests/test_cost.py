@@ -76,6 +76,7 @@ def test_two_back_edges_to_one_head_are_one_loop():
     ("MUFU.RCP R1, R2", "mufu"), ("BAR.SYNC.DEFER_BLOCKING 0x0", "barrier"), ("REDG.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R5", "atomic"),
     ("STG.E.64 desc[UR4][R2.64], R4", "stg.64"), ("STL [R1], R2", "stl"), ("LDL R2, [R1]", "ldl"),
     ("WARPGROUP.DEPBAR.LE gsb0, 0x1", "wgmma_wait"), ("DEPBAR.LE SB0, 0x2", "cp_async_wait"),
+    ("@!PT LDS RZ, [RZ]", "nop"), ("@P0 LDS R1, [R2]", "lds"),
 ])
 def test_instruction_kinds(line, kind):
     (ins,) = sass.instructions(_sass(line))
