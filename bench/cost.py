@@ -27,9 +27,9 @@ body) counted once per execution: a loop runs per program as often as the trip c
 registers beside its heuristic say (`dispatch.register(..., trips)`: average iterations of each source
 loop, outer loops first), times the loops around it. The busiest SM runs ceil(programs / 132) programs,
 which is the last wave's tail. The fewest bytes are the tensors the compiled kernel reads at all (its PTX
-loads their parameters), each counted once, as bench's roofline counts a call's (bench/ops.py). The floor
+loads their parameters), each counted once, X. The floor
 is bench's roofline floor (bench.report.roofline_floor_ms) of those bytes and of the launch's useful
-FLOPs, counted as bench.ops counts them (only taps that read real input), at the constants below.
+FLOPs, counted as bench.adapters counts them (only taps that read real input), at the constants below.
 
 Reference rows, compiled and modelled the same way in the same run, say what the textbook code of the
 same shape would do (bench/reference_kernels.py): a tiled GEMM of the same M, N, K for every
@@ -57,7 +57,7 @@ import multiprocessing
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -66,10 +66,11 @@ import torch
 import triton
 
 from bench import report, sass, static
-from bench.ops import live_pairs
+from bench.adapters import live_pairs
 from bench.reference_kernels import copy_kernel, matmul_kernel
 from bench.timing import Ceilings
-from tritonconv import dispatch
+from tritonconv import dispatch, heuristics
+from tritonconv._progress import progress
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,9 +203,9 @@ def _kernel_size(values: Mapping[str, object]) -> tuple[int, int] | None:
 
 
 def useful_flops(launch: static.Launch) -> dict[str, float]:
-    """The launch's FLOPs by unit ("tensor": tensor-core GEMM, "simt": float32 FMAs) as bench.ops counts
+    """The launch's FLOPs by unit ("tensor": tensor-core GEMM, "simt": float32 FMAs) as bench.adapters counts
     its op's: 2 per MAC of the Problem's GEMM terms, for convolutions only over (output pixel, tap) pairs
-    that read real input (bench.ops.live_pairs). Input gradients count the forward's MACs (their Problem
+    that read real input (bench.adapters.live_pairs). Input gradients count the forward's MACs (their Problem
     tiles input pixels). Memory-bound kernels do no FLOPs that count."""
     p, values = launch.problem, dict(launch.values)
     kind = family(p.kernel)
@@ -406,7 +407,7 @@ def gemm_reference(launch: static.Launch) -> tuple[static.Launch, tuple[float, .
     p = launch.problem
     p = dataclasses.replace(p, k=triton.cdiv(p.k, 64) * 64)
     sixteen = p.dtype != torch.float32
-    block_n = dispatch.pow2_clamp(p.n, 16, 256 if sixteen else 128)
+    block_n = heuristics.pow2_clamp(p.n, 16, 256 if sixteen else 128)
     block_k = 64 if sixteen else 32
     config = dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=3, BLOCK_M=128, BLOCK_N=block_n,
                                 BLOCK_K=block_k, GROUP_M=8)
@@ -476,7 +477,7 @@ def compile_all(launches: Sequence[static.Launch], jobs: int) -> dict[static.Lau
                              initializer=static._worker_init) as pool:
         futures = {pool.submit(static.compile_job, {k: v for k, v in job.items() if k != "launches"}, True): job
                    for job in todo.values()}
-        for future in static._progress(list(futures), len(futures)):
+        for future in progress(as_completed(futures), "compiling", total=len(futures), unit="kernel"):
             for launch in futures[future]["launches"]:
                 out[launch] = future.result()
     return out

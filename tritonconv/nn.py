@@ -119,16 +119,17 @@ class MaxPoolDropout2d(nn.Module):
     expectation of the training output)."""
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0, p: float = 0.5) -> None:
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, p: float = 0.5) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding, self.p = kernel_size, stride, padding, p
+        self.kernel_size, self.stride, self.padding, self.dilation, self.p = kernel_size, stride, padding, dilation, p
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return tc.max_pool2d_dropout(input, self.kernel_size, self.stride, self.padding, p=self.p,
-                                     training=self.training)
+        return tc.max_pool2d_dropout(input, self.kernel_size, self.stride, self.padding, self.dilation, self.p,
+                                     self.training)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, p={self.p}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, p={self.p}")
 
 
 # ---------------------------------------------------------------------------------------------------------
