@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The one script to run on a lent GPU, all under nine minutes:
 #   1. install the project (no dependencies fetched: the machine is offline and has torch/triton/pandas);
-#   2. the tests on the GPU (pytest -x, capped at 200 s);
-#   3. the `quick` benchmark suite (every op, fwd and fwd+bwd, bf16 channels_last; capped at 170 s);
-#   4. the `models` suite (torchvision's networks converted, batch 32 at 224x224, bf16 channels_last, against
-#      eager and torch.compile; inference of every model first, then training steps; capped at 150 s;
+#   2. the tests on the GPU (pytest -x, capped at 180 s);
+#   3. the `quick` benchmark suite (every op, fwd and fwd+bwd, bf16 channels_last; capped at 150 s);
+#   4. the cost model's calibration: every quick probe launch of `python -m bench.cost --quick` (and its
+#      reference) predicted with this machine's triton and timed with do_bench (capped at 100 s);
+#   5. the `models` suite (torchvision's networks converted, batch 32 at 224x224, bf16 channels_last, against
+#      eager and torch.compile; inference of every model first, then training steps; capped at 120 s;
 #      it says so and exits 0 where torchvision is missing);
-#   5. the `deeplab` suite with whatever time is left (skipped under 90 s).
-# Results go to $OUT when set (the device tool brings back what is there), else bench/out/, as at most
-# ten files in one folder: pytest.log, bench.log, {quick,deeplab}.{csv,md,png}, models.{csv,md}.
+#   6. the `deeplab` suite with whatever time is left (skipped under 90 s).
+# Results go to $OUT when set (the device tool brings back what is there), else bench/out/: pytest.log,
+# bench.log, {quick,deeplab}.{csv,md,png}, models.{csv,md}, cost.log, cost_calibration.csv and
+# cost/cost.{csv,md}.
 # Usage, from anywhere: bash bench/gpu_check.sh   (PYTHON=... to pick the interpreter; default python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +34,7 @@ status+=("install=${PIPESTATUS[0]}")
 
 echo "== tests on the GPU ($(left) s left)"
 # test_static.py compiles for sm_90/sm_80 on the CPU: CI runs it, the GPU's minutes are for the rest.
-timeout 200 "$python" -m pytest -q -x -p no:cacheprovider --ignore=tests/test_static.py tests 2>&1 | tee "$out/pytest.log" | tail -n 15
+timeout 180 "$python" -m pytest -q -x -p no:cacheprovider --ignore=tests/test_static.py tests 2>&1 | tee "$out/pytest.log" | tail -n 15
 status+=("tests=${PIPESTATUS[0]}")
 
 # A suite gets `cap` seconds; it starts no new case after cap - margin s (default 40; a model of the models
@@ -43,9 +46,21 @@ run_suite() {
     status+=("$suite=${PIPESTATUS[0]}")
 }
 
-cap=$(left); [ "$cap" -gt 170 ] && cap=170
-if [ "$cap" -ge 60 ]; then run_suite quick "$cap"; else status+=("quick=skipped"); fi
 cap=$(left); [ "$cap" -gt 150 ] && cap=150
+if [ "$cap" -ge 60 ]; then run_suite quick "$cap"; else status+=("quick=skipped"); fi
+# Predicted against measured time per launch (bench/cost.py); it starts no launch after cap - 15 s.
+cap=$(left); [ "$cap" -gt 100 ] && cap=100
+if [ "$cap" -ge 40 ]; then
+    echo "== cost model calibration (cap ${cap} s, $(left) s left)"
+    timeout "$cap" "$python" -m bench.cost --quick --jobs "$(nproc)" --out "$out/cost" \
+        --calibrate "$out/cost_calibration.csv" --calibrate-seconds $((cap - 15)) 2>&1 \
+        | grep -v "compiling:" | tee "$out/cost.log" | tail -n 5
+    status+=("cost=${PIPESTATUS[0]}")
+else
+    status+=("cost=skipped")
+fi
+
+cap=$(left); [ "$cap" -gt 120 ] && cap=120
 if [ "$cap" -ge 90 ]; then run_suite models "$cap" 70; else status+=("models=skipped"); fi
 cap=$(($(left) - 5))
 if [ "$cap" -ge 90 ]; then run_suite deeplab "$cap"; else status+=("deeplab=skipped"); fi

@@ -30,6 +30,8 @@ COLUMNS = ["suite", "layer", "op", "shape", "dtype", "layout", "mode", "provider
            *CASE_COLUMNS, *ENV_COLUMNS]
 
 OURS, THEIRS = "tritonconv", "pytorch"
+# What a user would pick instead, timed beside ours on a GPU (bench/run.py: alternatives).
+INDUCTOR, FLAGGEMS = "inductor", "flaggems"
 
 
 def environment(gpu: bool, tuning: bool) -> dict[str, object]:
@@ -150,8 +152,13 @@ def markdown(df: pd.DataFrame, suite: str, description: str, ceilings_note: str,
             "p20-p80": [_spread(a, b) for a, b in zip(ours["time_p20_ms"], ours["time_p80_ms"])],
             "PyTorch ms": theirs["time_ms"], "PyTorch runs": theirs["backend"], "speedup": ours["speedup"],
             "% of floor": ours["pct_of_floor"], "bound": ours["bound"], "check": ours["check"]})
+        for name in (INDUCTOR, FLAGGEMS):
+            other = df[df["provider"] == name].reset_index(drop=True)
+            if len(other) == len(ours) and other["time_ms"].notna().any():
+                cases.insert(cases.columns.get_loc("speedup"), f"{name} ms", other["time_ms"])
         parts.append(markdown_table(cases, {"ours ms": _fixed(3), "PyTorch ms": _fixed(3), "speedup": _fixed(2),
-                                            "% of floor": _fixed(0)}))
+                                            "% of floor": _fixed(0), f"{INDUCTOR} ms": _fixed(3),
+                                            f"{FLAGGEMS} ms": _fixed(3)}))
     else:
         cases = pd.DataFrame({
             "op": ours["op"], "layer": ours["layer"], "shape": ours["shape"], "dtype": ours["dtype"], "layout": ours["layout"],

@@ -124,9 +124,11 @@ class Run:
         checked = case if self.timed else case.scaled()
         backward = "fwdbwd" in modes
         providers = {report.OURS: op.ours, report.THEIRS: op.theirs}
+        if self.timed and self.device.type == "cuda":
+            providers.update(alternatives(op))
         # Per provider: (forward status, forward+backward status). PyTorch's deterministic ops are the reference.
         status: dict[str, tuple[str, str]] = {}
-        backend = {report.OURS: "tritonconv", report.THEIRS: "not timed"}
+        backend = {name: name for name in providers} | {report.OURS: "tritonconv", report.THEIRS: "not timed"}
         for name, fn in providers.items():
             if name == report.THEIRS and not op.random:
                 status[name] = ("reference", "reference")
@@ -237,6 +239,31 @@ class Run:
         if torch_checks:
             parts.append("PyTorch: " + "; ".join(sorted(torch_checks)))
         return ", ".join(parts)
+
+
+def alternatives(op: Op) -> dict[str, Callable]:
+    """Providers a user would pick instead of us, timed beside ours and PyTorch's eager op on a GPU:
+    torch.compile of PyTorch's composition (inductor, default mode) and, when `flag_gems` imports, the
+    same composition on FlagGems' Triton kernels (flag_gems.use_gems())."""
+    # One compiled graph per case: more cases than dynamo's default recompile limit would fall back to eager.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    out = {report.INDUCTOR: _compiled(op)}
+    try:
+        import flag_gems  # noqa: PLC0415 (optional, GPU only)
+    except ImportError:
+        return out
+
+    def gems(case: Case, t: dict, seed: int | None = None) -> torch.Tensor:
+        with flag_gems.use_gems():
+            return op.theirs(case, t, seed)
+    out[report.FLAGGEMS] = gems
+    return out
+
+
+@functools.cache
+def _compiled(op: Op) -> Callable:
+    """torch.compile of op.theirs, made once per op so its graphs are cached across calls."""
+    return torch.compile(op.theirs)
 
 
 def _callable(fn: Callable, case: Case, mode: str, sets: list) -> Callable[[], None]:

@@ -207,7 +207,7 @@ def _elementwise_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 
 dispatch.register("activation_backward", "elementwise", activation_backward_kernel, _elementwise_config,
-                  _elementwise_space, programs=_elementwise_programs)
+                  _elementwise_space, programs=_elementwise_programs, trips=lambda problem, config, args: ())  # no loop
 
 
 def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +69,40 @@ def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
 
 
-dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space)
-dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space)
+def _rows_reading_input(args: Mapping[str, object], forward: bool) -> float:
+    """The share of (tile row, live tap row kh) pairs whose tap reads a real input row: output row oh reads
+    input row oh*sh - ph + kh*dh (forward); input row ih gets output row (ih + ph - kh*dh) / sh (input
+    gradient). A tile that spans whole rows skips a tap exactly when it reads only padding, so this is
+    the share of channel loops run; skipping along columns is not counted."""
+    h, oh, s, p, d = args["H"], args["OH"], args["stride_h"], args["pad_h"], args["dil_h"]
+    rows, taps = (oh, h) if forward else (h, oh * s)
+    live = range(args["kh_start"], args["kh_end"])
+    hits = sum(0 <= (r * s - p + kh * d if forward else r + p - kh * d) < taps for kh in live for r in range(rows))
+    return hits / (rows * len(live)) if live else 0.0
+
+
+def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
+    """Forward and input gradient: the live kh and kw taps, then the channel steps of a tap (run only
+    for taps that read real input for the tile)."""
+    forward = problem.kernel == "conv2d_forward"
+    steps = triton.cdiv(args["C_PER_GROUP" if forward else "F_PER_GROUP"], config["BLOCK_K"])
+    return (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"],
+            steps * _rows_reading_input(args, forward))
+
+
+def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
+                       args: Mapping[str, object]) -> tuple[float, ...]:
+    """Weight gradient: one split's share of the BLOCK_K-pixel steps over N*OH*OW."""
+    steps = triton.cdiv(args["N"] * args["OH"] * args["OW"], config["BLOCK_K"])
+    return (triton.cdiv(steps, config["SPLIT_K"]),)
+
+
+dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space,
+                  trips=_gemm_trips)
+dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space,
+                  trips=_gemm_trips)
 dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space)
+                  _weight_grad_space, trips=_weight_grad_trips)
 
 
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:

@@ -111,12 +111,25 @@ def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) ->
     return triton.cdiv(problem.k, config["TAPS"]) * triton.cdiv(problem.n, config["BLOCK_C"]) * config["SPLIT_K"]
 
 
+def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
+    """Forward: the live kh and kw taps; input gradient: the MULT filters of a channel, then its taps."""
+    taps = (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"])
+    return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
+
+
+def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
+                       args: Mapping[str, object]) -> tuple[float, ...]:
+    """The program's TAPS taps, then one split's share of the N * (output tiles per image) tiles."""
+    tiles = args["N"] * triton.cdiv(args["OH"], config["BLOCK_H"]) * triton.cdiv(args["OW"], config["BLOCK_W"])
+    return (min(config["TAPS"], args["KH"] * args["KW"]), triton.cdiv(tiles, config["SPLIT_K"]))
+
+
 dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space,
-                  programs=_tile_programs)
+                  programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space,
-                  programs=_tile_programs)
+                  programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space, programs=_weight_grad_programs, steps=_plane_tiles)
+                  _weight_grad_space, programs=_weight_grad_programs, steps=_plane_tiles, trips=_weight_grad_trips)
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,

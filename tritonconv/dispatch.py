@@ -29,7 +29,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import triton
@@ -126,6 +126,10 @@ def gemm_steps(config: Config, problem: Problem) -> int:
     return triton.cdiv(problem.k, config["BLOCK_K"])
 
 
+# For the cost model (bench/cost.py): the average iterations per program of each loop of a kernel.
+Trips = Callable[[Problem, Config, Mapping[str, object]], tuple[float, ...]]
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """How to configure one kernel: a timing-free heuristic, the space autotuning searches, and how many
@@ -138,6 +142,7 @@ class KernelSpec:
     space: Space
     programs: Count = gemm_programs
     steps: Count = gemm_steps
+    trips: Trips | None = None
 
     def source_hash(self) -> str:
         return _source_hash(self.fn)
@@ -147,7 +152,7 @@ _KERNELS: dict[str, KernelSpec] = {}
 
 
 def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: Space, *,
-             programs: Count = gemm_programs, steps: Count = gemm_steps) -> None:
+             programs: Count = gemm_programs, steps: Count = gemm_steps, trips: Trips | None = None) -> None:
     """Declare how to configure `kernel` (the name used in Problem.kernel).
 
     `family` names the kind of kernel ("implicit_gemm", "depthwise", ...); `fn` is the @triton.jit
@@ -156,10 +161,13 @@ def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: 
     GPU, before `prune`. `programs(config, problem)` is the launch's grid size (launchers size their grid
     with it, so pruning counts what really runs) and `steps(config, problem)` the reduction steps a
     SPLIT_K meta-parameter divides; both default to a GEMM's (`gemm_programs`, `gemm_steps`).
+    `trips(problem, config, args)`, for the cost model (bench/cost.py), gives the average iterations per
+    program of each loop of the kernel, one entry per source loop in order (an outer loop before the
+    loops it holds), from the launch's arguments by name (constexprs included).
     """
     if kernel in _KERNELS:
         raise ValueError(f"kernel {kernel!r} is registered twice")
-    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space, programs, steps)
+    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space, programs, steps, trips)
 
 
 def spec(kernel: str) -> KernelSpec:

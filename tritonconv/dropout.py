@@ -10,6 +10,8 @@ mask in the same kernel applied to the incoming gradient.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import triton
 
@@ -81,12 +83,21 @@ def _drop_block_programs(config: dispatch.Config, problem: dispatch.Problem) -> 
             * triton.cdiv(problem.n, config["BLOCK_W"] - block + 1))
 
 
+def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
+                      args: Mapping[str, object]) -> tuple[float, ...]:
+    """The Philox calls of four seed rows each that a program's rows and their bs - 1 halo rows need,
+    averaged over its row blocks, then the four rows of a call."""
+    h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
+    calls = [triton.cdiv(min(h0 + block_h, h), 4) - max(h0 - bs + 1, 0) // 4 for h0 in range(0, h, block_h)]
+    return (sum(calls) / len(calls), 4)
+
+
 dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space,
-                  programs=dispatch.channel_pixel_programs)
+                  programs=dispatch.channel_pixel_programs, trips=lambda problem, config, args: ())  # no loop
 dispatch.register("drop_block_count", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
-                  programs=_drop_block_programs)
+                  programs=_drop_block_programs, trips=_drop_block_trips)
 dispatch.register("drop_block_apply", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
-                  programs=_drop_block_programs)
+                  programs=_drop_block_programs, trips=_drop_block_trips)
 
 
 # ---------------------------------------------------------------------------------------------------------

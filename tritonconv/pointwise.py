@@ -34,7 +34,8 @@ def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64))
 
 
-dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space)
+dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space,
+                  trips=lambda problem, config, args: (triton.cdiv(args["C"], config["BLOCK_K"]),))  # channel steps
 
 
 # ---------------------------------------------------------------------------------------------------------

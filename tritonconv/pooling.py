@@ -10,7 +10,7 @@ survived and won); WEIGHTED saves the input and recomputes the ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import triton
@@ -88,10 +88,20 @@ def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
             if 256 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 4096]
 
 
+def _pool_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
+    """The window's taps (weighted pooling: and, inside, the rank loop over the taps again); the dropout
+    forward walks its SPAN_H x SPAN_W blocks of units instead."""
+    taps = args["KH"] * args["KW"]
+    if problem.kernel == "max_pool2d_forward" and args["MODE"] == DROPOUT.value:
+        return (args["SPAN_H"], args["SPAN_W"])
+    weighted = args["MODE"] == WEIGHTED.value if problem.kernel == "max_pool2d_forward" else args["WEIGHTED"]
+    return (taps, taps) if weighted else (taps,)
+
+
 dispatch.register("max_pool2d_forward", "pooling", max_pool2d_forward_kernel, _pool_config, _pool_space,
-                  programs=dispatch.channel_pixel_programs)
+                  programs=dispatch.channel_pixel_programs, trips=_pool_trips)
 dispatch.register("max_pool2d_backward", "pooling", max_pool2d_backward_kernel, _pool_config, _pool_space,
-                  programs=dispatch.channel_pixel_programs)
+                  programs=dispatch.channel_pixel_programs, trips=_pool_trips)
 
 
 # ---------------------------------------------------------------------------------------------------------

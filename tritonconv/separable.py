@@ -40,7 +40,10 @@ def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_K=(16, 32, 64))
 
 
-dispatch.register("separable_forward", "separable", separable_forward_kernel, _fused_config, _fused_space)
+dispatch.register("separable_forward", "separable", separable_forward_kernel, _fused_config, _fused_space,
+                  # The intermediate channel steps, then the live kh and kw taps of each step's depthwise block.
+                  trips=lambda problem, config, args: (triton.cdiv(args["K"], config["BLOCK_K"]),
+                                                 args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
