@@ -138,7 +138,7 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
         conv2d_forward_kernel[grid](
             x, w, bias if bias is not None else w, y,
             *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), *w.stride(), *y.stride(),
+            *x.stride(), *w.stride(), *y.stride(), bias.stride(0) if bias is not None else 0,
             HAS_BIAS=bias is not None, INT64=needs_int64(x, w, y), **_dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
 

@@ -131,7 +131,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
             x, w, bias if bias is not None else w, y, z if z is not None else y,
             geo.height, geo.width, *plane, f, f // geo.in_channels,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), bias.stride(0) if bias is not None else 0,
             HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **cfg.launch_kwargs())
         return y
 

@@ -83,7 +83,7 @@ def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
             pointwise_forward_kernel[grid](
                 x[part], w, bias if bias is not None else w, ys, ys if z is None else z[part],
                 c, f, geo.out_height, geo.out_width, rows, *geo.stride,
-                *x.stride(), w.stride(0), w.stride(1), *y.stride(),
+                *x.stride(), w.stride(0), w.stride(1), *y.stride(), bias.stride(0) if bias is not None else 0,
                 HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, FLAT_INPUT=flat,
                 **_dot_flags(x.dtype), **cfg.launch_kwargs())
         return y

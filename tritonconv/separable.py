@@ -68,6 +68,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
                 ys.shape[0], geo.height, geo.width, *plane, k, f, k // geo.in_channels,
                 *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
                 *x.stride(), wd.stride(0), wd.stride(2), wd.stride(3), wp.stride(0), wp.stride(1), *y.stride(),
+                bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0,
                 HAS_DW_BIAS=bd is not None, HAS_PW_BIAS=bp is not None, ACTIVATION=activation,
                 **_dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
