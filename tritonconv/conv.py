@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import triton
 
 from tritonconv import dispatch
-from tritonconv._checks import (autocast, channels_last, check_same, check_tensor, conv_padding, empty_like_layout,
-                                interpreting, needs_int64, output_size, pair)
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_same, check_tensor, conv_padding,
+                                empty_like_layout, interpreting, needs_int64, output_size, pair)
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
 
@@ -320,9 +320,20 @@ def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
 
 
+def no_channels_output(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       geo: ConvGeometry) -> torch.Tensor:
+    """What torch's convolution gives for an input without channels (C = 0): an empty (N, 0, OH, OW),
+    still part of the graph, so that weight and bias get zero gradients. Nothing to launch."""
+    zero = sum(t.sum() * 0 for t in (input, weight, bias) if t is not None)
+    fmt = torch.channels_last if channels_last(input, weight) else torch.contiguous_format
+    return zero.expand(geo.batch, 0, geo.out_height, geo.out_width).contiguous(memory_format=fmt)
+
+
 def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  geo: ConvGeometry) -> torch.Tensor:
     """conv2d with our kernels, of the family `dispatch.conv2d_family` picks."""
+    if geo.in_channels == 0:
+        return no_channels_output(input, weight, bias, geo)
     family = dispatch.conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
     if family == "implicit_gemm":
         return torch.ops.tritonconv.conv2d(input, weight, bias, *_geometry_args(geo))
@@ -331,6 +342,7 @@ def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return op(input, weight, bias, *_geometry_args(geo), "none", False)[0]
 
 
+@accepts_unbatched
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
            dilation: int | Sequence[int] = 1, groups: int = 1, *, backend: str | None = None) -> torch.Tensor:
@@ -346,10 +358,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format. An unbatched
+            (C, H, W) input gives an unbatched output, as in torch; C = 0 gives an empty (N, 0, OH, OW).
         weight: (F, C / groups, KH, KW).
         bias: optional (F,).
-        stride, dilation: int or (h, w) pair, each >= 1.
+        stride, dilation: int or (h, w) pair (or a one-element sequence), each >= 1.
         padding: int or (h, w) pair (zeros on both sides), "valid" (none) or "same" (stride 1 only;
             the output keeps H x W, any odd padding going to the bottom/right).
         groups: number of channel groups; divides C and F.

@@ -9,7 +9,7 @@ import torch
 import triton
 
 from tritonconv import dispatch
-from tritonconv._checks import autocast, channels_last, check_same, check_tensor, empty_like_layout
+from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_same, check_tensor, empty_like_layout
 from tritonconv.conv import ConvGeometry, _geometry_args, conv_geometry, register_gradient_ops
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
@@ -204,6 +204,7 @@ def check_depthwise_weight(weight: object, name: str, input: torch.Tensor) -> to
     return weight
 
 
+@accepts_unbatched
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
                      dilation: int | Sequence[int] = 1) -> torch.Tensor:
@@ -217,7 +218,7 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     on its own), for any kernel size. Autograd computes input and weight gradients with our own kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         weight: (C * m, 1, KH, KW), multiplier m >= 1.
         bias: optional (C * m,).
         stride, dilation: int or (h, w) pair, each >= 1.

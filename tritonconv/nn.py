@@ -105,12 +105,12 @@ class Cutout2d(nn.Module):
 
 
 class MaxPool2d(nn.MaxPool2d):
-    """`torch.nn.MaxPool2d` whose backward stores no index tensor."""
+    """`torch.nn.MaxPool2d` whose backward stores no index tensor (with return_indices, torch's indices
+    are computed from the stored taps)."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.return_indices:
-            raise ValueError("tritonconv.nn.MaxPool2d does not return indices; use torch.nn.MaxPool2d for that")
-        return tc.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+    def forward(self, input: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return tc.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                             self.return_indices)
 
 
 class MaxPoolDropout2d(nn.Module):
@@ -174,8 +174,6 @@ def _replacement(module: nn.Module) -> tuple[nn.Module | None, str | None]:
         new.__dict__ = module.__dict__.copy()  # same parameters, buffers, hooks and attributes
         return new, None
     if type(module) is nn.MaxPool2d:
-        if module.return_indices:
-            return None, "return_indices=True needs the index tensor"
         new = MaxPool2d.__new__(MaxPool2d)
         new.__dict__ = module.__dict__.copy()
         return new, None
@@ -268,7 +266,7 @@ def convert(model: nn.Module, *, fold_batchnorm: bool = False, fuse_separable: b
     `nn.Conv2d` (dilated, grouped, depthwise, 1x1; any padding mode) becomes `tritonconv.nn.Conv2d`,
     `nn.MaxPool2d` becomes `MaxPool2d`, `nn.Dropout`/`nn.Dropout2d` become `Dropout`/`SpatialDropout2d`,
     each sharing the original's parameters, so weights and state_dict keys stay. Subclasses of those
-    modules, in-place dropouts and max pools that return indices are left, with the reason.
+    modules and in-place dropouts are left, with the reason.
 
     Options (both change the module tree, so state_dict keys of the touched modules change):
     - fold_batchnorm: fold each eval-mode BatchNorm2d that directly follows a conv in an nn.Sequential

@@ -9,10 +9,10 @@ import torch
 import triton
 
 from tritonconv import dispatch
-from tritonconv._checks import (autocast, channels_last, check_activation, check_same, check_tensor,
-                                empty_like_layout)
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_same,
+                                check_tensor, empty_like_layout)
 from tritonconv.conv import (_GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, channel_sum,
-                             conv_geometry)
+                             conv_geometry, no_channels_output)
 from tritonconv.kernels.activations import activation_backward_kernel
 from tritonconv.kernels.pointwise import pointwise_forward_kernel
 
@@ -200,6 +200,7 @@ def check_pointwise_weight(weight: object, name: str, in_channels: int, ref: tor
     return weight
 
 
+@accepts_unbatched
 def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: int | Sequence[int] = 1, activation: str | None = None) -> torch.Tensor:
     """Pointwise (1x1) convolution with bias and activation fused into the GEMM's epilogue.
@@ -213,7 +214,7 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     set. Autograd computes every gradient with our kernels (see `register_epilogue_op`).
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         weight: (F, C, 1, 1).
         bias: optional (F,).
         stride: int or (h, w) pair, each >= 1: the output keeps every s-th pixel.
@@ -224,5 +225,7 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     check_tensor(input, "input")
     check_pointwise_weight(weight, "weight", input.shape[1], input, f"input's {input.shape[1]} channels")
     geo = conv_geometry(input, weight, bias, stride, 0, 1, 1)
+    if geo.in_channels == 0:
+        return no_channels_output(input, weight, bias, geo)
     return torch.ops.tritonconv.pointwise_conv2d(input, weight, bias, *_geometry_args(geo), act,
                                                  needs_pre_activation(act, input, weight, bias))[0]

@@ -9,8 +9,8 @@ import torch
 import triton
 
 from tritonconv import dispatch
-from tritonconv._checks import (autocast, channels_last, check_activation, check_bias, check_tensor,
-                                empty_like_layout)
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias,
+                                check_tensor, empty_like_layout)
 from tritonconv.conv import (_GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, channel_sum,
                              conv_geometry)
 from tritonconv.depthwise import check_depthwise_weight
@@ -128,6 +128,7 @@ def _backward(ctx, dy):
 _separable_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@accepts_unbatched
 def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tensor, pointwise_weight: torch.Tensor,
                                depthwise_bias: torch.Tensor | None = None,
                                pointwise_bias: torch.Tensor | None = None, stride: int | Sequence[int] = 1,
@@ -144,7 +145,7 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
     never goes to memory. Backward recomputes t and uses the unfused backward kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         depthwise_weight: (C * m, 1, KH, KW), multiplier m >= 1; depthwise_bias: optional (C * m,).
         pointwise_weight: (F, C * m, 1, 1); pointwise_bias: optional (F,).
         stride, padding, dilation: of the depthwise convolution, as in `tritonconv.depthwise_conv2d`.
