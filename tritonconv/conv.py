@@ -122,6 +122,7 @@ def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
 
 
+@dispatch.on_inputs_device
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
     """Launch the forward kernel; the output takes channels_last when the input or weight has it."""
     y = empty_like_layout((geo.batch, geo.out_channels, geo.out_height, geo.out_width),
@@ -153,6 +154,7 @@ def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dis
         channels_last=channels_last(x))
 
 
+@dispatch.on_inputs_device
 def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dx for the convolution `geo`, in the memory format of `like` (the input)."""
     dx = empty_like_layout((geo.batch, geo.in_channels, geo.height, geo.width), channels_last(like),
@@ -177,6 +179,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
         batch=g, dtype=dy.dtype, channels_last=channels_last(like)), launch))
 
 
+@dispatch.on_inputs_device
 def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dw for the convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
     layout_channels_last = channels_last(x)
@@ -373,6 +376,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     geo = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
     ours = lambda: _conv2d_ours(input, weight, bias, geo)  # noqa: E731
     if dispatch.use_torch(_forward_problem(geo, input, weight), ours,
-                          lambda: F.conv2d(input, weight, bias, stride, padding, dilation, groups), backend):
+                          lambda: F.conv2d(input, weight, bias, stride, padding, dilation, groups), backend,
+                          input.device):
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     return ours()

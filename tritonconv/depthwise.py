@@ -113,6 +113,7 @@ def _plane_programs(cfg: dispatch.Config, batch: int, channels: int, plane: tupl
             * triton.cdiv(plane[0], cfg["BLOCK_H"]) * triton.cdiv(plane[1], cfg["BLOCK_W"]))
 
 
+@dispatch.on_inputs_device
 def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y = activation(depthwise(x, w) + bias), in the memory format torch's convolution would give.
@@ -139,6 +140,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     return y, z
 
 
+@dispatch.on_inputs_device
 def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dx of the depthwise convolution `geo`, in the memory format of `like` (the input)."""
     cl = channels_last(like)
@@ -157,6 +159,7 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
     return launch(dispatch.config_for(_problem("depthwise_input_grad", geo, c, plane, dy, cl), launch))
 
 
+@dispatch.on_inputs_device
 def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dw of the depthwise convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
     f, (kh, kw) = geo.out_channels, geo.kernel

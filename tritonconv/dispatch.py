@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import inspect
 import itertools
@@ -287,7 +288,7 @@ Launch = Callable[[Config], torch.Tensor]
 Timer = Callable[[Callable[[], object]], float]
 
 CACHE = ConfigCache()
-_MEMORY: dict[tuple[Problem, bool], Decision] = {}
+_MEMORY: dict[tuple[Problem, bool, torch.device | None], Decision] = {}  # (problem, tuning allowed, device)
 _FORCE_TUNING: contextvars.ContextVar[bool | None] = contextvars.ContextVar("tritonconv_force_tuning", default=None)
 _RECORDERS: contextvars.ContextVar[tuple[list, ...]] = contextvars.ContextVar("tritonconv_recorders", default=())
 
@@ -333,15 +334,56 @@ def recording() -> Iterator[list[Decision]]:
         _RECORDERS.reset(token)
 
 
+# The device of the tensors a launcher was called with, while it runs (see `on_inputs_device`).
+_LAUNCH_DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar("tritonconv_launch_device",
+                                                                                    default=None)
+
+
+def device_context(device: torch.device) -> contextlib.AbstractContextManager:
+    """`device` made CUDA's current device inside the block (Triton launches on the current device and
+    its current stream); nothing for the CPU, where the interpreter runs."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def launch_device(device: torch.device) -> Iterator[None]:
+    """Launch on `device` inside the block: it is CUDA's current device, and cache keys name its GPU."""
+    token = _LAUNCH_DEVICE.set(device)
+    try:
+        with device_context(device):
+            yield
+    finally:
+        _LAUNCH_DEVICE.reset(token)
+
+
+def on_inputs_device(launcher: Callable) -> Callable:
+    """Decorate a launcher (a function that launches kernels on its tensor arguments): its tensors must
+    share one device, and it runs under `launch_device` of that device, so a model on cuda:1 launches on
+    cuda:1 whatever the current device, and tunes and caches for that GPU."""
+
+    @functools.wraps(launcher)
+    def guarded(*args, **kwargs):
+        devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+        if len(devices) != 1:
+            raise ValueError(f"{launcher.__name__} got tensors on {sorted(map(str, devices))}: every tensor of "
+                             "one call must be on one device; move them with .to(device)")
+        with launch_device(devices.pop()):
+            return launcher(*args, **kwargs)
+
+    return guarded
+
+
 _DEVICE_TAGS: dict[int, str] = {}
 
 
 def _device_tag() -> str:
-    """GPU name and compute capability of the current device, queried once per device and never at
-    import time."""
+    """GPU name and compute capability of the device being launched on (`launch_device`; else the
+    current device), queried once per device and never at import time."""
     if not torch.cuda.is_available():
         return "cpu"
-    index = torch.cuda.current_device()
+    device = _LAUNCH_DEVICE.get()
+    index = device.index if device is not None and device.type == "cuda" and device.index is not None \
+        else torch.cuda.current_device()
     if index not in _DEVICE_TAGS:
         major, minor = torch.cuda.get_device_capability(index)
         _DEVICE_TAGS[index] = f"{torch.cuda.get_device_name(index)}|sm{major}{minor}"
@@ -361,7 +403,8 @@ def decide(problem: Problem, launch: Launch | None = None) -> Decision:
     if interpreting():
         return Decision(problem, kernel.heuristic(problem, True), "heuristic")
     allowed = tuning_allowed() and launch is not None
-    remembered = _MEMORY.get((problem, allowed))
+    memo_key = (problem, allowed, _LAUNCH_DEVICE.get())
+    remembered = _MEMORY.get(memo_key)
     if remembered is not None:
         return remembered
     key = cache_key(problem)
@@ -375,7 +418,7 @@ def decide(problem: Problem, launch: Launch | None = None) -> Decision:
                         "tune_seconds": round(decision.tune_seconds, 3)})
     else:
         decision = Decision(problem, kernel.heuristic(problem, False), "heuristic")
-    _MEMORY[(problem, allowed)] = decision
+    _MEMORY[memo_key] = decision
     return decision
 
 
@@ -562,17 +605,24 @@ def _check_backend(backend: str) -> str:
 
 
 def use_torch(problem: Problem, ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor],
-              backend: str | None) -> bool:
-    """Whether a call described by `problem` (its forward kernel's Problem) should run PyTorch's op.
+              backend: str | None, device: torch.device | None = None) -> bool:
+    """Whether a call described by `problem` (its forward kernel's Problem), on tensors of `device`
+    (None: the current device), should run PyTorch's op.
 
     Only with backend "auto" (the argument, else the default), outside the interpreter; the choice is
-    timed once per shape bucket when tuning is allowed and kept in the same cache as configurations.
+    timed once per shape bucket and GPU when tuning is allowed and kept in the same cache as
+    configurations.
     """
     if _check_backend(backend or _BACKEND) == "triton" or interpreting():
         return False
+    with launch_device(device) if device is not None else contextlib.nullcontext():
+        return _use_torch(problem, ours, theirs)
+
+
+def _use_torch(problem: Problem, ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor]) -> bool:
     allowed = tuning_allowed()
     memo_key = (Problem("backend|" + problem.kernel, problem.m, problem.n, problem.k, problem.batch,
-                        problem.dtype, problem.channels_last, problem.extra), allowed)
+                        problem.dtype, problem.channels_last, problem.extra), allowed, _LAUNCH_DEVICE.get())
     decision = _MEMORY.get(memo_key)
     if decision is None:
         key = "backend|" + cache_key(problem)

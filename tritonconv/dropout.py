@@ -105,6 +105,7 @@ def _empty_output(x: torch.Tensor, out_channels_last: bool) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
+@dispatch.on_inputs_device
 def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: int,
                out_channels_last: bool) -> torch.Tensor:
     """y = x * keep * scale for the mask `mode` (ELEMENT, CHANNEL or CUTOUT), in one pass over x.
@@ -143,6 +144,7 @@ def _drop_block_grid(cfg: dispatch.Config, shape: torch.Size, block: int) -> tup
             * triton.cdiv(w, cfg["BLOCK_W"] - block + 1),)
 
 
+@dispatch.on_inputs_device
 def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> torch.Tensor:
     """Pass 1 of DropBlock: the number of elements of x's shape that the mask keeps, as a one-element
     int64 tensor on x's device. Draws the seeds and reads nothing else."""
@@ -161,6 +163,7 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
     return launch(dispatch.config_for(_drop_block_problem("drop_block_count", x, block), launch))
 
 
+@dispatch.on_inputs_device
 def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, block: int, gamma: float,
                      out_channels_last: bool) -> torch.Tensor:
     """Pass 2 of DropBlock: y = x * keep * numel / (eps + count), eps = 1e-6 as in torchvision."""

@@ -54,6 +54,7 @@ dispatch.register("activation_backward", "elementwise", activation_backward_kern
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y = activation(conv1x1(x, w) + bias) with geo's stride, in the memory format torch would give.
@@ -100,6 +101,7 @@ def int32_batches(batch: int, per_image: int) -> list[slice]:
     return [slice(n0, min(n0 + step, batch)) for n0 in range(0, batch, step)]
 
 
+@dispatch.on_inputs_device
 def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
     """dz = dy * activation'(z), elementwise, in z's memory format."""
     if dy.stride() != z.stride():

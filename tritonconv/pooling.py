@@ -103,6 +103,7 @@ def _programs(cfg: dispatch.Config, geo: PoolGeometry, pixels: int) -> tuple[int
     return (geo.batch * triton.cdiv(geo.channels, cfg["BLOCK_C"]) * triton.cdiv(pixels, cfg["BLOCK_P"]),)
 
 
+@dispatch.on_inputs_device
 def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None,
                  store_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y (in x's memory format) and, when `store_index` (MAX, DROPOUT), the winning tap per output."""
@@ -127,6 +128,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     return y, idx
 
 
+@dispatch.on_inputs_device
 def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode: int, p: float,
                   out_channels_last: bool) -> torch.Tensor:
     """dL/dx from dy and `saved`: the input for WEIGHTED, else the per-output winning taps."""

@@ -47,6 +47,7 @@ dispatch.register("separable_forward", "separable", separable_forward_kernel, _f
 # Launcher.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor,
                       bp: torch.Tensor | None, geo: ConvGeometry, activation: str) -> torch.Tensor:
     """y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp in one kernel; `geo` is the depthwise
