@@ -9,24 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, assert_close, rand
+from conftest import DEVICE, assert_close, rand, run_every_kernel
 from tritonconv import dispatch
-
-
-def _every_launcher(x: torch.Tensor) -> None:
-    """Forward and backward of every op, so that every registered kernel launches."""
-    w = lambda *shape: rand(*shape, requires_grad=True).to(x.device)  # noqa: E731
-    calls = [
-        lambda: tc.conv2d(x, w(6, 2, 3, 3), w(6), padding=1, groups=2),
-        lambda: tc.depthwise_conv2d(x, w(4, 1, 3, 3), padding=1),
-        lambda: tc.pointwise_conv2d(x, w(5, 4, 1, 1), activation="relu"),
-        lambda: tc.depthwise_separable_conv2d(x, w(4, 1, 3, 3), w(5, 4, 1, 1), padding=1, activation="silu"),
-        lambda: tc.dropout(x, 0.3), lambda: tc.spatial_dropout2d(x, 0.3), lambda: tc.drop_block2d(x, 0.3, 3),
-        lambda: tc.cutout2d(x, 2), lambda: tc.max_pool2d(x, 3, 2, 1),
-        lambda: tc.max_pool2d_dropout(x, 2, p=0.3), lambda: tc.max_pool2d_dropout(x, 2, p=0.3, training=False),
-    ]
-    for call in calls:
-        call().float().sum().backward()
 
 
 def test_every_launch_runs_under_its_tensors_device(monkeypatch):
@@ -47,12 +31,11 @@ def test_every_launch_runs_under_its_tensors_device(monkeypatch):
 
     monkeypatch.setattr(dispatch, "device_context", recording_context)
     monkeypatch.setattr(dispatch, "config_for", checked_config_for)
-    x = rand(2, 4, 6, 6, requires_grad=True)
-    _every_launcher(x)
+    run_every_kernel()
     kernels = {kernel for kernel, _ in asked}
     assert kernels >= {k for k in dispatch.kernels() if dispatch.spec(k).family != "test"}
-    assert all(device == x.device for _, device in asked), "config asked for outside the guard"
-    assert set(entered) == {x.device}
+    assert all(device == torch.device(DEVICE) for _, device in asked), "config asked for outside the guard"
+    assert set(entered) == {torch.device(DEVICE)}
 
 
 def test_mixed_devices_are_rejected():

@@ -15,7 +15,7 @@ import torch
 
 import dispatch_fakes as fakes
 import tritonconv as tc
-from conftest import rand
+from conftest import rand, run_every_kernel
 from tritonconv import _cache, dispatch
 
 TESTS = Path(__file__).parent
@@ -128,20 +128,8 @@ def test_prune():
 @pytest.fixture(scope="module")
 def recorded_problems():
     """The Problem of every kernel launch that the public ops make on tiny inputs, forward and backward."""
-    x = rand(2, 4, 6, 6, requires_grad=True)
-    w = lambda *shape: rand(*shape, requires_grad=True)  # noqa: E731
-    calls = [
-        lambda: tc.conv2d(x, w(6, 2, 3, 3), padding=1, groups=2),
-        lambda: tc.depthwise_conv2d(x, w(4, 1, 3, 3), padding=1),
-        lambda: tc.pointwise_conv2d(x, w(5, 4, 1, 1), activation="relu"),
-        lambda: tc.depthwise_separable_conv2d(x, w(4, 1, 3, 3), w(5, 4, 1, 1), padding=1, activation="silu"),
-        lambda: tc.dropout(x, 0.3), lambda: tc.spatial_dropout2d(x, 0.3), lambda: tc.drop_block2d(x, 0.3, 3),
-        lambda: tc.cutout2d(x, 2), lambda: tc.max_pool2d(x, 3, 2, 1),
-        lambda: tc.max_pool2d_dropout(x, 2, p=0.3), lambda: tc.max_pool2d_dropout(x, 2, p=0.3, training=False),
-    ]
     with dispatch.recording() as decisions:
-        for call in calls:
-            call().float().sum().backward()
+        run_every_kernel()
     return {d.problem.kernel: d.problem for d in decisions}
 
 
