@@ -52,7 +52,8 @@ class Mutant:
     index: int = 0
 
     def __str__(self) -> str:
-        return f"{self.path}: `{self.line.strip()}`: {self.old} -> {self.new}" + (f" (#{self.index})" if self.index else "")
+        where = f" (#{self.index})" if self.index else ""
+        return f"{self.path}: `{self.line.strip()}`: {self.old} -> {self.new}{where}"
 
     def apply(self, text: str) -> str:
         lines = text.splitlines(keepends=True)

@@ -282,7 +282,8 @@ def tap_indices(taps: torch.Tensor, geo: PoolGeometry) -> torch.Tensor:
 @accepts_unbatched
 def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
-               ceil_mode: bool = False, return_indices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+               ceil_mode: bool = False,
+               return_indices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """2-D max pooling with exactly the semantics of `torch.nn.functional.max_pool2d`:
 
         y[n, c, i, j] = max_{u, v} x[n, c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w]
