@@ -96,6 +96,15 @@ def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
 
 
+def no_channels_output(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       geo: ConvGeometry) -> torch.Tensor:
+    """What torch's convolution gives for an input without channels (C = 0): an empty (N, 0, OH, OW),
+    still part of the graph, so that weight and bias get zero gradients. Nothing to launch."""
+    zero = sum(t.sum() * 0 for t in (input, weight, bias) if t is not None)
+    fmt = torch.channels_last if channels_last(input, weight) else torch.contiguous_format
+    return zero.expand(geo.batch, 0, geo.out_height, geo.out_width).contiguous(memory_format=fmt)
+
+
 def check_depthwise_weight(weight: object, name: str, input: torch.Tensor) -> torch.Tensor:
     """Check that `weight` is a depthwise filter bank (C * multiplier, 1, KH, KW) for `input`'s C channels,
     with its dtype and device."""
@@ -210,6 +219,7 @@ dispatch.register("activation_backward", "elementwise", activation_backward_kern
                   _elementwise_space, programs=_elementwise_programs, trips=lambda problem, config, args: ())  # no loop
 
 
+@dispatch.on_inputs_device
 def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
     """dz = dy * activation'(z), elementwise, in z's memory format."""
     if dy.stride() != z.stride():

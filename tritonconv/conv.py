@@ -11,9 +11,10 @@ import triton
 from tritonconv import dispatch, heuristics
 # conv2d routes depthwise and 1x1 convolutions to the ops these modules register; neither imports this one.
 from tritonconv import depthwise, pointwise  # noqa: F401
-from tritonconv._checks import autocast, channels_last, empty_like_layout, needs_int64
+from tritonconv._checks import accepts_unbatched, autocast, channels_last, empty_like_layout, needs_int64
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, conv_geometry, dot_flags, gemm_operand,
-                                geometry, geometry_args, input_grads, register_gradient_ops)
+                                geometry, geometry_args, input_grads, no_channels_output,
+                                register_gradient_ops)
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
 
@@ -105,6 +106,7 @@ dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kern
                   _weight_grad_space, trips=_weight_grad_trips)
 
 
+@dispatch.on_inputs_device
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
     """Launch the forward kernel; the output takes channels_last when the input or weight has it."""
     y = empty_like_layout((geo.batch, geo.out_channels, geo.out_height, geo.out_width),
@@ -121,7 +123,7 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
         conv2d_forward_kernel[grid](
             x, w, bias if bias is not None else w, y,
             *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), *w.stride(), *y.stride(),
+            *x.stride(), *w.stride(), *y.stride(), bias.stride(0) if bias is not None else 0,
             HAS_BIAS=bias is not None, INT64=needs_int64(x, w, y), **dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
 
@@ -136,6 +138,7 @@ def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dis
         channels_last=channels_last(x))
 
 
+@dispatch.on_inputs_device
 def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dx for the convolution `geo`, in the memory format of `like` (the input)."""
     dx = empty_like_layout((geo.batch, geo.in_channels, geo.height, geo.width), channels_last(like),
@@ -160,6 +163,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
         batch=g, dtype=dy.dtype, channels_last=channels_last(like)), launch))
 
 
+@dispatch.on_inputs_device
 def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dw for the convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
     layout_channels_last = channels_last(x)
@@ -247,6 +251,8 @@ def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: t
 def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  geo: ConvGeometry) -> torch.Tensor:
     """conv2d with our kernels, of the family `conv2d_family` picks."""
+    if geo.in_channels == 0:
+        return no_channels_output(input, weight, bias, geo)
     family = conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
     if family == "implicit_gemm":
         return torch.ops.tritonconv.conv2d(input, weight, bias, *geometry_args(geo))
@@ -255,6 +261,7 @@ def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return op(input, weight, bias, *geometry_args(geo), "none", False)[0]
 
 
+@accepts_unbatched
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
            dilation: int | Sequence[int] = 1, groups: int = 1, *, backend: str | None = None) -> torch.Tensor:
@@ -270,10 +277,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format. An unbatched
+            (C, H, W) input gives an unbatched output, as in torch; C = 0 gives an empty (N, 0, OH, OW).
         weight: (F, C / groups, KH, KW).
         bias: optional (F,).
-        stride, dilation: int or (h, w) pair, each >= 1.
+        stride, dilation: int or (h, w) pair (or a one-element sequence), each >= 1.
         padding: int or (h, w) pair (zeros on both sides), "valid" (none) or "same" (stride 1 only;
             the output keeps H x W, any odd padding going to the bottom/right).
         groups: number of channel groups; divides C and F.
@@ -284,6 +292,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     geo = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
     ours = lambda: _conv2d_ours(input, weight, bias, geo)  # noqa: E731
     if dispatch.use_torch(_forward_problem(geo, input, weight), ours,
-                          lambda: F.conv2d(input, weight, bias, stride, padding, dilation, groups), backend):
+                          lambda: F.conv2d(input, weight, bias, stride, padding, dilation, groups), backend,
+                          input.device):
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     return ours()

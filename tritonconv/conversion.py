@@ -336,8 +336,6 @@ def _replacement(module: nn.Module) -> tuple[nn.Module | None, str | None]:
             return None, why
         cls = Conv2d
     elif type(module) is nn.MaxPool2d:
-        if module.return_indices:
-            return None, "return_indices=True needs the index tensor"
         cls = MaxPool2d
     elif type(module) in (nn.Dropout, nn.Dropout2d):
         if module.inplace:
@@ -362,8 +360,7 @@ def convert(model: nn.Module, *, fold_batchnorm: bool = False, fuse_separable: b
     `nn.Conv2d` (dilated, grouped, depthwise, 1x1; any padding mode) becomes `tritonconv.nn.Conv2d`,
     `nn.MaxPool2d` becomes `MaxPool2d`, `nn.Dropout`/`nn.Dropout2d` become `Dropout`/`SpatialDropout2d`:
     subclasses sharing the original's parameters, so `state_dict` keys and `isinstance` checks stay.
-    Subclasses of those modules, in-place dropouts and max pools that return indices are left, with the
-    reason. The model's own class is unchanged.
+    Subclasses of those modules and in-place dropouts are left, with the reason. The model's own class is unchanged.
 
     Options (both change the module tree, so the touched modules' `state_dict` keys change):
     - fold_batchnorm: fold each eval-mode BatchNorm2d whose input is an nn.Conv2d's output (and that

@@ -9,7 +9,7 @@ import torch
 import triton
 
 from tritonconv import dispatch, heuristics
-from tritonconv._checks import autocast, channels_last, check_tensor, empty_like_layout
+from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
 from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, geometry_args,
                                 register_epilogue_op, register_gradient_ops)
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
@@ -142,6 +142,7 @@ def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, in
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y = activation(depthwise(x, w) + bias), in the memory format torch's convolution would give.
@@ -162,7 +163,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
             x, w, bias if bias is not None else w, y, z if z is not None else y,
             geo.height, geo.width, *plane, f, f // geo.in_channels,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), bias.stride(0) if bias is not None else 0,
             HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **cfg.launch_kwargs())
         return y
 
@@ -170,6 +171,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     return y, z
 
 
+@dispatch.on_inputs_device
 def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dx of the depthwise convolution `geo`, in the memory format of `like` (the input)."""
     cl = channels_last(like)
@@ -190,6 +192,7 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
     return launch(dispatch.config_for(problem, launch))
 
 
+@dispatch.on_inputs_device
 def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dw of the depthwise convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
     f, (kh, kw) = geo.out_channels, geo.kernel
@@ -223,6 +226,7 @@ register_gradient_ops("depthwise_conv2d", depthwise_input_grad, depthwise_weight
 register_epilogue_op("depthwise_conv2d", depthwise_forward, gradients="depthwise_conv2d")
 
 
+@accepts_unbatched
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
                      dilation: int | Sequence[int] = 1) -> torch.Tensor:
@@ -236,7 +240,7 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     on its own), for any kernel size. Autograd computes input and weight gradients with our own kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         weight: (C * m, 1, KH, KW), multiplier m >= 1.
         bias: optional (C * m,).
         stride, dilation: int or (h, w) pair, each >= 1.

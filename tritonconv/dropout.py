@@ -10,6 +10,7 @@ mask in the same kernel applied to the incoming gradient.
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import torch
@@ -127,6 +128,7 @@ def _empty_output(x: torch.Tensor, out_channels_last: bool) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
+@dispatch.on_inputs_device
 def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: int,
                out_channels_last: bool) -> torch.Tensor:
     """y = x * keep * scale for the mask `mode` (ELEMENT, CHANNEL or CUTOUT), in one pass over x.
@@ -159,6 +161,7 @@ def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Pr
                             extra=(("block", block),))
 
 
+@dispatch.on_inputs_device
 def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> torch.Tensor:
     """Pass 1 of DropBlock: the number of elements of x's shape that the mask keeps, as a one-element
     int64 tensor on x's device. Draws the seeds and reads nothing else."""
@@ -179,6 +182,7 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
     return launch(dispatch.config_for(problem, launch))
 
 
+@dispatch.on_inputs_device
 def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, block: int, gamma: float,
                      out_channels_last: bool) -> torch.Tensor:
     """Pass 2 of DropBlock: y = x * keep * numel / (eps + count), eps = 1e-6 as in torchvision."""
@@ -314,14 +318,41 @@ def spatial_dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True
     since neighbouring pixels of a map are strongly correlated and dropping single ones barely
     regularises. In NCHW the dropped maps are never read. Returns `input` itself when not training or
     p = 0. Arguments as `dropout`; input is (N, C, H, W), NCHW or channels_last.
+
+    Other ranks behave as in `F.dropout2d`, with its warnings: a 3-D input is read as (N, C, L) (torch's
+    historical channel-wise 1-D dropout, not an unbatched (C, H, W)), and any rank >= 2 other than 3 or 4
+    (deprecated in torch) drops whole (dim 0, dim 1) blocks.
     """
-    check_tensor(input, "input")
+    check_tensor(input, "input", ndim=None)
+    if input.dim() < 2:
+        raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}: spatial dropout drops "
+                         "(dim 0, dim 1) feature maps, so it needs at least 2 dimensions")
+    _warn_like_dropout2d(input.dim())
     p = check_probability(p)
     check_seed(seed)
     if not training or p == 0.0:
         return input
-    return torch.ops.tritonconv.dropout_mask(input, philox_seed(seed, input.device), CHANNEL.value, p, 0,
-                                             channels_last(input))
+    # Every rank's (dim 0, dim 1) blocks as the maps of a 4-D (N, C, 1, rest) view.
+    maps = input if input.dim() == 4 else input.reshape(*input.shape[:2], 1, -1)
+    y = torch.ops.tritonconv.dropout_mask(maps, philox_seed(seed, input.device), CHANNEL.value, p, 0,
+                                          channels_last(maps))
+    return y if input.dim() == 4 else y.reshape(input.shape)
+
+
+def _warn_like_dropout2d(ndim: int) -> None:
+    """The warnings F.dropout2d gives for an input of rank `ndim` (none for 4)."""
+    if ndim not in (3, 4):
+        warnings.warn(f"dropout2d: Received a {ndim}-D input to dropout2d, which is deprecated "
+                      "and will result in an error in a future release. To retain the behavior "
+                      "and silence this warning, please use dropout instead. Note that dropout2d "
+                      "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
+                      "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).", stacklevel=3)
+    if ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+                      "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+                      "is the channel dim. This behavior will change in a future release to interpret the "
+                      "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+                      "channel-wise dropout behavior, please switch to using dropout1d instead.", stacklevel=3)
 
 
 def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool = True, *,

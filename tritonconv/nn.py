@@ -8,8 +8,6 @@ state_dict keys and `isinstance` checks stay as they were; only `forward` change
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +28,10 @@ def _check_dtypes(module: nn.Module, input: torch.Tensor, *parameters: torch.Ten
                             ".bfloat16()) and its input with input.float()")
 
 
-def _unbatched_as_one_sample(forward: Callable) -> Callable:
-    """torch's conv and pooling modules take an unbatched (C, H, W) input as a batch of one; so do ours."""
-
-    @functools.wraps(forward)
-    def wrapper(self: nn.Module, input: torch.Tensor, *args) -> torch.Tensor:
-        if isinstance(input, torch.Tensor) and input.dim() == 3:
-            return forward(self, input.unsqueeze(0), *args).squeeze(0)
-        return forward(self, input, *args)
-
-    return wrapper
-
-
 class Conv2d(nn.Conv2d):
     """`torch.nn.Conv2d` computed by `tritonconv.conv2d` (which routes depthwise and 1x1 convolutions to
     their own kernels). Non-zero padding modes pad with `F.pad` first, as torch does."""
 
-    @_unbatched_as_one_sample
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         _check_dtypes(self, input, weight, bias)
         if self.padding_mode != "zeros":
@@ -78,7 +63,6 @@ class DepthwiseSeparableConv2d(nn.Module):
         self.pointwise_bias = pointwise.bias
         self.stride, self.padding, self.dilation, self.activation = stride, padding, dilation, activation
 
-    @_unbatched_as_one_sample
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         _check_dtypes(self, input, self.depthwise_weight, self.pointwise_weight)
         return tc.depthwise_separable_conv2d(input, self.depthwise_weight, self.pointwise_weight, self.depthwise_bias,
@@ -139,18 +123,17 @@ class Cutout2d(nn.Module):
 
 
 class MaxPool2d(nn.MaxPool2d):
-    """`torch.nn.MaxPool2d` whose backward stores no index tensor."""
+    """`torch.nn.MaxPool2d` whose backward stores no index tensor (with return_indices, torch's indices
+    are computed from the stored taps)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.return_indices:
-            raise ValueError("tritonconv.nn.MaxPool2d does not return indices; use torch.nn.MaxPool2d for that")
         check_window(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
-    @_unbatched_as_one_sample
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         _check_dtypes(self, input)
-        return tc.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return tc.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                             self.return_indices)
 
 
 class MaxPoolDropout2d(nn.Module):
@@ -165,7 +148,6 @@ class MaxPoolDropout2d(nn.Module):
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
         self.p = check_probability(p)
 
-    @_unbatched_as_one_sample
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         _check_dtypes(self, input)
         return tc.max_pool2d_dropout(input, self.kernel_size, self.stride, self.padding, self.dilation, self.p,

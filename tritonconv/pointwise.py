@@ -9,9 +9,10 @@ import torch
 import triton
 
 from tritonconv import dispatch, heuristics
-from tritonconv._checks import autocast, channels_last, check_activation, check_tensor, empty_like_layout, int32_batches
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_tensor,
+                                empty_like_layout, int32_batches)
 from tritonconv._shared import (ConvGeometry, check_pointwise_weight, conv_geometry, dot_flags, geometry_args,
-                                needs_pre_activation, register_epilogue_op)
+                                needs_pre_activation, no_channels_output, register_epilogue_op)
 from tritonconv.kernels.pointwise import pointwise_forward_kernel
 
 # ---------------------------------------------------------------------------------------------------------
@@ -42,6 +43,7 @@ dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _g
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y = activation(conv1x1(x, w) + bias) with geo's stride, in the memory format torch would give.
@@ -71,7 +73,7 @@ def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
             pointwise_forward_kernel[grid](
                 x[part], w, bias if bias is not None else w, ys, ys if z is None else z[part],
                 c, f, geo.out_height, geo.out_width, rows, *geo.stride,
-                *x.stride(), w.stride(0), w.stride(1), *y.stride(),
+                *x.stride(), w.stride(0), w.stride(1), *y.stride(), bias.stride(0) if bias is not None else 0,
                 HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, FLAT_INPUT=flat,
                 **dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
@@ -90,6 +92,7 @@ def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
 register_epilogue_op("pointwise_conv2d", pointwise_forward, gradients="conv2d")
 
 
+@accepts_unbatched
 def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: int | Sequence[int] = 1, activation: str | None = None) -> torch.Tensor:
     """Pointwise (1x1) convolution with bias and activation fused into the GEMM's epilogue.
@@ -103,7 +106,7 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     set. Autograd computes every gradient with our kernels (see `register_epilogue_op`).
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         weight: (F, C, 1, 1).
         bias: optional (F,).
         stride: int or (h, w) pair, each >= 1: the output keeps every s-th pixel.
@@ -114,5 +117,7 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     check_tensor(input, "input")
     check_pointwise_weight(weight, "weight", input.shape[1], input, f"input's {input.shape[1]} channels")
     geo = conv_geometry(input, weight, bias, stride, 0, 1, 1)
+    if geo.in_channels == 0:
+        return no_channels_output(input, weight, bias, geo)
     return torch.ops.tritonconv.pointwise_conv2d(input, weight, bias, *geometry_args(geo), act,
                                                  needs_pre_activation(act, input, weight, bias))[0]

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
-import triton
 
 from tritonconv import dispatch, heuristics
-from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
+from tritonconv._checks import (accepts_unbatched, channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
                                 output_size, pair, philox_seed)
 from tritonconv._shared import input_grads
 from tritonconv.kernels.pooling import DROPOUT, MAX, WEIGHTED, max_pool2d_backward_kernel, max_pool2d_forward_kernel
@@ -113,6 +112,7 @@ def _index_dtype(geo: PoolGeometry) -> torch.dtype:
     return torch.uint8 if geo.kernel[0] * geo.kernel[1] <= 255 else torch.int32
 
 
+@dispatch.on_inputs_device
 def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None,
                  store_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y (in x's memory format) and, when `store_index` (MAX, DROPOUT), the winning tap per output."""
@@ -137,6 +137,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     return y, idx
 
 
+@dispatch.on_inputs_device
 def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode: int, p: float,
                   out_channels_last: bool) -> torch.Tensor:
     """dL/dx from dy and `saved`: the input for WEIGHTED, else the per-output winning taps."""
@@ -267,6 +268,9 @@ def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride:
     check_tensor(input, "input")
     kernel, stride_hw, pad, dilation_hw = check_window(kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = input.shape
+    if c == 0:
+        raise ValueError(f"input has no channels (shape {tuple(input.shape)}); torch's max_pool2d rejects that too: "
+                         "pool a tensor with at least one channel")
     out = []
     for size, k, s, p, d in zip((h, w), kernel, stride_hw, pad, dilation_hw):
         o = output_size(size, k, s, 2 * p + (s - 1 if ceil_mode else 0), d)
@@ -280,9 +284,24 @@ def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride:
     return PoolGeometry(n, c, h, w, kernel, stride_hw, pad, dilation_hw, out[0], out[1])
 
 
+def tap_indices(taps: torch.Tensor, geo: PoolGeometry) -> torch.Tensor:
+    """torch's max-pooling indices from the winning taps the forward stores: for output (oh, ow) won by
+    tap t = kh*KW + kw, the flat index ih*W + iw of its input pixel in the (H, W) plane, as int64:
+    ih = oh*sh - ph + kh*dh, iw = ow*sw - pw + kw*dw."""
+    taps = taps.long()
+    oh = torch.arange(geo.out_height, device=taps.device)[:, None]
+    ow = torch.arange(geo.out_width, device=taps.device)
+    kh, kw = taps // geo.kernel[1], taps % geo.kernel[1]
+    ih = oh * geo.stride[0] - geo.pad[0] + kh * geo.dilation[0]
+    iw = ow * geo.stride[1] - geo.pad[1] + kw * geo.dilation[1]
+    return ih * geo.width + iw
+
+
+@accepts_unbatched
 def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
-               ceil_mode: bool = False) -> torch.Tensor:
+               ceil_mode: bool = False,
+               return_indices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """2-D max pooling with exactly the semantics of `torch.nn.functional.max_pool2d`:
 
         y[n, c, i, j] = max_{u, v} x[n, c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w]
@@ -292,17 +311,26 @@ def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: in
     order, the last NaN. The backward stores one byte per output (the tap), not an int64 index.
 
     Args:
-        input: (N, C, H, W) float32, float16 or bfloat16, NCHW or channels_last; the output keeps the format.
-        kernel_size: int or (h, w), each >= 1.
+        input: (N, C, H, W) or unbatched (C, H, W), C >= 1; float32, float16 or bfloat16, NCHW or
+            channels_last; the output keeps the format.
+        kernel_size: int or (h, w), each >= 1 (a one-element sequence too, as for the other windows).
         stride: int or (h, w), each >= 1; None (or []) means kernel_size.
         padding: int or (h, w), at most half the kernel size.
         dilation: int or (h, w), each >= 1.
         ceil_mode: round the output size up; a window must still start inside the input or its left padding.
+        return_indices: also return torch's indices (int64, the flat index ih*W + iw of each output's
+            input pixel in its plane), computed from the stored taps.
     """
     geo = pool_geometry(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return _pool(input, geo, MAX.value, 0.0, None)
+    if not isinstance(return_indices, bool):
+        raise TypeError(f"return_indices must be a bool, got {type(return_indices).__name__}")
+    if not return_indices:
+        return _pool(input, geo, MAX.value, 0.0, None)
+    y, taps = torch.ops.tritonconv.max_pool2d(input, None, *_geometry_args(geo), MAX.value, 0.0, True)
+    return y, tap_indices(taps, geo)
 
 
+@accepts_unbatched
 def max_pool2d_dropout(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                        padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, p: float = 0.5,
                        training: bool = True, *, seed: int | None = None) -> torch.Tensor:
@@ -323,8 +351,8 @@ def max_pool2d_dropout(input: torch.Tensor, kernel_size: int | Sequence[int], st
 
     and the gradient of unit v_i is (1 - p) p^(i-1) (ties ranked by tap order).
 
-    p = 0 (training or not) is exactly `max_pool2d`. Window arguments as `max_pool2d` (floor mode); p in
-    [0, 1]; seed as `tritonconv.dropout`.
+    p = 0 (training or not) is exactly `max_pool2d`. Input and window arguments as `max_pool2d` (floor
+    mode); p in [0, 1]; seed as `tritonconv.dropout`.
     """
     geo = pool_geometry(input, kernel_size, stride, padding, dilation, False)
     p = check_probability(p)

@@ -9,7 +9,7 @@ import torch
 import triton
 
 from tritonconv import dispatch, heuristics
-from tritonconv._checks import (autocast, channels_last, check_activation, check_bias, check_tensor,
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias, check_tensor,
                                 empty_like_layout, int32_batches)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
@@ -50,6 +50,7 @@ dispatch.register("separable_forward", "separable", separable_forward_kernel, _f
 # Launcher.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor,
                       bp: torch.Tensor | None, geo: ConvGeometry, activation: str) -> torch.Tensor:
     """y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp in one kernel; `geo` is the depthwise
@@ -71,6 +72,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
                 ys.shape[0], geo.height, geo.width, *plane, k, f, k // geo.in_channels,
                 *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
                 *x.stride(), wd.stride(0), wd.stride(2), wd.stride(3), wp.stride(0), wp.stride(1), *y.stride(),
+                bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0,
                 HAS_DW_BIAS=bd is not None, HAS_PW_BIAS=bp is not None, ACTIVATION=activation,
                 **dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
@@ -130,6 +132,7 @@ def _backward(ctx, dy):
 _separable_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@accepts_unbatched
 def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tensor, pointwise_weight: torch.Tensor,
                                depthwise_bias: torch.Tensor | None = None,
                                pointwise_bias: torch.Tensor | None = None, stride: int | Sequence[int] = 1,
@@ -146,7 +149,7 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
     never goes to memory. Backward recomputes t and uses the unfused backward kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         depthwise_weight: (C * m, 1, KH, KW), multiplier m >= 1; depthwise_bias: optional (C * m,).
         pointwise_weight: (F, C * m, 1, 1); pointwise_bias: optional (F,).
         stride, padding, dilation: of the depthwise convolution, as in `tritonconv.depthwise_conv2d`.
