@@ -35,6 +35,12 @@ from torch.testing._internal.common_modules import module_db
 import tritonconv as tc
 from conftest import DEVICE, assert_close
 
+# Importing torch.testing._internal froze torch.backends' global flags (torch.backends.disable_global_flags:
+# torch's own tests set cudnn flags only inside `flags()` blocks), for the whole pytest session. The
+# benchmark (tests/test_bench.py) sets cudnn.benchmark directly, as a user may: unfreeze them.
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+assert not torch.backends.flags_frozen()
+
 OPS = {
     "nn.functional.conv2d": tc.conv2d,
     "nn.functional.max_pool2d": tc.max_pool2d,

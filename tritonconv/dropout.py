@@ -17,7 +17,7 @@ import torch
 import triton
 
 from tritonconv import dispatch, heuristics
-from tritonconv._checks import (channels_last, check_int, check_probability, check_seed, check_tensor,
+from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor,
                                 empty_like_layout, philox_seed)
 from tritonconv._shared import input_grads
 from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kernel, dropout_mask_kernel
@@ -276,9 +276,10 @@ _drop_block_apply_op.register_autograd(_drop_block_backward, setup_context=_drop
 
 def _check_square(size: int, name: str, x: torch.Tensor) -> int:
     """A square's side: an int from 1 to the smaller side of x's maps."""
-    check_int(size, name, 1)
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be an int, got {type(size).__name__}")
     h, w = x.shape[2:]
-    if size > min(h, w):
+    if not 1 <= size <= min(h, w):
         raise ValueError(f"{name} must be between 1 and the map's smaller side min(H, W) = {min(h, w)}, "
                          f"got {size}")
     return size
