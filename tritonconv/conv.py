@@ -70,10 +70,14 @@ def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Input gradient: as the forward, but 64-row tiles at 8 warps on a GPU. Its per-tap stride masks
     cost registers: in bench.static's full sweep on sm_90 every 128-row float32 tile spilled, and 64x64
-    at 4 warps spilled on sm_80, while 64-row tiles at 8 warps stayed near 210 registers."""
+    at 4 warps spilled on sm_80, while 64-row tiles at 8 warps stayed near 210 registers. float32 steps
+    16 channels at a time: keeping rows a tap misses out of the accumulator (a select per step, for NaN
+    weights) holds a second accumulator tile, and with 32 the dilated probes spilled on sm_80."""
     if interpreter:
         return _gemm_config(problem, interpreter)
     blocks = {**dispatch.gemm_blocks(problem, interpreter), "BLOCK_M": 64}
+    if problem.dtype == torch.float32:
+        blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 16)
     return dispatch.Config.of(num_warps=8, num_stages=3, GROUP_M=8, **blocks)
 
 
