@@ -34,7 +34,7 @@ import tritonconv as tc
 from tritonconv.testing import model_mismatch, randomise_batchnorm, tolerance
 
 from bench import report, timing
-from bench.ops import ieee_float32, reference_dtype
+from bench.checking import ieee_float32, reference_dtype
 from bench.suites import DTYPES
 
 NAME = "models"

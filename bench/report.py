@@ -99,7 +99,7 @@ def markdown_table(df: pd.DataFrame, formats: dict[str, Callable[[object], str]]
     formats = formats or {}
 
     def cell(column: str, value: object) -> str:
-        if isinstance(value, float) and math.isnan(value):
+        if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):  # NaN, None, pd.NA
             return ""
         return str(formats.get(column, str)(value)).replace("|", "\\|")
 

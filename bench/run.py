@@ -21,9 +21,10 @@ import torch
 
 import tritonconv as tc
 from tritonconv._checks import interpreting
+from tritonconv._progress import progress, write
 
 from bench import models, report, timing
-from bench.ops import OPS, Case, Op
+from bench.adapters import OPS, Case, Op
 from bench.suites import DTYPES, LAYOUTS, MODES, SUITES, Suite
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -266,32 +267,6 @@ def _our_backend(call: Callable[[], torch.Tensor]) -> str:
     return f"tritonconv {e['family']}" + (f" ({', '.join(sources)})" if sources else "")
 
 
-class _Progress:
-    """A tqdm bar over the groups when tqdm is installed (and the output is a terminal); lines either way."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        try:
-            from tqdm import tqdm  # noqa: PLC0415 (optional dependency)
-        except ImportError:
-            print("tqdm is not installed: no progress bar")
-            tqdm = None
-        self.bar = tqdm(total=total, desc=desc, unit="case", disable=None, file=sys.stderr) if tqdm else None
-
-    def write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; 0 when every case that ran checked correct, 1 otherwise."""
     args = parse_args(argv)
@@ -328,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(suite, device, timed, ceilings, report.environment(gpu, args.tune))
         groups = [(c, d, lay) for c in suite.cases for d in dtypes for lay in layouts]
         print(f"{suite.name}: {runs(len(suite.cases), dtypes, layouts, modes)}")
-        progress = _Progress(len(groups), suite.name)
-        for i, (case, dtype_name, layout) in enumerate(groups, 1):
+        for i, (case, dtype_name, layout) in enumerate(progress(groups, suite.name, unit="run"), 1):
             if args.budget is not None and time.perf_counter() - start > args.budget:
                 rows += [run.row(OPS[case.op], case, case.scaled(), dtype_name, DTYPES[dtype_name], layout, mode,
                                   name, "", "not run (time budget)", {}, 0)
@@ -338,11 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             group_start = time.perf_counter()
             group_rows, note = run.group(case, dtype_name, layout, modes)
             rows += group_rows
-            progress.write(f"[run {i}/{len(groups)}] {case.op} {case.layer} {dtype_name} {layout}: {note} "
-                           f"({time.perf_counter() - group_start:.1f} s)")
-            progress.update()
+            write(f"[run {i}/{len(groups)}] {case.op} {case.layer} {dtype_name} {layout}: {note} "
+                  f"({time.perf_counter() - group_start:.1f} s)")
             report.write_csv(rows, csv_path)
-        progress.close()
     df = report.write_csv(rows, csv_path)
     note = (f"Ceilings measured at the start of the run, {ceilings.describe()}." if timed
             else f"Floors at the ceilings of the {timing.H200.describe()}.")

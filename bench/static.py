@@ -14,10 +14,10 @@ How it works:
    shape and dtype. The tensors come from `torch.empty` on the CPU: no kernel runs and their pages are
    never touched, so real sizes cost nothing. While a probe runs, `JITFunction.run` (what
    `kernel[grid](...)` calls) records the launch instead of running it, and `dispatch.config_for`
-   records the Problem and answers with the kernel's GPU heuristic. The ops see a GPU world: only
-   `_checks.check_tensor` still knows it is on the CPU (so it accepts CPU tensors); every other
-   `interpreting()` answers False, so launchers pass their GPU flags (no interpreter UPCAST, TF32 as
-   cuDNN would). Each launch's arguments are specialised as Triton's launcher does on a GPU (an int equal
+   records the Problem and answers with the kernel's GPU heuristic. The probes run in PROBE mode
+   (`tritonconv._checks.running_as`): `interpreting()` answers False everywhere, so launchers pass their
+   GPU flags (no interpreter UPCAST, TF32 as cuDNN would), while `check_tensor` still accepts the CPU
+   tensors. Each launch's arguments are specialised as Triton's launcher does on a GPU (an int equal
    to 1 becomes a constant, ints and pointers divisible by 16 are marked so), which gives the exact
    signature a GPU compiles. With `--space full` the probe also calls each launch closure with every
    configuration of the kernel's tuning space, so launchers derive grids and flags as they would.
@@ -65,8 +65,11 @@ from triton.runtime.cache import get_cache_manager
 from triton.runtime.jit import JITFunction
 
 import tritonconv
-from tritonconv import _checks, dispatch
+from tritonconv import _checks, dispatch, heuristics
+from tritonconv._progress import progress
 from tritonconv.static_checks import REJECTS_PATH, REJECT_VERDICTS
+
+from bench.report import markdown_table
 
 # ---------------------------------------------------------------------------------------------------------
 # What to check.
@@ -74,7 +77,7 @@ from tritonconv.static_checks import REJECTS_PATH, REJECT_VERDICTS
 
 # Compute capability and the most shared memory one block may use (static + dynamic, with the opt-in):
 # 227 KB on H100/H200, 163 KB on A100.
-TARGETS = {"sm_90": (90, dispatch.SMEM_PER_BLOCK), "sm_80": (80, 163 * 1024)}
+TARGETS = {"sm_90": (90, heuristics.SMEM_PER_BLOCK), "sm_80": (80, 163 * 1024)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Kernels that are matrix products at heart and must reach the tensor cores: HGMMA on sm_90 for 16-bit
@@ -303,27 +306,15 @@ def _gpu_world(full: bool) -> Iterator[_Recorder]:
     """Inside the block, ops record their launches instead of running them, as if on a GPU (see the
     module docstring)."""
     recorder = _Recorder(full)
-    # Only _checks keeps the truth (so check_tensor accepts CPU tensors); every other module sees a GPU.
-    gpu_modules = [mod for name, mod in list(sys.modules.items())
-                   if (name == "tritonconv" or name.startswith("tritonconv.")) and mod is not _checks
-                   and getattr(mod, "interpreting", None) is _checks.interpreting]
-    saved = (os.environ.get("TRITON_INTERPRET"), dispatch.config_for, dispatch.use_torch, JITFunction.run)
-    os.environ["TRITON_INTERPRET"] = "1"
-    for mod in gpu_modules:
-        mod.interpreting = lambda: False
+    saved = (dispatch.config_for, dispatch.use_torch, JITFunction.run)
     dispatch.config_for = recorder.config_for
     dispatch.use_torch = lambda *args, **kwargs: False  # we check our kernels, never PyTorch's
     JITFunction.run = lambda fn, *args, grid, warmup, **kwargs: recorder.run(fn, args, kwargs)
     try:
-        yield recorder
+        with _checks.running_as(_checks.Mode.PROBE):
+            yield recorder
     finally:
-        for mod in gpu_modules:
-            mod.interpreting = _checks.interpreting
-        env, dispatch.config_for, dispatch.use_torch, JITFunction.run = saved
-        if env is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = env
+        dispatch.config_for, dispatch.use_torch, JITFunction.run = saved
 
 
 def probe(dtypes: Iterable[str], full: bool) -> tuple[list[Launch], list[str]]:
@@ -495,15 +486,6 @@ def _no_probe_rows(kernels: list[str], launches: list[Launch], targets: list[str
              "verdict": "no-probe", "error": error} for target in targets for k in kernels if k not in seen]
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """A pipe table of `df` (pandas' to_markdown needs tabulate, which is not a dependency)."""
-    def cell(v: object) -> str:
-        return "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _count(verdict: str) -> tuple[str, Callable[[pd.Series], int]]:
     """A named aggregation: how many rows of a group have `verdict`."""
     return "verdict", lambda v: int((v == verdict).sum())
@@ -523,12 +505,12 @@ def summary(df: pd.DataFrame, space: str) -> str:
         # Tensor-core instructions matter for GEMM-shaped kernels only.
         view.insert(len(view.columns) - 1, f"min {mma.upper()}",
                     view["min_mma"].astype(object).where(view["gemm"], ""))
-        parts += [f"## {target}", "", markdown(view.drop(columns=["gemm", "min_mma"]).reset_index()), ""]
+        parts += [f"## {target}", "", markdown_table(view.drop(columns=["gemm", "min_mma"]).reset_index()), ""]
         bad = t[t["verdict"] != "ok"]
         if len(bad):
             shown = bad.assign(smem_KB=(bad["shared_bytes"] / 1024).round(1))
             parts += [f"Not ok on {target}:", "",
-                      markdown(shown[["kernel", "dtype", "shapes", "config", "registers", "spill_store_bytes",
+                      markdown_table(shown[["kernel", "dtype", "shapes", "config", "registers", "spill_store_bytes",
                                       "local_ops", "smem_KB", mma, "verdict", "error"]]), ""]
     return "\n".join(parts)
 
@@ -552,15 +534,6 @@ def update_rejects(df: pd.DataFrame, path: Path = REJECTS_PATH) -> None:
              "`python -m bench.static --space full --update-rejects`; read by tritonconv.static_checks.")
     path.write_text(f'{{"about": {json.dumps(about)},\n "triton": "{triton.__version__}",\n "rejects": [\n'
                     + ",\n".join(sorted(entries)) + "\n]}\n")
-
-
-def _progress(futures: list, total: int) -> Iterable:
-    """The futures as they complete, behind a tqdm progress bar when tqdm (the bench extra) is installed."""
-    try:
-        from tqdm import tqdm  # noqa: PLC0415 (optional: the bench extra)
-    except ImportError:
-        return as_completed(futures)
-    return tqdm(as_completed(futures), total=total, desc="compiling", unit="kernel")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -599,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                              initializer=_worker_init) as pool:
         futures = {pool.submit(compile_job, {k: v for k, v in job.items() if k != "launches"}): job
                    for job in todo.values()}
-        for future in _progress(list(futures), len(futures)):
+        for future in progress(as_completed(futures), "compiling", total=len(futures), unit="kernel"):
             rows.append(_row(futures[future], future.result()))
 
     df = pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in _INT_COLUMNS})

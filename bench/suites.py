@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.ops import Case
+from bench.adapters import Case
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = ("nchw", "channels_last")

@@ -17,8 +17,7 @@ padding, so this is where dilated convolution saves its work.
 
 Offsets are int32 unless INT64 is set: the launcher sets it when any operand reaches 2^30 elements
 into its storage, so a tensor over 2^31 elements (or a strided view reaching that far) indexes
-correctly. Per-element 64-bit offsets would double the registers of every pointer tile and spill the
-128x64 tiles (seen in the sm_90 static checks), so the common case keeps them 32-bit.
+correctly (kernels/common.py says why the common case stays 32-bit).
 
 The launchers hand these kernels channels_last operands: the channel (reduction) axis is then
 contiguous, so operand tiles load as 16-byte vectors that the compiler can pipeline through shared
@@ -28,39 +27,7 @@ memory; in NCHW the gathered pixels have no contiguous axis and every load would
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """acc += a @ b in float32.
-
-    UPCAST converts both operands to float32 first. The dispatcher sets it only for bfloat16 under
-    Triton's interpreter, whose bf16 `tl.dot` multiplies raw bit patterns (upstream #11584); on a GPU it
-    is False and compiles away. DOT_PRECISION is "tf32" or "ieee" for float32 operands (it follows
-    torch.backends.cudnn.allow_tf32) and is ignored for 16-bit ones.
-    """
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _index(offsets, INT64: tl.constexpr):
-    """`offsets` as the index type of the launch: int64 when INT64, else unchanged (int32)."""
-    if INT64:
-        offsets = offsets.to(tl.int64)
-    return offsets
-
-
-@triton.jit
-def _grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
-    """The (M-tile, N-tile) of program `pid` in grouped order: GROUP_M consecutive M-tiles walk the same
-    N-tile, so an N-tile of the second operand (the weights) is fetched from DRAM once and reused from
-    L2 (the ordering of Triton's matmul tutorial)."""
-    tiles_per_group = GROUP_M * num_n
-    first_m = (pid // tiles_per_group) * GROUP_M
-    group_rows = min(num_m - first_m, GROUP_M)
-    return first_m + (pid % tiles_per_group) % group_rows, (pid % tiles_per_group) // group_rows
+from tritonconv.kernels.common import as_index, dot, grouped_tile, inverse_stride
 
 
 @triton.jit
@@ -90,10 +57,10 @@ def conv2d_forward_kernel(
     """
     group = tl.program_id(1)
     M = N * OH * OW
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(F_PER_GROUP, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(F_PER_GROUP, BLOCK_N), GROUP_M)
 
     # Row m of the GEMM is output pixel (n, oh, ow); its window starts at (ih0, iw0) in the input.
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_m = as_index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
     m_valid = offs_m < M
     n_img = offs_m // (OH * OW)
     pix = offs_m % (OH * OW)
@@ -101,10 +68,10 @@ def conv2d_forward_kernel(
     ow = pix % OW
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
-    x_rows = n_img * sxn + _index(group * C_PER_GROUP, INT64) * sxc
+    x_rows = n_img * sxn + as_index(group * C_PER_GROUP, INT64) * sxc
 
     # Column f of the GEMM is output channel group*F_g + f.
-    offs_f = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
+    offs_f = as_index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     f_valid = offs_f < F_PER_GROUP
     w_cols = (group * F_PER_GROUP + offs_f) * swf
 
@@ -120,13 +87,13 @@ def conv2d_forward_kernel(
                 x_tap = x_rows + ih * sxh + iw * sxw
                 w_tap = w_cols + kh * swh + kw * sww
                 for c0 in range(0, C_PER_GROUP, BLOCK_K):
-                    offs_c = _index(c0 + tl.arange(0, BLOCK_K), INT64)
+                    offs_c = as_index(c0 + tl.arange(0, BLOCK_K), INT64)
                     c_valid = offs_c < C_PER_GROUP
                     a = tl.load(x_ptr + x_tap[:, None] + offs_c[None, :] * sxc,
                                 mask=pixel_valid[:, None] & c_valid[None, :], other=0.0)
                     b = tl.load(w_ptr + w_tap[None, :] + offs_c[:, None] * swc,
                                 mask=c_valid[:, None] & f_valid[None, :], other=0.0)
-                    acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+                    acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     if HAS_BIAS:
         bias = tl.load(bias_ptr + group * F_PER_GROUP + offs_f, mask=f_valid, other=0.0)
@@ -165,40 +132,38 @@ def conv2d_input_grad_kernel(
     """
     group = tl.program_id(1)
     M = N * H * W
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C_PER_GROUP, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C_PER_GROUP, BLOCK_N), GROUP_M)
 
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_m = as_index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
     m_valid = offs_m < M
     n_img = offs_m // (H * W)
     pix = offs_m % (H * W)
     ih = pix // W
     iw = pix % W
-    dy_rows = n_img * syn + _index(group * F_PER_GROUP, INT64) * syc
+    dy_rows = n_img * syn + as_index(group * F_PER_GROUP, INT64) * syc
 
-    offs_c = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
+    offs_c = as_index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     c_valid = offs_c < C_PER_GROUP
-    w_cols = _index(group * F_PER_GROUP, INT64) * swf + offs_c * swc
+    w_cols = as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kh in range(kh_start, kh_end):
-        th = ih + pad_h - kh * dil_h
-        oh = th // stride_h
-        row_valid = m_valid & (th >= 0) & (th % stride_h == 0) & (oh < OH)
+        oh, oh_valid = inverse_stride(ih + pad_h - kh * dil_h, stride_h, OH)
+        row_valid = m_valid & oh_valid
         for kw in range(kw_start, kw_end):
-            tw = iw + pad_w - kw * dil_w
-            ow = tw // stride_w
-            pixel_valid = row_valid & (tw >= 0) & (tw % stride_w == 0) & (ow < OW)
+            ow, ow_valid = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
+            pixel_valid = row_valid & ow_valid
             if tl.max(pixel_valid.to(tl.int32), axis=0) > 0:
                 dy_tap = dy_rows + oh * syh + ow * syw
                 w_tap = w_cols + kh * swh + kw * sww
                 for f0 in range(0, F_PER_GROUP, BLOCK_K):
-                    offs_f = _index(f0 + tl.arange(0, BLOCK_K), INT64)
+                    offs_f = as_index(f0 + tl.arange(0, BLOCK_K), INT64)
                     f_valid = offs_f < F_PER_GROUP
                     a = tl.load(dy_ptr + dy_tap[:, None] + offs_f[None, :] * syc,
                                 mask=pixel_valid[:, None] & f_valid[None, :], other=0.0)
                     b = tl.load(w_ptr + w_tap[None, :] + offs_f[:, None] * swf,
                                 mask=f_valid[:, None] & c_valid[None, :], other=0.0)
-                    acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+                    acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     dx_offs = (n_img * sxn + ih * sxh + iw * sxw)[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=m_valid[:, None] & c_valid[None, :])
@@ -241,9 +206,9 @@ def conv2d_weight_grad_kernel(
     pid_m = tile // num_n
     pid_n = tile % num_n
 
-    offs_f = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
+    offs_f = as_index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
     f_valid = offs_f < F_PER_GROUP
-    offs_c = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
+    offs_c = as_index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     c_valid = offs_c < C_PER_GROUP
     dy_chan = (group * F_PER_GROUP + offs_f) * syc
     x_chan = (group * C_PER_GROUP + offs_c) * sxc
@@ -257,7 +222,7 @@ def conv2d_weight_grad_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for p0 in range(p_begin, p_end, BLOCK_K):
-        offs_p = _index(p0 + tl.arange(0, BLOCK_K), INT64)
+        offs_p = as_index(p0 + tl.arange(0, BLOCK_K), INT64)
         p_valid = offs_p < p_end
         n_img = offs_p // (OH * OW)
         pix = offs_p % (OH * OW)
@@ -270,7 +235,7 @@ def conv2d_weight_grad_kernel(
                     mask=f_valid[:, None] & p_valid[None, :], other=0.0)
         b = tl.load(x_ptr + x_chan[None, :] + (n_img * sxn + ih * sxh + iw * sxw)[:, None],
                     mask=x_valid[:, None] & c_valid[None, :], other=0.0)
-        acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+        acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     # dw is contiguous (F, C_g, KH, KW): element (f, c, kh, kw) sits at ((f*C_g + c)*KH*KW + tap).
     KHKW = tl.num_programs(1)

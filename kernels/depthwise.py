@@ -26,19 +26,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-
-
-@triton.jit
-def plane_tile(t, rows, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Coordinates of tile `t` of a rows x cols plane cut into BLOCK_H x BLOCK_W tiles, row-major.
-
-    Returns the tile's rows as an int64 (BLOCK_H, 1, 1) tensor and its columns as (1, BLOCK_W, 1), ready
-    to broadcast against a (BLOCK_H, BLOCK_W, BLOCK_C) tile; they may run past the plane's edge.
-    """
-    tiles_w = tl.cdiv(cols, BLOCK_W)
-    r = (t // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-    c = (t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    return r.to(tl.int64)[:, None, None], c.to(tl.int64)[None, :, None]
+from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks
 
 
 @triton.jit
@@ -96,12 +84,10 @@ def depthwise_forward_kernel(
     N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
     neighbouring spatial tiles of one channel block, so the halo they share is still in cache.
     """
-    pid = tl.program_id(0)
-    plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
-    tiles_c = tl.cdiv(F, BLOCK_C)
-    oh, ow = plane_tile(pid % plane_tiles, OH, OW, BLOCK_H, BLOCK_W)
-    n = (pid // plane_tiles // tiles_c).to(tl.int64)
-    f = (pid // plane_tiles % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    n, pid_f, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(F, BLOCK_C),
+                                           tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W))
+    oh, ow = plane_tile(tile, OH, OW, BLOCK_H, BLOCK_W)
+    f = pid_f * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     f_valid = f < F
 
     # Output pixel (oh, ow) of channel f reads input channel f // MULT from row oh*sh - ph + kh*dh.
@@ -142,12 +128,10 @@ def depthwise_input_grad_kernel(
     others are masked (with stride s, a fraction 1 - 1/s^2 of the taps). Grid: as the forward kernel's,
     over input pixels and input channels.
     """
-    pid = tl.program_id(0)
-    plane_tiles = tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W)
-    tiles_c = tl.cdiv(C, BLOCK_C)
-    ih, iw = plane_tile(pid % plane_tiles, H, W, BLOCK_H, BLOCK_W)
-    n = (pid // plane_tiles // tiles_c).to(tl.int64)
-    c = (pid // plane_tiles % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
+    n, pid_c, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C),
+                                           tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W))
+    ih, iw = plane_tile(tile, H, W, BLOCK_H, BLOCK_W)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     c_valid = c < C
 
     acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
@@ -157,13 +141,11 @@ def depthwise_input_grad_kernel(
         dy_chan = dy_ptr + n * syn + f * syc
         w_chan = w_ptr + f * swf
         for kh in range(kh_start, kh_end):
-            th = ih + pad_h - kh * dil_h
-            oh = th // stride_h
-            row_ok = c_valid & (th >= 0) & (th % stride_h == 0) & (oh < OH)
+            oh, oh_ok = inverse_stride(ih + pad_h - kh * dil_h, stride_h, OH)
+            row_ok = c_valid & oh_ok
             for kw in range(kw_start, kw_end):
-                tw = iw + pad_w - kw * dil_w
-                ow = tw // stride_w
-                ok = row_ok & (tw >= 0) & (tw % stride_w == 0) & (ow < OW)
+                ow, ow_ok = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
+                ok = row_ok & ow_ok
                 g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
                 wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
                 acc += g.to(tl.float32) * wv.to(tl.float32)
@@ -175,14 +157,14 @@ def depthwise_input_grad_kernel(
 @triton.jit
 def depthwise_weight_grad_kernel(
     x_ptr, dy_ptr,
-    dw_ptr,  # result: contiguous float32 (F, KH * KW); zero-filled by the caller when SPLIT > 1
+    dw_ptr,  # result: contiguous float32 (F, KH * KW); zero-filled by the caller when SPLIT_K > 1
     # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW).
     N, H, W, OH, OW, F, MULT, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # Element strides of x and dy in (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
-    SPLIT: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction, summed with atomics
+    SPLIT_K: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction, summed with atomics
     TAPS: tl.constexpr,     # taps per program, reduced one after another
     BLOCK_H: tl.constexpr,  # output rows per reduction step
     BLOCK_W: tl.constexpr,  # output columns per reduction step
@@ -193,9 +175,9 @@ def depthwise_weight_grad_kernel(
         dw[f, 0, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, f // MULT, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
 
     Each program owns a group of TAPS consecutive taps (row-major over KH x KW) and one channel block, and
-    for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT
-    programs share the run and add their float32 partial sums with atomics (SPLIT == 1 stores).
-    Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT,), the tap group varying fastest. With TAPS == 1
+    for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT_K
+    programs share the run and add their float32 partial sums with atomics (SPLIT_K == 1 stores).
+    Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest. With TAPS == 1
     the programs of every tap over one run are neighbours, run together and re-read dy and x from L2;
     larger groups re-read them from their own cache and launch fewer programs.
     """
@@ -213,7 +195,7 @@ def depthwise_weight_grad_kernel(
 
     plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
     tiles = N * plane_tiles
-    tiles_per_split = tl.cdiv(tiles, SPLIT)
+    tiles_per_split = tl.cdiv(tiles, SPLIT_K)
     t_begin = split * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tiles)
 
@@ -234,7 +216,7 @@ def depthwise_weight_grad_kernel(
 
         partial = tl.sum(tl.sum(acc, axis=0), axis=0)
         dw_offs = f_vec.to(tl.int64) * taps + tap
-        if SPLIT == 1:
+        if SPLIT_K == 1:
             tl.store(dw_ptr + dw_offs, partial, mask=f_vec < F)
         else:
             tl.atomic_add(dw_ptr + dw_offs, partial, mask=f_vec < F)

@@ -28,6 +28,8 @@ All offsets and Philox counters are int64: a tensor over 2^31 elements indexes c
 import triton
 import triton.language as tl
 
+from tritonconv.kernels.common import sample_channel_blocks
+
 # Which mask `dropout_mask_kernel` applies.
 ELEMENT = tl.constexpr(0)   # each element independently: F.dropout
 CHANNEL = tl.constexpr(1)   # each (n, c) feature map as a whole: F.dropout2d
@@ -57,37 +59,31 @@ def dropout_mask_kernel(
     syn, syc, syhw,
     MODE: tl.constexpr,       # ELEMENT, CHANNEL or CUTOUT
     BLOCK_C: tl.constexpr,    # feature maps (channels of one sample) per program
-    BLOCK_HW: tl.constexpr,   # positions of each map per program: a multiple of 4
+    BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 4
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
     The backward of every mode is this kernel applied to dy with the same seed. Grid:
-    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_HW),), hw-blocks fastest so that consecutive programs cover
-    consecutive memory of an NCHW map.
+    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_P),), position blocks fastest so that consecutive programs
+    cover consecutive memory of an NCHW map.
     """
-    # Split the flat program id into (sample, channel block, hw block) with scalar arithmetic only.
-    pid = tl.program_id(0)
-    num_hw = tl.cdiv(HW, BLOCK_HW)
-    num_c = tl.cdiv(C, BLOCK_C)
-    pid_hw = pid % num_hw
-    pid_c = (pid // num_hw) % num_c
-    n = (pid // (num_hw * num_c)).to(tl.int64)
+    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, BLOCK_P))
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     # int64: a tensor of another rank is one flattened map, which may hold more than 2^31 elements.
-    hw_start = pid_hw.to(tl.int64) * BLOCK_HW
-    offs_hw = hw_start + tl.arange(0, BLOCK_HW)
+    hw_start = pid_hw.to(tl.int64) * BLOCK_P
+    offs_hw = hw_start + tl.arange(0, BLOCK_P)
     in_bounds = (offs_c < C)[:, None] & (offs_hw < HW)[None, :]
     rows = n * C + offs_c.to(tl.int64)   # r = n*C + c, the map's index in the Philox keys
     seed = tl.load(seed_ptr)
 
     if MODE == ELEMENT:
-        # Call q of this block covers positions 4q..4q+3 (BLOCK_HW is a multiple of 4 and so is every
+        # Call q of this block covers positions 4q..4q+3 (BLOCK_P is a multiple of 4 and so is every
         # block start); rows are padded to ceil(HW/4) calls so that each map owns its own counters.
-        calls = hw_start // 4 + tl.arange(0, BLOCK_HW // 4)
+        calls = hw_start // 4 + tl.arange(0, BLOCK_P // 4)
         counter = rows[:, None] * tl.cdiv(HW, 4) + calls[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, counter)
-        keep = _words_to_uniform(r0, r1, r2, r3, BLOCK_C, BLOCK_HW) >= p
+        keep = _words_to_uniform(r0, r1, r2, r3, BLOCK_C, BLOCK_P) >= p
     elif MODE == CHANNEL:
         keep = (tl.rand(seed, rows) >= p)[:, None]
     else:
@@ -147,15 +143,11 @@ def drop_block_kernel(
     y = x * keep * numel / (eps + count), reading x only where kept. The backward is pass 2 on dy with the
     same count. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
     """
-    pid = tl.program_id(0)
     out_cols = BLOCK_W - bs + 1
     num_w = tl.cdiv(W, out_cols)
-    num_h = tl.cdiv(H, BLOCK_H)
-    num_c = tl.cdiv(C, BLOCK_C)
-    pid_w = pid % num_w
-    pid_h = (pid // num_w) % num_h
-    pid_c = (pid // (num_w * num_h)) % num_c
-    n = (pid // (num_w * num_h * num_c)).to(tl.int64)
+    n, pid_c, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(H, BLOCK_H) * num_w)
+    pid_h = tile // num_w
+    pid_w = tile % num_w
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     rows = n * C + offs_c.to(tl.int64)

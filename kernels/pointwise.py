@@ -13,14 +13,15 @@ stores along M are provably contiguous in NCHW and vectorise. The input is read 
 when the stride is 1 and its pixels are evenly spaced; otherwise (strided 1x1 conv, views) each pixel's
 (n, oh, ow) is decoded and addressed through all four strides.
 
-All offsets are int64, so tensors over 2^31 elements index correctly.
+All offsets are int64, so tensors over 2^31 elements index correctly; pixel indices are int32
+(kernels/common.py gives the index-width policies and why).
 """
 
 import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.conv import _dot
+from tritonconv.kernels.common import dot
 
 
 @triton.jit
@@ -83,7 +84,7 @@ def pointwise_forward_kernel(
                     mask=m_valid[:, None] & c_valid[None, :], other=0.0)
         b = tl.load(w_cols[None, :] + offs_c.to(tl.int64)[:, None] * swc,
                     mask=c_valid[:, None] & f_valid[None, :], other=0.0)
-        acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+        acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     y_offs = (run.to(tl.int64) * syn + offs_m.to(tl.int64) * syw)[:, None] + offs_f.to(tl.int64)[None, :] * syc
     store_epilogue(acc, bias_ptr, offs_f[None, :], f_valid[None, :], y_ptr + y_offs, z_ptr + y_offs,

@@ -35,22 +35,12 @@ All offsets and Philox counters are int64.
 import triton
 import triton.language as tl
 
+from tritonconv.kernels.common import inverse_stride, sample_channel_pixel_tile
+
 # What max_pool2d_forward_kernel computes per window.
 MAX = tl.constexpr(0)        # the max, as F.max_pool2d
 DROPOUT = tl.constexpr(1)    # the max of the units Philox keeps, 0 if none
 WEIGHTED = tl.constexpr(2)   # probabilistic weighted pooling, sum_i (1-p) p^(i-1) v_i
-
-
-@triton.jit
-def _sample_channel_pixel_tile(pid, C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Program `pid`'s tile over (N, C, P pixels), pixel blocks fastest: its sample n (int64), its
-    BLOCK_C channels and its BLOCK_P flat pixel indices (either may run past C or P)."""
-    num_p = tl.cdiv(P, BLOCK_P)
-    num_c = tl.cdiv(C, BLOCK_C)
-    n = (pid // (num_p * num_c)).to(tl.int64)
-    offs_c = (pid // num_p) % num_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = pid % num_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    return n, offs_c, offs_p
 
 
 @triton.jit
@@ -129,7 +119,7 @@ def max_pool2d_forward_kernel(
 ):
     """One program computes BLOCK_C x BLOCK_P outputs of one sample. Grid:
     (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest."""
-    n, offs_c, offs_p = _sample_channel_pixel_tile(tl.program_id(0), C, OH * OW, BLOCK_C, BLOCK_P)
+    n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, OH * OW, BLOCK_C, BLOCK_P)
     oh = offs_p // OW
     ow = offs_p % OW
     valid = (offs_c < C)[:, None] & (offs_p < OH * OW)[None, :]
@@ -203,7 +193,7 @@ def max_pool2d_backward_kernel(
     p,              # drop probability (WEIGHTED)
     # Element strides in (N, C, H, W) order of dy, idx (not WEIGHTED), x (WEIGHTED) and dx.
     sdyn, sdyc, sdyh, sdyw,
-    sin, sic, sih, siw,
+    sidxn, sidxc, sidxh, sidxw,
     sxn, sxc, sxh, sxw,
     sdxn, sdxc, sdxh, sdxw,
     WEIGHTED: tl.constexpr,   # True: gradient of weighted pooling (recomputes ranks from x); False: route
@@ -217,7 +207,7 @@ def max_pool2d_backward_kernel(
     Input pixel ih is tap kh of window oh when ih + ph - kh*dh = oh*sh exactly, 0 <= oh < OH; the other
     taps are masked. Each dx element is written once. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),).
     """
-    n, offs_c, offs_p = _sample_channel_pixel_tile(tl.program_id(0), C, H * W, BLOCK_C, BLOCK_P)
+    n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, H * W, BLOCK_C, BLOCK_P)
     ih = offs_p // W
     iw = offs_p % W
     valid = (offs_c < C)[:, None] & (offs_p < H * W)[None, :]
@@ -228,16 +218,13 @@ def max_pool2d_backward_kernel(
         v = tl.load(x_map + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[None, :], mask=valid, other=0.0)
         v = v.to(tl.float32)
     else:
-        idx_map = idx_ptr + n * sin + c64 * sic
+        idx_map = idx_ptr + n * sidxn + c64 * sidxc
 
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     for t in range(KH * KW):
-        th = ih + pad_h - (t // KW) * dil_h
-        tw = iw + pad_w - (t % KW) * dil_w
-        oh = th // stride_h
-        ow = tw // stride_w
-        ok = valid & ((th >= 0) & (oh * stride_h == th) & (oh < OH)
-                      & (tw >= 0) & (ow * stride_w == tw) & (ow < OW))[None, :]
+        oh, oh_ok = inverse_stride(ih + pad_h - (t // KW) * dil_h, stride_h, OH)
+        ow, ow_ok = inverse_stride(iw + pad_w - (t % KW) * dil_w, stride_w, OW)
+        ok = valid & (oh_ok & ow_ok)[None, :]
         g = tl.load(dy_map + (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :], mask=ok, other=0.0)
         if WEIGHTED:
             taps = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + t
@@ -245,7 +232,7 @@ def max_pool2d_backward_kernel(
                                 v, taps, H, W, KH, KW, dil_h, dil_w, sxh, sxw)
             acc += tl.where(ok, g.to(tl.float32) * _keep_weight(rank, p), 0.0)
         else:
-            sel = tl.load(idx_map + (oh.to(tl.int64) * sih + ow.to(tl.int64) * siw)[None, :], mask=ok, other=0)
+            sel = tl.load(idx_map + (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :], mask=ok, other=0)
             acc += tl.where(ok & (sel.to(tl.int32) == t), g.to(tl.float32), 0.0)
 
     dx_offs = n * sdxn + c64 * sdxc + (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]

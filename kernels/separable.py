@@ -15,14 +15,15 @@ When F needs more than one N-tile, each N-tile recomputes the depthwise block (K
 per pixel against K*BLOCK_N for its share of the GEMM); the N-tiles of one M-tile are neighbouring
 programs, so they re-read x from L2 rather than memory.
 
-All offsets are int64, so tensors over 2^31 elements index correctly.
+All offsets are int64, so tensors over 2^31 elements index correctly; pixel indices are int32
+(kernels/common.py gives the index-width policies and why).
 """
 
 import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import activate
-from tritonconv.kernels.conv import _dot
+from tritonconv.kernels.common import dot
 from tritonconv.kernels.depthwise import depthwise_taps
 
 
@@ -88,7 +89,7 @@ def separable_forward_kernel(
         a = activate(t, ACTIVATION).to(x_ptr.dtype.element_ty)
         b = tl.load(wp_cols + offs_k.to(tl.int64)[:, None] * swpk,
                     mask=k_valid[:, None] & f_valid[None, :], other=0.0)
-        acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+        acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     if HAS_PW_BIAS:
         acc += tl.load(bp_ptr + offs_f, mask=f_valid, other=0.0).to(tl.float32)[None, :]

@@ -1,6 +1,9 @@
 """Test harness: Triton's interpreter when there is no GPU, NaN-filled outputs, one tolerance table."""
 
+import importlib
 import os
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -40,6 +43,33 @@ def rand(*shape: int, dtype: torch.dtype = torch.float32, channels_last: bool = 
     if channels_last and t.dim() == 4:
         t = t.contiguous(memory_format=torch.channels_last)
     return t.requires_grad_(requires_grad)
+
+
+# One tiny call per public op, forward and backward, registered by the op's own test file with `op_sample`.
+# tests/test_library.py opchecks every tritonconv:: op they reach and tests/test_dispatch.py checks the
+# heuristics of every kernel they launch, so a new op adds its sample beside its tests and nowhere else.
+_OP_SAMPLES: dict[str, Callable[[], torch.Tensor]] = {}
+
+
+def op_sample(name: str) -> Callable:
+    """Decorator: register `fn() -> output` as op `name`'s sample (its inputs requiring grad)."""
+    def register(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        _OP_SAMPLES[name] = fn
+        return fn
+    return register
+
+
+def op_samples() -> dict[str, Callable[[], torch.Tensor]]:
+    """Every op's sample: imports every test module (they register them), whichever were collected."""
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        importlib.import_module(path.stem)
+    return dict(_OP_SAMPLES)
+
+
+def run_samples() -> None:
+    """Run every op's sample, forward and backward."""
+    for sample in op_samples().values():
+        sample().float().sum().backward()
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from bench import models, report, timing
-from bench.ops import OPS, Case, live_pairs, out_size
+from bench.adapters import OPS, Case, live_pairs
 from bench.run import Run, main
 from bench.suites import SUITES
 from conftest import DEVICE
+from tritonconv._checks import output_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +129,7 @@ def test_rotation_sets_cover_four_l2s_within_memory():
 def test_live_pairs_skip_padding_taps():
     # ASPP at d=36 on a 65-pixel axis: the outer taps read real input for 29 of 65 outputs each.
     assert live_pairs(65, 3, 1, 36, 36) == 29 + 65 + 29
-    assert live_pairs(9, 3, 2, 0, 1) == out_size(9, 3, 2, 0, 1) * 3
+    assert live_pairs(9, 3, 2, 0, 1) == output_size(9, 3, 2, 0, 1) * 3
 
 
 def test_every_case_scales_to_a_valid_small_shape():

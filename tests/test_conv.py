@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, rand
+from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 
 # (N, C, H, W, F, (KH, KW), stride, padding, dilation, groups): odd sizes, non-power-of-two channels,
 # dilation 1-4, stride 1-2, groups, non-square and factorised kernels, "same"/"valid".
@@ -145,4 +145,23 @@ def test_cpu_tensor_outside_interpreter(monkeypatch):
 def test_device_mismatch():
     x = torch.randn(1, 2, 4, 4, device="meta")
     with pytest.raises(ValueError, match="weight is on"):
-        tc.conv.check_same(torch.randn(2, 2, 3, 3), "weight", x, "input")
+        tc._checks.check_same(torch.randn(2, 2, 3, 3), "weight", x, "input")
+
+
+@pytest.mark.parametrize("groups,in_channels,kernel,pad,family", [
+    (8, 8, (3, 3), (1, 1), "depthwise"),        # MobileNet 3x3 depthwise
+    (8, 8, (1, 1), (0, 0), "depthwise"),        # 1x1 per channel is still depthwise
+    (1, 64, (1, 1), (0, 0), "pointwise"),       # 1x1 projection
+    (1, 64, (1, 1), (1, 1), "implicit_gemm"),   # padded 1x1 writes a border: not a plain GEMM
+    (2, 64, (1, 1), (0, 0), "implicit_gemm"),   # grouped 1x1
+    (1, 256, (3, 3), (24, 24), "implicit_gemm"),  # ASPP rate 24
+    (4, 64, (3, 3), (1, 1), "implicit_gemm"),   # grouped 3x3
+])
+def test_conv2d_family(groups, in_channels, kernel, pad, family):
+    assert tc.conv.conv2d_family(groups, in_channels, kernel, pad) == family
+
+
+@op_sample("conv2d")
+def _sample() -> torch.Tensor:
+    x = rand(2, 4, 6, 6, requires_grad=True)
+    return tc.conv2d(x, rand(6, 2, 3, 3, requires_grad=True), rand(6, requires_grad=True), padding=1, groups=2)

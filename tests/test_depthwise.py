@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, rand
+from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
 
 # (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
@@ -156,3 +156,9 @@ def test_autocast_runs_in_the_lower_precision():
         y = tc.depthwise_conv2d(x, w, b, padding=1)
     assert y.dtype == torch.float16
     assert_close(y, _reference(x, w, b, 1, 1, 1), torch.float16, "autocast")
+
+
+@op_sample("depthwise_conv2d")
+def _sample() -> torch.Tensor:
+    x = rand(2, 4, 6, 6, requires_grad=True)
+    return tc.depthwise_conv2d(x, rand(4, 1, 3, 3, requires_grad=True), rand(4, requires_grad=True), padding=1)

@@ -15,8 +15,8 @@ import torch
 
 import dispatch_fakes as fakes
 import tritonconv as tc
-from conftest import rand
-from tritonconv import _cache, dispatch
+from conftest import rand, run_samples
+from tritonconv import _cache, _checks, dispatch, heuristics
 
 TESTS = Path(__file__).parent
 
@@ -25,14 +25,14 @@ TESTS = Path(__file__).parent
 def gpu_mode(monkeypatch, tmp_path):
     """Decide as on a GPU (the interpreter always takes the heuristic), with an empty cache in tmp_path
     and the fake timer; returns the timer's table of times per config."""
-    monkeypatch.setattr(dispatch, "interpreting", lambda: False)
     monkeypatch.setenv("TRITONCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("TRITONCONV_AUTOTUNE", "1")
     times = {fakes.FASTEST: 0.5, fakes.WRONG: 0.1, fakes.HEURISTIC: 2.0}
     timer = fakes.timer_for(times)
     monkeypatch.setattr(dispatch, "TIMER", timer)
     dispatch.forget()
-    yield timer
+    with _checks.running_as(_checks.Mode.GPU):
+        yield timer
     dispatch.forget()
 
 
@@ -58,11 +58,11 @@ def test_new_process_reuses_cache_without_timing(gpu_mode, tmp_path):
     dispatch.decide(fakes.PROBLEM, fakes.launch)
     script = (
         "import json, dispatch_fakes as f\n"
-        "from tritonconv import dispatch\n"
-        "dispatch.interpreting = lambda: False\n"
+        "from tritonconv import _checks, dispatch\n"
         "def no_timer(fn): raise AssertionError('timed')\n"
         "dispatch.TIMER = no_timer\n"
-        "d = dispatch.decide(f.PROBLEM, f.launch)\n"
+        "with _checks.running_as(_checks.Mode.GPU):\n"
+        "    d = dispatch.decide(f.PROBLEM, f.launch)\n"
         "print(json.dumps([d.source, d.config == f.FASTEST]))\n")
     env = {**os.environ, "TRITONCONV_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(TESTS), "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
@@ -106,20 +106,20 @@ def test_tuning_off_uses_heuristic(gpu_mode, monkeypatch):
 
 
 def test_prune():
-    problem = dispatch.Problem("p", m=20, n=40, k=3000, batch=1, dtype=torch.float16)
+    problem = dispatch.Problem(fakes.KERNEL, m=20, n=40, k=3000, batch=1, dtype=torch.float16)
     configs = dispatch.product_space(num_warps=(4,), num_stages=(3,), BLOCK_M=(16, 32, 64, 128),
                                      BLOCK_N=(64, 128, 256), BLOCK_K=(32, 64), SPLIT_K=(1, 64, 128))
     kept = dispatch.prune(problem, configs)
     assert kept and all(c["BLOCK_M"] <= 64 and c["BLOCK_N"] <= 128 for c in kept)
     assert all(c["SPLIT_K"] <= 3000 // c["BLOCK_K"] + 1 for c in kept)
     big = dispatch.Config.of(num_warps=8, num_stages=8, BLOCK_M=256, BLOCK_N=256, BLOCK_K=128)
-    assert dispatch.smem_bytes(big, torch.float16) > dispatch.SMEM_PER_BLOCK
-    assert dispatch.prune(dispatch.Problem("p", m=10**6, n=256, k=256, dtype=torch.float16), [big]) == []
+    assert dispatch.smem_bytes(big, torch.float16) > heuristics.SMEM_PER_BLOCK
+    assert dispatch.prune(dispatch.Problem(fakes.KERNEL, m=10**6, n=256, k=256, dtype=torch.float16), [big]) == []
     # Too few programs: when some config fills the GPU, one that fills under a quarter of it goes.
-    wide = dispatch.Problem("p", m=128 * 132, n=64, k=64, dtype=torch.float16)
+    wide = dispatch.Problem(fakes.KERNEL, m=128 * 132, n=64, k=64, dtype=torch.float16)
     few = dispatch.Config.of(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, SPLIT_K=1)
     assert dispatch.prune(wide, [few]) == [few]
-    small = dispatch.Problem("p", m=128 * 20, n=64, k=4096, dtype=torch.float16)
+    small = dispatch.Problem(fakes.KERNEL, m=128 * 20, n=64, k=4096, dtype=torch.float16)
     many = dispatch.Config.of(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, SPLIT_K=16)
     assert dispatch.prune(small, [few, many]) == [many]
     assert fakes.WRONG not in dispatch.prune(fakes.PROBLEM, fakes.space(fakes.PROBLEM), frozenset({fakes.WRONG}))
@@ -127,21 +127,10 @@ def test_prune():
 
 @pytest.fixture(scope="module")
 def recorded_problems():
-    """The Problem of every kernel launch that the public ops make on tiny inputs, forward and backward."""
-    x = rand(2, 4, 6, 6, requires_grad=True)
-    w = lambda *shape: rand(*shape, requires_grad=True)  # noqa: E731
-    calls = [
-        lambda: tc.conv2d(x, w(6, 2, 3, 3), padding=1, groups=2),
-        lambda: tc.depthwise_conv2d(x, w(4, 1, 3, 3), padding=1),
-        lambda: tc.pointwise_conv2d(x, w(5, 4, 1, 1), activation="relu"),
-        lambda: tc.depthwise_separable_conv2d(x, w(4, 1, 3, 3), w(5, 4, 1, 1), padding=1, activation="silu"),
-        lambda: tc.dropout(x, 0.3), lambda: tc.spatial_dropout2d(x, 0.3), lambda: tc.drop_block2d(x, 0.3, 3),
-        lambda: tc.cutout2d(x, 2), lambda: tc.max_pool2d(x, 3, 2, 1),
-        lambda: tc.max_pool2d_dropout(x, 2, p=0.3), lambda: tc.max_pool2d_dropout(x, 2, p=0.3, training=False),
-    ]
+    """The Problem of every kernel launch that the public ops' samples (conftest.op_sample) make on tiny
+    inputs, forward and backward."""
     with dispatch.recording() as decisions:
-        for call in calls:
-            call().float().sum().backward()
+        run_samples()
     return {d.problem.kernel: d.problem for d in decisions}
 
 
@@ -155,7 +144,8 @@ def test_every_kernel_is_reached_by_an_op(recorded_problems):
 def _assert_valid(config: dispatch.Config, problem: dispatch.Problem) -> None:
     assert config.num_warps in (1, 2, 4, 8, 16) and config.num_stages >= 1
     assert all(v >= 1 for _, v in config.meta)
-    assert dispatch.smem_bytes(config, problem.dtype) <= dispatch.SMEM_PER_BLOCK
+    assert dispatch.smem_bytes(config, problem.dtype) <= heuristics.SMEM_PER_BLOCK
+    assert dispatch.programs(config, problem) >= 1
 
 
 @pytest.mark.parametrize("kernel", LIBRARY_KERNELS)
@@ -177,7 +167,7 @@ def test_gemm_heuristics_on_tiny_and_huge(kernel, size):
         blocks = [v for name, v in config.meta if name.startswith("BLOCK")]
         assert min(blocks) >= 16 and all(v & (v - 1) == 0 for v in blocks), f"tl.dot needs power-of-2 blocks >= 16: {config}"
         if not interpreter and size == "huge":
-            assert dispatch.programs(config, problem) >= dispatch.SM_COUNT
+            assert dispatch.programs(config, problem) >= heuristics.SM_COUNT
 
 
 def test_cache_concurrent_writers(tmp_path):
@@ -284,15 +274,3 @@ def test_cache_cli(tmp_path):
     assert "removed 1" in run("clear")
     assert "0 entries" in run("list")
 
-
-@pytest.mark.parametrize("groups,in_channels,kernel,pad,family", [
-    (8, 8, (3, 3), (1, 1), "depthwise"),        # MobileNet 3x3 depthwise
-    (8, 8, (1, 1), (0, 0), "depthwise"),        # 1x1 per channel is still depthwise
-    (1, 64, (1, 1), (0, 0), "pointwise"),       # 1x1 projection
-    (1, 64, (1, 1), (1, 1), "implicit_gemm"),   # padded 1x1 writes a border: not a plain GEMM
-    (2, 64, (1, 1), (0, 0), "implicit_gemm"),   # grouped 1x1
-    (1, 256, (3, 3), (24, 24), "implicit_gemm"),  # ASPP rate 24
-    (4, 64, (3, 3), (1, 1), "implicit_gemm"),   # grouped 3x3
-])
-def test_conv2d_family(groups, in_channels, kernel, pad, family):
-    assert dispatch.conv2d_family(groups, in_channels, kernel, pad) == family

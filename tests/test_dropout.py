@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DTYPES, assert_close, rand
+from bench.reference import drop_block_probability
+from conftest import DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
 
 # The four mask ops with typical arguments, as (name, call(x, **kw)).
@@ -112,14 +113,6 @@ def _torchvision_mask(seeds: torch.Tensor, block: int) -> torch.Tensor:
     return F.max_pool2d(noise, block, stride=1, padding=block // 2) > 0
 
 
-def _drop_probability(h: int, w: int, block: int, gamma: float) -> torch.Tensor:
-    """P(element (h, w) is dropped) = 1 - (1 - gamma)^(number of seed positions whose block covers it)."""
-    def cover(size: int) -> torch.Tensor:
-        pos = torch.arange(size)
-        return (torch.clamp(pos, max=size - block) - torch.clamp(pos - block + 1, min=0) + 1).double()
-    return 1 - (1 - gamma) ** (cover(h)[:, None] * cover(w)[None, :])
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_drop_block_forward_backward(dtype, channels_last):
@@ -153,7 +146,7 @@ def test_drop_block_mask_is_union_of_whole_blocks(block, size):
         assert torch.equal(_torchvision_mask(seeds, block), dropped)
     gamma = p * h * w / (block**2 * (h - block + 1) * (w - block + 1))
     per_map = dropped.double().sum(dim=(2, 3)).flatten()
-    expected = _drop_probability(h, w, block, gamma).sum().item()
+    expected = drop_block_probability(h, w, block, gamma).sum().item()
     assert abs(per_map.mean().item() - expected) <= 5 * per_map.std().item() / per_map.numel() ** 0.5 + 1e-9, \
         f"mean dropped per map {per_map.mean():.2f}, expected {expected:.2f}"
 
@@ -252,7 +245,7 @@ def test_mask_independent_of_tiling(op, kernels, monkeypatch):
     reference = call(x, seed=3)
     for name in kernels:
         spec = dispatch.spec(name)
-        small = {"dropout_mask": dict(BLOCK_C=2, BLOCK_HW=8),
+        small = {"dropout_mask": dict(BLOCK_C=2, BLOCK_P=8),
                  "drop_block_count": dict(BLOCK_C=4, BLOCK_W=8, BLOCK_H=2),
                  "drop_block_apply": dict(BLOCK_C=2, BLOCK_W=16, BLOCK_H=3)}[name]
         monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(
@@ -348,3 +341,23 @@ def test_torch_compile_fullgraph_matches_eager():
     x.grad = None
     chain(x).sum().backward()
     assert torch.equal(grad, x.grad)
+
+
+@op_sample("dropout")
+def _dropout_sample() -> torch.Tensor:
+    return tc.dropout(rand(2, 4, 6, 6, requires_grad=True), 0.3)
+
+
+@op_sample("spatial_dropout2d")
+def _spatial_sample() -> torch.Tensor:
+    return tc.spatial_dropout2d(rand(2, 4, 6, 6, requires_grad=True), 0.3)
+
+
+@op_sample("drop_block2d")
+def _drop_block_sample() -> torch.Tensor:
+    return tc.drop_block2d(rand(2, 4, 6, 6, requires_grad=True), 0.3, 3)
+
+
+@op_sample("cutout2d")
+def _cutout_sample() -> torch.Tensor:
+    return tc.cutout2d(rand(2, 4, 6, 6, requires_grad=True), 2)

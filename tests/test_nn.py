@@ -95,6 +95,13 @@ def test_modules_match_torch_in_eval_and_train_at_p0():
         assert torch.equal(module.eval()(x), x), f"{type(module).__name__} is the identity in eval"
 
 
+def test_max_pool_dropout_module_takes_the_functional_arguments_in_order():
+    x = rand(2, 4, 9, 9)
+    module = tnn.MaxPoolDropout2d(3, 1, 1, 2, 0.0)  # kernel_size, stride, padding, dilation, p
+    assert_close(module(x), F.max_pool2d(x, 3, 1, 1, 2), torch.float32)
+    assert "dilation=2" in repr(module)
+
+
 def test_separable_module_matches_composition():
     module = tnn.DepthwiseSeparableConv2d(5, 7, 3, padding=1, activation="relu6").to(DEVICE)
     x = rand(2, 5, 6, 6)

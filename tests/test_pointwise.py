@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, rand
+from bench.reference import ACTIVATIONS
+from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
 
-ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
 
 # (N, C, H, W, F, stride): odd sizes, non-power-of-two channels, C over one reduction step and F over one
 # column tile of the interpreter's configuration, strides 1, 2 and (1, 2). Each runs in every dtype and
@@ -184,3 +184,10 @@ def test_autocast_runs_in_the_lower_precision():
         y = tc.pointwise_conv2d(x, w, b, activation="silu")
     assert y.dtype == torch.bfloat16
     assert_close(y, F.silu(F.conv2d(x.double(), w.double(), b.double())), torch.bfloat16, "autocast")
+
+
+@op_sample("pointwise_conv2d")
+def _sample() -> torch.Tensor:
+    x = rand(2, 4, 6, 6, requires_grad=True)
+    return tc.pointwise_conv2d(x, rand(5, 4, 1, 1, requires_grad=True), rand(5, requires_grad=True),
+                               activation="relu")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DTYPES, assert_close, rand
+from conftest import DTYPES, assert_close, op_sample, rand
 
 # (N, C, H, W, kernel_size, stride, padding, dilation, ceil_mode): VGG's 2x2/2, ResNet's 3x3/2 pad 1,
 # AlexNet's 3x3/2 in ceil mode, non-square kernels, strides, paddings and dilations, odd sizes.
@@ -284,3 +284,18 @@ def test_torch_compile_fullgraph_matches_eager():
     x.grad = None
     pools(x).sum().backward()
     assert_close(grad, x.grad.double(), torch.float32, "compiled backward")
+
+
+@op_sample("max_pool2d")
+def _max_pool_sample() -> torch.Tensor:
+    return tc.max_pool2d(rand(2, 4, 6, 6, requires_grad=True), 3, 2, 1)
+
+
+@op_sample("max_pool2d_dropout")
+def _dropout_sample() -> torch.Tensor:
+    return tc.max_pool2d_dropout(rand(2, 4, 6, 6, requires_grad=True), 2, p=0.3)
+
+
+@op_sample("max_pool2d_dropout eval")
+def _weighted_sample() -> torch.Tensor:
+    return tc.max_pool2d_dropout(rand(2, 4, 6, 6, requires_grad=True), 2, p=0.3, training=False)

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, rand
+from bench.reference import ACTIVATIONS
+from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
 
-ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
 
 # (N, C, H, W, multiplier, (KH, KW), F, stride, padding, dilation): K = 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over one
@@ -177,3 +177,11 @@ def test_autocast_runs_in_the_lower_precision():
     assert y.dtype == torch.bfloat16
     assert_close(y, _two_step(x.double(), wd.double(), None, wp.double(), None, 1, 1, 1, "relu"), torch.bfloat16,
                  "autocast")
+
+
+@op_sample("depthwise_separable_conv2d")
+def _sample() -> torch.Tensor:
+    x = rand(2, 4, 6, 6, requires_grad=True)
+    return tc.depthwise_separable_conv2d(x, rand(4, 1, 3, 3, requires_grad=True), rand(5, 4, 1, 1, requires_grad=True),
+                                         rand(4, requires_grad=True), rand(5, requires_grad=True), padding=1,
+                                         activation="silu")

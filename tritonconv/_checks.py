@@ -1,18 +1,56 @@
-"""Argument checking shared by every op: each failure names the argument and says how to fix it."""
+"""Argument checking shared by every op (each failure names the argument and says how to fix it), the
+mode launches run in, and the index-width policy of the kernels."""
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class Mode(enum.Enum):
+    """Where launches run, which decides the dispatcher's answers, the launchers' flags and the tensors
+    `check_tensor` accepts."""
+
+    GPU = "gpu"                  # on a CUDA GPU: tuned or cached configurations, GPU flags, CUDA tensors only
+    INTERPRETER = "interpreter"  # in Triton's CPU interpreter: the heuristic only, interpreter flags, CPU tensors
+    PROBE = "probe"              # recorded, never run (bench.static): GPU decisions and flags on CPU tensors
+
+
+# Set by `running_as`. A plain module global rather than a contextvars.ContextVar: torch.compile traces
+# check_tensor inside the public ops, and dynamo can read (and guard on) a global but not a ContextVar.
+_forced_mode: Mode | None = None
+
+
+def mode() -> Mode:
+    """The mode set by the innermost `running_as`, else INTERPRETER when TRITON_INTERPRET is set (Triton
+    then runs every kernel in its interpreter), else GPU. The one place the mode is decided."""
+    if _forced_mode is not None:
+        return _forced_mode
+    return Mode.INTERPRETER if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else Mode.GPU
+
+
+@contextlib.contextmanager
+def running_as(new_mode: Mode) -> Iterator[None]:
+    """Run the block in `new_mode`, whatever TRITON_INTERPRET says (bench.static probes in PROBE mode; the
+    dispatcher's tests decide as on a GPU)."""
+    global _forced_mode
+    saved, _forced_mode = _forced_mode, new_mode
+    try:
+        yield
+    finally:
+        _forced_mode = saved
+
+
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when kernels run in Triton's CPU interpreter: launchers pass its flags and the dispatcher
+    answers with the heuristic alone."""
+    return mode() is Mode.INTERPRETER
 
 
 def check_tensor(t: object, name: str, ndim: int | None = 4) -> torch.Tensor:
@@ -25,7 +63,7 @@ def check_tensor(t: object, name: str, ndim: int | None = 4) -> torch.Tensor:
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {t.dtype}; tritonconv supports float32, float16 and bfloat16 "
                         f"(convert with {name}.float() or {name}.half())")
-    if t.device.type == "cpu" and not interpreting():
+    if t.device.type == "cpu" and mode() is Mode.GPU:
         raise ValueError(f"{name} is a CPU tensor: tritonconv runs on CUDA GPUs. Move it with {name}.cuda(), "
                          "or run on the CPU in Triton's interpreter by setting TRITON_INTERPRET=1 before "
                          "triton is imported")
@@ -157,11 +195,32 @@ def conv_padding(padding: int | Sequence[int] | str, kernel: tuple[int, int], st
     return top_left, (2 * top_left[0], 2 * top_left[1])
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Index widths. Tensors over 2^31 elements must index correctly; every kernel follows one of three
+# policies, written down here once:
+#
+# - An INT64 constexpr (the implicit-GEMM conv kernels, kernels/conv.py): offsets are int32 unless the
+#   launcher passes INT64=needs_int64(...), so the gathers of the inner loop stay 32-bit whenever every
+#   offset fits.
+# - int32 pixel numbers with int32_batches (pointwise and separable): pixel indices are int32, since an
+#   int64 division costs about 100 registers on sm_90, and every offset is int64; the launcher splits
+#   the batch with int32_batches so that no launch numbers 2^31 pixels.
+# - int64 everywhere else (depthwise, pooling, dropout, activations): offsets (and Philox counters) are
+#   int64 from the program's base on.
+# ---------------------------------------------------------------------------------------------------------
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether a kernel over these tensors needs 64-bit offsets: when any reaches 2^30 elements into its
     storage (the margin covers offsets a kernel forms for masked-off lanes, a little past the end)."""
     return any(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0) >= 2**30
                for t in tensors)
+
+
+def int32_batches(batch: int, per_image: int) -> list[slice]:
+    """Consecutive slices of a batch, each with fewer than 2^31 output pixels in all (`per_image` each):
+    kernels that number pixels in int32 launch once per slice (in practice, once)."""
+    step = max(1, (2**31 - 1) // max(per_image, 1))
+    return [slice(n0, min(n0 + step, batch)) for n0 in range(0, batch, step)]
 
 
 def channels_last(*tensors: torch.Tensor) -> bool:

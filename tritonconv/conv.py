@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 import triton
 
-from tritonconv import dispatch
-from tritonconv._checks import (autocast, channels_last, check_same, check_tensor, conv_padding, empty_like_layout,
-                                interpreting, needs_int64, output_size, pair)
+from tritonconv import dispatch, heuristics
+# conv2d routes depthwise and 1x1 convolutions to the ops these modules register; neither imports this one.
+from tritonconv import depthwise, pointwise  # noqa: F401
+from tritonconv._checks import autocast, channels_last, empty_like_layout, needs_int64
+from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, conv_geometry, dot_flags, gemm_operand,
+                                geometry, geometry_args, input_grads, register_gradient_ops)
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Everything about a convolution call except the tensors' contents."""
-
-    batch: int
-    in_channels: int
-    out_channels: int
-    height: int
-    width: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    pad: tuple[int, int]          # top, left (the bottom/right padding is implied by the output size)
-    dilation: tuple[int, int]
-    groups: int
-    out_height: int
-    out_width: int
-
-    def live_taps(self, axis: int) -> tuple[int, int]:
-        """The range [start, end) of kernel taps along `axis` (0: rows, 1: columns) that read at least one
-        real input element for some output position; taps outside it read only padding.
-
-        Tap k reads input positions o*s - p + k*d for o in [0, out); that interval moves right as k grows,
-        so the live taps are contiguous.
-        """
-        size, out = (self.height, self.out_height) if axis == 0 else (self.width, self.out_width)
-        k, s, p, d = self.kernel[axis], self.stride[axis], self.pad[axis], self.dilation[axis]
-        live = [t for t in range(k) if (out - 1) * s - p + t * d >= 0 and t * d - p <= size - 1]
-        return (live[0], live[-1] + 1) if live else (0, 0)
-
-    def launch_args(self) -> tuple[int, ...]:
-        """Sizes and geometry in the order the implicit-GEMM kernels take them."""
-        g = self.groups
-        return (self.batch, self.height, self.width, self.out_height, self.out_width,
-                self.in_channels // g, self.out_channels // g,
-                *self.stride, *self.pad, *self.dilation)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,21 +24,23 @@ class ConvGeometry:
 def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Forward and input gradient: output tiles, reduction over channels one tap at a time.
 
-    128-row tiles take 8 warps: at 4 warps the input gradient's 128x64 tile needs 255 registers and
-    spills on sm_90 (bench.static), while 8 warps bring it to about 170.
+    128-row tiles take 8 warps: at 4 warps the input gradient's 128x64 tile runs out of registers and
+    spills on sm_90, while 8 warps halve each thread's share of the accumulator (registers and spills:
+    `python -m bench.static --kernel conv2d_forward conv2d_input_grad`).
     """
-    blocks = dispatch.gemm_blocks(problem, interpreter)
+    blocks = heuristics.gemm_blocks(problem, interpreter)
     warps = 8 if blocks["BLOCK_M"] >= 128 and not interpreter else 4
     return dispatch.Config.of(num_warps=warps, num_stages=1 if interpreter else 3, GROUP_M=8, **blocks)
 
 
 def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Input gradient: as the forward, but 64-row tiles at 8 warps on a GPU. Its per-tap stride masks
-    cost registers: in bench.static's full sweep on sm_90 every 128-row float32 tile spilled, and 64x64
-    at 4 warps spilled on sm_80, while 64-row tiles at 8 warps stayed near 210 registers."""
+    cost registers: 128-row float32 tiles spill on sm_90 and 64x64 at 4 warps on sm_80, while 64-row
+    tiles at 8 warps fit (`python -m bench.static --kernel conv2d_input_grad --space full --target sm_90
+    sm_80` lists every configuration's registers and spills)."""
     if interpreter:
         return _gemm_config(problem, interpreter)
-    blocks = {**dispatch.gemm_blocks(problem, interpreter), "BLOCK_M": 64}
+    blocks = {**heuristics.gemm_blocks(problem, interpreter), "BLOCK_M": 64}
     return dispatch.Config.of(num_warps=8, num_stages=3, GROUP_M=8, **blocks)
 
 
@@ -81,14 +48,14 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
     """Weight gradient: few small [F_g, C_g] tiles per tap and a long reduction over N*OH*OW, split
     across programs until the GPU is full. The interpreter splits whenever there are two steps, so the
     tests exercise the atomic path."""
-    blocks = dispatch.gemm_blocks(problem, interpreter)
+    blocks = heuristics.gemm_blocks(problem, interpreter)
     if interpreter:
         blocks["BLOCK_K"] = 32
         return dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=2 if problem.k > 32 else 1, **blocks)
     tiles = triton.cdiv(problem.m, blocks["BLOCK_M"]) * triton.cdiv(problem.n, blocks["BLOCK_N"]) * problem.batch
     steps = triton.cdiv(problem.k, blocks["BLOCK_K"])
     # At least 8 reduction steps per split, so the atomics stay a small share of the traffic.
-    split = max(1, min(dispatch.TARGET_PROGRAMS // tiles, steps // 8, 64))
+    split = max(1, min(heuristics.TARGET_PROGRAMS // tiles, steps // 8, 64))
     return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
 
 
@@ -108,20 +75,6 @@ dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kern
                   _weight_grad_space)
 
 
-def _dot_flags(dtype: torch.dtype) -> dict[str, object]:
-    """TF32 for float32 only when cuDNN would use it; float32 operands for bf16 under the interpreter."""
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting()
-    return {"DOT_PRECISION": "tf32" if tf32 else "ieee",
-            "UPCAST": interpreting() and dtype == torch.bfloat16}
-
-
-def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
-    """`t` with its channel axis contiguous, which the implicit-GEMM kernels reduce over: as it is when it
-    already is (any other strides are fine), else one transposing copy to channels_last, as cuDNN makes
-    for its NHWC kernels."""
-    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
-
-
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
     """Launch the forward kernel; the output takes channels_last when the input or weight has it."""
     y = empty_like_layout((geo.batch, geo.out_channels, geo.out_height, geo.out_width),
@@ -129,7 +82,7 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     if y.numel() == 0:
         return y
     problem = _forward_problem(geo, x, w)
-    x, w = _gemm_operand(x), _gemm_operand(w)
+    x, w = gemm_operand(x), gemm_operand(w)
     g = geo.groups
     m = geo.batch * geo.out_height * geo.out_width
 
@@ -139,7 +92,7 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
             x, w, bias if bias is not None else w, y,
             *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
             *x.stride(), *w.stride(), *y.stride(),
-            HAS_BIAS=bias is not None, INT64=needs_int64(x, w, y), **_dot_flags(x.dtype), **cfg.launch_kwargs())
+            HAS_BIAS=bias is not None, INT64=needs_int64(x, w, y), **dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
 
     return launch(dispatch.config_for(problem, launch))
@@ -159,7 +112,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
                            dy.dtype, dy.device)
     if dx.numel() == 0:
         return dx
-    dy, w = _gemm_operand(dy), _gemm_operand(w)
+    dy, w = gemm_operand(dy), gemm_operand(w)
     g = geo.groups
     m = geo.batch * geo.height * geo.width
 
@@ -169,7 +122,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
             dy, w, dx,
             *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
             *dy.stride(), *w.stride(), *dx.stride(),
-            INT64=needs_int64(dy, w, dx), **_dot_flags(dy.dtype), **cfg.launch_kwargs())
+            INT64=needs_int64(dy, w, dx), **dot_flags(dy.dtype), **cfg.launch_kwargs())
         return dx
 
     return launch(dispatch.config_for(dispatch.Problem(
@@ -180,7 +133,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
 def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dw for the convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
     layout_channels_last = channels_last(x)
-    x, dy = _gemm_operand(x), _gemm_operand(dy)
+    x, dy = gemm_operand(x), gemm_operand(dy)
     g = geo.groups
     kh, kw = geo.kernel
     pixels = geo.batch * geo.out_height * geo.out_width
@@ -193,7 +146,7 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
                 * cfg["SPLIT_K"], kh * kw, g)
         conv2d_weight_grad_kernel[grid](
             x, dy, dw, *geo.launch_args()[:7], kw, *geo.launch_args()[7:],
-            *x.stride(), *dy.stride(), INT64=needs_int64(x, dy, dw), **_dot_flags(x.dtype), **cfg.launch_kwargs())
+            *x.stride(), *dy.stride(), INT64=needs_int64(x, dy, dw), **dot_flags(x.dtype), **cfg.launch_kwargs())
         return dw
 
     if pixels == 0:
@@ -208,28 +161,14 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
 
 # ---------------------------------------------------------------------------------------------------------
 # torch.library ops, so torch.compile(fullgraph=True) sees one opaque node per kernel (with a fake
-# implementation for shapes) and autograd runs our backward kernels. A geometry travels as plain ints:
-# (stride, top/left padding, dilation, groups, output size).
+# implementation for shapes) and autograd runs our backward kernels. A geometry travels as plain ints
+# (see tritonconv._shared.GEOMETRY_SCHEMA).
 # ---------------------------------------------------------------------------------------------------------
 
-_GEOMETRY_SCHEMA = "int[] stride, int[] padding, int[] dilation, int groups, int[] output_size"
-
-
-def _geometry(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-              dilation: Sequence[int], groups: int, output_size: Sequence[int]) -> ConvGeometry:
-    n, c, h, w = x_shape
-    return ConvGeometry(n, c, w_shape[0], h, w, (w_shape[2], w_shape[3]), tuple(stride), tuple(padding),
-                        tuple(dilation), groups, *output_size)
-
-
-def _geometry_args(geo: ConvGeometry) -> tuple:
-    return list(geo.stride), list(geo.pad), list(geo.dilation), geo.groups, [geo.out_height, geo.out_width]
-
-
 @torch.library.custom_op("tritonconv::conv2d", mutates_args=(),
-                         schema=f"(Tensor x, Tensor w, Tensor? bias, {_GEOMETRY_SCHEMA}) -> Tensor")
+                         schema=f"(Tensor x, Tensor w, Tensor? bias, {GEOMETRY_SCHEMA}) -> Tensor")
 def _conv2d_op(x, w, bias, stride, padding, dilation, groups, output_size):
-    return conv2d_forward(x, w, bias, _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size))
+    return conv2d_forward(x, w, bias, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size))
 
 
 @_conv2d_op.register_fake
@@ -237,38 +176,13 @@ def _(x, w, bias, stride, padding, dilation, groups, output_size):
     return empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
 
 
-def register_gradient_ops(name: str, input_grad: Callable, weight_grad: Callable) -> tuple:
-    """Register "tritonconv::{name}_input_grad"(dy, w, x, geometry...) and
-    "tritonconv::{name}_weight_grad"(x, dy, w, geometry...) as custom ops with fakes: the backward ops of
-    a convolution family, whose launchers take (dy, w, geo, x) and (x, dy, geo, w). Returns both ops."""
-
-    def input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
-        return input_grad(dy, w, _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), x)
-
-    def weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
-        return weight_grad(x, dy, _geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), w)
-
-    input_op = torch.library.custom_op(f"tritonconv::{name}_input_grad", input_grad_op, mutates_args=(),
-                                       schema=f"(Tensor dy, Tensor w, Tensor x, {_GEOMETRY_SCHEMA}) -> Tensor")
-    weight_op = torch.library.custom_op(f"tritonconv::{name}_weight_grad", weight_grad_op, mutates_args=(),
-                                        schema=f"(Tensor x, Tensor dy, Tensor w, {_GEOMETRY_SCHEMA}) -> Tensor")
-    input_op.register_fake(lambda dy, w, x, *geometry: empty_like_layout(x.shape, channels_last(x), dy.dtype, dy.device))
-    weight_op.register_fake(lambda x, dy, w, *geometry: empty_like_layout(w.shape, channels_last(w), w.dtype, w.device))
-    return input_op, weight_op
-
-
 register_gradient_ops("conv2d", conv2d_input_grad, conv2d_weight_grad)
 
 
-def channel_sum(dy: torch.Tensor) -> torch.Tensor:
-    """The bias gradient: dy summed over (n, h, w) in float32, in dy's dtype."""
-    return dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
-
-
 def _setup_context(ctx, inputs, output):
-    x, w, bias, *geometry = inputs
+    x, w, bias, *geo_args = inputs
     ctx.save_for_backward(x, w)
-    ctx.geometry = geometry
+    ctx.geometry = geo_args
     ctx.has_bias = bias is not None
 
 
@@ -278,57 +192,37 @@ def _backward(ctx, dy):
     dx = torch.ops.tritonconv.conv2d_input_grad(dy, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
     dw = torch.ops.tritonconv.conv2d_weight_grad(x, dy, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
     db = channel_sum(dy) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return dx, dw, db, None, None, None, None, None
+    return input_grads(ctx, dx, dw, db)
 
 
 _conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  stride: int | Sequence[int], padding: int | Sequence[int] | str,
-                  dilation: int | Sequence[int], groups: int) -> ConvGeometry:
-    """Check a conv2d call's arguments as torch.nn.functional.conv2d would, and describe its geometry."""
-    check_tensor(input, "input")
-    check_tensor(weight, "weight")
-    check_same(weight, "weight", input, "input")
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    n, c, h, w = input.shape
-    f, c_per_group, kh, kw = weight.shape
-    if c % groups or f % groups:
-        raise ValueError(f"groups={groups} must divide input channels ({c}) and output channels ({f})")
-    if c_per_group * groups != c:
-        raise ValueError(f"weight of shape {tuple(weight.shape)} expects {c_per_group * groups} input channels "
-                         f"(weight.shape[1] * groups = {c_per_group} * {groups}), but input has {c}")
-    if kh < 1 or kw < 1 or f < 1:
-        raise ValueError(f"weight must have non-empty (F, C/groups, KH, KW), got {tuple(weight.shape)}")
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        check_same(bias, "bias", input, "input")
-        if bias.shape[0] != f:
-            raise ValueError(f"bias must have shape ({f},) to match weight's out channels, got {tuple(bias.shape)}")
-    stride_hw = pair(stride, "stride", 1)
-    dilation_hw = pair(dilation, "dilation", 1)
-    pad, pad_total = conv_padding(padding, (kh, kw), stride_hw, dilation_hw)
-    oh = output_size(h, kh, stride_hw[0], pad_total[0], dilation_hw[0])
-    ow = output_size(w, kw, stride_hw[1], pad_total[1], dilation_hw[1])
-    if oh < 1 or ow < 1:
-        raise ValueError(f"kernel ({kh}x{kw}, dilation {dilation_hw}) spans "
-                         f"{dilation_hw[0] * (kh - 1) + 1}x{dilation_hw[1] * (kw - 1) + 1} pixels, more than the "
-                         f"padded input ({h + pad_total[0]}x{w + pad_total[1]}); pad the input or use a smaller "
-                         "kernel or dilation")
-    return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
+def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: tuple[int, int]) -> str:
+    """Which family of our kernels computes a convolution:
+
+    - "depthwise": every group is one input channel (groups == C, so F = C * multiplier): the direct
+      per-channel kernels, since a GEMM would have nothing to reduce over;
+    - "pointwise": an unpadded, ungrouped 1x1 kernel (dilation is irrelevant, a stride subsamples
+      pixels): a plain GEMM over channels, with no im2col address arithmetic;
+    - "implicit_gemm": everything else.
+    """
+    if groups == in_channels:
+        return "depthwise"
+    if kernel == (1, 1) and pad == (0, 0) and groups == 1:
+        return "pointwise"
+    return "implicit_gemm"
 
 
 def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  geo: ConvGeometry) -> torch.Tensor:
-    """conv2d with our kernels, of the family `dispatch.conv2d_family` picks."""
-    family = dispatch.conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
+    """conv2d with our kernels, of the family `conv2d_family` picks."""
+    family = conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
     if family == "implicit_gemm":
-        return torch.ops.tritonconv.conv2d(input, weight, bias, *_geometry_args(geo))
-    # tritonconv.depthwise and tritonconv.pointwise register these ops (y, pre-activation) on import.
+        return torch.ops.tritonconv.conv2d(input, weight, bias, *geometry_args(geo))
+    # The conv + bias + activation ops of tritonconv.depthwise and tritonconv.pointwise: (y, pre-activation).
     op = torch.ops.tritonconv.depthwise_conv2d if family == "depthwise" else torch.ops.tritonconv.pointwise_conv2d
-    return op(input, weight, bias, *_geometry_args(geo), "none", False)[0]
+    return op(input, weight, bias, *geometry_args(geo), "none", False)[0]
 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -339,7 +233,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     y[n, f, i, j] = b[f] + sum_{c, u, v} x[n, g*C_g + c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w] * w[f, c, u, v]
 
     where g = f // F_g is the group of output channel f, C_g = C / groups and F_g = F / groups, and x reads
-    as 0 outside the input. Computed in Triton by the kernel family `dispatch.conv2d_family` picks: the
+    as 0 outside the input. Computed in Triton by the kernel family `conv2d_family` picks: the
     direct depthwise kernels when groups == C, a GEMM for unpadded 1x1 kernels, else an implicit GEMM
     (no im2col buffer), always accumulating in float32; float32 inputs use TF32 tensor cores only when
     `torch.backends.cudnn.allow_tf32` is set. Autograd computes input and weight gradients with our own

@@ -3,17 +3,17 @@ autograd, public op."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import triton
 
-from tritonconv import dispatch
-from tritonconv._checks import autocast, channels_last, check_same, check_tensor, empty_like_layout
-from tritonconv.conv import ConvGeometry, _geometry_args, conv_geometry, register_gradient_ops
+from tritonconv import dispatch, heuristics
+from tritonconv._checks import autocast, channels_last, check_tensor, empty_like_layout
+from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, geometry_args,
+                                register_epilogue_op, register_gradient_ops)
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
-from tritonconv.pointwise import register_epilogue_op
 
 # ---------------------------------------------------------------------------------------------------------
 # Configurations (see tritonconv.dispatch). A depthwise Problem has m = N * rows * cols pixels of the plane
@@ -26,8 +26,8 @@ from tritonconv.pointwise import register_epilogue_op
 # then rows, so each program covers a patch of the plane. The interpreter pays per program and per
 # operation, not per element, so its one tile covers a whole small test plane (but not the test cases
 # chosen to need several tiles).
-_GPU_TILES = {True: (1024, (("BLOCK_C", 64), ("BLOCK_W", 8), ("BLOCK_H", 8))),
-              False: (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))}
+_CHANNELS_LAST_TILES = (1024, (("BLOCK_C", 64), ("BLOCK_W", 8), ("BLOCK_H", 8)))
+_NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 
 
@@ -35,17 +35,20 @@ def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
     """BLOCK_H, BLOCK_W, BLOCK_C for a plane of problem.extra's height x width and problem.n channels."""
     extra = dict(problem.extra)
     extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
-    budget, order = _INTERPRETER_TILES if interpreter else _GPU_TILES[problem.channels_last]
+    if interpreter:
+        budget, order = _INTERPRETER_TILES
+    else:
+        budget, order = _CHANNELS_LAST_TILES if problem.channels_last else _NCHW_TILES
     blocks = {}
     for name, cap in order:
-        blocks[name] = dispatch.pow2_clamp(extents[name], 1, min(cap, budget))
+        blocks[name] = heuristics.pow2_clamp(extents[name], 1, min(cap, budget))
         budget //= blocks[name]
     return blocks
 
 
 def _warps(blocks: dict[str, int]) -> int:
     """About 8 float32 accumulators per thread: 4 warps for a 1024-element tile, fewer for small ones."""
-    return dispatch.pow2_clamp(blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"] // 256, 1, 4)
+    return heuristics.pow2_clamp(blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"] // 256, 1, 4)
 
 
 def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -56,20 +59,18 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
-    neighbours take the other taps of the same pixels, which then come from L2) and SPLIT programs share
+    neighbours take the other taps of the same pixels, which then come from L2) and SPLIT_K programs share
     each (tap, channel block) until the GPU is full, each keeping at least 4 tiles of work. The
     interpreter pays per program and per operation, so one program walks every tap; it splits in two
     whenever there are two tiles, so the tests exercise the atomic path."""
     blocks = _tile(problem, interpreter)
-    extra = dict(problem.extra)
-    tiles = problem.m // (extra["height"] * extra["width"]) \
-        * triton.cdiv(extra["height"], blocks["BLOCK_H"]) * triton.cdiv(extra["width"], blocks["BLOCK_W"])
+    tiles = _plane_tiles(blocks, problem)
     if interpreter:
         split, taps = (2 if tiles > 1 else 1), problem.k
     else:
         programs = problem.k * triton.cdiv(problem.n, blocks["BLOCK_C"])
-        split, taps = max(1, min(dispatch.TARGET_PROGRAMS // programs, tiles // 4)), 1
-    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT=split, TAPS=taps, **blocks)
+        split, taps = max(1, min(heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
+    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
 
 def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -87,14 +88,35 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT=split, TAPS=taps, **dict(cfg.meta))
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT_K=split, TAPS=taps, **dict(cfg.meta))
             for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3)]
 
 
-dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space)
-dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space)
+def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.Problem) -> int:
+    """(BLOCK_H, BLOCK_W) tiles of the N planes of `problem`: per channel block, the programs of the
+    forward and input gradient, and the reduction steps of the weight gradient."""
+    extra = dict(problem.extra)
+    rows, cols = extra["height"], extra["width"]
+    images = problem.m // max(1, rows * cols)
+    return images * triton.cdiv(rows, blocks["BLOCK_H"]) * triton.cdiv(cols, blocks["BLOCK_W"])
+
+
+def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
+    """Forward and input gradient: one program per (BLOCK_H, BLOCK_W, BLOCK_C) tile."""
+    return _plane_tiles(config, problem) * triton.cdiv(problem.n, config["BLOCK_C"])
+
+
+def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
+    """Weight gradient: one program per (TAPS taps, channel block, reduction split)."""
+    return triton.cdiv(problem.k, config["TAPS"]) * triton.cdiv(problem.n, config["BLOCK_C"]) * config["SPLIT_K"]
+
+
+dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space,
+                  programs=_tile_programs)
+dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space,
+                  programs=_tile_programs)
 dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space)
+                  _weight_grad_space, programs=_weight_grad_programs, steps=_plane_tiles)
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
@@ -106,12 +128,6 @@ def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, in
 # ---------------------------------------------------------------------------------------------------------
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
-
-def _plane_programs(cfg: dispatch.Config, batch: int, channels: int, plane: tuple[int, int]) -> int:
-    """Programs of a kernel that gives each program one (BLOCK_H, BLOCK_W, BLOCK_C) tile."""
-    return (batch * triton.cdiv(channels, cfg["BLOCK_C"])
-            * triton.cdiv(plane[0], cfg["BLOCK_H"]) * triton.cdiv(plane[1], cfg["BLOCK_W"]))
-
 
 def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -126,8 +142,10 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     if y.numel() == 0:
         return y, z
 
+    problem = _problem("depthwise_forward", geo, f, plane, x, cl)
+
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        depthwise_forward_kernel[(_plane_programs(cfg, geo.batch, f, plane),)](
+        depthwise_forward_kernel[(dispatch.programs(cfg, problem),)](
             x, w, bias if bias is not None else w, y, z if z is not None else y,
             geo.height, geo.width, *plane, f, f // geo.in_channels,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
@@ -135,7 +153,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
             HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **cfg.launch_kwargs())
         return y
 
-    launch(dispatch.config_for(_problem("depthwise_forward", geo, f, plane, x, cl), launch))
+    launch(dispatch.config_for(problem, launch))
     return y, z
 
 
@@ -147,25 +165,28 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
     if dx.numel() == 0:
         return dx
 
+    problem = _problem("depthwise_input_grad", geo, c, plane, dy, cl)
+
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        depthwise_input_grad_kernel[(_plane_programs(cfg, geo.batch, c, plane),)](
+        depthwise_input_grad_kernel[(dispatch.programs(cfg, problem),)](
             dy, w, dx, *plane, geo.out_height, geo.out_width, c, geo.out_channels // c,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
             *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(), **cfg.launch_kwargs())
         return dx
 
-    return launch(dispatch.config_for(_problem("depthwise_input_grad", geo, c, plane, dy, cl), launch))
+    return launch(dispatch.config_for(problem, launch))
 
 
 def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
     """dL/dw of the depthwise convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
     f, (kh, kw) = geo.out_channels, geo.kernel
     plane = (geo.out_height, geo.out_width)
+    problem = _problem("depthwise_weight_grad", geo, f, plane, x, channels_last(x))
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        # SPLIT programs add into one float32 result, which must start at zero.
-        dw = (torch.zeros if cfg["SPLIT"] > 1 else torch.empty)((f, kh * kw), dtype=torch.float32, device=x.device)
-        grid = (triton.cdiv(kh * kw, cfg["TAPS"]) * triton.cdiv(f, cfg["BLOCK_C"]) * cfg["SPLIT"],)
+        # SPLIT_K programs add into one float32 result, which must start at zero.
+        dw = (torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty)((f, kh * kw), dtype=torch.float32, device=x.device)
+        grid = (dispatch.programs(cfg, problem),)
         depthwise_weight_grad_kernel[grid](
             x, dy, dw, geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw,
             *geo.stride, *geo.pad, *geo.dilation, *x.stride(), *dy.stride(), **cfg.launch_kwargs())
@@ -174,7 +195,7 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
     if geo.batch == 0:
         dw = torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device)
     else:
-        dw = launch(dispatch.config_for(_problem("depthwise_weight_grad", geo, f, plane, x, channels_last(x)), launch))
+        dw = launch(dispatch.config_for(problem, launch))
     fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
     return dw.view(f, 1, kh, kw).to(like.dtype).contiguous(memory_format=fmt)
 
@@ -185,23 +206,8 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
 # tritonconv::pointwise_conv2d; the public op uses no activation, the separable backward does.
 # ---------------------------------------------------------------------------------------------------------
 
-register_epilogue_op("depthwise_conv2d", depthwise_forward, *register_gradient_ops(
-    "depthwise_conv2d", depthwise_input_grad, depthwise_weight_grad))
-
-
-def check_depthwise_weight(weight: object, name: str, input: torch.Tensor) -> torch.Tensor:
-    """Check that `weight` is a depthwise filter bank (C * multiplier, 1, KH, KW) for `input`'s C channels,
-    with its dtype and device."""
-    check_tensor(weight, name)
-    check_same(weight, name, input, "input")
-    in_channels = input.shape[1]
-    if in_channels < 1:
-        raise ValueError(f"a depthwise convolution needs an input with at least one channel, got {in_channels}")
-    f, one = weight.shape[:2]
-    if one != 1 or f < in_channels or f % in_channels:
-        raise ValueError(f"{name} must have shape (C * multiplier, 1, KH, KW) with C = {in_channels} input "
-                         f"channels and an integer multiplier >= 1, got {tuple(weight.shape)}")
-    return weight
+register_gradient_ops("depthwise_conv2d", depthwise_input_grad, depthwise_weight_grad)
+register_epilogue_op("depthwise_conv2d", depthwise_forward, gradients="depthwise_conv2d")
 
 
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -227,4 +233,4 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     check_tensor(input, "input")
     check_depthwise_weight(weight, "weight", input)
     geo = conv_geometry(input, weight, bias, stride, padding, dilation, input.shape[1])
-    return torch.ops.tritonconv.depthwise_conv2d(input, weight, bias, *_geometry_args(geo), "none", False)[0]
+    return torch.ops.tritonconv.depthwise_conv2d(input, weight, bias, *geometry_args(geo), "none", False)[0]

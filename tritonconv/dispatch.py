@@ -14,7 +14,9 @@ layout) and passes a `launch(config)` closure; `config_for` returns the `Config`
    heuristic's output and then timed; the winner goes to the cache.
 5. Otherwise the heuristic.
 
-Each kernel declares its heuristic and its tuning space once, beside its launcher, with `register`.
+Each kernel declares its heuristic, its tuning space and (unless it is a GEMM) its program count once,
+beside its launcher, with `register`. What the heuristics assume about the GPU is in
+`tritonconv.heuristics`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 import triton
 
+from tritonconv import testing
 from tritonconv._cache import ConfigCache
 from tritonconv._checks import interpreting
+from tritonconv._progress import progress
+from tritonconv.heuristics import SM_COUNT, SMEM_PER_BLOCK
 from tritonconv.static_checks import static_rejects
 
 
@@ -98,39 +103,41 @@ class Problem:
                 f"{str(self.dtype).removeprefix('torch.')},{layout}{extra}")
 
 
-def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: tuple[int, int]) -> str:
-    """Which family of our kernels computes a convolution:
-
-    - "depthwise": every group is one input channel (groups == C, so F = C * multiplier): the direct
-      per-channel kernels, since a GEMM would have nothing to reduce over;
-    - "pointwise": an unpadded, ungrouped 1x1 kernel (dilation is irrelevant, a stride subsamples
-      pixels): a plain GEMM over channels, with no im2col address arithmetic;
-    - "implicit_gemm": everything else.
-    """
-    if groups == in_channels:
-        return "depthwise"
-    if kernel == (1, 1) and pad == (0, 0) and groups == 1:
-        return "pointwise"
-    return "implicit_gemm"
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The kernel registry.
 # ---------------------------------------------------------------------------------------------------------
 
 Heuristic = Callable[[Problem, bool], Config]
 Space = Callable[[Problem], list[Config]]
+# What a launch of a Problem with a Config amounts to: its programs (grid size), or the steps of the
+# reduction that SPLIT_K divides among programs.
+Count = Callable[[Config, Problem], int]
+
+
+def gemm_programs(config: Config, problem: Problem) -> int:
+    """Programs of a GEMM-shaped launch: [BLOCK_M, BLOCK_N] output tiles of each of the `batch` products,
+    times SPLIT_K reduction splits."""
+    tiles = triton.cdiv(problem.m, config["BLOCK_M"]) * triton.cdiv(problem.n, config["BLOCK_N"])
+    return tiles * problem.batch * config.get("SPLIT_K", 1)
+
+
+def gemm_steps(config: Config, problem: Problem) -> int:
+    """Reduction steps of a GEMM-shaped launch: BLOCK_K elements of k each."""
+    return triton.cdiv(problem.k, config["BLOCK_K"])
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """How to configure one kernel: a timing-free heuristic and the space autotuning searches."""
+    """How to configure one kernel: a timing-free heuristic, the space autotuning searches, and how many
+    programs a configuration launches and reduction steps it may split."""
 
     name: str
     family: str
     fn: object  # the @triton.jit function, whose source file's hash keys the cache
     heuristic: Heuristic
     space: Space
+    programs: Count = gemm_programs
+    steps: Count = gemm_steps
 
     def source_hash(self) -> str:
         return _source_hash(self.fn)
@@ -139,17 +146,20 @@ class KernelSpec:
 _KERNELS: dict[str, KernelSpec] = {}
 
 
-def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: Space) -> None:
+def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: Space, *,
+             programs: Count = gemm_programs, steps: Count = gemm_steps) -> None:
     """Declare how to configure `kernel` (the name used in Problem.kernel).
 
     `family` names the kind of kernel ("implicit_gemm", "depthwise", ...); `fn` is the @triton.jit
     function launched. `heuristic(problem, interpreter)` picks one Config without timing (the
     interpreter's is the only config it ever runs); `space(problem)` lists every Config worth timing on a
-    GPU, before `prune`.
+    GPU, before `prune`. `programs(config, problem)` is the launch's grid size (launchers size their grid
+    with it, so pruning counts what really runs) and `steps(config, problem)` the reduction steps a
+    SPLIT_K meta-parameter divides; both default to a GEMM's (`gemm_programs`, `gemm_steps`).
     """
     if kernel in _KERNELS:
         raise ValueError(f"kernel {kernel!r} is registered twice")
-    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space)
+    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space, programs, steps)
 
 
 def spec(kernel: str) -> KernelSpec:
@@ -185,38 +195,6 @@ def product_space(num_warps: Sequence[int], num_stages: Sequence[int], **meta: S
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Heuristic building blocks shared by the op files.
-# ---------------------------------------------------------------------------------------------------------
-
-# Streaming multiprocessors of an H100/H200; heuristics aim for TARGET_PROGRAMS (two waves).
-SM_COUNT = 132
-TARGET_PROGRAMS = 2 * SM_COUNT
-# Shared memory one block may use on sm_90 (227 KB); sm_80 allows 163 KB.
-SMEM_PER_BLOCK = 227 * 1024
-
-
-def pow2_clamp(value: int, low: int, high: int) -> int:
-    """The next power of two >= value, clamped to [low, high]."""
-    return max(low, min(high, triton.next_power_of_2(max(value, 1))))
-
-
-def gemm_blocks(problem: Problem, interpreter: bool) -> dict[str, int]:
-    """BLOCK_M/N/K for a GEMM-shaped kernel (tl.dot needs every block >= 16).
-
-    On a GPU: 64 columns and 64 (16-bit) or 32 (float32) reduction elements per step, so two operand
-    tiles of a 3-stage pipeline fit shared memory comfortably; 128-row tiles when there is enough work
-    to fill 132 SMs, else 64 so that more programs run. In the interpreter: one tile as large as the
-    tiny test problem, since the interpreter pays per program.
-    """
-    if interpreter:
-        return {"BLOCK_M": pow2_clamp(problem.m, 16, 128), "BLOCK_N": pow2_clamp(problem.n, 16, 64),
-                "BLOCK_K": pow2_clamp(problem.k, 16, 32)}
-    block_m = 128 if problem.m * problem.batch >= 128 * SM_COUNT else 64
-    block_k = 64 if problem.dtype != torch.float32 else 32
-    return {"BLOCK_M": block_m, "BLOCK_N": pow2_clamp(problem.n, 16, 64), "BLOCK_K": pow2_clamp(problem.k, 16, block_k)}
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Pruning: what cannot fit or cannot pay is never timed.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -229,9 +207,15 @@ def smem_bytes(config: Config, dtype: torch.dtype) -> int:
 
 
 def programs(config: Config, problem: Problem) -> int:
-    """Programs a GEMM-shaped launch runs: output tiles times batch times reduction splits."""
-    tiles = triton.cdiv(problem.m, config.get("BLOCK_M", problem.m)) * triton.cdiv(problem.n, config.get("BLOCK_N", problem.n))
-    return tiles * problem.batch * config.get("SPLIT_K", 1)
+    """Programs a launch of `problem` with `config` runs (its kernel's registered count)."""
+    return spec(problem.kernel).programs(config, problem)
+
+
+def channel_pixel_programs(config: Config, problem: Problem) -> int:
+    """Program count of kernels tiled by `kernels.common.sample_channel_pixel_tile`: one program per
+    (sample, BLOCK_C channels, BLOCK_P pixels) tile, with problem.batch samples, problem.m channels and
+    problem.n pixels."""
+    return problem.batch * triton.cdiv(problem.m, config["BLOCK_C"]) * triton.cdiv(problem.n, config["BLOCK_P"])
 
 
 def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = frozenset()) -> list[Config]:
@@ -239,11 +223,14 @@ def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = fro
 
     - a block over twice the problem's extent on its axis (it only adds masked lanes) — blocks of 16
       always stay, since tl.dot needs them;
-    - a reduction split into more pieces than it has BLOCK_K steps;
+    - a reduction split (SPLIT_K) into more pieces than it has steps;
     - more shared memory than one block may use;
     - configurations the static checks found not to compile or to spill (`rejected`);
     - too few programs: when some candidate fills the GPU, those that fill under a quarter of it.
+
+    Steps and programs are counted by the kernel's registered functions (see `register`).
     """
+    kernel = spec(problem.kernel)
     extents = {"BLOCK_M": problem.m, "BLOCK_N": problem.n, "BLOCK_K": problem.k, "BLOCK": problem.m}
     kept: list[Config] = []
     for cfg in dict.fromkeys(configs):
@@ -251,13 +238,13 @@ def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = fro
         if any(meta[name] > max(16, 2 * triton.next_power_of_2(max(extent, 1)))
                for name, extent in extents.items() if name in meta):
             continue
-        if meta.get("SPLIT_K", 1) > triton.cdiv(problem.k, meta.get("BLOCK_K", 1)):
+        if meta.get("SPLIT_K", 1) > 1 and meta["SPLIT_K"] > kernel.steps(cfg, problem):
             continue
         if smem_bytes(cfg, problem.dtype) > SMEM_PER_BLOCK or cfg in rejected:
             continue
         kept.append(cfg)
-    if any(programs(c, problem) >= SM_COUNT for c in kept):
-        kept = [c for c in kept if programs(c, problem) >= SM_COUNT // 4]
+    if any(kernel.programs(c, problem) >= SM_COUNT for c in kept):
+        kept = [c for c in kept if kernel.programs(c, problem) >= SM_COUNT // 4]
     return kept
 
 
@@ -401,12 +388,9 @@ def forget() -> None:
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether a candidate's output matches the reference's, allowing for a different summation order."""
-    if a.numel() == 0:
-        return True
-    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-2)
-    a, b = a.float(), b.float()
-    return bool(torch.isfinite(a).all()) and (a - b).abs().max().item() <= tol * max(b.abs().max().item(), 1e-6)
+    """Whether a candidate's output `a` matches the heuristic's `b`, allowing for a different summation
+    order: each is within `testing.tolerance` of the exact result, so they differ by at most twice it."""
+    return testing.mismatch(a.float(), b.float(), 2 * testing.tolerance(dtype, b.device), "candidate") is None
 
 
 def tune_budget() -> int:
@@ -444,7 +428,7 @@ def autotune(problem: Problem, launch: Launch) -> Decision:
     candidates = nearest(heuristic, prune(problem, [heuristic, *kernel.space(problem)], rejected), tune_budget())
     reference = launch(heuristic).clone()
     times: dict[Config, float] = {}
-    for cfg in _progress(candidates, f"tuning {problem.kernel} [{problem.bucket()}]"):
+    for cfg in progress(candidates, f"tuning {problem.kernel} [{problem.bucket()}]", leave=False):
         try:
             if not _close(launch(cfg), reference, problem.dtype):
                 continue
@@ -453,15 +437,6 @@ def autotune(problem: Problem, launch: Launch) -> Decision:
             continue
     best = min(times, key=times.__getitem__) if times else heuristic
     return Decision(problem, best, "tuned", time.perf_counter() - start, times.get(best))
-
-
-def _progress(items: list, description: str):
-    """A tqdm progress bar over `items` when tqdm is installed and tuning is interactive."""
-    try:
-        from tqdm.auto import tqdm  # noqa: PLC0415 (optional dependency)
-    except ImportError:
-        return items
-    return tqdm(items, desc=description, leave=False, disable=len(items) < 2)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 import triton
 
-from tritonconv import dispatch
+from tritonconv import dispatch, heuristics
 from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
                                 philox_seed)
+from tritonconv._shared import input_grads
 from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kernel, dropout_mask_kernel
 
 # ---------------------------------------------------------------------------------------------------------
@@ -29,35 +30,36 @@ def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     runs in 16-bit), then fills the rest of the tile with the other axis."""
     budget = 16384 if interpreter else 2048
     if problem.channels_last and not interpreter:
-        block_c = dispatch.pow2_clamp(problem.m, 1, 64)
-        block_hw = dispatch.pow2_clamp(problem.n, 4, budget // block_c)
+        block_c = heuristics.pow2_clamp(problem.m, 1, 64)
+        block_p = heuristics.pow2_clamp(problem.n, 4, budget // block_c)
     else:
-        block_hw = dispatch.pow2_clamp(problem.n, 4, budget)
-        block_c = dispatch.pow2_clamp(problem.m, 1, max(1, budget // block_hw))
-    return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_HW=block_hw)
+        block_p = heuristics.pow2_clamp(problem.n, 4, budget)
+        block_c = heuristics.pow2_clamp(problem.m, 1, max(1, budget // block_p))
+    return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
 
 
 def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only)."""
     fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128) if v <= max(1, 2 * problem.m)],
-            "BLOCK_HW": [v for v in (4, 16, 64, 256, 1024, 2048, 4096) if v <= max(4, 2 * problem.n)]}
+            "BLOCK_P": [v for v in (4, 16, 64, 256, 1024, 2048, 4096) if v <= max(4, 2 * problem.n)]}
     return [cfg for cfg in dispatch.product_space(num_warps=(2, 4, 8), num_stages=(1,), **fits)
-            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_HW"] <= 8192]
+            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 8192]
 
 
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """One row of lanes spans the map's width plus the bs - 1 halo columns when it fits in 128 lanes (64 in
     channels_last, whose contiguous channels want 16 or more per tile); channels fill the tile to 1024
     lanes (8192 in the interpreter, which pays per program), 4 per thread: each lane carries Philox
-    words, a running count and row state, and 8 lanes a thread take ~150-180 registers on sm_90 (one
-    block per SM), 4 take ~90-130 (two). Rows: up to 32 per program on a GPU (the halo costs bs - 1
-    extra seed rows per program), the whole map in the interpreter."""
+    words, a running count and row state, so 8 lanes a thread leave room for one block per SM and 4 for
+    two (`python -m bench.static --kernel drop_block_count drop_block_apply --space full` shows the
+    registers). Rows: up to 32 per program on a GPU (the halo costs bs - 1 extra seed rows per program),
+    the whole map in the interpreter."""
     block = dict(problem.extra)["block"]
     widest = 64 if problem.channels_last and not interpreter else 128
-    block_w = dispatch.pow2_clamp(problem.n + block - 1, 4, max(widest, triton.next_power_of_2(2 * block)))
-    block_c = dispatch.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
+    block_w = heuristics.pow2_clamp(problem.n + block - 1, 4, max(widest, triton.next_power_of_2(2 * block)))
+    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
     block_h = problem.k if interpreter else min(problem.k, 32)
-    warps = dispatch.pow2_clamp(block_c * block_w // 128, 1, 8)
+    warps = heuristics.pow2_clamp(block_c * block_w // 128, 1, 8)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
 
 
@@ -71,9 +73,20 @@ def _drop_block_space(problem: dispatch.Problem) -> list[dispatch.Config]:
             if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_W"] <= 2048 and cfg["BLOCK_H"] <= max(8, problem.k)]
 
 
-dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space)
-dispatch.register("drop_block_count", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space)
-dispatch.register("drop_block_apply", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space)
+def _drop_block_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
+    """One program per (sample, BLOCK_C maps, BLOCK_H rows, BLOCK_W - (bs - 1) columns) tile: each row of
+    lanes also covers the bs - 1 halo columns of the seeds whose blocks reach into the tile."""
+    block = dict(problem.extra)["block"]
+    return (problem.batch * triton.cdiv(problem.m, config["BLOCK_C"]) * triton.cdiv(problem.k, config["BLOCK_H"])
+            * triton.cdiv(problem.n, config["BLOCK_W"] - block + 1))
+
+
+dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space,
+                  programs=dispatch.channel_pixel_programs)
+dispatch.register("drop_block_count", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
+                  programs=_drop_block_programs)
+dispatch.register("drop_block_apply", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
+                  programs=_drop_block_programs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,27 +131,21 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     h, w = x.shape[2:] if x.dim() == 4 else (1, hw)
     scale = 1.0 if mode == CUTOUT.value else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
 
+    problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype, channels_last=channels_last(x),
+                               extra=(("mode", mode),))
+
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        grid = (n * triton.cdiv(c, cfg["BLOCK_C"]) * triton.cdiv(hw, cfg["BLOCK_HW"]),)
-        dropout_mask_kernel[grid](src, y, seed, c, hw, h, w, p, scale, size, *x_strides, *y_strides,
-                                  MODE=mode, **cfg.launch_kwargs())
+        dropout_mask_kernel[(dispatch.programs(cfg, problem),)](
+            src, y, seed, c, hw, h, w, p, scale, size, *x_strides, *y_strides, MODE=mode, **cfg.launch_kwargs())
         return y
 
-    return launch(dispatch.config_for(dispatch.Problem(
-        "dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype, channels_last=channels_last(x),
-        extra=(("mode", mode),)), launch))
+    return launch(dispatch.config_for(problem, launch))
 
 
 def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Problem:
     n, c, h, w = t.shape
     return dispatch.Problem(kernel, m=c, n=w, k=h, batch=n, dtype=t.dtype, channels_last=channels_last(t),
                             extra=(("block", block),))
-
-
-def _drop_block_grid(cfg: dispatch.Config, shape: torch.Size, block: int) -> tuple[int]:
-    n, c, h, w = shape
-    return (n * triton.cdiv(c, cfg["BLOCK_C"]) * triton.cdiv(h, cfg["BLOCK_H"])
-            * triton.cdiv(w, cfg["BLOCK_W"] - block + 1),)
 
 
 def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> torch.Tensor:
@@ -149,14 +156,16 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
     if x.numel() == 0:
         return count
 
+    problem = _drop_block_problem("drop_block_count", x, block)
+
     def launch(cfg: dispatch.Config) -> torch.Tensor:
         count.zero_()  # the programs add into it
-        drop_block_kernel[_drop_block_grid(cfg, x.shape, block)](
+        drop_block_kernel[(dispatch.programs(cfg, problem),)](
             x, x, seed, count, c, h, w, block, h - block + 1, w - block + 1, gamma, 0.0, 0.0,
             *x.stride(), *x.stride(), COUNT=True, **cfg.launch_kwargs())
         return count
 
-    return launch(dispatch.config_for(_drop_block_problem("drop_block_count", x, block), launch))
+    return launch(dispatch.config_for(problem, launch))
 
 
 def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, block: int, gamma: float,
@@ -167,13 +176,15 @@ def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, b
     if y.numel() == 0:
         return y
 
+    problem = _drop_block_problem("drop_block_apply", x, block)
+
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        drop_block_kernel[_drop_block_grid(cfg, x.shape, block)](
+        drop_block_kernel[(dispatch.programs(cfg, problem),)](
             x, y, seed, count, c, h, w, block, h - block + 1, w - block + 1, gamma, float(x.numel()), 1e-6,
             *x.stride(), *y.stride(), COUNT=False, **cfg.launch_kwargs())
         return y
 
-    return launch(dispatch.config_for(_drop_block_problem("drop_block_apply", x, block), launch))
+    return launch(dispatch.config_for(problem, launch))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,7 +212,7 @@ def _mask_setup_context(ctx, inputs, output):
 
 def _mask_backward(ctx, dy):
     (seed,) = ctx.saved_tensors
-    return torch.ops.tritonconv.dropout_mask(dy, seed, *ctx.params), None, None, None, None, None
+    return input_grads(ctx, torch.ops.tritonconv.dropout_mask(dy, seed, *ctx.params))
 
 
 _mask_op.register_autograd(_mask_backward, setup_context=_mask_setup_context)
@@ -238,7 +249,7 @@ def _drop_block_setup_context(ctx, inputs, output):
 
 def _drop_block_backward(ctx, dy):
     seed, count = ctx.saved_tensors
-    return torch.ops.tritonconv.drop_block_apply(dy, seed, count, *ctx.params), None, None, None, None, None
+    return input_grads(ctx, torch.ops.tritonconv.drop_block_apply(dy, seed, count, *ctx.params))
 
 
 _drop_block_apply_op.register_autograd(_drop_block_backward, setup_context=_drop_block_setup_context)

@@ -159,19 +159,21 @@ class MaxPoolDropout2d(nn.Module):
     expectation of the training output)."""
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0, p: float = 0.5) -> None:
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, p: float = 0.5) -> None:
         super().__init__()
-        check_window(kernel_size, stride, padding, 1)
-        self.kernel_size, self.stride, self.padding, self.p = kernel_size, stride, padding, check_probability(p)
+        check_window(kernel_size, stride, padding, dilation)
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.p = check_probability(p)
 
     @_unbatched_as_one_sample
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         _check_dtypes(self, input)
-        return tc.max_pool2d_dropout(input, self.kernel_size, self.stride, self.padding, p=self.p,
-                                     training=self.training)
+        return tc.max_pool2d_dropout(input, self.kernel_size, self.stride, self.padding, self.dilation, self.p,
+                                     self.training)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, p={self.p}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, p={self.p}")
 
 
 from tritonconv.conversion import ConversionReport, convert  # noqa: E402,F401 (tc.nn.convert; it imports this module)

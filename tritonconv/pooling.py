@@ -15,9 +15,10 @@ from typing import Sequence
 import torch
 import triton
 
-from tritonconv import dispatch
+from tritonconv import dispatch, heuristics
 from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
                                 output_size, pair, philox_seed)
+from tritonconv._shared import input_grads
 from tritonconv.kernels.pooling import DROPOUT, MAX, WEIGHTED, max_pool2d_backward_kernel, max_pool2d_forward_kernel
 
 
@@ -62,19 +63,20 @@ class PoolGeometry:
 def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """About 1024 outputs per program: pixels first in NCHW (contiguous along a row of the map), channels
     first in channels_last (contiguous: 64 channels make 128-byte runs in 16-bit). 4 warps (8 outputs per
-    thread), except the dropout forward, which holds four Philox words per output: 8 warps keep it near
-    120 registers on sm_90, where 4 take 220. Weighted pooling (a rank loop inside the tap loop) takes 256
-    outputs: at 1024 its backward spills on sm_80. The interpreter takes tiles of up to 4096 so that the
-    tests run few programs."""
+    thread), except the dropout forward, which holds four Philox words per output: 8 warps halve the
+    registers each thread needs for them. Weighted pooling (a rank loop inside the tap loop) takes 256
+    outputs: at 1024 its backward spills on sm_80. Registers and spills of every configuration:
+    `python -m bench.static --kernel max_pool2d_forward max_pool2d_backward --space full --target sm_90
+    sm_80`. The interpreter takes tiles of up to 4096 so that the tests run few programs."""
     mode = dict(problem.extra)["mode"]
     budget = 4096 if interpreter else (256 if mode == WEIGHTED.value else 1024)
     warps = 8 if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value else 4
     if problem.channels_last and not interpreter:
-        block_c = dispatch.pow2_clamp(problem.m, 1, 64)
-        block_p = dispatch.pow2_clamp(problem.n, 1, budget // block_c)
+        block_c = heuristics.pow2_clamp(problem.m, 1, 64)
+        block_p = heuristics.pow2_clamp(problem.n, 1, budget // block_c)
     else:
-        block_p = dispatch.pow2_clamp(problem.n, 1, min(budget, 512))
-        block_c = dispatch.pow2_clamp(problem.m, 1, max(1, budget // block_p))
+        block_p = heuristics.pow2_clamp(problem.n, 1, min(budget, 512))
+        block_c = heuristics.pow2_clamp(problem.m, 1, max(1, budget // block_p))
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
 
 
@@ -86,8 +88,10 @@ def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
             if 256 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 4096]
 
 
-dispatch.register("max_pool2d_forward", "pooling", max_pool2d_forward_kernel, _pool_config, _pool_space)
-dispatch.register("max_pool2d_backward", "pooling", max_pool2d_backward_kernel, _pool_config, _pool_space)
+dispatch.register("max_pool2d_forward", "pooling", max_pool2d_forward_kernel, _pool_config, _pool_space,
+                  programs=dispatch.channel_pixel_programs)
+dispatch.register("max_pool2d_backward", "pooling", max_pool2d_backward_kernel, _pool_config, _pool_space,
+                  programs=dispatch.channel_pixel_programs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -99,10 +103,6 @@ def _index_dtype(geo: PoolGeometry) -> torch.dtype:
     return torch.uint8 if geo.kernel[0] * geo.kernel[1] <= 255 else torch.int32
 
 
-def _programs(cfg: dispatch.Config, geo: PoolGeometry, pixels: int) -> tuple[int]:
-    return (geo.batch * triton.cdiv(geo.channels, cfg["BLOCK_C"]) * triton.cdiv(pixels, cfg["BLOCK_P"]),)
-
-
 def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None,
                  store_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y (in x's memory format) and, when `store_index` (MAX, DROPOUT), the winning tap per output."""
@@ -112,18 +112,18 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     idx = empty_like_layout(shape, cl, _index_dtype(geo), x.device) if store_index else None
     if y.numel() == 0:
         return y, idx
-    pixels = geo.out_height * geo.out_width
+    problem = dispatch.Problem(
+        "max_pool2d_forward", m=geo.channels, n=geo.out_height * geo.out_width, k=geo.kernel[0] * geo.kernel[1],
+        batch=geo.batch, dtype=x.dtype, channels_last=cl, extra=(("mode", mode),))
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        max_pool2d_forward_kernel[_programs(cfg, geo, pixels)](
+        max_pool2d_forward_kernel[(dispatch.programs(cfg, problem),)](
             x, y, idx if idx is not None else y, seed if seed is not None else x,
             *geo.launch_args(), p, *x.stride(), *y.stride(),
             MODE=mode, STORE_INDEX=store_index, SPAN_H=geo.span(0), SPAN_W=geo.span(1), **cfg.launch_kwargs())
         return y
 
-    launch(dispatch.config_for(dispatch.Problem(
-        "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1], batch=geo.batch,
-        dtype=x.dtype, channels_last=cl, extra=(("mode", mode),)), launch))
+    launch(dispatch.config_for(problem, launch))
     return y, idx
 
 
@@ -134,20 +134,20 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     dx = empty_like_layout((geo.batch, geo.channels, geo.height, geo.width), out_channels_last, dy.dtype, dy.device)
     if dx.numel() == 0:
         return dx
-    pixels = geo.height * geo.width
+    problem = dispatch.Problem(
+        "max_pool2d_backward", m=geo.channels, n=geo.height * geo.width, k=geo.kernel[0] * geo.kernel[1],
+        batch=geo.batch, dtype=dy.dtype, channels_last=out_channels_last, extra=(("mode", mode),))
     # Strides of the tensor the kernel does not read are placeholders.
     idx_strides = dy.stride() if weighted else saved.stride()
     x_strides = saved.stride() if weighted else dy.stride()
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
-        max_pool2d_backward_kernel[_programs(cfg, geo, pixels)](
+        max_pool2d_backward_kernel[(dispatch.programs(cfg, problem),)](
             dy, saved, saved, dx, *geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride(),
             WEIGHTED=weighted, **cfg.launch_kwargs())
         return dx
 
-    return launch(dispatch.config_for(dispatch.Problem(
-        "max_pool2d_backward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1], batch=geo.batch,
-        dtype=dy.dtype, channels_last=out_channels_last, extra=(("mode", mode),)), launch))
+    return launch(dispatch.config_for(problem, launch))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def _pool_backward(ctx, dy, _didx):
     (saved,) = ctx.saved_tensors
     input_size, out_channels_last = ctx.input
     dx = torch.ops.tritonconv.max_pool2d_backward(dy, saved, input_size, *ctx.geometry, out_channels_last)
-    return (dx,) + (None,) * 9
+    return input_grads(ctx, dx)
 
 
 _pool_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)

@@ -8,14 +8,13 @@ from typing import Sequence
 import torch
 import triton
 
-from tritonconv import dispatch
+from tritonconv import dispatch, heuristics
 from tritonconv._checks import (autocast, channels_last, check_activation, check_bias, check_tensor,
-                                empty_like_layout)
-from tritonconv.conv import (_GEOMETRY_SCHEMA, ConvGeometry, _dot_flags, _geometry, _geometry_args, channel_sum,
-                             conv_geometry)
-from tritonconv.depthwise import check_depthwise_weight
+                                empty_like_layout, int32_batches)
+from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
+                                check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
+                                input_grads)
 from tritonconv.kernels.separable import separable_forward_kernel
-from tritonconv.pointwise import check_pointwise_weight, int32_batches
 
 # ---------------------------------------------------------------------------------------------------------
 # Configurations (see tritonconv.dispatch). The Problem is the pointwise GEMM's: m = N*OH*OW pixels,
@@ -27,12 +26,13 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     """On a GPU: 64-pixel tiles and every output channel up to 128 in one tile, so that the depthwise
     block (the costly part of a K-step when F is small) is recomputed for as few N-tiles as possible;
     32 intermediate channels per step keep the float32 depthwise block at 16 registers a thread. A
-    128-column tile needs 8 warps: with 4 the NCHW epilogue spills on sm_90 (bench.static)."""
+    128-column tile needs 8 warps: with 4 the NCHW epilogue spills on sm_90
+    (`python -m bench.static --kernel separable_forward --space full`)."""
     if interpreter:
-        return dispatch.Config.of(num_warps=4, num_stages=1, **dispatch.gemm_blocks(problem, True))
-    block_n = dispatch.pow2_clamp(problem.n, 16, 128)
+        return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
+    block_n = heuristics.pow2_clamp(problem.n, 16, 128)
     return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=2, BLOCK_M=64, BLOCK_N=block_n,
-                              BLOCK_K=dispatch.pow2_clamp(problem.k, 16, 32))
+                              BLOCK_K=heuristics.pow2_clamp(problem.k, 16, 32))
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -69,7 +69,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
                 *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
                 *x.stride(), wd.stride(0), wd.stride(2), wd.stride(3), wp.stride(0), wp.stride(1), *y.stride(),
                 HAS_DW_BIAS=bd is not None, HAS_PW_BIAS=bp is not None, ACTIVATION=activation,
-                **_dot_flags(x.dtype), **cfg.launch_kwargs())
+                **dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
 
     return launch(dispatch.config_for(dispatch.Problem(
@@ -83,10 +83,10 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
 # ---------------------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("tritonconv::depthwise_separable_conv2d", mutates_args=(),
-                         schema=f"(Tensor x, Tensor wd, Tensor? bd, Tensor wp, Tensor? bp, {_GEOMETRY_SCHEMA}, "
+                         schema=f"(Tensor x, Tensor wd, Tensor? bd, Tensor wp, Tensor? bp, {GEOMETRY_SCHEMA}, "
                                 "str activation) -> Tensor")
 def _separable_op(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation):
-    geo = _geometry(x.shape, wd.shape, stride, padding, dilation, groups, output_size)
+    geo = geometry(x.shape, wd.shape, stride, padding, dilation, groups, output_size)
     return separable_forward(x, wd, bd, wp, bp, geo, activation)
 
 
@@ -96,9 +96,9 @@ def _(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activat
 
 
 def _setup_context(ctx, inputs, output):
-    x, wd, bd, wp, _bp, *geometry, activation = inputs
+    x, wd, bd, wp, _bp, *geo_args, activation = inputs
     ctx.save_for_backward(x, wd, bd, wp)
-    ctx.geometry = geometry
+    ctx.geometry = geo_args
     ctx.activation = activation
 
 
@@ -121,7 +121,7 @@ def _backward(ctx, dy):
         dx = torch.ops.tritonconv.depthwise_conv2d_input_grad(dt, wd, x, *ctx.geometry) if needs[0] else None
         dwd = torch.ops.tritonconv.depthwise_conv2d_weight_grad(x, dt, wd, *ctx.geometry) if needs[1] else None
         dbd = channel_sum(dt) if needs[2] else None
-    return (dx, dwd, dbd, dwp, dbp) + (None,) * (len(needs) - 5)
+    return input_grads(ctx, dx, dwd, dbd, dwp, dbp)
 
 
 _separable_op.register_autograd(_backward, setup_context=_setup_context)
@@ -161,4 +161,4 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
     check_bias(pointwise_bias, "pointwise_bias", pointwise_weight.shape[0], input, "input")
     geo = conv_geometry(input, depthwise_weight, None, stride, padding, dilation, input.shape[1])
     return torch.ops.tritonconv.depthwise_separable_conv2d(input, depthwise_weight, depthwise_bias, pointwise_weight,
-                                                           pointwise_bias, *_geometry_args(geo), act)
+                                                           pointwise_bias, *geometry_args(geo), act)

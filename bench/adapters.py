@@ -1,32 +1,24 @@
 """What the benchmark runs for each public op: a case's tensors, our call and PyTorch's, the minimal FLOPs
-and bytes of the call, which PyTorch backend runs it, and the checks that must pass before a time counts.
-
-Deterministic ops (the convolutions, max_pool2d) are compared with PyTorch's op on upcast copies of the
-same inputs: float64 on the CPU, float32 with TF32 off on a GPU (float64 convolutions at real-network
-sizes would take longer than the whole benchmark). Random ops are checked by invariants that any correct
-implementation satisfies, the PyTorch compositions we time against included: survivors carry exactly
-the op's scale, the dropped set has the op's structure (whole maps, bs x bs blocks, one rectangle) and
-about the right size, p=0 is the deterministic op, an explicit seed reproduces its output, and the
-gradient uses the forward's mask.
+and bytes of the call, which PyTorch backend runs it, and how it is checked (bench/checking.py) before a
+time counts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from tritonconv.testing import mismatch, tolerance
+from tritonconv._checks import output_size
 
-# Seed of every check's random op call (an explicit seed must reproduce its output).
-CHECK_SEED = 1234
+from bench import checking
+from bench.checking import Provider, Tensors, rate_within, torch_seed
+from bench.reference import (ACTIVATIONS, drop_block_probability, torch_cutout2d, torch_drop_block2d,
+                             torch_max_pool2d_dropout)
 
 
 @dataclass(frozen=True)
@@ -66,11 +58,6 @@ class Case:
                                    h=h, w=w, size=size)
 
 
-def out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of a convolution or pooling window along one axis (floor mode)."""
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-
-
 def live_pairs(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
     """Pairs (output position, tap) along one axis whose tap reads a real input element, not padding.
 
@@ -78,79 +65,8 @@ def live_pairs(size: int, k: int, stride: int, padding: int, dilation: int) -> i
     pairs keeps the FLOP count (and so the roofline floor) honest at ASPP's rates, where most taps of a
     65x65 map at dilation 36 read padding.
     """
-    out = out_size(size, k, stride, padding, dilation)
+    out = output_size(size, k, stride, 2 * padding, dilation)
     return sum(1 for o in range(out) for t in range(k) if 0 <= o * stride - padding + t * dilation < size)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checking helpers.
-# ---------------------------------------------------------------------------------------------------------
-
-def reference_dtype(device: torch.device) -> torch.dtype:
-    """float64 on the CPU; float32 (with TF32 off) on a GPU, where float64 convolutions are too slow."""
-    return torch.float64 if device.type == "cpu" else torch.float32
-
-
-@contextlib.contextmanager
-def ieee_float32() -> Iterator[None]:
-    """Float32 matmuls and convolutions without TF32 inside the block (for references)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-@contextlib.contextmanager
-def poisoned_outputs() -> Iterator[None]:
-    """Inside the block every torch.empty starts as NaN (torch's deterministic mode, warn-only), so an
-    output element a kernel forgets to write shows up as NaN in the check instead of passing by luck."""
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-
-
-@contextlib.contextmanager
-def torch_seed(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's generator of `device` inside the block (nothing when seed is None), restoring it
-    after: how a PyTorch composition gets the explicit-seed behaviour of our random ops."""
-    if seed is None:
-        yield
-        return
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def compare(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> list[str]:
-    """[] when `actual` matches `expected` (tritonconv.testing.mismatch), else one line saying what is wrong."""
-    problem = mismatch(actual, expected, tol, what)
-    return [] if problem is None else [problem]
-
-
-def rate_within(count: int, total: int, p: float, what: str, slack: float = 0.0) -> list[str]:
-    """[] when `count` of `total` independent Bernoulli(p) draws is within 6 standard deviations of
-    p * total (plus `slack` * total), else one line: a wrong drop rate, not bad luck (1 in 10^9)."""
-    if total == 0:
-        return []
-    bound = 6 * math.sqrt(p * (1 - p) * total) + 1 + slack * total
-    if abs(count - p * total) <= bound:
-        return []
-    return [f"{what}: {count} of {total} ({count / total:.4f}), expected {p:.4f} +- {bound / total:.4f}"]
-
-
-Tensors = dict[str, torch.Tensor]
-Provider = Callable[["Case", Tensors, "int | None"], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,35 +135,8 @@ class Op:
         return {unit: flops * (3 if backward else 1) for unit, flops in self.flops(case).items()}
 
     def check(self, case: Case, t: Tensors, provider: Provider, backward: bool) -> tuple[list[str], list[str]]:
-        """(forward failures, backward failures) of `provider` on these inputs, against PyTorch's op on
-        upcast copies. `t`'s tensors require grad when `backward`."""
-        x = t["x"]
-        ref_dtype, tol = reference_dtype(x.device), tolerance(x.dtype, x.device)
-        ref_in = {name: v.detach().to(ref_dtype).requires_grad_(backward) for name, v in t.items()}
-        with ieee_float32():
-            ref = self.theirs(case, ref_in)
-        with poisoned_outputs():
-            y = provider(case, t, None)
-        forward = compare(y, ref, tol, "forward")
-        if y.dtype != x.dtype:
-            forward.append(f"output dtype {y.dtype} != input dtype {x.dtype}")
-        if (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                and not y.is_contiguous(memory_format=torch.channels_last)):
-            forward.append("channels_last input gave an output in another memory format")
-        if not backward or forward:
-            return forward, []
-        dy = torch.randn(y.shape, device=x.device, dtype=torch.float32).to(x.dtype)
-        with poisoned_outputs():
-            y.backward(dy)
-        with ieee_float32():
-            ref.backward(dy.to(ref_dtype))
-        failures = []
-        for name, v in t.items():
-            if v.grad is None:
-                failures.append(f"d{name}: no gradient")
-            else:
-                failures += compare(v.grad, ref_in[name].grad, tol, f"d{name}")
-        return forward, failures
+        """(forward failures, backward failures) of `provider` on these inputs (bench/checking.py)."""
+        return checking.check_against_reference(self, case, t, provider, backward)
 
 
 def _conv_backend(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int, padding: int,
@@ -266,11 +155,6 @@ def _conv_backend(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stri
     return names.get(backend.name, backend.name.lower())
 
 
-def _activation(name: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """PyTorch's function for an activation name of pointwise/separable ops."""
-    return {None: lambda v: v, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}[name]
-
-
 class Conv2d(Op):
     name = "conv2d"
     saved = ("x", "weight")
@@ -279,7 +163,7 @@ class Conv2d(Op):
         return {"x": (case.n, case.c, case.h, case.w), "weight": (case.f, case.c, case.k, case.k), "bias": (case.f,)}
 
     def out_shape(self, case):
-        o = [out_size(s, case.k, case.stride, case.padding, case.dilation) for s in (case.h, case.w)]
+        o = [output_size(s, case.k, case.stride, 2 * case.padding, case.dilation) for s in (case.h, case.w)]
         return (case.n, case.f, *o)
 
     def ours(self, case, t, seed=None):
@@ -310,7 +194,7 @@ class DepthwiseConv2d(Op):
         return {"x": (case.n, case.c, case.h, case.w), "weight": (cm, 1, case.k, case.k), "bias": (cm,)}
 
     def out_shape(self, case):
-        o = [out_size(s, case.k, case.stride, case.padding, case.dilation) for s in (case.h, case.w)]
+        o = [output_size(s, case.k, case.stride, 2 * case.padding, case.dilation) for s in (case.h, case.w)]
         return (case.n, case.c * case.multiplier, *o)
 
     def ours(self, case, t, seed=None):
@@ -341,13 +225,13 @@ class PointwiseConv2d(Op):
         return {"x": (case.n, case.c, case.h, case.w), "weight": (case.f, case.c, 1, 1), "bias": (case.f,)}
 
     def out_shape(self, case):
-        return (case.n, case.f, *(out_size(s, 1, case.stride, 0, 1) for s in (case.h, case.w)))
+        return (case.n, case.f, *(output_size(s, 1, case.stride, 0, 1) for s in (case.h, case.w)))
 
     def ours(self, case, t, seed=None):
         return tc.pointwise_conv2d(t["x"], t["weight"], t["bias"], case.stride, case.activation)
 
     def theirs(self, case, t, seed=None):
-        return _activation(case.activation)(F.conv2d(t["x"], t["weight"], t["bias"], case.stride))
+        return ACTIVATIONS[case.activation](F.conv2d(t["x"], t["weight"], t["bias"], case.stride))
 
     def flops(self, case):
         n, f, oh, ow = self.out_shape(case)
@@ -370,7 +254,7 @@ class DepthwiseSeparableConv2d(Op):
                 "pointwise_weight": (case.f, case.c, 1, 1), "depthwise_bias": (case.c,), "pointwise_bias": (case.f,)}
 
     def out_shape(self, case):
-        o = [out_size(s, case.k, case.stride, case.padding, case.dilation) for s in (case.h, case.w)]
+        o = [output_size(s, case.k, case.stride, 2 * case.padding, case.dilation) for s in (case.h, case.w)]
         return (case.n, case.f, *o)
 
     def ours(self, case, t, seed=None):
@@ -381,7 +265,7 @@ class DepthwiseSeparableConv2d(Op):
     def theirs(self, case, t, seed=None):
         mid = F.conv2d(t["x"], t["depthwise_weight"], t["depthwise_bias"], case.stride, case.padding,
                        case.dilation, case.c)
-        return F.conv2d(_activation(case.activation)(mid), t["pointwise_weight"], t["pointwise_bias"])
+        return F.conv2d(ACTIVATIONS[case.activation](mid), t["pointwise_weight"], t["pointwise_bias"])
 
     def flops(self, case):
         n, f, oh, ow = self.out_shape(case)
@@ -411,7 +295,7 @@ class MaxPool2d(Op):
         return {"x": (case.n, case.c, case.h, case.w)}
 
     def out_shape(self, case):
-        return (case.n, case.c, *(out_size(s, case.k, case.stride, case.padding, 1) for s in (case.h, case.w)))
+        return (case.n, case.c, *(output_size(s, case.k, case.stride, 2 * case.padding, 1) for s in (case.h, case.w)))
 
     def ours(self, case, t, seed=None):
         return tc.max_pool2d(t["x"], case.k, case.stride, case.padding)
@@ -426,45 +310,7 @@ class MaxPool2d(Op):
 # ---------------------------------------------------------------------------------------------------------
 # Random ops.
 # ---------------------------------------------------------------------------------------------------------
-
-def torch_drop_block2d(x: torch.Tensor, p: float, block_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """torchvision's drop_block2d (training), written out as PyTorch ops: Bernoulli(gamma) seeds on the
-    grid where a whole block fits, padded by bs//2, grown into bs x bs blocks by a stride-1 max pool, and
-    one scale numel / sum(mask) for the whole tensor. One change: the mask is summed in float32, since a
-    float16 sum of a large mask overflows to inf and zeroes the output."""
-    if p == 0.0:
-        return x
-    n, c, h, w = x.shape
-    gamma = p * h * w / (block_size ** 2 * (h - block_size + 1) * (w - block_size + 1))
-    noise = torch.empty((n, c, h - block_size + 1, w - block_size + 1), dtype=x.dtype, device=x.device)
-    noise.bernoulli_(gamma)
-    noise = F.pad(noise, [block_size // 2] * 4, value=0)
-    noise = F.max_pool2d(noise, stride=(1, 1), kernel_size=(block_size, block_size), padding=block_size // 2)
-    mask = 1 - noise
-    return x * mask * (mask.numel() / (eps + mask.sum(dtype=torch.float32))).to(x.dtype)
-
-
-def torch_cutout2d(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Cutout as PyTorch ops: in every (sample, channel) map, a size x size square with a uniformly
-    random centre, clipped at the border, is zeroed; no rescaling."""
-    n, c, h, w = x.shape
-    top = torch.randint(0, h, (n, c, 1, 1), device=x.device) - size // 2
-    left = torch.randint(0, w, (n, c, 1, 1), device=x.device) - size // 2
-    rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
-    hole = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
-    return x.masked_fill(hole, 0)
-
-
-def torch_max_pool2d_dropout(x: torch.Tensor, k: int, stride: int, padding: int, p: float) -> torch.Tensor:
-    """Max-pooling dropout as PyTorch composes it: a Bernoulli(p) drop mask, masked_fill with -inf,
-    max_pool2d, and 0 where a whole window was dropped."""
-    drop = torch.empty_like(x, dtype=torch.bool).bernoulli_(p)
-    y = F.max_pool2d(x.masked_fill(drop, float("-inf")), k, stride, padding)
-    return y.masked_fill(y == float("-inf"), 0.0)
-
-
-class _MaskOp(Op):
+class MaskOp(Op):
     """A random op whose output is x times a mask of 0 and one scale: dropout, spatial dropout, DropBlock,
     cutout."""
 
@@ -486,41 +332,13 @@ class _MaskOp(Op):
         raise NotImplementedError
 
     def check(self, case, t, provider, backward):
-        x = t["x"]
-        tol = tolerance(x.dtype, x.device)
-        forward = []
-        if self.has_p:
-            with torch.no_grad():
-                y0 = provider(dataclasses.replace(case, p=0.0), t, CHECK_SEED)
-            if not torch.equal(y0, x):
-                forward.append("p=0 does not return the input unchanged")
-        with poisoned_outputs():
-            y = provider(case, t, CHECK_SEED)
-            with torch.no_grad():
-                again = provider(case, t, CHECK_SEED)
-        if not torch.equal(y, again):
-            forward.append(f"seed={CHECK_SEED} twice gave different outputs")
-        out = y.detach()
-        if out.isnan().any():
-            return forward + [f"forward: {int(out.isnan().sum())} NaN elements (unwritten output?)"], []
-        dropped = out == 0
-        s = self.scale(case, dropped)
-        ref_dtype = reference_dtype(x.device)
-        kept = ~dropped
-        forward += compare(out[kept], x.detach()[kept].to(ref_dtype) * s, tol, f"survivors (scale {s:.4g})")
-        forward += self.structure(case, dropped)
-        if not backward or forward:
-            return forward, []
-        dy = torch.randn(out.shape, device=x.device, dtype=torch.float32).to(x.dtype)
-        with poisoned_outputs():
-            y.backward(dy)
-        if x.grad is None:
-            return forward, ["dx: no gradient"]
-        expected = torch.where(dropped, 0.0, dy.to(ref_dtype) * s)
-        return forward, compare(x.grad, expected, tol, "dx (the forward's mask and scale)")
+        return checking.check_mask(self, case, t, provider, backward)
+
+    def describe(self, case):
+        return f"{case.n}x{case.c}x{case.h}x{case.w}, p={case.p:g}"
 
 
-class Dropout(_MaskOp):
+class Dropout(MaskOp):
     name = "dropout"
 
     def ours(self, case, t, seed=None):
@@ -533,11 +351,8 @@ class Dropout(_MaskOp):
     def structure(self, case, dropped):
         return rate_within(int(dropped.sum()), dropped.numel(), case.p, "dropped elements")
 
-    def describe(self, case):
-        return f"{case.n}x{case.c}x{case.h}x{case.w}, p={case.p:g}"
 
-
-class SpatialDropout2d(_MaskOp):
+class SpatialDropout2d(MaskOp):
     name = "spatial_dropout2d"
 
     def ours(self, case, t, seed=None):
@@ -554,11 +369,8 @@ class SpatialDropout2d(_MaskOp):
             return ["some feature maps are partly dropped (spatial dropout drops whole maps)"]
         return rate_within(int(whole.sum()), whole.numel(), case.p, "dropped maps")
 
-    def describe(self, case):
-        return f"{case.n}x{case.c}x{case.h}x{case.w}, p={case.p:g}"
 
-
-class DropBlock2d(_MaskOp):
+class DropBlock2d(MaskOp):
     name = "drop_block2d"
 
     def ours(self, case, t, seed=None):
@@ -582,15 +394,8 @@ class DropBlock2d(_MaskOp):
             eroded = -F.max_pool2d(-d, bs, 1, bs // 2)
             if not torch.equal(F.max_pool2d(eroded, bs, 1, bs // 2), d):
                 failures.append(f"the dropped set is not a union of {bs}x{bs} blocks")
-        # Pixel (i, j) is covered by cover(i, h) * cover(j, w) seed positions; each is a seed w.p. gamma.
         gamma = case.p * h * w / (bs ** 2 * (h - bs + 1) * (w - bs + 1))
-
-        def cover(size: int) -> torch.Tensor:
-            i = torch.arange(size, dtype=torch.float64)
-            return (torch.clamp(i, max=size - bs) - torch.clamp(i - bs + 1, min=0) + 1)
-
-        counts = cover(h)[:, None] * cover(w)[None, :]
-        expected = n * c * float((1 - (1 - gamma) ** counts).sum())
+        expected = n * c * float(drop_block_probability(h, w, bs, gamma).sum())
         seeds = gamma * n * c * (h - bs + 1) * (w - bs + 1)
         # Blocks, not pixels, are independent: a seed drops up to bs^2 pixels.
         bound = 6 * math.sqrt(seeds + 1) * bs ** 2
@@ -603,7 +408,7 @@ class DropBlock2d(_MaskOp):
         return f"{case.n}x{case.c}x{case.h}x{case.w}, p={case.p:g} block {case.size}"
 
 
-class Cutout2d(_MaskOp):
+class Cutout2d(MaskOp):
     name = "cutout2d"
     has_p = False
 
@@ -656,53 +461,7 @@ class MaxPool2dDropout(MaxPool2d):
                 f"p={case.p:g}")
 
     def check(self, case, t, provider, backward):
-        """p=0 is max_pool2d; each output is 0 (whole window dropped) or a value of its window; the window's
-        max survives with probability 1-p; an explicit seed reproduces the output; each output's gradient
-        goes to a unit holding the output's value."""
-        x = t["x"]
-        xd = x.detach()
-        pool = (case.k, case.stride, case.padding)
-        forward = []
-        with torch.no_grad():
-            y0 = provider(dataclasses.replace(case, p=0.0), t, CHECK_SEED)
-        if not torch.equal(y0, F.max_pool2d(xd, *pool)):
-            forward.append("p=0 differs from F.max_pool2d")
-        with poisoned_outputs():
-            y = provider(case, t, CHECK_SEED)
-            with torch.no_grad():
-                again = provider(case, t, CHECK_SEED)
-        if not torch.equal(y, again):
-            forward.append(f"seed={CHECK_SEED} twice gave different outputs")
-        out = y.detach()
-        if out.isnan().any():
-            return forward + [f"forward: {int(out.isnan().sum())} NaN elements (unwritten output?)"], []
-        high, low = F.max_pool2d(xd, *pool), -F.max_pool2d(-xd, *pool)
-        selected = out != 0
-        outside = int((selected & ((out > high) | (out < low))).sum())
-        if outside:
-            forward.append(f"{outside} outputs are not a value of their window")
-        # The max is kept w.p. 1-p; ties between 16-bit values let a dropped max be matched by a kept copy.
-        forward += rate_within(int((out == high).sum()), out.numel(), 1 - case.p, "outputs equal to the window max",
-                               slack=0.05 if x.dtype != torch.float32 else 0.0)
-        if not backward or forward:
-            return forward, []
-        dy = torch.randn(out.shape, device=x.device, dtype=torch.float32).to(x.dtype)
-        with poisoned_outputs():
-            y.backward(dy)
-        if x.grad is None:
-            return forward, ["dx: no gradient"]
-        ref_dtype, tol = reference_dtype(x.device), tolerance(x.dtype, x.device)
-        dx, dyr, xr, outr = x.grad.to(ref_dtype), dy.to(ref_dtype), xd.to(ref_dtype), out.to(ref_dtype)
-        failures = []
-        magnitude = float((dyr.abs() * selected).sum()) + 1e-6
-        # Each selected output sends dy to one unit; dropped windows send nothing.
-        if abs(float(dx.sum()) - float((dyr * selected).sum())) > tol * magnitude:
-            failures.append("dx does not sum to the selected outputs' dy")
-        # ... and that unit holds the output's value: sum(dx * x) = sum(dy * y).
-        weighted = float((outr.abs() * dyr.abs()).sum()) + 1e-6
-        if abs(float((dx * xr).sum()) - float((dyr * outr).sum())) > tol * weighted:
-            failures.append("dx goes to units that do not hold the pooled value")
-        return forward, failures
+        return checking.check_max_pool_dropout(case, t, provider, backward)
 
 
 OPS: dict[str, Op] = {op.name: op for op in (

@@ -1,0 +1,290 @@
+"""Host code that more than one op uses: a convolution's geometry and its checks, the torch.library
+schema pieces a geometry travels as, the GEMM kernels' operand rules, and the autograd building blocks
+(gradient tuples, bias gradients, the gradient-op and conv + bias + activation op factories, the
+activation-backward op).
+
+Op modules (conv, pointwise, depthwise, separable, pooling, dropout) import from here, `_checks`,
+`dispatch` and `heuristics`, never from one another. An op whose backward runs another op's kernels
+calls that op through `torch.ops.tritonconv`, when the backward runs: importing any tritonconv module
+imports the package first, which registers every op, so such a call cannot miss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import triton
+
+from tritonconv import dispatch, heuristics
+from tritonconv._checks import (channels_last, check_bias, check_same, check_tensor, conv_padding, empty_like_layout,
+                                interpreting, output_size, pair)
+from tritonconv.kernels.activations import activation_backward_kernel
+
+# ---------------------------------------------------------------------------------------------------------
+# Geometry.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything about a convolution call except the tensors' contents."""
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int]          # top, left (the bottom/right padding is implied by the output size)
+    dilation: tuple[int, int]
+    groups: int
+    out_height: int
+    out_width: int
+
+    def live_taps(self, axis: int) -> tuple[int, int]:
+        """The range [start, end) of kernel taps along `axis` (0: rows, 1: columns) that read at least one
+        real input element for some output position; taps outside it read only padding.
+
+        Tap k reads input positions o*s - p + k*d for o in [0, out); that interval moves right as k grows,
+        so the live taps are contiguous.
+        """
+        size, out = (self.height, self.out_height) if axis == 0 else (self.width, self.out_width)
+        k, s, p, d = self.kernel[axis], self.stride[axis], self.pad[axis], self.dilation[axis]
+        live = [t for t in range(k) if (out - 1) * s - p + t * d >= 0 and t * d - p <= size - 1]
+        return (live[0], live[-1] + 1) if live else (0, 0)
+
+    def launch_args(self) -> tuple[int, ...]:
+        """Sizes and geometry in the order the implicit-GEMM kernels take them."""
+        g = self.groups
+        return (self.batch, self.height, self.width, self.out_height, self.out_width,
+                self.in_channels // g, self.out_channels // g,
+                *self.stride, *self.pad, *self.dilation)
+
+
+def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride: int | Sequence[int], padding: int | Sequence[int] | str,
+                  dilation: int | Sequence[int], groups: int) -> ConvGeometry:
+    """Check a conv2d call's arguments as torch.nn.functional.conv2d would, and describe its geometry."""
+    check_tensor(input, "input")
+    check_tensor(weight, "weight")
+    check_same(weight, "weight", input, "input")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    n, c, h, w = input.shape
+    f, c_per_group, kh, kw = weight.shape
+    if c % groups or f % groups:
+        raise ValueError(f"groups={groups} must divide input channels ({c}) and output channels ({f})")
+    if c_per_group * groups != c:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} expects {c_per_group * groups} input channels "
+                         f"(weight.shape[1] * groups = {c_per_group} * {groups}), but input has {c}")
+    if kh < 1 or kw < 1 or f < 1:
+        raise ValueError(f"weight must have non-empty (F, C/groups, KH, KW), got {tuple(weight.shape)}")
+    check_bias(bias, "bias", f, input, "input")
+    stride_hw = pair(stride, "stride", 1)
+    dilation_hw = pair(dilation, "dilation", 1)
+    pad, pad_total = conv_padding(padding, (kh, kw), stride_hw, dilation_hw)
+    oh = output_size(h, kh, stride_hw[0], pad_total[0], dilation_hw[0])
+    ow = output_size(w, kw, stride_hw[1], pad_total[1], dilation_hw[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(f"kernel ({kh}x{kw}, dilation {dilation_hw}) spans "
+                         f"{dilation_hw[0] * (kh - 1) + 1}x{dilation_hw[1] * (kw - 1) + 1} pixels, more than the "
+                         f"padded input ({h + pad_total[0]}x{w + pad_total[1]}); pad the input or use a smaller "
+                         "kernel or dilation")
+    return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
+
+
+def check_depthwise_weight(weight: object, name: str, input: torch.Tensor) -> torch.Tensor:
+    """Check that `weight` is a depthwise filter bank (C * multiplier, 1, KH, KW) for `input`'s C channels,
+    with its dtype and device."""
+    check_tensor(weight, name)
+    check_same(weight, name, input, "input")
+    in_channels = input.shape[1]
+    if in_channels < 1:
+        raise ValueError(f"a depthwise convolution needs an input with at least one channel, got {in_channels}")
+    f, one = weight.shape[:2]
+    if one != 1 or f < in_channels or f % in_channels:
+        raise ValueError(f"{name} must have shape (C * multiplier, 1, KH, KW) with C = {in_channels} input "
+                         f"channels and an integer multiplier >= 1, got {tuple(weight.shape)}")
+    return weight
+
+
+def check_pointwise_weight(weight: object, name: str, in_channels: int, ref: torch.Tensor, source: str) -> torch.Tensor:
+    """Check that `weight` is a 1x1 filter bank (F, in_channels, 1, 1) like `ref` (the input); `source`
+    says where the in_channels come from, for the message."""
+    check_tensor(weight, name)
+    check_same(weight, name, ref, "input")
+    if tuple(weight.shape[1:]) != (in_channels, 1, 1) or weight.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (F, {in_channels}, 1, 1) to take {source}, "
+                         f"got {tuple(weight.shape)}")
+    return weight
+
+
+# A geometry travels through torch.library ops as plain ints: (stride, top/left padding, dilation, groups,
+# output size); `geometry` rebuilds it from those and the tensors' shapes, `geometry_args` flattens it.
+GEOMETRY_SCHEMA = "int[] stride, int[] padding, int[] dilation, int groups, int[] output_size"
+
+
+def geometry(x_shape: Sequence[int], w_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+             dilation: Sequence[int], groups: int, output_size: Sequence[int]) -> ConvGeometry:
+    """The ConvGeometry of an op's input and weight shapes and its GEOMETRY_SCHEMA arguments."""
+    n, c, h, w = x_shape
+    return ConvGeometry(n, c, w_shape[0], h, w, (w_shape[2], w_shape[3]), tuple(stride), tuple(padding),
+                        tuple(dilation), groups, *output_size)
+
+
+def geometry_args(geo: ConvGeometry) -> tuple:
+    """`geo` as an op's GEOMETRY_SCHEMA arguments."""
+    return list(geo.stride), list(geo.pad), list(geo.dilation), geo.groups, [geo.out_height, geo.out_width]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GEMM operands (the implicit-GEMM, pointwise and separable kernels).
+# ---------------------------------------------------------------------------------------------------------
+
+def dot_flags(dtype: torch.dtype) -> dict[str, object]:
+    """TF32 for float32 only when cuDNN would use it; float32 operands for bf16 under the interpreter."""
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting()
+    return {"DOT_PRECISION": "tf32" if tf32 else "ieee",
+            "UPCAST": interpreting() and dtype == torch.bfloat16}
+
+
+def gemm_operand(t: torch.Tensor) -> torch.Tensor:
+    """`t` with its channel axis contiguous, which the implicit-GEMM kernels reduce over: as it is when it
+    already is (any other strides are fine), else one transposing copy to channels_last, as cuDNN makes
+    for its NHWC kernels."""
+    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Autograd building blocks.
+# ---------------------------------------------------------------------------------------------------------
+
+def input_grads(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """A backward's return value: `grads` for the op's leading inputs, None for every later argument
+    (geometry, flags, seeds), as many as the op has inputs (`ctx.needs_input_grad`)."""
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))
+
+
+def channel_sum(dy: torch.Tensor) -> torch.Tensor:
+    """The bias gradient: dy summed over (n, h, w) in float32, in dy's dtype."""
+    return dy.sum(dim=(0, 2, 3), dtype=torch.float32).to(dy.dtype)
+
+
+def register_gradient_ops(name: str, input_grad: Callable, weight_grad: Callable) -> None:
+    """Register "tritonconv::{name}_input_grad"(dy, w, x, geometry...) and
+    "tritonconv::{name}_weight_grad"(x, dy, w, geometry...) as custom ops with fakes: the backward ops of
+    a convolution family, whose launchers take (dy, w, geo, x) and (x, dy, geo, w)."""
+
+    def input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
+        return input_grad(dy, w, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), x)
+
+    def weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
+        return weight_grad(x, dy, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), w)
+
+    input_op = torch.library.custom_op(f"tritonconv::{name}_input_grad", input_grad_op, mutates_args=(),
+                                       schema=f"(Tensor dy, Tensor w, Tensor x, {GEOMETRY_SCHEMA}) -> Tensor")
+    weight_op = torch.library.custom_op(f"tritonconv::{name}_weight_grad", weight_grad_op, mutates_args=(),
+                                        schema=f"(Tensor x, Tensor dy, Tensor w, {GEOMETRY_SCHEMA}) -> Tensor")
+    input_op.register_fake(lambda dy, w, x, *geo_args: empty_like_layout(x.shape, channels_last(x), dy.dtype, dy.device))
+    weight_op.register_fake(lambda x, dy, w, *geo_args: empty_like_layout(w.shape, channels_last(w), w.dtype, w.device))
+
+
+def _elementwise_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """m elements: 1024 per program on a GPU (8 per thread), the whole tiny test tensor in the interpreter."""
+    block = heuristics.pow2_clamp(problem.m, 16, 4096) if interpreter else 1024
+    return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK=block)
+
+
+def _elementwise_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    return dispatch.product_space(num_warps=(4, 8), num_stages=(1,), BLOCK=(512, 1024, 2048, 4096))
+
+
+def _elementwise_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
+    return triton.cdiv(problem.m, config["BLOCK"])
+
+
+dispatch.register("activation_backward", "elementwise", activation_backward_kernel, _elementwise_config,
+                  _elementwise_space, programs=_elementwise_programs)
+
+
+def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
+    """dz = dy * activation'(z), elementwise, in z's memory format."""
+    if dy.stride() != z.stride():
+        # The kernel walks flat storage, so dy must share z's layout (autograd may hand in any strides).
+        dy = torch.empty_like(z).copy_(dy)
+    dz = torch.empty_like(z)
+    if dz.numel() == 0:
+        return dz
+    problem = dispatch.Problem("activation_backward", m=dz.numel(), dtype=dz.dtype, extra=(("activation", activation),))
+
+    def launch(cfg: dispatch.Config) -> torch.Tensor:
+        activation_backward_kernel[(dispatch.programs(cfg, problem),)](
+            dy, z, dz, dz.numel(), ACTIVATION=activation, **cfg.launch_kwargs())
+        return dz
+
+    return launch(dispatch.config_for(problem, launch))
+
+
+@torch.library.custom_op("tritonconv::activation_backward", mutates_args=(),
+                         schema="(Tensor dy, Tensor z, str activation) -> Tensor")
+def _activation_backward_op(dy, z, activation):
+    return activation_backward(dy, z, activation)
+
+
+@_activation_backward_op.register_fake
+def _(dy, z, activation):
+    return torch.empty_like(z)
+
+
+def needs_pre_activation(activation: str, *tensors: torch.Tensor | None) -> bool:
+    """Whether a forward must keep the activation's input: an activation is applied and autograd will
+    differentiate through it."""
+    return activation != "none" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
+    """Register "tritonconv::{name}": a conv + bias + activation op
+    (x, w, bias, *geometry, activation, store_pre) -> (y, z), computed by
+    `forward(x, w, bias, geo, activation, store_pre) -> (y, z or None)`, with its fake and its autograd;
+    z is the pre-activation when `store_pre`, else an empty tensor.
+
+    The activation's backward needs its input z. Recomputing z would cost a second convolution as large as
+    the forward; instead the forward writes z beside y (one more output-sized store) when the public op
+    says a backward will follow (`needs_pre_activation`). Then dz = dy * activation'(z) (our elementwise
+    kernel), the ops "tritonconv::{gradients}_input_grad" and "_weight_grad" (see `register_gradient_ops`)
+    give dx and dw, and db is dz summed over (n, h, w). z itself is an internal output, never
+    differentiated.
+    """
+    def compute(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
+        geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+        y, z = forward(x, w, bias, geo, activation, store_pre)
+        return y, z if z is not None else x.new_empty(0)
+
+    def fake(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
+        y = empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
+        return y, torch.empty_like(y) if store_pre else x.new_empty(0)
+
+    def setup_context(ctx, inputs, output):
+        x, w, _bias, *geo_args, activation, _store_pre = inputs
+        ctx.save_for_backward(x, w, output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.geometry = geo_args
+        ctx.activation = activation
+
+    def backward(ctx, dy, _dz):
+        x, w, z = ctx.saved_tensors
+        ops = torch.ops.tritonconv
+        dz = dy if ctx.activation == "none" else ops.activation_backward(dy, z, ctx.activation)
+        dx = getattr(ops, f"{gradients}_input_grad")(dz, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
+        dw = getattr(ops, f"{gradients}_weight_grad")(x, dz, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
+        db = channel_sum(dz) if ctx.needs_input_grad[2] else None
+        return input_grads(ctx, dx, dw, db)
+
+    op = torch.library.custom_op(f"tritonconv::{name}", compute, mutates_args=(),
+                                 schema=f"(Tensor x, Tensor w, Tensor? bias, {GEOMETRY_SCHEMA}, str activation, "
+                                        "bool store_pre) -> (Tensor, Tensor)")
+    op.register_fake(fake)
+    op.register_autograd(backward, setup_context=setup_context)

@@ -1,0 +1,42 @@
+"""What the heuristics assume about the GPU, and the GEMM tile sizes several op files share.
+
+The numbers describe an H100/H200 (sm_90); `tritonconv.dispatch` prunes tuning spaces with them and each
+op's heuristic sizes its tiles from them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+
+if TYPE_CHECKING:
+    from tritonconv.dispatch import Problem
+
+# Streaming multiprocessors of an H100/H200; heuristics aim for TARGET_PROGRAMS (two waves).
+SM_COUNT = 132
+TARGET_PROGRAMS = 2 * SM_COUNT
+# Shared memory one block may use on sm_90 (227 KB); sm_80 allows 163 KB.
+SMEM_PER_BLOCK = 227 * 1024
+
+
+def pow2_clamp(value: int, low: int, high: int) -> int:
+    """The next power of two >= value, clamped to [low, high]."""
+    return max(low, min(high, triton.next_power_of_2(max(value, 1))))
+
+
+def gemm_blocks(problem: Problem, interpreter: bool) -> dict[str, int]:
+    """BLOCK_M/N/K for a GEMM-shaped kernel (tl.dot needs every block >= 16).
+
+    On a GPU: 64 columns and 64 (16-bit) or 32 (float32) reduction elements per step, so two operand
+    tiles of a 3-stage pipeline fit shared memory comfortably; 128-row tiles when there is enough work
+    to fill SM_COUNT SMs, else 64 so that more programs run. In the interpreter: one tile as large as the
+    tiny test problem, since the interpreter pays per program.
+    """
+    if interpreter:
+        return {"BLOCK_M": pow2_clamp(problem.m, 16, 128), "BLOCK_N": pow2_clamp(problem.n, 16, 64),
+                "BLOCK_K": pow2_clamp(problem.k, 16, 32)}
+    block_m = 128 if problem.m * problem.batch >= 128 * SM_COUNT else 64
+    block_k = 64 if problem.dtype != torch.float32 else 32
+    return {"BLOCK_M": block_m, "BLOCK_N": pow2_clamp(problem.n, 16, 64), "BLOCK_K": pow2_clamp(problem.k, 16, block_k)}
