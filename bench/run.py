@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(suite, device, timed, ceilings, report.environment(gpu, args.tune))
         groups = [(c, d, lay) for c in suite.cases for d in dtypes for lay in layouts]
         print(f"{suite.name}: {runs(len(suite.cases), dtypes, layouts, modes)}")
-        for i, (case, dtype_name, layout) in enumerate(progress(groups, suite.name, unit="case"), 1):
+        for i, (case, dtype_name, layout) in enumerate(progress(groups, suite.name, unit="run"), 1):
             if args.budget is not None and time.perf_counter() - start > args.budget:
                 rows += [run.row(OPS[case.op], case, case.scaled(), dtype_name, DTYPES[dtype_name], layout, mode,
                                   name, "", "not run (time budget)", {}, 0)

@@ -11,13 +11,18 @@ import re
 import pytest
 import torch
 
+import tritonconv as tc
 from conftest import DEVICE, assert_close, rand
+from tritonconv.testing import randomise_batchnorm
 
-tv = pytest.importorskip("torchvision", reason="torchvision is not installed: these tests convert its models "
-                                               "(pip install torch==2.14.1 torchvision==0.29.1)")
-
-import tritonconv as tc  # noqa: E402 (after the skip)
-from tritonconv.testing import randomise_batchnorm  # noqa: E402
+# Not pytest.importorskip at module level: conftest.op_samples imports every test module, and a module
+# that raised Skip on import would skip the tests that call it.
+try:
+    import torchvision as tv
+except ImportError:
+    tv = None
+pytestmark = pytest.mark.skipif(tv is None, reason="torchvision is not installed: these tests convert its "
+                                                   "models (pip install torch==2.14.1 torchvision==0.29.1)")
 
 
 def converted(name: str):
