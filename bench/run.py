@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             group_rows, note = run.group(case, dtype_name, layout, modes)
             rows += group_rows
             write(f"[run {i}/{len(groups)}] {case.op} {case.layer} {dtype_name} {layout}: {note} "
-                           f"({time.perf_counter() - group_start:.1f} s)")
+                  f"({time.perf_counter() - group_start:.1f} s)")
             report.write_csv(rows, csv_path)
     df = report.write_csv(rows, csv_path)
     note = (f"Ceilings measured at the start of the run, {ceilings.describe()}." if timed
