@@ -144,15 +144,30 @@ def max_pool2d_forward_kernel(
         best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
         best_tap = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + KK   # KK: no unit yet
         if MODE == MAX:
+            # float16 is compared in its own dtype (exact: a max only selects), which spares a conversion
+            # per tap; bfloat16 in float32, since Triton's interpreter compares bfloat16 as raw bits.
+            if x_ptr.dtype.element_ty == tl.float16:
+                best = best.to(tl.float16)
+            # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
+            # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.
+            off_h = 0
+            off_w = 0
             for t in range(KK):
-                ih = ih0 + (t // KW) * dil_h
-                iw = iw0 + (t % KW) * dil_w
+                ih = ih0 + off_h
+                iw = iw0 + off_w
                 ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok,
-                            other=float("-inf")).to(tl.float32)
-                take = ok & _wins(v, t, best, best_tap)
+                v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf"))
+                v = v.to(best.dtype)
+                # Taps come in order here, so `_wins` reduces to F.max_pool2d's own test: greater, or NaN
+                # (a later NaN replaces an earlier one); the first tap inside the input is taken whatever
+                # it holds, so that an all -inf window names it as torch does.
+                take = ok & ((v > best) | (v != v) | (best_tap == KK))
                 best = tl.where(take, v, best)
                 best_tap = tl.where(take, t, best_tap)
+                off_w += dil_w
+                wrap = off_w == KW * dil_w
+                off_h += tl.where(wrap, dil_h, 0)
+                off_w = tl.where(wrap, 0, off_w)
             out = best
         else:
             # Walk the 2x2 blocks of units that cover the window, one Philox call per block. Block (bh, bw)

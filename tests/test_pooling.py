@@ -80,6 +80,17 @@ def test_max_pool2d_nan_and_ties(dtype):
     assert_close(dx, dx_ref, dtype, "input grad")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_max_pool2d_all_minus_inf_window_routes_to_its_first_tap(dtype):
+    """A window of -inf only: torch outputs -inf and sends the gradient to its first tap inside the input
+    (padding is not a tap); so must we, in the dtype the taps are compared in."""
+    x = rand(1, 2, 7, 8, dtype=dtype)
+    x[:, :, :4, :5] = float("-inf")
+    y, ref, dx, dx_ref = _pool_and_grad(x, 3, 2, 1)
+    assert torch.equal(y.double(), ref)
+    assert_close(dx, dx_ref, dtype, "input grad")
+
+
 def test_max_pool2d_big_window_and_defaults():
     """A 16x17 window (272 taps) records its taps in int32 instead of a byte; stride=[] means kernel_size."""
     x = rand(1, 3, 17, 18)
