@@ -81,6 +81,10 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         # tile's channels and its per-element work is a few instructions per window: 4096 outputs (32 a
         # thread) amortise the first.
         budget = 4096
+    if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value and not interpreter:
+        # Its Philox calls make it issue-bound: 2048 outputs (8 a thread at 8 warps) amortise the
+        # per-program and per-pixel work further (`python -m bench.cost --kernel max_pool2d_forward`).
+        budget = 2048
     warps = 8 if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value else 4
     if problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
