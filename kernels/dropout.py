@@ -8,19 +8,24 @@ gradient can arrive in a different layout from the input.
 
 Keys, with r = n*C + c the index of a feature map (a "row"):
 
-    element dropout   counter r * ceil(HW/4) + hw // 4, word hw % 4 (hw = h*W + w): one Philox call
-                      serves four neighbouring elements of a map, since one call costs many integer
-                      instructions and a memory-bound kernel cannot afford one per element.
+    element dropout   counter r * ceil(HW/8) + hw // 8, 16-bit half hw % 8 of the call's four words
+                      (hw = h*W + w): one Philox call serves eight neighbouring elements of a map,
+                      since one call costs many integer instructions and a memory-bound kernel cannot
+                      afford one per element.
     spatial dropout   counter r, word 0: one draw per feature map.
     cutout            counter r, words 0 and 1: the square's centre row and column.
     DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
                       (r * ceil(Hs/4) + i // 4) * Ws + j, word i % 4 (four seed rows per call).
 
 A word u (uint32) becomes a uniform float in [0, 1) by `tl.uint_to_uniform_float`; an element is kept
-when that float is >= p, so p = 0 keeps everything and p = 1 drops everything.
+when that float is >= p, so p = 0 keeps everything and p = 1 drops everything. Element dropout draws 16
+bits per element instead: it keeps a half u when u >= round(p * 2^16), so its drop probability is p
+rounded to a multiple of 2^-16 (still exactly 0 for p = 0 and 1 for p = 1).
 
-Dropped elements are written as exact zeros and never read from memory (for spatial dropout in NCHW
-that skips whole maps), so a dropped inf or NaN gives 0, where torch's multiply-by-mask gives NaN.
+Dropped elements are written as exact zeros, selected rather than multiplied, so a dropped inf or NaN
+gives 0, where torch's multiply-by-mask gives NaN (a NaN that is kept stays NaN). Element dropout and
+cutout read every element (a per-element load mask would split vector loads into scalar ones); spatial
+dropout never reads a dropped map.
 
 All offsets and Philox counters are int64: a tensor over 2^31 elements indexes correctly.
 """
@@ -37,11 +42,13 @@ CUTOUT = tl.constexpr(2)    # one size x size square per (n, c) map, clipped at 
 
 
 @triton.jit
-def _words_to_uniform(r0, r1, r2, r3, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """Interleave four [ROWS, COLS // 4] blocks of Philox words into one [ROWS, COLS] block of uniform
-    floats in [0, 1): column 4q + k takes word k of column q's call."""
-    words = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (ROWS, COLS))
-    return tl.uint_to_uniform_float(words)
+def _halves_kept(r0, r1, r2, r3, threshold, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Interleave four [ROWS, COLS // 8] blocks of Philox words into one [ROWS, COLS] block of keep bits:
+    the eight 16-bit halves of column q's call serve columns 8q..8q+7 (in the fixed order that the
+    joins below lay them out), and a half u is kept when u >= threshold."""
+    words = tl.join(tl.join(r0, r1), tl.join(r2, r3))
+    halves = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (ROWS, COLS))
+    return halves.to(tl.int32) >= threshold
 
 
 @triton.jit
@@ -51,7 +58,8 @@ def dropout_mask_kernel(
     # Sizes: x and y are viewed as (N, C, HW) maps, HW = H*W flattened (its memory stride is that of w,
     # which needs a dense H x W plane: the launcher copies any other input). H and W are used by CUTOUT.
     C, HW, H, W,
-    p,              # drop probability (ELEMENT, CHANNEL)
+    p,              # drop probability (CHANNEL)
+    threshold,      # ELEMENT: round(p * 2^16); a 16-bit draw u keeps its element when u >= threshold
     scale,          # factor for kept elements: 1/(1-p) for ELEMENT and CHANNEL (0 when p = 1), 1 for CUTOUT
     cut_size,       # side of the cutout square (CUTOUT)
     # Element strides of x and y over (n, c, hw).
@@ -59,7 +67,7 @@ def dropout_mask_kernel(
     syn, syc, syhw,
     MODE: tl.constexpr,       # ELEMENT, CHANNEL or CUTOUT
     BLOCK_C: tl.constexpr,    # feature maps (channels of one sample) per program
-    BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 4
+    BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 8
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
@@ -78,12 +86,12 @@ def dropout_mask_kernel(
     seed = tl.load(seed_ptr)
 
     if MODE == ELEMENT:
-        # Call q of this block covers positions 4q..4q+3 (BLOCK_P is a multiple of 4 and so is every
-        # block start); rows are padded to ceil(HW/4) calls so that each map owns its own counters.
-        calls = hw_start // 4 + tl.arange(0, BLOCK_P // 4)
-        counter = rows[:, None] * tl.cdiv(HW, 4) + calls[None, :]
+        # Call q of this block covers positions 8q..8q+7 (BLOCK_P is a multiple of 8 and so is every
+        # block start); rows are padded to ceil(HW/8) calls so that each map owns its own counters.
+        calls = hw_start // 8 + tl.arange(0, BLOCK_P // 8)
+        counter = rows[:, None] * tl.cdiv(HW, 8) + calls[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, counter)
-        keep = _words_to_uniform(r0, r1, r2, r3, BLOCK_C, BLOCK_P) >= p
+        keep = _halves_kept(r0, r1, r2, r3, threshold, BLOCK_C, BLOCK_P)
     elif MODE == CHANNEL:
         keep = (tl.rand(seed, rows) >= p)[:, None]
     else:
@@ -101,11 +109,18 @@ def dropout_mask_kernel(
         inside_w = (w[None, :] >= left[:, None]) & (w[None, :] < left[:, None] + cut_size)
         keep = ~(inside_h & inside_w)
 
-    # Dropped elements are not read (other=0), so they come out as exact zeros.
+    # The load is masked by bounds only, so that it stays a vector load: a per-element mask makes every
+    # element its own scalar load. CHANNEL's keep is constant along a map's positions, so it can mask the
+    # load (a dropped map is never read) without splitting the vectors. The keep decision is then applied
+    # with a select, so dropped elements come out as exact zeros whatever they hold (inf and NaN too).
+    if MODE == CHANNEL:
+        load_mask = in_bounds & keep
+    else:
+        load_mask = in_bounds
     x_offs = (n * sxn + offs_c.to(tl.int64) * sxc)[:, None] + offs_hw[None, :] * sxhw
-    x = tl.load(x_ptr + x_offs, mask=in_bounds & keep, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + x_offs, mask=load_mask, other=0.0).to(tl.float32)
     y_offs = (n * syn + offs_c.to(tl.int64) * syc)[:, None] + offs_hw[None, :] * syhw
-    tl.store(y_ptr + y_offs, (x * scale).to(y_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(y_ptr + y_offs, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit

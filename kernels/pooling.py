@@ -16,7 +16,8 @@ still pick exactly the unit F.max_pool2d would pick among the kept ones.
 Backward without an int64 index tensor. The forward stores, per output, the winning tap t as one byte
 (uint8; int32 for windows of more than 254 taps) instead of torch's int64 input offset, and KH*KW where
 no unit was kept. The input gradient is then a gather: each input pixel visits the windows that contain
-it, one per tap, and adds dy where that window's byte names that tap. No atomics, deterministic.
+it (only the ((K-1)*d)//s + 1 per axis that can, not one per tap), and adds dy where that
+window's byte names the pixel's tap. No atomics, deterministic.
 
 Max-pooling dropout. Every input unit is kept with probability 1 - p by one Philox draw, shared by all
 the windows that contain it: the draw is keyed on the unit, counter (r * ceil(H/2) + ih//2) *
@@ -35,7 +36,7 @@ All offsets and Philox counters are int64.
 import triton
 import triton.language as tl
 
-from tritonconv.kernels.common import inverse_stride, sample_channel_pixel_tile
+from tritonconv.kernels.common import sample_channel_pixel_tile
 
 # What max_pool2d_forward_kernel computes per window.
 MAX = tl.constexpr(0)        # the max, as F.max_pool2d
@@ -143,15 +144,30 @@ def max_pool2d_forward_kernel(
         best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
         best_tap = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + KK   # KK: no unit yet
         if MODE == MAX:
+            # float16 is compared in its own dtype (exact: a max only selects), which spares a conversion
+            # per tap; bfloat16 in float32, since Triton's interpreter compares bfloat16 as raw bits.
+            if x_ptr.dtype.element_ty == tl.float16:
+                best = best.to(tl.float16)
+            # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
+            # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.
+            off_h = 0
+            off_w = 0
             for t in range(KK):
-                ih = ih0 + (t // KW) * dil_h
-                iw = iw0 + (t % KW) * dil_w
+                ih = ih0 + off_h
+                iw = iw0 + off_w
                 ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok,
-                            other=float("-inf")).to(tl.float32)
-                take = ok & _wins(v, t, best, best_tap)
+                v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf"))
+                v = v.to(best.dtype)
+                # Taps come in order here, so `_wins` reduces to F.max_pool2d's own test: greater, or NaN
+                # (a later NaN replaces an earlier one); the first tap inside the input is taken whatever
+                # it holds, so that an all -inf window names it as torch does.
+                take = ok & ((v > best) | (v != v) | (best_tap == KK))
                 best = tl.where(take, v, best)
                 best_tap = tl.where(take, t, best_tap)
+                off_w += dil_w
+                wrap = off_w == KW * dil_w
+                off_h += tl.where(wrap, dil_h, 0)
+                off_w = tl.where(wrap, 0, off_w)
             out = best
         else:
             # Walk the 2x2 blocks of units that cover the window, one Philox call per block. Block (bh, bw)
@@ -182,6 +198,27 @@ def max_pool2d_forward_kernel(
 
 
 @triton.jit
+def _containing_window(o_last, rem, j, stride, size, K, dil, DILATED: tl.constexpr):
+    """Candidate j of the windows along one axis that may hold input position i as a tap.
+
+    With a = i + pad, window o starts at o*stride - pad and holds i as tap k when a - o*stride = k*dil,
+    0 <= k < K. o_last = a // stride is the last window starting at or before i, rem = a - o_last*stride
+    its offset there; candidate j is window o_last - j, at offset rem + j*stride. Returns (o, k, valid);
+    o and k are meaningless where not valid (callers mask them). The offset is divided by the dilation
+    only when DILATED: undilated, the offset is the tap.
+    """
+    o = o_last - j
+    off = rem + j * stride
+    if DILATED:
+        k = off // dil
+        valid = (o >= 0) & (o < size) & (k * dil == off) & (k < K)
+    else:
+        k = off
+        valid = (o >= 0) & (o < size) & (k < K)
+    return o, k, valid
+
+
+@triton.jit
 def max_pool2d_backward_kernel(
     dy_ptr,         # output gradient
     idx_ptr,        # the forward's winning taps (not WEIGHTED)
@@ -198,14 +235,19 @@ def max_pool2d_backward_kernel(
     sdxn, sdxc, sdxh, sdxw,
     WEIGHTED: tl.constexpr,   # True: gradient of weighted pooling (recomputes ranks from x); False: route
                               # dy to the tap named in idx (MAX and DROPOUT)
+    GATHER_H: tl.constexpr,   # windows down the rows that can hold one input row: ((KH-1)*dil_h) // stride_h + 1
+    GATHER_W: tl.constexpr,   # ... and along the columns
+    DILATED: tl.constexpr,    # dil_h > 1 or dil_w > 1: a tap offset must be divided by the dilation
     BLOCK_C: tl.constexpr,    # channels of one sample per program
     BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program
 ):
     """dx[n, c, ih, iw] = sum over the windows (oh, ow) holding (ih, iw) as tap t of dy[n, c, oh, ow] * g,
     with g = [idx[n, c, oh, ow] == t] (max) or g = (1-p) p^rank (weighted).
 
-    Input pixel ih is tap kh of window oh when ih + ph - kh*dh = oh*sh exactly, 0 <= oh < OH; the other
-    taps are masked. Each dx element is written once. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),).
+    Each pixel visits only the GATHER_H x GATHER_W windows that can contain it (`_containing_window`),
+    an unrolled loop with no division: the pixel's last window along each axis is found once, by one
+    division per pixel. Each dx element is written once: no atomics, deterministic.
+    Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),).
     """
     n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, H * W, BLOCK_C, BLOCK_P)
     ih = offs_p // W
@@ -219,12 +261,19 @@ def max_pool2d_backward_kernel(
         v = v.to(tl.float32)
     else:
         idx_map = idx_ptr + n * sidxn + c64 * sidxc
+    oh_last = (ih + pad_h) // stride_h
+    rem_h = ih + pad_h - oh_last * stride_h
+    ow_last = (iw + pad_w) // stride_w
+    rem_w = iw + pad_w - ow_last * stride_w
 
     acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-    for t in range(KH * KW):
-        oh, oh_ok = inverse_stride(ih + pad_h - (t // KW) * dil_h, stride_h, OH)
-        ow, ow_ok = inverse_stride(iw + pad_w - (t % KW) * dil_w, stride_w, OW)
+    for q in tl.static_range(GATHER_H * GATHER_W):
+        oh, kh, oh_ok = _containing_window(oh_last, rem_h, q // GATHER_W, stride_h, OH, KH, dil_h,
+                                           DILATED)
+        ow, kw, ow_ok = _containing_window(ow_last, rem_w, q % GATHER_W, stride_w, OW, KW, dil_w,
+                                           DILATED)
         ok = valid & (oh_ok & ow_ok)[None, :]
+        t = (kh * KW + kw)[None, :]
         g = tl.load(dy_map + (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :], mask=ok, other=0.0)
         if WEIGHTED:
             taps = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + t
@@ -232,8 +281,10 @@ def max_pool2d_backward_kernel(
                                 v, taps, H, W, KH, KW, dil_h, dil_w, sxh, sxw)
             acc += tl.where(ok, g.to(tl.float32) * _keep_weight(rank, p), 0.0)
         else:
-            sel = tl.load(idx_map + (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :], mask=ok, other=0)
-            acc += tl.where(ok & (sel.to(tl.int32) == t), g.to(tl.float32), 0.0)
+            # Outside `ok` the record reads as KH*KW, which names no tap: the compare alone masks it.
+            sel = tl.load(idx_map + (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :], mask=ok,
+                          other=KH * KW)
+            acc += tl.where(sel.to(tl.int32) == t, g.to(tl.float32), 0.0)
 
     dx_offs = n * sdxn + c64 * sdxc + (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=valid)

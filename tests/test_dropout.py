@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from bench.reference import drop_block_probability
-from conftest import DTYPES, assert_close, op_sample, rand
+from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
 
 # The four mask ops with typical arguments, as (name, call(x, **kw)).
@@ -90,6 +90,21 @@ def test_p_one_drops_everything(op):
     assert torch.equal(y, torch.zeros_like(y))
     y.backward(rand(*y.shape))
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("op", ["dropout", "spatial", "cutout"])
+def test_dropped_nan_and_inf_give_zero(op):
+    """Dropped elements are selected to 0, not multiplied by it: a dropped NaN or inf gives 0 (torch's
+    NaN * 0 gives NaN); kept ones stay NaN or inf. The mask is read from a finite input, same seed."""
+    call = OPS[op]
+    shape = (2, 6, 7, 9)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(2 * 6 * 7 * 3)
+    x = specials.reshape(shape).to(DEVICE)
+    keep = call(torch.ones(shape, device=DEVICE), seed=11) != 0
+    y = call(x, seed=11)
+    assert bool((~keep).any()) and bool(keep.any())
+    assert torch.equal(y[~keep], torch.zeros_like(y[~keep]))
+    assert torch.equal(y[keep].isnan(), x[keep].isnan()) and torch.equal(y[keep].isinf(), x[keep].isinf())
 
 
 # ---------------------------------------------------------------------------------------------------------

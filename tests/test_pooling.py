@@ -51,6 +51,23 @@ def test_max_pool2d_forward_backward(case, dtype, channels_last):
     _check_layout(dx, channels_last)
 
 
+# (kernel, stride, padding): every stride against kernels 2..4, overlapping (k3 s1, k3 s2) and gapped (k2 s3)
+# windows, so that the backward's candidate windows per pixel (((k-1)*d)//s + 1 per axis) take 1, 2 and 3.
+STRIDE_CASES = [(2, 1, 0), (2, 2, 1), (2, 3, 0), (3, 1, 1), (3, 2, 1), (3, 3, 0), (4, 3, 2)]
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("geometry", STRIDE_CASES, ids=[f"k{k}s{s}p{p}" for k, s, p in STRIDE_CASES])
+def test_max_pool2d_every_stride_and_ceil_mode(geometry, ceil_mode):
+    """Forward exact and backward against torch for each stride, with the map sizes chosen so that ceil_mode
+    adds a partial last window; NCHW and channels_last alternate by stride."""
+    kernel, stride, padding = geometry
+    x = rand(1, 3, 10, 11, channels_last=stride % 2 == 0)
+    y, ref, dx, dx_ref = _pool_and_grad(x, kernel, stride, padding, 1, ceil_mode)
+    assert torch.equal(y.double(), ref)
+    assert_close(dx, dx_ref, torch.float32, "input grad")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_max_pool2d_nan_and_ties(dtype):
     """NaN propagates and takes the gradient (the last NaN of a window, as torch); among equal maxima the
@@ -60,6 +77,17 @@ def test_max_pool2d_nan_and_ties(dtype):
     y, ref, dx, dx_ref = _pool_and_grad(x, 3, 1, 1)
     assert torch.equal(y.double().isnan(), ref.isnan())
     assert torch.equal(y.double().nan_to_num(), ref.nan_to_num())
+    assert_close(dx, dx_ref, dtype, "input grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_max_pool2d_all_minus_inf_window_routes_to_its_first_tap(dtype):
+    """A window of -inf only: torch outputs -inf and sends the gradient to its first tap inside the input
+    (padding is not a tap); so must we, in the dtype the taps are compared in."""
+    x = rand(1, 2, 7, 8, dtype=dtype)
+    x[:, :, :4, :5] = float("-inf")
+    y, ref, dx, dx_ref = _pool_and_grad(x, 3, 2, 1)
+    assert torch.equal(y.double(), ref)
     assert_close(dx, dx_ref, dtype, "input grad")
 
 

@@ -53,6 +53,11 @@ class PoolGeometry:
         parities = {-p % 2} if s % 2 == 0 or out == 1 else {0, 1}
         return max((q + (k - 1) * d) // 2 + 1 for q in parities)
 
+    def gather(self, axis: int) -> int:
+        """How many windows along `axis` can hold one input position as a tap, at most: the windows
+        starting in the (k-1)*d + 1 positions at or before it, one every s."""
+        return (self.kernel[axis] - 1) * self.dilation[axis] // self.stride[axis] + 1
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Configurations (see tritonconv.dispatch). A pooling Problem has m = C, n = output pixels (forward) or
@@ -60,8 +65,9 @@ class PoolGeometry:
 # ---------------------------------------------------------------------------------------------------------
 
 def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """About 1024 outputs per program: pixels first in NCHW (contiguous along a row of the map), channels
-    first in channels_last (contiguous: 64 channels make 128-byte runs in 16-bit). 4 warps (8 outputs per
+    """About 1024 outputs per program (4096 for the max backward, below): pixels first in NCHW (contiguous
+    along a row of the map), channels first in channels_last (contiguous: 64 channels make 128-byte runs in
+    16-bit). 4 warps (8 outputs per
     thread), except the dropout forward, which holds four Philox words per output: 8 warps halve the
     registers each thread needs for them. Weighted pooling (a rank loop inside the tap loop) takes 256
     outputs: at 1024 its backward spills on sm_80. Registers and spills of every configuration:
@@ -69,6 +75,15 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     sm_80`. The interpreter takes tiles of up to 4096 so that the tests run few programs."""
     mode = dict(problem.extra)["mode"]
     budget = 4096 if interpreter else (256 if mode == WEIGHTED.value else 1024)
+    if problem.kernel == "max_pool2d_backward" and mode != WEIGHTED.value:
+        # The backward's per-pixel work (its windows' coordinates, found by division) is shared by the
+        # tile's channels and its per-element work is a few instructions per window: 4096 outputs (32 a
+        # thread) amortise the first.
+        budget = 4096
+    if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value and not interpreter:
+        # Its Philox calls make it issue-bound: 2048 outputs (8 a thread at 8 warps) amortise the
+        # per-program and per-pixel work further (`python -m bench.cost --kernel max_pool2d_forward`).
+        budget = 2048
     warps = 8 if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value else 4
     if problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
@@ -89,12 +104,14 @@ def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 def _pool_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
     """The window's taps (weighted pooling: and, inside, the rank loop over the taps again); the dropout
-    forward walks its SPAN_H x SPAN_W blocks of units instead."""
+    forward walks its SPAN_H x SPAN_W blocks of units instead. The backward unrolls its GATHER_H x GATHER_W
+    candidate windows: no loop, or (weighted) one rank loop per candidate."""
     taps = args["KH"] * args["KW"]
-    if problem.kernel == "max_pool2d_forward" and args["MODE"] == DROPOUT.value:
+    if problem.kernel == "max_pool2d_backward":
+        return (taps,) * (args["GATHER_H"] * args["GATHER_W"]) if args["WEIGHTED"] else ()
+    if args["MODE"] == DROPOUT.value:
         return (args["SPAN_H"], args["SPAN_W"])
-    weighted = args["MODE"] == WEIGHTED.value if problem.kernel == "max_pool2d_forward" else args["WEIGHTED"]
-    return (taps, taps) if weighted else (taps,)
+    return (taps, taps) if args["MODE"] == WEIGHTED.value else (taps,)
 
 
 dispatch.register("max_pool2d_forward", "pooling", max_pool2d_forward_kernel, _pool_config, _pool_space,
@@ -155,7 +172,8 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     def launch(cfg: dispatch.Config) -> torch.Tensor:
         max_pool2d_backward_kernel[(dispatch.programs(cfg, problem),)](
             dy, saved, saved, dx, *geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride(),
-            WEIGHTED=weighted, **cfg.launch_kwargs())
+            WEIGHTED=weighted, GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
+            **cfg.launch_kwargs())
         return dx
 
     return launch(dispatch.config_for(problem, launch))
