@@ -83,7 +83,7 @@ def separable_forward_kernel(
         t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         t = depthwise_taps(t, x_base, m_valid[:, None] & k_valid[None, :], ih0, iw0,
                            wd_ptr + offs_k.to(tl.int64)[None, :] * swdk, k_valid[None, :],
-                           H, W, sxh, sxw, swdh, swdw, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end)
+                           H, W, sxh, sxw, swdh, swdw, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, 0, 0)
         if HAS_DW_BIAS:
             t += tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :]
         # Channels k >= K hold activation(0) = 0 for every supported activation, and meet zero weights.

@@ -3,6 +3,7 @@ autograd, public op."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Mapping, Sequence
 
 import torch
@@ -22,13 +23,26 @@ from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_in
 # ---------------------------------------------------------------------------------------------------------
 
 # The order in which tile axes are widened, each up to its cap, while the tile stays within the element
-# budget. channels_last widens channels first (contiguous, so the loads vectorise); NCHW widens columns,
-# then rows, so each program covers a patch of the plane. The interpreter pays per program and per
-# operation, not per element, so its one tile covers a whole small test plane (but not the test cases
-# chosen to need several tiles).
-_CHANNELS_LAST_TILES = (1024, (("BLOCK_C", 64), ("BLOCK_W", 8), ("BLOCK_H", 8)))
+# budget. channels_last takes the channel block first (contiguous, so the loads vectorise; see
+# `_channel_block`), then columns and rows: 4096 elements are 4 pixels x 8 channels per thread of 4 warps,
+# so each thread's tap weights (one vector load per tap) serve several pixels. NCHW widens columns, then
+# rows, so each program covers a patch of the plane. The interpreter pays per program and per operation,
+# not per element, so its one tile covers a whole small test plane (but not the test cases chosen to need
+# several tiles).
+_CHANNELS_LAST_TILES = (4096, (("BLOCK_C", 64), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 _NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
+# Live taps per row up to this are unrolled (`depthwise_taps`' TAPS_W), and the rows of kernels up to
+# MAX_UNROLLED_KERNEL live taps (TAPS_H); larger kernels loop.
+MAX_UNROLLED_TAPS = 7
+MAX_UNROLLED_KERNEL = 25
+
+
+def _channel_block(channels: int, cap: int) -> int:
+    """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
+    (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
+    blocks = [b for b in (8, 16, 32, 64, 128) if b <= max(cap, 8)]
+    return min(blocks, key=lambda b: (triton.cdiv(channels, b) * b, -b))
 
 
 def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
@@ -41,13 +55,16 @@ def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
         budget, order = _CHANNELS_LAST_TILES if problem.channels_last else _NCHW_TILES
     blocks = {}
     for name, cap in order:
-        blocks[name] = heuristics.pow2_clamp(extents[name], 1, min(cap, budget))
+        if name == "BLOCK_C" and problem.channels_last and not interpreter:
+            blocks[name] = _channel_block(problem.n, min(cap, budget))
+        else:
+            blocks[name] = heuristics.pow2_clamp(extents[name], 1, min(cap, budget))
         budget //= blocks[name]
     return blocks
 
 
 def _warps(blocks: dict[str, int]) -> int:
-    """About 8 float32 accumulators per thread: 4 warps for a 1024-element tile, fewer for small ones."""
+    """At least 8 float32 accumulators per thread: 4 warps for a tile of 1024 or more, fewer for small ones."""
     return heuristics.pow2_clamp(blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"] // 256, 1, 4)
 
 
@@ -77,7 +94,7 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Tiles of 512 to 4096 elements in the layout's shape, none over twice the plane's extent."""
     extra = dict(problem.extra)
     if problem.channels_last:
-        axes = {"BLOCK_C": (32, 64, 128), "BLOCK_W": (2, 4, 8), "BLOCK_H": (2, 4, 8)}
+        axes = {"BLOCK_C": (16, 32, 64, 128), "BLOCK_W": (2, 4, 8, 16), "BLOCK_H": (2, 4, 8)}
     else:
         axes = {"BLOCK_W": (16, 32, 64), "BLOCK_H": (4, 8, 16), "BLOCK_C": (1, 2, 4)}
     extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
@@ -112,9 +129,47 @@ def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 
 def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
-    """Forward: the live kh and kw taps; input gradient: the MULT filters of a channel, then its taps."""
-    taps = (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"])
+    """Forward: the live kh and kw taps of the axes not unrolled (the input gradient unrolls none): the
+    input gradient loops over the MULT filters of a channel first."""
+    taps = tuple(args[end] - args[start] for start, end, unrolled in (("kh_start", "kh_end", "TAPS_H"),
+                                                                      ("kw_start", "kw_end", "TAPS_W"))
+                 if not args.get(unrolled))
     return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
+
+
+def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
+    """`depthwise_taps`' TAPS_H and TAPS_W: a row of up to MAX_UNROLLED_TAPS live taps is unrolled, and
+    the rows too while the kernel has at most MAX_UNROLLED_KERNEL live taps (more unrolled loads in flight
+    spill registers, `python -m bench.static`); 0 for a runtime loop."""
+    (h0, h1), (w0, w1) = geo.live_taps(0), geo.live_taps(1)
+    taps_w = w1 - w0 if w1 - w0 <= MAX_UNROLLED_TAPS else 0
+    taps_h = h1 - h0 if taps_w and (h1 - h0) * taps_w <= MAX_UNROLLED_KERNEL else 0
+    return {"TAPS_H": taps_h, "TAPS_W": taps_w}
+
+
+# Tap-major copies of depthwise weights, by id() of the weight tensor: (weak reference to it, the key it
+# was made under, the copy). The key holds the weight's storage address and version counter, so a weight
+# changed in place (optimizer step, load_state_dict, copy_) is repacked; an entry dies with its tensor.
+_TAP_MAJOR: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+
+
+def tap_major(w: torch.Tensor) -> torch.Tensor:
+    """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
+    channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
+
+    Made once per weight version and reused while the weight is neither freed nor changed in place.
+    Inference tensors keep no version counter, so theirs is made on every call.
+    """
+    if w.is_inference():
+        return w.reshape(w.shape[0], -1).t().contiguous()
+    key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape), w.stride())
+    entry = _TAP_MAJOR.get(id(w))
+    if entry is not None and entry[0]() is w and entry[1] == key:
+        return entry[2]
+    packed = w.reshape(w.shape[0], -1).t().contiguous()
+    ident = id(w)
+    _TAP_MAJOR[ident] = (weakref.ref(w, lambda _ref: _TAP_MAJOR.pop(ident, None)), key, packed)
+    return packed
 
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
@@ -157,14 +212,16 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         return y, z
 
     problem = _problem("depthwise_forward", geo, f, plane, x, cl)
+    packed, kw = tap_major(w), geo.kernel[1]
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
         depthwise_forward_kernel[(dispatch.programs(cfg, problem),)](
-            x, w, bias if bias is not None else w, y, z if z is not None else y,
+            x, packed, bias if bias is not None else packed, y, z if z is not None else y,
             geo.height, geo.width, *plane, f, f // geo.in_channels,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), bias.stride(0) if bias is not None else 0,
-            HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **cfg.launch_kwargs())
+            *x.stride(), 1, kw * f, f, *y.stride(), bias.stride(0) if bias is not None else 0,
+            HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **unrolled_taps(geo),
+            **cfg.launch_kwargs())
         return y
 
     launch(dispatch.config_for(problem, launch))
