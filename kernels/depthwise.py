@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks
+from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks, tile_pixels
 
 
 @triton.jit
@@ -143,9 +143,12 @@ def depthwise_input_grad_kernel(
     # Sizes: input (N, C, H, W), weight (C * MULT, 1, KH, KW), output (N, C * MULT, OH, OW); the batch
     # size is implied by the grid.
     H, W, OH, OW, C, MULT,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # The strides are constexpr, so finding the output a tap reaches (`inverse_stride`) divides by a
+    # constant (a shift for stride 2), not by a runtime value in the tap loop.
+    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h, pad_w, dil_h, dil_w,
     kh_start, kh_end, kw_start, kw_end,
-    # Element strides of dy and dx in (N, C, H, W) order; of w in (F, KH, KW).
+    # Element strides of dy and dx in (N, C, H, W) order; of w in (F, KH, KW) (the launcher passes
+    # tap-major weights: 1, KW * F, F).
     syn, syc, syh, syw,
     swf, swh, sww,
     sxn, sxc, sxh, sxw,
@@ -228,7 +231,9 @@ def depthwise_weight_grad_kernel(
     dy_chan = dy_ptr + f.to(tl.int64) * syc
     x_chan = x_ptr + (f // MULT).to(tl.int64) * sxc
 
-    plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
+    tiles_h = tl.cdiv(OH, BLOCK_H)
+    tiles_w = tl.cdiv(OW, BLOCK_W)
+    plane_tiles = tiles_h * tiles_w
     tiles = N * plane_tiles
     tiles_per_split = tl.cdiv(tiles, SPLIT_K)
     t_begin = split * tiles_per_split
@@ -238,9 +243,13 @@ def depthwise_weight_grad_kernel(
         kh = tap // KW
         kw = tap % KW
         acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+        # Tile t is tile (tile_row, tile_col) of image n. The loop steps them along (a carry from column
+        # to row to image) rather than dividing t in every iteration.
+        n = (t_begin // plane_tiles).to(tl.int64)
+        tile_row = t_begin % plane_tiles // tiles_w
+        tile_col = t_begin % tiles_w
         for t in range(t_begin, t_end):
-            n = (t // plane_tiles).to(tl.int64)
-            oh, ow = plane_tile(t % plane_tiles, OH, OW, BLOCK_H, BLOCK_W)
+            oh, ow = tile_pixels(tile_row, tile_col, BLOCK_H, BLOCK_W)
             ih = oh * stride_h - pad_h + kh * dil_h
             iw = ow * stride_w - pad_w + kw * dil_w
             out_ok = (oh < OH) & (ow < OW) & f_valid
@@ -250,6 +259,13 @@ def depthwise_weight_grad_kernel(
             xv = tl.load(x_chan + n * sxn + ih * sxh + iw * sxw,
                          mask=(ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & out_ok, other=0.0)
             acc += g.to(tl.float32) * xv.to(tl.float32)
+            tile_col += 1
+            row_done = tile_col == tiles_w
+            tile_col = tl.where(row_done, 0, tile_col)
+            tile_row += row_done.to(tl.int32)
+            image_done = tile_row == tiles_h
+            tile_row = tl.where(image_done, 0, tile_row)
+            n += image_done.to(tl.int64)
 
         partial = tl.sum(tl.sum(acc, axis=0), axis=0)
         dw_offs = f_vec.to(tl.int64) * taps + tap

@@ -78,6 +78,21 @@ def test_unrolled_and_looping_taps(i):
     assert_close(y, _reference(x, w, b, 1, padding, 1), dtype, f"{kh}x{kw} C={c} x{mult}")
 
 
+def test_weight_grad_steps_across_tile_rows_and_images():
+    """The weight gradient walks its share of the tiles by carrying column -> row -> image: two images of
+    3 x 2 interpreter tiles (17 x 17 outputs), split between two programs, so each run crosses a tile row
+    and the second starts mid-image and crosses into the next."""
+    x = rand(2, 3, 17, 17, requires_grad=True)
+    w = rand(3, 1, 3, 3, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, None, 1, 1)
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    ref = _reference(xr, wr, None, 1, 1, 1)
+    dy = rand(*ref.shape)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
 def test_tap_major_weights_follow_in_place_changes():
     """The forward kernel reads a tap-major copy of the weights made once per weight version: reused while
     the weight is unchanged, made again after an in-place change (the result follows the new weights)."""

@@ -77,7 +77,8 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
     neighbours take the other taps of the same pixels, which then come from L2) and SPLIT_K programs share
-    each (tap, channel block) until the GPU is full, each keeping at least 4 tiles of work. The
+    each (tap, channel block) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: several programs
+    per SM hide each one's load latency), each keeping at least 4 tiles of work. The
     interpreter pays per program and per operation, so one program walks every tap; it splits in two
     whenever there are two tiles, so the tests exercise the atomic path."""
     blocks = _tile(problem, interpreter)
@@ -86,7 +87,7 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
         split, taps = (2 if tiles > 1 else 1), problem.k
     else:
         programs = problem.k * triton.cdiv(problem.n, blocks["BLOCK_C"])
-        split, taps = max(1, min(heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
+        split, taps = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
 
@@ -238,12 +239,14 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
         return dx
 
     problem = _problem("depthwise_input_grad", geo, c, plane, dy, cl)
+    packed = tap_major(w)
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
         depthwise_input_grad_kernel[(dispatch.programs(cfg, problem),)](
-            dy, w, dx, *plane, geo.out_height, geo.out_width, c, geo.out_channels // c,
+            dy, packed, dx, *plane, geo.out_height, geo.out_width, c, geo.out_channels // c,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(), **cfg.launch_kwargs())
+            *dy.stride(), 1, geo.kernel[1] * geo.out_channels, geo.out_channels, *dx.stride(),
+            **cfg.launch_kwargs())
         return dx
 
     return launch(dispatch.config_for(problem, launch))
