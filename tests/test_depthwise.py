@@ -7,8 +7,7 @@ import torch.nn.functional as F
 import tritonconv as tc
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
-from tritonconv._shared import conv_geometry
-from tritonconv.depthwise import tap_major, unrolled_taps
+from tritonconv._shared import conv_geometry, tap_major, unrolled_taps
 
 # (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, even and non-square kernels, "same"/"valid", and planes and channel counts that need

@@ -3,7 +3,6 @@ autograd, public op."""
 
 from __future__ import annotations
 
-import weakref
 from typing import Mapping, Sequence
 
 import torch
@@ -12,7 +11,7 @@ import triton
 from tritonconv import dispatch, heuristics
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
 from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, geometry_args,
-                                register_epilogue_op, register_gradient_ops)
+                                register_epilogue_op, register_gradient_ops, tap_major, unrolled_taps)
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
 
@@ -32,12 +31,6 @@ from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_in
 _CHANNELS_LAST_TILES = (4096, (("BLOCK_C", 64), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 _NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
-# Live taps per row up to this are unrolled (`depthwise_taps`' TAPS_W), and the rows of kernels up to
-# MAX_UNROLLED_KERNEL live taps (TAPS_H); larger kernels loop.
-MAX_UNROLLED_TAPS = 7
-MAX_UNROLLED_KERNEL = 25
-
-
 def _channel_block(channels: int, cap: int) -> int:
     """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
     (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
@@ -136,41 +129,6 @@ def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping
                                                                       ("kw_start", "kw_end", "TAPS_W"))
                  if not args.get(unrolled))
     return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
-
-
-def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
-    """`depthwise_taps`' TAPS_H and TAPS_W: a row of up to MAX_UNROLLED_TAPS live taps is unrolled, and
-    the rows too while the kernel has at most MAX_UNROLLED_KERNEL live taps (more unrolled loads in flight
-    spill registers, `python -m bench.static`); 0 for a runtime loop."""
-    (h0, h1), (w0, w1) = geo.live_taps(0), geo.live_taps(1)
-    taps_w = w1 - w0 if w1 - w0 <= MAX_UNROLLED_TAPS else 0
-    taps_h = h1 - h0 if taps_w and (h1 - h0) * taps_w <= MAX_UNROLLED_KERNEL else 0
-    return {"TAPS_H": taps_h, "TAPS_W": taps_w}
-
-
-# Tap-major copies of depthwise weights, by id() of the weight tensor: (weak reference to it, the key it
-# was made under, the copy). The key holds the weight's storage address and version counter, so a weight
-# changed in place (optimizer step, load_state_dict, copy_) is repacked; an entry dies with its tensor.
-_TAP_MAJOR: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
-
-
-def tap_major(w: torch.Tensor) -> torch.Tensor:
-    """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
-    channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
-
-    Made once per weight version and reused while the weight is neither freed nor changed in place.
-    Inference tensors keep no version counter, so theirs is made on every call.
-    """
-    if w.is_inference():
-        return w.reshape(w.shape[0], -1).t().contiguous()
-    key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape), w.stride())
-    entry = _TAP_MAJOR.get(id(w))
-    if entry is not None and entry[0]() is w and entry[1] == key:
-        return entry[2]
-    packed = w.reshape(w.shape[0], -1).t().contiguous()
-    ident = id(w)
-    _TAP_MAJOR[ident] = (weakref.ref(w, lambda _ref: _TAP_MAJOR.pop(ident, None)), key, packed)
-    return packed
 
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
