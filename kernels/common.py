@@ -81,8 +81,15 @@ def plane_tile(t, rows, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     to broadcast against a (BLOCK_H, BLOCK_W, BLOCK_C) tile; they may run past the plane's edge.
     """
     tiles_w = tl.cdiv(cols, BLOCK_W)
-    r = (t // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-    c = (t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    return tile_pixels(t // tiles_w, t % tiles_w, BLOCK_H, BLOCK_W)
+
+
+@triton.jit
+def tile_pixels(tile_row, tile_col, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The rows (int64, (BLOCK_H, 1, 1)) and columns (int64, (1, BLOCK_W, 1)) of the tile in tile row
+    `tile_row` and tile column `tile_col` of a plane cut into BLOCK_H x BLOCK_W tiles (`plane_tile`)."""
+    r = tile_row * BLOCK_H + tl.arange(0, BLOCK_H)
+    c = tile_col * BLOCK_W + tl.arange(0, BLOCK_W)
     return r.to(tl.int64)[:, None, None], c.to(tl.int64)[None, :, None]
 
 

@@ -26,12 +26,25 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks
+from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks, tile_pixels
+
+
+@triton.jit
+def depthwise_tap(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh, kw):
+    """acc + x[ih0 + kh*dh, iw0 + kw*dw] * w[kh, kw] in float32: one tap of `depthwise_taps`."""
+    ih = ih0 + kh * dil_h
+    iw = iw0 + kw * dil_w
+    ok = x_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    # Moving one tap moves every pointer by the same amount: a scalar int64 added to x_base.
+    step = (kh * dil_h).to(tl.int64) * sxh + (kw * dil_w).to(tl.int64) * sxw
+    xv = tl.load(x_base + step, mask=ok, other=0.0)
+    wv = tl.load(w_base + kh * swh + kw * sww, mask=w_valid, other=0.0)
+    return acc + xv.to(tl.float32) * wv.to(tl.float32)
 
 
 @triton.jit
 def depthwise_taps(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww, dil_h, dil_w,
-                   kh_start, kh_end, kw_start, kw_end):
+                   kh_start, kh_end, kw_start, kw_end, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr):
     """acc + sum over the live taps of x[ih0 + kh*dh, iw0 + kw*dw] * w[kh, kw], in float32.
 
     Shape-agnostic, so the depthwise kernel (3-D pixel x channel tiles) and the fused separable kernel
@@ -40,20 +53,37 @@ def depthwise_taps(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, s
               outside x: it is only dereferenced where the tap's pixel is inside the input);
       x_valid: where the pixel/channel exists at all (e.g. channel < C);
       ih0, iw0: input row/column of tap (0, 0), used only in comparisons (int32 is enough);
-      w_base, w_valid: pointers to w[f, 0, 0, 0] and their mask.
+      w_base, w_valid: pointers to w[f, 0, 0, 0] and their mask; with the tap-major weights the launchers
+              pass (swh = KW * F, sww = F), one tap's weights for a channel block are one vector load.
+    TAPS_H, TAPS_W: the live tap counts kh_end - kh_start and kw_end - kw_start when the launcher knows
+    them to be small, that axis then fully unrolled (the loads of different taps are independent, so the
+    compiler issues them ahead of the multiply-adds); 0 for a runtime loop (large kernels; also rows of a
+    kernel whose unrolled taps would hold too many loads in flight). TAPS_H > 0 needs TAPS_W > 0.
     Positions outside the H x W input read as zero (the padding).
     """
-    for kh in range(kh_start, kh_end):
-        ih = ih0 + kh * dil_h
-        row_ok = x_valid & (ih >= 0) & (ih < H)
-        # Moving one tap down moves every pointer by the same dil_h rows: a scalar int64 added to x_base.
-        row_step = (kh * dil_h).to(tl.int64) * sxh
+    if TAPS_H > 0:
+        for i in tl.static_range(TAPS_H):
+            acc = depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww,
+                                dil_h, dil_w, kh_start + i, kw_start, kw_end, TAPS_W)
+    else:
+        for kh in range(kh_start, kh_end):
+            acc = depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww,
+                                dil_h, dil_w, kh, kw_start, kw_end, TAPS_W)
+    return acc
+
+
+@triton.jit
+def depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww, dil_h, dil_w,
+                  kh, kw_start, kw_end, TAPS_W: tl.constexpr):
+    """The taps kw_start <= kw < kw_end of kernel row kh (`depthwise_taps`), unrolled when TAPS_W > 0."""
+    if TAPS_W > 0:
+        for j in tl.static_range(TAPS_W):
+            acc = depthwise_tap(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww,
+                                dil_h, dil_w, kh, kw_start + j)
+    else:
         for kw in range(kw_start, kw_end):
-            iw = iw0 + kw * dil_w
-            ok = row_ok & (iw >= 0) & (iw < W)
-            xv = tl.load(x_base + row_step + (kw * dil_w).to(tl.int64) * sxw, mask=ok, other=0.0)
-            wv = tl.load(w_base + kh * swh + kw * sww, mask=w_valid, other=0.0)
-            acc += xv.to(tl.float32) * wv.to(tl.float32)
+            acc = depthwise_tap(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww,
+                                dil_h, dil_w, kh, kw)
     return acc
 
 
@@ -67,7 +97,8 @@ def depthwise_forward_kernel(
     # Geometry. kh/kw ranges are the live taps (see module docstring).
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     kh_start, kh_end, kw_start, kw_end,
-    # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW).
+    # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW) (the
+    # launcher passes tap-major weights: 1, KW * F, F).
     sxn, sxc, sxh, sxw,
     swf, swh, sww,
     syn, syc, syh, syw,
@@ -78,6 +109,8 @@ def depthwise_forward_kernel(
     BLOCK_H: tl.constexpr,     # output rows per program
     BLOCK_W: tl.constexpr,     # output columns per program
     BLOCK_C: tl.constexpr,     # output channels per program
+    TAPS_H: tl.constexpr,      # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
+    TAPS_W: tl.constexpr,
 ):
     """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
 
@@ -97,7 +130,7 @@ def depthwise_forward_kernel(
     x_base = x_ptr + n * sxn + (f // MULT).to(tl.int64) * sxc + ih0 * sxh + iw0 * sxw
     acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
     acc = depthwise_taps(acc, x_base, f_valid, ih0, iw0, w_ptr + f.to(tl.int64) * swf, f_valid,
-                         H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end)
+                         H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
 
     y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + ow * syw
     store_epilogue(acc, bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs, (oh < OH) & (ow < OW) & f_valid,
@@ -110,9 +143,12 @@ def depthwise_input_grad_kernel(
     # Sizes: input (N, C, H, W), weight (C * MULT, 1, KH, KW), output (N, C * MULT, OH, OW); the batch
     # size is implied by the grid.
     H, W, OH, OW, C, MULT,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # The strides are constexpr, so finding the output a tap reaches (`inverse_stride`) divides by a
+    # constant (a shift for stride 2), not by a runtime value in the tap loop.
+    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h, pad_w, dil_h, dil_w,
     kh_start, kh_end, kw_start, kw_end,
-    # Element strides of dy and dx in (N, C, H, W) order; of w in (F, KH, KW).
+    # Element strides of dy and dx in (N, C, H, W) order; of w in (F, KH, KW) (the launcher passes
+    # tap-major weights: 1, KW * F, F).
     syn, syc, syh, syw,
     swf, swh, sww,
     sxn, sxc, sxh, sxw,
@@ -195,7 +231,9 @@ def depthwise_weight_grad_kernel(
     dy_chan = dy_ptr + f.to(tl.int64) * syc
     x_chan = x_ptr + (f // MULT).to(tl.int64) * sxc
 
-    plane_tiles = tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W)
+    tiles_h = tl.cdiv(OH, BLOCK_H)
+    tiles_w = tl.cdiv(OW, BLOCK_W)
+    plane_tiles = tiles_h * tiles_w
     tiles = N * plane_tiles
     tiles_per_split = tl.cdiv(tiles, SPLIT_K)
     t_begin = split * tiles_per_split
@@ -205,9 +243,13 @@ def depthwise_weight_grad_kernel(
         kh = tap // KW
         kw = tap % KW
         acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+        # Tile t is tile (tile_row, tile_col) of image n. The loop steps them along (a carry from column
+        # to row to image) rather than dividing t in every iteration.
+        n = (t_begin // plane_tiles).to(tl.int64)
+        tile_row = t_begin % plane_tiles // tiles_w
+        tile_col = t_begin % tiles_w
         for t in range(t_begin, t_end):
-            n = (t // plane_tiles).to(tl.int64)
-            oh, ow = plane_tile(t % plane_tiles, OH, OW, BLOCK_H, BLOCK_W)
+            oh, ow = tile_pixels(tile_row, tile_col, BLOCK_H, BLOCK_W)
             ih = oh * stride_h - pad_h + kh * dil_h
             iw = ow * stride_w - pad_w + kw * dil_w
             out_ok = (oh < OH) & (ow < OW) & f_valid
@@ -217,6 +259,13 @@ def depthwise_weight_grad_kernel(
             xv = tl.load(x_chan + n * sxn + ih * sxh + iw * sxw,
                          mask=(ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & out_ok, other=0.0)
             acc += g.to(tl.float32) * xv.to(tl.float32)
+            tile_col += 1
+            row_done = tile_col == tiles_w
+            tile_col = tl.where(row_done, 0, tile_col)
+            tile_row += row_done.to(tl.int32)
+            image_done = tile_row == tiles_h
+            tile_row = tl.where(image_done, 0, tile_row)
+            n += image_done.to(tl.int64)
 
         partial = tl.sum(tl.sum(acc, axis=0), axis=0)
         dw_offs = f_vec.to(tl.int64) * taps + tap

@@ -36,7 +36,8 @@ def separable_forward_kernel(
     # Depthwise geometry. kh/kw ranges are the live taps (kernels/conv.py's module docstring).
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     kh_start, kh_end, kw_start, kw_end,
-    # Element strides: x and y in (N, C, H, W) order (any memory format), wd in (K, KH, KW), wp in (F, K).
+    # Element strides: x and y in (N, C, H, W) order (any memory format), wd in (K, KH, KW) (the launcher
+    # passes tap-major weights: 1, KW * K, K), wp in (F, K).
     sxn, sxc, sxh, sxw,
     swdk, swdh, swdw,
     swpf, swpk,
@@ -50,6 +51,8 @@ def separable_forward_kernel(
     BLOCK_M: tl.constexpr,  # output pixels (n, oh, ow) per program
     BLOCK_N: tl.constexpr,  # output channels per program
     BLOCK_K: tl.constexpr,  # intermediate (depthwise output) channels per step
+    TAPS_H: tl.constexpr,   # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
+    TAPS_W: tl.constexpr,
 ):
     """y = pointwise(activation(depthwise(x))). Grid: (cdiv(N*OH*OW, BLOCK_M) * cdiv(F, BLOCK_N),)."""
     pid = tl.program_id(0)
@@ -83,7 +86,7 @@ def separable_forward_kernel(
         t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         t = depthwise_taps(t, x_base, m_valid[:, None] & k_valid[None, :], ih0, iw0,
                            wd_ptr + offs_k.to(tl.int64)[None, :] * swdk, k_valid[None, :],
-                           H, W, sxh, sxw, swdh, swdw, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end)
+                           H, W, sxh, sxw, swdh, swdw, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
         if HAS_DW_BIAS:
             t += tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :]
         # Channels k >= K hold activation(0) = 0 for every supported activation, and meet zero weights.

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import tritonconv as tc
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
+from tritonconv._shared import conv_geometry, tap_major, unrolled_taps
 
 # (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, even and non-square kernels, "same"/"valid", and planes and channel counts that need
@@ -53,6 +54,60 @@ def test_depthwise_forward_backward(case, dtype, channels_last):
     assert_close(w.grad, wr.grad, dtype, "weight grad")
     assert_close(b.grad, br.grad, dtype, "bias grad")
     assert x.grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+# Every unrolled kernel size (1 to 7, both axes unrolled up to 25 live taps), a 7x5 kernel whose rows loop
+# (35 taps) and a 9x9 one with both axes looping: (KH, KW) and the (TAPS_H, TAPS_W) the launcher passes.
+# Channel counts that no block divides (17, 144 over the interpreter's 16) and multipliers 1 and 2,
+# alternating layouts and dtypes (subsampled: forward only, the backward kernels take no TAPS).
+TAP_CASES = [((k, k), (k, k)) for k in range(1, 6)] + [((6, 3), (6, 3)), ((7, 2), (7, 2)), ((3, 7), (3, 7)),
+                                                      ((7, 5), (0, 5)), ((9, 9), (0, 0))]
+
+
+@pytest.mark.parametrize("i", range(len(TAP_CASES)), ids=[f"k{k[0]}x{k[1]}" for k, _ in TAP_CASES])
+def test_unrolled_and_looping_taps(i):
+    (kh, kw), taps = TAP_CASES[i]
+    c, mult = ((17, 1), (144, 1), (17, 2))[i % 3]
+    dtype, cl = DTYPES[i % 3], i % 2 == 0
+    x = rand(1, c, kh + 2, kw + 3, dtype=dtype, channels_last=cl)
+    w, b = rand(c * mult, 1, kh, kw, dtype=dtype), rand(c * mult, dtype=dtype)
+    padding = (kh // 2, kw // 2)
+    assert tuple(unrolled_taps(conv_geometry(x, w, b, 1, padding, 1, c)).values()) == taps
+    y = tc.depthwise_conv2d(x, w, b, 1, padding)
+    assert_close(y, _reference(x, w, b, 1, padding, 1), dtype, f"{kh}x{kw} C={c} x{mult}")
+
+
+def test_weight_grad_steps_across_tile_rows_and_images():
+    """The weight gradient walks its share of the tiles by carrying column -> row -> image: two images of
+    3 x 2 interpreter tiles (17 x 17 outputs), split between two programs, so each run crosses a tile row
+    and the second starts mid-image and crosses into the next."""
+    x = rand(2, 3, 17, 17, requires_grad=True)
+    w = rand(3, 1, 3, 3, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, None, 1, 1)
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    ref = _reference(xr, wr, None, 1, 1, 1)
+    dy = rand(*ref.shape)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+def test_tap_major_weights_follow_in_place_changes():
+    """The forward kernel reads a tap-major copy of the weights made once per weight version: reused while
+    the weight is unchanged, made again after an in-place change (the result follows the new weights)."""
+    x, w = rand(2, 5, 6, 7), rand(10, 1, 3, 3)
+    y = tc.depthwise_conv2d(x, w, None, 1, 1)
+    assert_close(y, _reference(x, w, None, 1, 1, 1), torch.float32, "first weights")
+    packed = tap_major(w)
+    assert tap_major(w) is packed
+    assert torch.equal(packed, w.reshape(10, 9).t())
+    w.mul_(-2.0)
+    assert tap_major(w) is not packed
+    y = tc.depthwise_conv2d(x, w, None, 1, 1)
+    assert_close(y, _reference(x, w, None, 1, 1, 1), torch.float32, "weights changed in place")
+    w[3, 0, 1, 2] = 7.0
+    y = tc.depthwise_conv2d(x, w, None, 1, 1)
+    assert_close(y, _reference(x, w, None, 1, 1, 1), torch.float32, "one weight changed in place")
 
 
 @pytest.mark.parametrize("dilation,padding", [(12, 12), (24, 24)])

@@ -11,6 +11,7 @@ imports the package first, which registers every op, so such a call cannot miss.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -129,6 +130,51 @@ def check_pointwise_weight(weight: object, name: str, in_channels: int, ref: tor
         raise ValueError(f"{name} must have shape (F, {in_channels}, 1, 1) to take {source}, "
                          f"got {tuple(weight.shape)}")
     return weight
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Depthwise taps (kernels/depthwise.py `depthwise_taps`, also run by the fused separable kernel).
+# ---------------------------------------------------------------------------------------------------------
+
+# Live taps per row up to this are unrolled (`depthwise_taps`' TAPS_W), and the rows of kernels up to
+# MAX_UNROLLED_KERNEL live taps (TAPS_H); larger kernels loop.
+MAX_UNROLLED_TAPS = 7
+MAX_UNROLLED_KERNEL = 25
+
+
+def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
+    """`depthwise_taps`' TAPS_H and TAPS_W: a row of up to MAX_UNROLLED_TAPS live taps is unrolled, and
+    the rows too while the kernel has at most MAX_UNROLLED_KERNEL live taps (more unrolled loads in flight
+    spill registers, `python -m bench.static`); 0 for a runtime loop."""
+    (h0, h1), (w0, w1) = geo.live_taps(0), geo.live_taps(1)
+    taps_w = w1 - w0 if w1 - w0 <= MAX_UNROLLED_TAPS else 0
+    taps_h = h1 - h0 if taps_w and (h1 - h0) * taps_w <= MAX_UNROLLED_KERNEL else 0
+    return {"TAPS_H": taps_h, "TAPS_W": taps_w}
+
+
+# Tap-major copies of depthwise weights, by id() of the weight tensor: (weak reference to it, the key it
+# was made under, the copy). The key holds the weight's storage address and version counter, so a weight
+# changed in place (optimizer step, load_state_dict, copy_) is repacked; an entry dies with its tensor.
+_TAP_MAJOR: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+
+
+def tap_major(w: torch.Tensor) -> torch.Tensor:
+    """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
+    channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
+
+    Made once per weight version and reused while the weight is neither freed nor changed in place.
+    Inference tensors keep no version counter, so theirs is made on every call.
+    """
+    if w.is_inference():
+        return w.reshape(w.shape[0], -1).t().contiguous()
+    key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape), w.stride())
+    entry = _TAP_MAJOR.get(id(w))
+    if entry is not None and entry[0]() is w and entry[1] == key:
+        return entry[2]
+    packed = w.reshape(w.shape[0], -1).t().contiguous()
+    ident = id(w)
+    _TAP_MAJOR[ident] = (weakref.ref(w, lambda _ref: _TAP_MAJOR.pop(ident, None)), key, packed)
+    return packed
 
 
 # A geometry travels through torch.library ops as plain ints: (stride, top/left padding, dilation, groups,

@@ -11,7 +11,7 @@ import triton
 from tritonconv import dispatch, heuristics
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
 from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, geometry_args,
-                                register_epilogue_op, register_gradient_ops)
+                                register_epilogue_op, register_gradient_ops, tap_major, unrolled_taps)
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
 
@@ -22,13 +22,20 @@ from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_in
 # ---------------------------------------------------------------------------------------------------------
 
 # The order in which tile axes are widened, each up to its cap, while the tile stays within the element
-# budget. channels_last widens channels first (contiguous, so the loads vectorise); NCHW widens columns,
-# then rows, so each program covers a patch of the plane. The interpreter pays per program and per
-# operation, not per element, so its one tile covers a whole small test plane (but not the test cases
-# chosen to need several tiles).
-_CHANNELS_LAST_TILES = (1024, (("BLOCK_C", 64), ("BLOCK_W", 8), ("BLOCK_H", 8)))
+# budget. channels_last takes the channel block first (contiguous, so the loads vectorise; see
+# `_channel_block`), then columns and rows: 4096 elements are 4 pixels x 8 channels per thread of 4 warps,
+# so each thread's tap weights (one vector load per tap) serve several pixels. NCHW widens columns, then
+# rows, so each program covers a patch of the plane. The interpreter pays per program and per operation,
+# not per element, so its one tile covers a whole small test plane (but not the test cases chosen to need
+# several tiles).
+_CHANNELS_LAST_TILES = (4096, (("BLOCK_C", 64), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 _NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
+def _channel_block(channels: int, cap: int) -> int:
+    """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
+    (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
+    blocks = [b for b in (8, 16, 32, 64, 128) if b <= max(cap, 8)]
+    return min(blocks, key=lambda b: (triton.cdiv(channels, b) * b, -b))
 
 
 def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
@@ -41,13 +48,16 @@ def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
         budget, order = _CHANNELS_LAST_TILES if problem.channels_last else _NCHW_TILES
     blocks = {}
     for name, cap in order:
-        blocks[name] = heuristics.pow2_clamp(extents[name], 1, min(cap, budget))
+        if name == "BLOCK_C" and problem.channels_last and not interpreter:
+            blocks[name] = _channel_block(problem.n, min(cap, budget))
+        else:
+            blocks[name] = heuristics.pow2_clamp(extents[name], 1, min(cap, budget))
         budget //= blocks[name]
     return blocks
 
 
 def _warps(blocks: dict[str, int]) -> int:
-    """About 8 float32 accumulators per thread: 4 warps for a 1024-element tile, fewer for small ones."""
+    """At least 8 float32 accumulators per thread: 4 warps for a tile of 1024 or more, fewer for small ones."""
     return heuristics.pow2_clamp(blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"] // 256, 1, 4)
 
 
@@ -60,7 +70,8 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
     neighbours take the other taps of the same pixels, which then come from L2) and SPLIT_K programs share
-    each (tap, channel block) until the GPU is full, each keeping at least 4 tiles of work. The
+    each (tap, channel block) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: several programs
+    per SM hide each one's load latency), each keeping at least 4 tiles of work. The
     interpreter pays per program and per operation, so one program walks every tap; it splits in two
     whenever there are two tiles, so the tests exercise the atomic path."""
     blocks = _tile(problem, interpreter)
@@ -69,7 +80,7 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
         split, taps = (2 if tiles > 1 else 1), problem.k
     else:
         programs = problem.k * triton.cdiv(problem.n, blocks["BLOCK_C"])
-        split, taps = max(1, min(heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
+        split, taps = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
 
@@ -77,7 +88,7 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Tiles of 512 to 4096 elements in the layout's shape, none over twice the plane's extent."""
     extra = dict(problem.extra)
     if problem.channels_last:
-        axes = {"BLOCK_C": (32, 64, 128), "BLOCK_W": (2, 4, 8), "BLOCK_H": (2, 4, 8)}
+        axes = {"BLOCK_C": (16, 32, 64, 128), "BLOCK_W": (2, 4, 8, 16), "BLOCK_H": (2, 4, 8)}
     else:
         axes = {"BLOCK_W": (16, 32, 64), "BLOCK_H": (4, 8, 16), "BLOCK_C": (1, 2, 4)}
     extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
@@ -112,8 +123,11 @@ def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 
 def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
-    """Forward: the live kh and kw taps; input gradient: the MULT filters of a channel, then its taps."""
-    taps = (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"])
+    """Forward: the live kh and kw taps of the axes not unrolled (the input gradient unrolls none): the
+    input gradient loops over the MULT filters of a channel first."""
+    taps = tuple(args[end] - args[start] for start, end, unrolled in (("kh_start", "kh_end", "TAPS_H"),
+                                                                      ("kw_start", "kw_end", "TAPS_W"))
+                 if not args.get(unrolled))
     return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
 
 
@@ -157,14 +171,16 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         return y, z
 
     problem = _problem("depthwise_forward", geo, f, plane, x, cl)
+    packed, kw = tap_major(w), geo.kernel[1]
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
         depthwise_forward_kernel[(dispatch.programs(cfg, problem),)](
-            x, w, bias if bias is not None else w, y, z if z is not None else y,
+            x, packed, bias if bias is not None else packed, y, z if z is not None else y,
             geo.height, geo.width, *plane, f, f // geo.in_channels,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), bias.stride(0) if bias is not None else 0,
-            HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **cfg.launch_kwargs())
+            *x.stride(), 1, kw * f, f, *y.stride(), bias.stride(0) if bias is not None else 0,
+            HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **unrolled_taps(geo),
+            **cfg.launch_kwargs())
         return y
 
     launch(dispatch.config_for(problem, launch))
@@ -181,12 +197,14 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
         return dx
 
     problem = _problem("depthwise_input_grad", geo, c, plane, dy, cl)
+    packed = tap_major(w)
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
         depthwise_input_grad_kernel[(dispatch.programs(cfg, problem),)](
-            dy, w, dx, *plane, geo.out_height, geo.out_width, c, geo.out_channels // c,
+            dy, packed, dx, *plane, geo.out_height, geo.out_width, c, geo.out_channels // c,
             *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(), **cfg.launch_kwargs())
+            *dy.stride(), 1, geo.kernel[1] * geo.out_channels, geo.out_channels, *dx.stride(),
+            **cfg.launch_kwargs())
         return dx
 
     return launch(dispatch.config_for(problem, launch))

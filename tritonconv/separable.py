@@ -13,7 +13,7 @@ from tritonconv._checks import (accepts_unbatched, autocast, channels_last, chec
                                 empty_like_layout, int32_batches)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
-                                input_grads)
+                                input_grads, tap_major, unrolled_taps)
 from tritonconv.kernels.separable import separable_forward_kernel
 
 # ---------------------------------------------------------------------------------------------------------
@@ -41,9 +41,13 @@ def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 dispatch.register("separable_forward", "separable", separable_forward_kernel, _fused_config, _fused_space,
-                  # The intermediate channel steps, then the live kh and kw taps of each step's depthwise block.
-                  trips=lambda problem, config, args: (triton.cdiv(args["K"], config["BLOCK_K"]),
-                                                 args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"]))
+                  # The intermediate channel steps, then the live kh and kw taps of each step's depthwise block
+                  # along the axes not unrolled.
+                  trips=lambda problem, config, args: (
+                      triton.cdiv(args["K"], config["BLOCK_K"]),
+                      *(args[end] - args[start] for start, end, unrolled in (("kh_start", "kh_end", "TAPS_H"),
+                                                                            ("kw_start", "kw_end", "TAPS_W"))
+                        if not args[unrolled])))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -62,19 +66,20 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     if y.numel() == 0:
         return y
     m = geo.batch * plane[0] * plane[1]
+    packed = tap_major(wd)
 
     def launch(cfg: dispatch.Config) -> torch.Tensor:
         for part in int32_batches(geo.batch, plane[0] * plane[1]):
             ys = y[part]
             grid = (triton.cdiv(ys.shape[0] * plane[0] * plane[1], cfg["BLOCK_M"]) * triton.cdiv(f, cfg["BLOCK_N"]),)
             separable_forward_kernel[grid](
-                x[part], wd, bd if bd is not None else wd, wp, bp if bp is not None else wp, ys,
+                x[part], packed, bd if bd is not None else wd, wp, bp if bp is not None else wp, ys,
                 ys.shape[0], geo.height, geo.width, *plane, k, f, k // geo.in_channels,
                 *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-                *x.stride(), wd.stride(0), wd.stride(2), wd.stride(3), wp.stride(0), wp.stride(1), *y.stride(),
+                *x.stride(), 1, geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(),
                 bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0,
                 HAS_DW_BIAS=bd is not None, HAS_PW_BIAS=bp is not None, ACTIVATION=activation,
-                **dot_flags(x.dtype), **cfg.launch_kwargs())
+                **unrolled_taps(geo), **dot_flags(x.dtype), **cfg.launch_kwargs())
         return y
 
     return launch(dispatch.config_for(dispatch.Problem(
