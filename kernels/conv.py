@@ -253,14 +253,19 @@ def conv2d_weight_grad_kernel(
     p_begin = split * steps_per_split * BLOCK_K
     p_end = min(p_begin + steps_per_split * BLOCK_K, P)
 
+    # The step's pixels as (n, oh, ow), divided out once here and then advanced by BLOCK_K pixels per
+    # step with no division: BLOCK_K = n_step*OH*OW + oh_step*OW + ow_step, and since ow_step < OW and
+    # oh_step < OH each coordinate carries at most once into the next.
+    offs_p = as_index(p_begin + tl.arange(0, BLOCK_K), INT64)
+    n_img = offs_p // (OH * OW)
+    oh = offs_p % (OH * OW) // OW
+    ow = offs_p % OW
+    n_step = BLOCK_K // (OH * OW)
+    oh_step = BLOCK_K % (OH * OW) // OW
+    ow_step = BLOCK_K % OW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for p0 in range(p_begin, p_end, BLOCK_K):
-        offs_p = as_index(p0 + tl.arange(0, BLOCK_K), INT64)
+    for _ in range(p_begin, p_end, BLOCK_K):
         p_valid = offs_p < p_end
-        n_img = offs_p // (OH * OW)
-        pix = offs_p % (OH * OW)
-        oh = pix // OW
-        ow = pix % OW
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         x_valid = p_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -269,6 +274,14 @@ def conv2d_weight_grad_kernel(
         b = tl.load(x_ptr + x_chan[None, :] + (n_img * sxn + ih * sxh + iw * sxw)[:, None],
                     mask=x_valid[:, None] & c_valid[None, :], other=0.0)
         acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+        offs_p += BLOCK_K
+        ow += ow_step
+        ow_carry = ow >= OW
+        ow = tl.where(ow_carry, ow - OW, ow)
+        oh += oh_step + ow_carry.to(oh.dtype)
+        oh_carry = oh >= OH
+        oh = tl.where(oh_carry, oh - OH, oh)
+        n_img += n_step + oh_carry.to(n_img.dtype)
 
     # dw is contiguous (F, C_g, KH, KW): element (f, c, kh, kw) sits at ((f*C_g + c)*KH*KW + tap).
     KHKW = tl.num_programs(1)
