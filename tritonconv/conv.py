@@ -35,8 +35,9 @@ def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         return dispatch.Config.of(num_warps=4, num_stages=1, GROUP_M=8, **blocks)
     if blocks["BLOCK_M"] == 64:
         # A small tile spends most of a step on per-row address and mask arithmetic, whatever its
-        # BLOCK_K: twice the channels per step halves that share (up to the channels of one tap).
-        channels = problem.k // dict(problem.extra)["taps"]
+        # BLOCK_K: twice the channels per step halves that share (up to the channels of one tap; a
+        # problem that does not say its tap count is taken as one tap).
+        channels = problem.k // dict(problem.extra).get("taps", 1)
         blocks["BLOCK_K"] = heuristics.pow2_clamp(channels, 16, 2 * blocks["BLOCK_K"])
     return dispatch.Config.of(num_warps=4, num_stages=3, GROUP_M=8, **blocks)
 
