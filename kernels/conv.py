@@ -31,6 +31,28 @@ from tritonconv.kernels.common import as_index, dot, grouped_tile, inverse_strid
 
 
 @triton.jit
+def tile_taps(lo, hi, dil, k_start, k_end):
+    """The taps [k_lo, k_hi) of the live range [k_start, k_end) with k*dil in [lo, hi]: those that some
+    position of a tile reaches inside the tensor, given the bounds' union over the tile's positions.
+    Every other tap reads only padding for the tile, so its loop steps are not run at all."""
+    k_lo = max(k_start, (max(lo, 0) + dil - 1) // dil)
+    k_hi = min(k_end, tl.where(hi >= 0, hi // dil + 1, 0))
+    return k_lo, max(k_hi, k_lo)
+
+
+@triton.jit
+def next_step(kh, kw, c0, kw_lo, kw_hi, C, BLOCK_K: tl.constexpr):
+    """The (kh, kw, channel block) after (kh, kw, c0) in a reduction that walks the channel blocks of a
+    tap, then the taps of a row kw_lo..kw_hi-1, then the rows: increments and selects, no division."""
+    c0 += BLOCK_K
+    next_tap = c0 >= C
+    c0 = tl.where(next_tap, 0, c0)
+    kw = tl.where(next_tap, kw + 1, kw)
+    next_row = kw >= kw_hi
+    return tl.where(next_row, kh + 1, kh), tl.where(next_row, kw_lo, kw), c0
+
+
+@triton.jit
 def conv2d_forward_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
@@ -69,32 +91,36 @@ def conv2d_forward_kernel(
     ow = pix % OW
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
-    x_rows = n_img * sxn + as_index(group * C_PER_GROUP, INT64) * sxc
+    # Where row m's window starts in x; a tap adds one scalar offset to it.
+    x_rows = n_img * sxn + as_index(group * C_PER_GROUP, INT64) * sxc + ih0 * sxh + iw0 * sxw
 
     # Column f of the GEMM is output channel group*F_g + f.
     offs_f = as_index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     f_valid = offs_f < F_PER_GROUP
     w_cols = (group * F_PER_GROUP + offs_f) * swf
 
+    # The taps some row of this tile reads real input with (a superset when the tile spans images): output
+    # row oh reads input row oh*sh - ph + kh*dh, which lies in [0, H) for kh*dh in [ph - oh*sh, H-1+ph - oh*sh].
+    kh_lo, kh_hi = tile_taps(pad_h - tl.max(oh, axis=0) * stride_h, H - 1 + pad_h - tl.min(oh, axis=0) * stride_h,
+                             dil_h, kh_start, kh_end)
+    kw_lo, kw_hi = tile_taps(pad_w - tl.max(ow, axis=0) * stride_w, W - 1 + pad_w - tl.min(ow, axis=0) * stride_w,
+                             dil_w, kw_start, kw_end)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kh in range(kh_start, kh_end):
+    # One pipelined reduction over (tap, channel block), channel blocks fastest, so the loads of the next
+    # tap overlap this tap's MMAs; the position advances by increments, with no division per step.
+    kh, kw, c0 = kh_lo, kw_lo, tl.zeros((), dtype=tl.int32)
+    for _ in range(0, (kh_hi - kh_lo) * (kw_hi - kw_lo) * tl.cdiv(C_PER_GROUP, BLOCK_K)):
         ih = ih0 + kh * dil_h
-        row_valid = m_valid & (ih >= 0) & (ih < H)
-        for kw in range(kw_start, kw_end):
-            iw = iw0 + kw * dil_w
-            pixel_valid = row_valid & (iw >= 0) & (iw < W)
-            # A tap that reads only padding for this whole tile adds nothing: skip its loads and dots.
-            if tl.max(pixel_valid.to(tl.int32), axis=0) > 0:
-                x_tap = x_rows + ih * sxh + iw * sxw
-                w_tap = w_cols + kh * swh + kw * sww
-                for c0 in range(0, C_PER_GROUP, BLOCK_K):
-                    offs_c = as_index(c0 + tl.arange(0, BLOCK_K), INT64)
-                    c_valid = offs_c < C_PER_GROUP
-                    a = tl.load(x_ptr + x_tap[:, None] + offs_c[None, :] * sxc,
-                                mask=pixel_valid[:, None] & c_valid[None, :], other=0.0)
-                    b = tl.load(w_ptr + w_tap[None, :] + offs_c[:, None] * swc,
-                                mask=c_valid[:, None] & f_valid[None, :], other=0.0)
-                    acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+        iw = iw0 + kw * dil_w
+        pixel_valid = m_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        offs_c = as_index(c0 + tl.arange(0, BLOCK_K), INT64)
+        c_valid = offs_c < C_PER_GROUP
+        a = tl.load(x_ptr + (x_rows + (kh * dil_h * sxh + kw * dil_w * sxw))[:, None] + offs_c[None, :] * sxc,
+                    mask=pixel_valid[:, None] & c_valid[None, :], other=0.0)
+        b = tl.load(w_ptr + (w_cols + kh * swh + kw * sww)[None, :] + offs_c[:, None] * swc,
+                    mask=c_valid[:, None] & f_valid[None, :], other=0.0)
+        acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+        kh, kw, c0 = next_step(kh, kw, c0, kw_lo, kw_hi, C_PER_GROUP, BLOCK_K)
 
     if HAS_BIAS:
         bias = tl.load(bias_ptr + (group * F_PER_GROUP + offs_f) * sb, mask=f_valid, other=0.0)
@@ -147,26 +173,30 @@ def conv2d_input_grad_kernel(
     c_valid = offs_c < C_PER_GROUP
     w_cols = as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc
 
+    # The taps that reach an output row from some input row of this tile (a superset when the tile spans
+    # images): input row ih is tap kh of output row (ih + ph - kh*dh) / sh, which lies in [0, OH) for
+    # kh*dh in [ih + ph - (OH-1)*sh, ih + ph]. Whether the division is exact is masked per row.
+    kh_lo, kh_hi = tile_taps(tl.min(ih, axis=0) + pad_h - (OH - 1) * stride_h, tl.max(ih, axis=0) + pad_h,
+                             dil_h, kh_start, kh_end)
+    kw_lo, kw_hi = tile_taps(tl.min(iw, axis=0) + pad_w - (OW - 1) * stride_w, tl.max(iw, axis=0) + pad_w,
+                             dil_w, kw_start, kw_end)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kh in range(kh_start, kh_end):
+    # One pipelined reduction over (tap, output-channel block), as in the forward.
+    kh, kw, f0 = kh_lo, kw_lo, tl.zeros((), dtype=tl.int32)
+    for _ in range(0, (kh_hi - kh_lo) * (kw_hi - kw_lo) * tl.cdiv(F_PER_GROUP, BLOCK_K)):
         oh, oh_valid = inverse_stride(ih + pad_h - kh * dil_h, stride_h, OH)
-        row_valid = m_valid & oh_valid
-        for kw in range(kw_start, kw_end):
-            ow, ow_valid = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
-            pixel_valid = row_valid & ow_valid
-            if tl.max(pixel_valid.to(tl.int32), axis=0) > 0:
-                dy_tap = dy_rows + oh * syh + ow * syw
-                w_tap = w_cols + kh * swh + kw * sww
-                for f0 in range(0, F_PER_GROUP, BLOCK_K):
-                    offs_f = as_index(f0 + tl.arange(0, BLOCK_K), INT64)
-                    f_valid = offs_f < F_PER_GROUP
-                    a = tl.load(dy_ptr + dy_tap[:, None] + offs_f[None, :] * syc,
-                                mask=pixel_valid[:, None] & f_valid[None, :], other=0.0)
-                    b = tl.load(w_ptr + w_tap[None, :] + offs_f[:, None] * swf,
-                                mask=f_valid[:, None] & c_valid[None, :], other=0.0)
-                    # Rows this tap does not reach keep acc as it was: their dy reads as 0, but 0 * w is
-                    # NaN for a non-finite weight, which torch never multiplies there.
-                    acc = tl.where(pixel_valid[:, None], dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
+        ow, ow_valid = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
+        pixel_valid = m_valid & oh_valid & ow_valid
+        offs_f = as_index(f0 + tl.arange(0, BLOCK_K), INT64)
+        f_valid = offs_f < F_PER_GROUP
+        a = tl.load(dy_ptr + (dy_rows + oh * syh + ow * syw)[:, None] + offs_f[None, :] * syc,
+                    mask=pixel_valid[:, None] & f_valid[None, :], other=0.0)
+        b = tl.load(w_ptr + (w_cols + kh * swh + kw * sww)[None, :] + offs_f[:, None] * swf,
+                    mask=f_valid[:, None] & c_valid[None, :], other=0.0)
+        # Rows this tap does not reach keep acc as it was: their dy reads as 0, but 0 * w is NaN for a
+        # non-finite weight, which torch never multiplies there.
+        acc = tl.where(pixel_valid[:, None], dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
+        kh, kw, f0 = next_step(kh, kw, f0, kw_lo, kw_hi, F_PER_GROUP, BLOCK_K)
 
     dx_offs = (n_img * sxn + ih * sxh + iw * sxw)[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=m_valid[:, None] & c_valid[None, :])
@@ -223,14 +253,19 @@ def conv2d_weight_grad_kernel(
     p_begin = split * steps_per_split * BLOCK_K
     p_end = min(p_begin + steps_per_split * BLOCK_K, P)
 
+    # The step's pixels as (n, oh, ow), divided out once here and then advanced by BLOCK_K pixels per
+    # step with no division: BLOCK_K = n_step*OH*OW + oh_step*OW + ow_step, and since ow_step < OW and
+    # oh_step < OH each coordinate carries at most once into the next.
+    offs_p = as_index(p_begin + tl.arange(0, BLOCK_K), INT64)
+    n_img = offs_p // (OH * OW)
+    oh = offs_p % (OH * OW) // OW
+    ow = offs_p % OW
+    n_step = BLOCK_K // (OH * OW)
+    oh_step = BLOCK_K % (OH * OW) // OW
+    ow_step = BLOCK_K % OW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for p0 in range(p_begin, p_end, BLOCK_K):
-        offs_p = as_index(p0 + tl.arange(0, BLOCK_K), INT64)
+    for _ in range(p_begin, p_end, BLOCK_K):
         p_valid = offs_p < p_end
-        n_img = offs_p // (OH * OW)
-        pix = offs_p % (OH * OW)
-        oh = pix // OW
-        ow = pix % OW
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         x_valid = p_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -239,6 +274,14 @@ def conv2d_weight_grad_kernel(
         b = tl.load(x_ptr + x_chan[None, :] + (n_img * sxn + ih * sxh + iw * sxw)[:, None],
                     mask=x_valid[:, None] & c_valid[None, :], other=0.0)
         acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+        offs_p += BLOCK_K
+        ow += ow_step
+        ow_carry = ow >= OW
+        ow = tl.where(ow_carry, ow - OW, ow)
+        oh += oh_step + ow_carry.to(oh.dtype)
+        oh_carry = oh >= OH
+        oh = tl.where(oh_carry, oh - OH, oh)
+        n_img += n_step + oh_carry.to(n_img.dtype)
 
     # dw is contiguous (F, C_g, KH, KW): element (f, c, kh, kw) sits at ((f*C_g + c)*KH*KW + tap).
     KHKW = tl.num_programs(1)

@@ -50,20 +50,35 @@ def test_conv2d_forward_backward(case, dtype, channels_last):
     assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-@pytest.mark.parametrize("dilation,padding,size", [(12, 12, 9), (24, 24, 9), (36, 36, 9), (24, 24, 13)])
-def test_aspp_rates_skip_padding_taps(dilation, padding, size):
-    """ASPP rates on small maps: most taps read only padding and are skipped; the result must not change."""
-    x = rand(1, 4, size, size, requires_grad=True)
-    w = rand(5, 4, 3, 3, requires_grad=True)
-    y = tc.conv2d(x, w, None, 1, padding, dilation)
+def _check_float32(x, w, stride, padding, dilation):
+    """conv2d of float32 x and w (requiring grad), forward and both gradients, against float64 torch."""
+    y = tc.conv2d(x, w, None, stride, padding, dilation)
     xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
-    ref = _reference(xr, wr, None, 1, padding, dilation, 1)
+    ref = _reference(xr, wr, None, stride, padding, dilation, 1)
     assert_close(y, ref, torch.float32, "forward")
     dy = rand(*ref.shape)
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(x.grad, xr.grad, torch.float32, "input grad")
     assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+@pytest.mark.parametrize("dilation,padding,size", [(12, 12, 9), (24, 24, 9), (36, 36, 9), (24, 24, 13)])
+def test_aspp_rates_skip_padding_taps(dilation, padding, size):
+    """ASPP rates on small maps: most taps read only padding and are skipped; the result must not change."""
+    _check_float32(rand(1, 4, size, size, requires_grad=True), rand(5, 4, 3, 3, requires_grad=True), 1, padding,
+                   dilation)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_flattened_reduction_ragged_tiles(stride, channels_last):
+    """Several tiles (the last one ragged, some spanning two images), each with its own range of live
+    taps at a high dilation (a tile of output rows 4-8 of 11 skips tap row 2, which reads rows 12-16),
+    and channel counts with a ragged last block (40 = 32 + 8 in the interpreter) in both reductions: the
+    (tap, channel block) walk must visit every live pair once."""
+    _check_float32(rand(2, 40, 11, 30, channels_last=channels_last, requires_grad=True),
+                   rand(36, 40, 3, 3, requires_grad=True), stride, (8, 4), (8, 4))
 
 
 def test_live_taps_cut_padding_only_taps():

@@ -23,30 +23,36 @@ from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_ker
 # ---------------------------------------------------------------------------------------------------------
 
 def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Forward and input gradient: output tiles, reduction over channels one tap at a time.
+    """Forward and input gradient: output tiles, one pipelined reduction over (tap, channel block).
 
-    128-row tiles take 8 warps: at 4 warps the input gradient's 128x64 tile runs out of registers and
-    spills on sm_90, while 8 warps halve each thread's share of the accumulator (registers and spills:
-    `python -m bench.static --kernel conv2d_forward conv2d_input_grad`).
+    On a GPU, 4 warps and 3 stages. 8-warp configurations stay in the tuning space only (where the
+    autotuner checks each against this heuristic's output): flattened implicit-GEMM loops at 8 warps have
+    miscompiled in another template, and no GPU run has checked them here yet. Registers and spills:
+    `python -m bench.static --kernel conv2d_forward conv2d_input_grad`.
     """
     blocks = heuristics.gemm_blocks(problem, interpreter)
-    warps = 8 if blocks["BLOCK_M"] >= 128 and not interpreter else 4
-    return dispatch.Config.of(num_warps=warps, num_stages=1 if interpreter else 3, GROUP_M=8, **blocks)
+    if interpreter:
+        return dispatch.Config.of(num_warps=4, num_stages=1, GROUP_M=8, **blocks)
+    if blocks["BLOCK_M"] == 64:
+        # A small tile spends most of a step on per-row address and mask arithmetic, whatever its
+        # BLOCK_K: twice the channels per step halves that share (up to the channels of one tap; a
+        # problem that does not say its tap count is taken as one tap).
+        channels = problem.k // dict(problem.extra).get("taps", 1)
+        blocks["BLOCK_K"] = heuristics.pow2_clamp(channels, 16, 2 * blocks["BLOCK_K"])
+    return dispatch.Config.of(num_warps=4, num_stages=3, GROUP_M=8, **blocks)
 
 
 def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Input gradient: as the forward, but 64-row tiles at 8 warps on a GPU. Its per-tap stride masks
-    cost registers: 128-row float32 tiles spill on sm_90 and 64x64 at 4 warps on sm_80, while 64-row
-    tiles at 8 warps fit. float32 steps 16 channels at a time: keeping rows a tap misses out of the
-    accumulator (a select per step, for NaN weights) holds a second accumulator tile, and with 32 the
-    dilated probes spill on sm_80 (`python -m bench.static --kernel conv2d_input_grad --space full
-    --target sm_90 sm_80` lists every configuration's registers and spills)."""
+    """Input gradient: as the forward, but 64-row tiles on a GPU, 128 columns wide when there is work
+    for 128-row ones. Its per-tap stride masks cost registers per row: 128-row tiles spill, while a wider
+    tile spreads that arithmetic over twice the MMA work (`python -m bench.static --kernel
+    conv2d_input_grad --space full` lists every configuration's registers and spills)."""
+    config = _gemm_config(problem, interpreter)
     if interpreter:
-        return _gemm_config(problem, interpreter)
-    blocks = {**heuristics.gemm_blocks(problem, interpreter), "BLOCK_M": 64}
-    if problem.dtype == torch.float32:
-        blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 16)
-    return dispatch.Config.of(num_warps=8, num_stages=3, GROUP_M=8, **blocks)
+        return config
+    wide = config["BLOCK_M"] == 128
+    return dispatch.Config.of(**{**config.launch_kwargs(), "BLOCK_M": 64,
+                                 "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128 if wide else 64)})
 
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -65,8 +71,10 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
 
 
 def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """Wide tiles up to 128x256 and 128 channels per step; the 8-warp ones are checked by the autotuner
+    against the heuristic's output before use (see _gemm_config)."""
     return dispatch.product_space(num_warps=(4, 8), num_stages=(3, 4), BLOCK_M=(64, 128),
-                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), GROUP_M=(8,))
+                                  BLOCK_N=(64, 128, 256), BLOCK_K=(32, 64, 128), GROUP_M=(8,))
 
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -87,12 +95,12 @@ def _rows_reading_input(args: Mapping[str, object], forward: bool) -> float:
 
 
 def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
-    """Forward and input gradient: the live kh and kw taps, then the channel steps of a tap (run only
-    for taps that read real input for the tile)."""
+    """Forward and input gradient: one loop over (live tap, channel block), over the taps that read real
+    input for some row of the tile (the kw range is not cut per tile in this estimate)."""
     forward = problem.kernel == "conv2d_forward"
     steps = triton.cdiv(args["C_PER_GROUP" if forward else "F_PER_GROUP"], config["BLOCK_K"])
-    return (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"],
-            steps * _rows_reading_input(args, forward))
+    taps = (args["kh_end"] - args["kh_start"]) * (args["kw_end"] - args["kw_start"])
+    return (taps * steps * _rows_reading_input(args, forward),)
 
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
@@ -139,7 +147,7 @@ def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dis
     return dispatch.Problem(
         "conv2d_forward", m=geo.batch * geo.out_height * geo.out_width, n=geo.out_channels // g,
         k=geo.in_channels // g * geo.kernel[0] * geo.kernel[1], batch=g, dtype=x.dtype,
-        channels_last=channels_last(x))
+        channels_last=channels_last(x), extra=(("taps", geo.kernel[0] * geo.kernel[1]),))
 
 
 @dispatch.on_inputs_device
@@ -164,7 +172,8 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
 
     return launch(dispatch.config_for(dispatch.Problem(
         "conv2d_input_grad", m=m, n=geo.in_channels // g, k=geo.out_channels // g * geo.kernel[0] * geo.kernel[1],
-        batch=g, dtype=dy.dtype, channels_last=channels_last(like)), launch))
+        batch=g, dtype=dy.dtype, channels_last=channels_last(like), extra=(("taps", geo.kernel[0] * geo.kernel[1]),)),
+        launch))
 
 
 @dispatch.on_inputs_device
