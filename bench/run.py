@@ -23,7 +23,7 @@ import tritonconv as tc
 from tritonconv._checks import interpreting
 from tritonconv._progress import progress, write
 
-from bench import report, timing
+from bench import host, report, timing
 from bench.adapters import OPS, Case, Op
 from bench.suites import DTYPES, LAYOUTS, MODES, SUITES, Suite
 
@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "networks. Without a GPU: check every case in Triton's interpreter on a scaled-down shape and "
                     "write the analytic columns only.")
     parser.add_argument("--list", action="store_true", help="list the suites (with --suite: that suite's cases)")
-    parser.add_argument("--suite", choices=sorted(SUITES), help="the suite to run")
+    parser.add_argument("--suite", choices=sorted([*SUITES, "host"]),
+                        help="the suite to run; 'host': host time per cached call, launches stubbed (bench/host.py)")
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="dtypes (default: the suite's)")
     parser.add_argument("--layout", nargs="+", choices=LAYOUTS, help="memory layouts (default: the suite's)")
     parser.add_argument("--mode", nargs="+", choices=MODES, help="forward, forward+backward (default: both)")
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def listing(suite: str | None) -> str:
     """The suites (name, cases, ops, default runs), or one suite's cases."""
+    if suite == "host":
+        return f"host: {host.__doc__.splitlines()[0]}"
     if suite is not None:
         s = SUITES[suite]
         lines = [f"{s.name}: {s.description}; runs {_runs(s)}"]
@@ -66,6 +69,7 @@ def listing(suite: str | None) -> str:
     for s in SUITES.values():
         ops = ", ".join(dict.fromkeys(c.op for c in s.cases))
         lines.append(f"{s.name:<16} {len(s.cases):>3} cases  {s.description}\n{'':<16} ops: {ops}; runs {_runs(s)}")
+    lines.append(f"{'host':<16} {'':>9}  {host.__doc__.splitlines()[0]}")
     return "\n".join(lines)
 
 
@@ -266,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(listing(args.suite))
         return 0
+    if args.suite == "host":
+        return host.main(args.out)
     suite = SUITES[args.suite]
     gpu = torch.cuda.is_available()
     if not gpu and not interpreting():
