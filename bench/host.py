@@ -68,23 +68,23 @@ _empty_op.register_autograd(lambda ctx, dy: dy)
 def stubbed_launches() -> Iterator[None]:
     """Inside the block every Triton launch returns at once, ops decide as on a GPU on CPU tensors (PROBE
     mode) with tuning off and an empty configuration cache; everything is restored afterwards."""
-    saved_run = JITFunction.run, InterpretedFunction.run
-    saved_env = {name: os.environ.get(name) for name in ("TRITONCONV_AUTOTUNE", "TRITONCONV_CACHE_DIR")}
+    saved = JITFunction.run, InterpretedFunction.run, os.environ.get("TRITONCONV_CACHE_DIR"), dispatch.get_autotune()
     noop = lambda self, *args, grid, warmup, **kwargs: None  # noqa: E731
     with tempfile.TemporaryDirectory() as cache_dir:
         JITFunction.run = InterpretedFunction.run = noop
-        os.environ.update(TRITONCONV_AUTOTUNE="0", TRITONCONV_CACHE_DIR=cache_dir)
+        os.environ["TRITONCONV_CACHE_DIR"] = cache_dir
+        dispatch.set_autotune(False)
         dispatch.forget()
         try:
             with _checks.running_as(_checks.Mode.PROBE):
                 yield
         finally:
-            JITFunction.run, InterpretedFunction.run = saved_run
-            for name, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            JITFunction.run, InterpretedFunction.run, cache, autotune = saved
+            if cache is None:
+                os.environ.pop("TRITONCONV_CACHE_DIR", None)
+            else:
+                os.environ["TRITONCONV_CACHE_DIR"] = cache
+            dispatch.set_autotune(autotune)
             dispatch.forget()
 
 

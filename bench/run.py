@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -80,18 +79,15 @@ def _runs(s: Suite) -> str:
 @contextlib.contextmanager
 def _settings(gpu: bool, tune: bool) -> Iterator[None]:
     """PyTorch picks its fastest cuDNN algorithm per shape (cudnn.benchmark), and tritonconv autotunes new
-    shapes only when asked (TRITONCONV_AUTOTUNE); both restored afterwards."""
-    saved_benchmark, saved_tune = torch.backends.cudnn.benchmark, os.environ.get("TRITONCONV_AUTOTUNE")
+    shapes only when asked (`tc.set_autotune`); both restored afterwards."""
+    saved_benchmark, saved_tune = torch.backends.cudnn.benchmark, tc.get_autotune()
     torch.backends.cudnn.benchmark = gpu
-    os.environ["TRITONCONV_AUTOTUNE"] = "1" if tune else "0"
+    tc.set_autotune(tune)
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = saved_benchmark
-        if saved_tune is None:
-            os.environ.pop("TRITONCONV_AUTOTUNE", None)
-        else:
-            os.environ["TRITONCONV_AUTOTUNE"] = saved_tune
+        tc.set_autotune(saved_tune)
 
 
 def _failure(e: BaseException) -> str:

@@ -65,7 +65,7 @@ from triton.runtime.cache import get_cache_manager
 from triton.runtime.jit import JITFunction
 
 import tritonconv
-from tritonconv import _checks, dispatch, heuristics
+from tritonconv import _checks, _plans, dispatch, heuristics
 from tritonconv._progress import progress
 from tritonconv.static_checks import REJECTS_PATH, REJECT_VERDICTS
 
@@ -311,7 +311,8 @@ def _gpu_world(full: bool) -> Iterator[_Recorder]:
     dispatch.use_torch = lambda *args, **kwargs: False  # we check our kernels, never PyTorch's
     JITFunction.run = lambda fn, *args, grid, warmup, **kwargs: recorder.run(fn, args, kwargs)
     try:
-        with _checks.running_as(_checks.Mode.PROBE):
+        # Every call plans afresh (tritonconv._plans), so every launch asks the recorder for its Config.
+        with _checks.running_as(_checks.Mode.PROBE), _plans.uncached():
             yield recorder
     finally:
         dispatch.config_for, dispatch.use_torch, JITFunction.run = saved
