@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import tempfile
@@ -108,25 +109,33 @@ def calls(requires_grad: bool, ops: list[str] | None = None) -> dict[str, Callab
 
 
 def per_call_us(named_calls: dict[str, Callable[[], object]], number: int, repeats: int) -> dict[str, float]:
-    """Microseconds per call of each: the minimum over `repeats` rounds (all calls interleaved in each
-    round) of the mean over `number` calls, after one untimed call that fills the caches."""
+    """Microseconds of this thread's CPU time per call of each: the minimum over `repeats` rounds (all
+    calls interleaved in each round) of the mean over `number` calls, after one untimed call that fills
+    the caches. CPU time rather than wall time, since the host path never waits and a loaded machine
+    then slows it less; the garbage collector is off while a call is timed, as in `timeit`, since a
+    collection costs whatever the whole process holds, not what the call does."""
     best = dict.fromkeys(named_calls, math.inf)
     for call in named_calls.values():
         call()
     for _ in range(repeats):
         for name, call in named_calls.items():
-            start = time.perf_counter_ns()
-            for _ in range(number):
-                call()
-            best[name] = min(best[name], (time.perf_counter_ns() - start) / number / 1e3)
+            gc.disable()
+            try:
+                start = time.thread_time_ns()
+                for _ in range(number):
+                    call()
+                best[name] = min(best[name], (time.thread_time_ns() - start) / number / 1e3)
+            finally:
+                gc.enable()
     return best
 
 
-def host_times(ops: list[str] | None = None, number: int = 2000, repeats: int = 7) -> dict[str, dict[str, float]]:
-    """{"fwd": us per call, "grad": us per call with inputs requiring grad} for the references and `ops`
-    (default: every op of the quick suite), launches stubbed out."""
+def host_times(ops: list[str] | None = None, number: int = 2000, repeats: int = 7,
+               modes: tuple[str, ...] = ("fwd", "grad")) -> dict[str, dict[str, float]]:
+    """{"fwd": us per call, "grad": us per call with inputs requiring grad} (the `modes` asked for) for the
+    references and `ops` (default: every op of the quick suite), launches stubbed out."""
     with stubbed_launches():
-        return {mode: per_call_us(calls(mode == "grad", ops), number, repeats) for mode in ("fwd", "grad")}
+        return {mode: per_call_us(calls(mode == "grad", ops), number, repeats) for mode in modes}
 
 
 def frame(times: dict[str, dict[str, float]]) -> pd.DataFrame:
