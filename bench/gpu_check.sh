@@ -3,9 +3,11 @@
 #   1. install the project (no dependencies fetched: the machine is offline and has torch/triton/pandas);
 #   2. the tests on the GPU (pytest -x, capped at 200 s);
 #   3. the `quick` benchmark suite (every op, fwd and fwd+bwd, bf16 channels_last; capped at 170 s);
-#   4. the `deeplab` suite with whatever time is left (skipped under 90 s).
+#   4. host overhead (bench/host.py --gpu, capped at 30 s): host and end-to-end us per call with real launches
+#      against PyTorch's op, eager and under CUDA-graph replay, after the CPU table with launches stubbed;
+#   5. the `deeplab` suite with whatever time is left (skipped under 90 s).
 # Results go to $OUT when set (the device tool brings back what is there), else bench/out/, as at most
-# eight files in one folder: pytest.log, bench.log, {quick,deeplab}.{csv,md,png}.
+# eight files in one folder: pytest.log, bench.log (with the host tables), {quick,deeplab}.{csv,md,png}.
 # Usage, from anywhere: bash bench/gpu_check.sh   (PYTHON=... to pick the interpreter; default python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,10 @@ run_suite() {
 
 cap=$(left); [ "$cap" -gt 170 ] && cap=170
 if [ "$cap" -ge 60 ]; then run_suite quick "$cap"; else status+=("quick=skipped"); fi
+echo "== host overhead (cap 30 s, $(left) s left)"
+timeout 30 "$python" -m bench.host --gpu --number 300 --repeats 5 2>&1 | tee -a "$out/bench.log"
+status+=("host=${PIPESTATUS[0]}")
+
 cap=$(($(left) - 5))
 if [ "$cap" -ge 90 ]; then run_suite deeplab "$cap"; else status+=("deeplab=skipped"); fi
 

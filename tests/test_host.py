@@ -6,6 +6,7 @@ import torch
 
 import tritonconv as tc
 from bench import host
+from conftest import rand
 from tritonconv import _checks, _plans, dispatch
 
 # Cached eager call, launches stubbed, as a multiple of an empty autograd.Function's forward call in the
@@ -111,3 +112,26 @@ def test_autograd_records_through_the_plan(stubbed):
     assert y.requires_grad and type(y.grad_fn).__name__ == "_EagerFunctionBackward"
     with torch.no_grad():
         assert tc.conv2d(x, torch.empty(8, 4, 3, 3)).grad_fn is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_replays_the_eager_calls():
+    """The ops are capturable (no host synchronisation, outputs from the caching allocator): a CUDA graph
+    of a small block (depthwise, pointwise + ReLU, dilated conv, max pooling, dropout with a fixed seed),
+    captured after warm-up and replayed on new inputs, writes what the same eager calls compute (the same
+    kernels and configurations, so exactly)."""
+    wd, wp, w = (rand(*shape, dtype=torch.float16) for shape in ((16, 1, 3, 3), (32, 16, 1, 1), (32, 32, 3, 3)))
+
+    def block(x):
+        y = tc.pointwise_conv2d(tc.depthwise_conv2d(x, wd, padding=1), wp, activation="relu")
+        return tc.dropout(tc.max_pool2d(tc.conv2d(y, w, padding=2, dilation=2), 2), 0.5, seed=3)
+
+    static_x = rand(2, 16, 14, 14, dtype=torch.float16, channels_last=True)
+    replay, static_y = host.graphed(lambda: block(static_x))
+    for _ in range(2):
+        x = rand(2, 16, 14, 14, dtype=torch.float16, channels_last=True)
+        static_x.copy_(x)
+        replay()
+        expected = block(x)
+        assert not expected.isnan().any()
+        assert torch.equal(static_y, expected)
