@@ -135,3 +135,15 @@ def test_cuda_graph_replays_the_eager_calls():
         expected = block(x)
         assert not expected.isnan().any()
         assert torch.equal(static_y, expected)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_export_sees_the_custom_ops(strict):
+    """torch.export traces the custom ops, not the plans' launches."""
+    class Block(torch.nn.Module):
+        def forward(self, x, w):
+            return tc.max_pool2d(tc.conv2d(x, w, padding=1), 2)
+
+    program = torch.export.export(Block(), (rand(1, 2, 6, 6), rand(3, 2, 3, 3)), strict=strict)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"tritonconv.conv2d.default", "tritonconv.max_pool2d.default"} <= targets, targets
