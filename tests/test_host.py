@@ -147,3 +147,17 @@ def test_export_sees_the_custom_ops(strict):
     program = torch.export.export(Block(), (rand(1, 2, 6, 6), rand(3, 2, 3, 3)), strict=strict)
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert {"tritonconv.conv2d.default", "tritonconv.max_pool2d.default"} <= targets, targets
+
+
+def test_tuning_runs_the_launchers_run_functions(stubbed, monkeypatch):
+    """Autotuning launches a launcher's run function per candidate on the call's tensors, comparing the
+    first output of those that return several (y and the pre-activation, y and the winning taps)."""
+    monkeypatch.setattr(dispatch, "TIMER", lambda fn: 1.0)
+    tc.set_autotune(True)
+    x = torch.empty(2, 8, 9, 9, requires_grad=True)
+    with dispatch.recording() as decisions:
+        tc.pointwise_conv2d(x, torch.empty(4, 8, 1, 1), activation="relu")
+        tc.depthwise_conv2d(x, torch.empty(8, 1, 3, 3))
+        tc.max_pool2d(x, 2)
+        tc.dropout(x, 0.5)
+    assert [d.source for d in decisions] == ["tuned"] * 4

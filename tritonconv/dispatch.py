@@ -405,8 +405,13 @@ def config_for(problem: Problem, launch: Launch | None = None) -> Config:
 def runner(problem: Problem, prepare: Callable[[Config], Callable], *example: torch.Tensor | None) -> Callable:
     """What a launcher returns: `prepare(config)` with `problem`'s configuration. `prepare(config)` works
     out a launch with `config` (grid, arguments) and returns a function that launches it on tensors like
-    `example` and returns the output; tuning calls those functions on `example`."""
-    return prepare(config_for(problem, lambda cfg: prepare(cfg)(*example)))
+    `example` and returns the output, or a tuple of outputs; tuning calls those functions on `example`
+    and compares their (first) outputs."""
+    def launch(cfg: Config) -> torch.Tensor:
+        out = prepare(cfg)(*example)
+        return out[0] if isinstance(out, tuple) else out
+
+    return prepare(config_for(problem, launch))
 
 
 def _record(decision: Decision) -> None:
