@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Hashable, Iterator, NamedTuple
+from typing import Callable, Hashable, Iterator, NamedTuple, TypeVar
 
 import torch
 
 MAX_PLANS = 4096
 
-_PLANS: dict[Hashable, "Plan"] = {}
+T = TypeVar("T")
+_PLANS: dict[Hashable, object] = {}
 _uncached = 0  # > 0 inside `uncached` blocks
 
 
@@ -104,9 +105,10 @@ def meta(t: torch.Tensor | None) -> object:
     return (t.shape, t.stride(), t.dtype, t.device) if isinstance(t, torch.Tensor) else t
 
 
-def plan(key: tuple, build: Callable[[], Plan]) -> Plan:
-    """The plan of `key`, built (and kept) on first sight. An argument that cannot be hashed (a list
-    where a tuple would do) is made a tuple; anything else unhashable gets a fresh plan every call."""
+def plan(key: tuple, build: Callable[[], T]) -> T:
+    """The plan of `key` (a `Plan`, or whatever else an op's calls need, as drop_block2d's pair of
+    passes), built (and kept) on first sight. An argument that cannot be hashed (a list where a tuple
+    would do) is made a tuple; anything else unhashable gets a fresh plan every call."""
     try:
         found = _PLANS.get(key)
     except TypeError:
