@@ -30,6 +30,8 @@ COLUMNS = ["suite", "layer", "op", "shape", "dtype", "layout", "mode", "provider
            *CASE_COLUMNS, *ENV_COLUMNS]
 
 OURS, THEIRS = "tritonconv", "pytorch"
+# What a user would pick instead, timed beside ours on a GPU (bench/run.py: alternatives).
+INDUCTOR, FLAGGEMS = "inductor", "flaggems"
 
 
 def environment(gpu: bool, tuning: bool) -> dict[str, object]:
@@ -144,16 +146,22 @@ def markdown(df: pd.DataFrame, suite: str, description: str, ceilings_note: str,
     if timed:
         theirs = df[df["provider"] == THEIRS].reset_index(drop=True)
         cases = pd.DataFrame({
-            "layer": ours["layer"], "dtype": ours["dtype"], "layout": ours["layout"], "mode": ours["mode"],
+            "op": ours["op"], "layer": ours["layer"], "dtype": ours["dtype"], "layout": ours["layout"],
+            "mode": ours["mode"],
             "ours ms": ours["time_ms"],
             "p20-p80": [_spread(a, b) for a, b in zip(ours["time_p20_ms"], ours["time_p80_ms"])],
             "PyTorch ms": theirs["time_ms"], "PyTorch runs": theirs["backend"], "speedup": ours["speedup"],
             "% of floor": ours["pct_of_floor"], "bound": ours["bound"], "check": ours["check"]})
+        for name in (INDUCTOR, FLAGGEMS):
+            other = df[df["provider"] == name].reset_index(drop=True)
+            if len(other) == len(ours) and other["time_ms"].notna().any():
+                cases.insert(cases.columns.get_loc("speedup"), f"{name} ms", other["time_ms"])
         parts.append(markdown_table(cases, {"ours ms": _fixed(3), "PyTorch ms": _fixed(3), "speedup": _fixed(2),
-                                            "% of floor": _fixed(0)}))
+                                            "% of floor": _fixed(0), f"{INDUCTOR} ms": _fixed(3),
+                                            f"{FLAGGEMS} ms": _fixed(3)}))
     else:
         cases = pd.DataFrame({
-            "layer": ours["layer"], "shape": ours["shape"], "dtype": ours["dtype"], "layout": ours["layout"],
+            "op": ours["op"], "layer": ours["layer"], "shape": ours["shape"], "dtype": ours["dtype"], "layout": ours["layout"],
             "mode": ours["mode"], "GFLOP": ours["flops"] / 1e9, "MB": ours["bytes"] / 1e6,
             "H200 floor us": ours["h200_floor_ms"] * 1e3, "bound": ours["bound"],
             "checked on": ours["checked_shape"], "check": ours["check"]})
@@ -177,7 +185,7 @@ def _spread(p20: float, p80: float) -> str:
 
 
 def plot_speedups(df: pd.DataFrame, path: Path, title: str) -> str | None:
-    """Horizontal bars of our speedup over PyTorch per layer, dtype, layout and mode (log scale, a line at
+    """Horizontal bars of our speedup over PyTorch per op and layer, dtype, layout and mode (log scale, a line at
     1). Returns why no plot was written, or None."""
     ours = df[(df["provider"] == OURS) & df["speedup"].notna()]
     if ours.empty:
@@ -189,7 +197,7 @@ def plot_speedups(df: pd.DataFrame, path: Path, title: str) -> str | None:
         import matplotlib.ticker  # noqa: PLC0415
     except ImportError:
         return "matplotlib is not installed: no plot"
-    labels = [f"{r.layer}  {r.dtype} {r.layout} {r.mode}" for r in ours.itertuples()]
+    labels = [f"{r.op}: {r.layer}  {r.dtype} {r.layout} {r.mode}" for r in ours.itertuples()]
     colors = ["tab:blue" if m == "fwd" else "tab:orange" for m in ours["mode"]]
     speedup = ours["speedup"].to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * len(ours)))

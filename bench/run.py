@@ -22,7 +22,7 @@ import tritonconv as tc
 from tritonconv._checks import interpreting
 from tritonconv._progress import progress, write
 
-from bench import host, report, timing
+from bench import host, models, report, timing
 from bench.adapters import OPS, Case, Op
 from bench.suites import DTYPES, LAYOUTS, MODES, SUITES, Suite
 
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "networks. Without a GPU: check every case in Triton's interpreter on a scaled-down shape and "
                     "write the analytic columns only.")
     parser.add_argument("--list", action="store_true", help="list the suites (with --suite: that suite's cases)")
-    parser.add_argument("--suite", choices=sorted([*SUITES, "host"]),
+    parser.add_argument("--suite", choices=sorted([*SUITES, models.NAME, "host"]),
                         help="the suite to run; 'host': host time per cached call, launches stubbed (bench/host.py)")
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="dtypes (default: the suite's)")
     parser.add_argument("--layout", nargs="+", choices=LAYOUTS, help="memory layouts (default: the suite's)")
@@ -59,21 +59,27 @@ def listing(suite: str | None) -> str:
     """The suites (name, cases, ops, default runs), or one suite's cases."""
     if suite == "host":
         return f"host: {host.__doc__.splitlines()[0]}"
+    models_line = f"{models.NAME}: {models.DESCRIPTION} (needs torchvision)"
+    if suite == models.NAME:
+        return models_line
     if suite is not None:
         s = SUITES[suite]
-        lines = [f"{s.name}: {s.description}; runs {_runs(s)}"]
-        lines += [f"  {c.layer:<36} {c.op:<27} {OPS[c.op].describe(c)}" for c in s.cases]
+        lines = [f"{s.name}: {s.description}; {runs(len(s.cases), s.dtypes, s.layouts, s.modes)}"]
+        lines += [f"  {c.op:<27} {c.layer:<36} {OPS[c.op].describe(c)}" for c in s.cases]
         return "\n".join(lines)
     lines = []
     for s in SUITES.values():
         ops = ", ".join(dict.fromkeys(c.op for c in s.cases))
-        lines.append(f"{s.name:<16} {len(s.cases):>3} cases  {s.description}\n{'':<16} ops: {ops}; runs {_runs(s)}")
-    lines.append(f"{'host':<16} {'':>9}  {host.__doc__.splitlines()[0]}")
-    return "\n".join(lines)
+        lines.append(f"{s.name:<16} {s.description}\n{'':<16} ops: {ops}\n{'':<16} "
+                     f"{runs(len(s.cases), s.dtypes, s.layouts, s.modes)}")
+    return "\n".join(lines + [models_line, f"{'host':<16} {host.__doc__.splitlines()[0]}"])
 
 
-def _runs(s: Suite) -> str:
-    return f"{'/'.join(s.dtypes)} x {'/'.join(s.layouts)} x {'/'.join(s.modes)}"
+def runs(cases: int, dtypes: tuple[str, ...], layouts: tuple[str, ...], modes: tuple[str, ...]) -> str:
+    """How a suite's cases become runs, the one count both --list and a run print: a run is one case in one
+    dtype and layout, checked (and timed) in each mode."""
+    return (f"{cases} cases x {len(dtypes)} dtypes ({'/'.join(dtypes)}) x {len(layouts)} layouts "
+            f"({'/'.join(layouts)}) = {cases * len(dtypes) * len(layouts)} runs, each in {' and '.join(modes)}")
 
 
 @contextlib.contextmanager
@@ -117,9 +123,11 @@ class Run:
         checked = case if self.timed else case.scaled()
         backward = "fwdbwd" in modes
         providers = {report.OURS: op.ours, report.THEIRS: op.theirs}
+        if self.timed and self.device.type == "cuda":
+            providers.update(alternatives(op))
         # Per provider: (forward status, forward+backward status). PyTorch's deterministic ops are the reference.
         status: dict[str, tuple[str, str]] = {}
-        backend = {report.OURS: "tritonconv", report.THEIRS: "not timed"}
+        backend = {name: name for name in providers} | {report.OURS: "tritonconv", report.THEIRS: "not timed"}
         for name, fn in providers.items():
             if name == report.THEIRS and not op.random:
                 status[name] = ("reference", "reference")
@@ -232,6 +240,31 @@ class Run:
         return ", ".join(parts)
 
 
+def alternatives(op: Op) -> dict[str, Callable]:
+    """Providers a user would pick instead of us, timed beside ours and PyTorch's eager op on a GPU:
+    torch.compile of PyTorch's composition (inductor, default mode) and, when `flag_gems` imports, the
+    same composition on FlagGems' Triton kernels (flag_gems.use_gems())."""
+    # One compiled graph per case: more cases than dynamo's default recompile limit would fall back to eager.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    out = {report.INDUCTOR: _compiled(op)}
+    try:
+        import flag_gems  # noqa: PLC0415 (optional, GPU only)
+    except ImportError:
+        return out
+
+    def gems(case: Case, t: dict, seed: int | None = None) -> torch.Tensor:
+        with flag_gems.use_gems():
+            return op.theirs(case, t, seed)
+    out[report.FLAGGEMS] = gems
+    return out
+
+
+@functools.cache
+def _compiled(op: Op) -> Callable:
+    """torch.compile of op.theirs, made once per op so its graphs are cached across calls."""
+    return torch.compile(op.theirs)
+
+
 def _callable(fn: Callable, case: Case, mode: str, sets: list) -> Callable[[], None]:
     """A no-argument call of `fn` on the next input set: forward under no_grad, or forward then backward."""
     following = timing.cycle(sets)
@@ -268,12 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.suite == "host":
         return host.main(args.out)
-    suite = SUITES[args.suite]
     gpu = torch.cuda.is_available()
     if not gpu and not interpreting():
         print("No CUDA GPU, and Triton's interpreter is off: set TRITON_INTERPRET=1 before triton is imported "
               "(python -m bench does it)", file=sys.stderr)
         return 2
+    if args.suite == models.NAME:
+        with _settings(gpu, args.tune):
+            return models.main(args)
+    suite = SUITES[args.suite]
     timed = gpu and not args.check_only
     if not gpu:
         print("No CUDA GPU: checking every case's correctness in Triton's interpreter on a scaled-down shape; "
@@ -294,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ceilings {ceilings.describe()}")
         run = Run(suite, device, timed, ceilings, report.environment(gpu, args.tune))
         groups = [(c, d, lay) for c in suite.cases for d in dtypes for lay in layouts]
+        print(f"{suite.name}: {runs(len(suite.cases), dtypes, layouts, modes)}")
         for i, (case, dtype_name, layout) in enumerate(progress(groups, suite.name, unit="case"), 1):
             if args.budget is not None and time.perf_counter() - start > args.budget:
                 rows += [run.row(OPS[case.op], case, case.scaled(), dtype_name, DTYPES[dtype_name], layout, mode,
@@ -303,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             group_start = time.perf_counter()
             group_rows, note = run.group(case, dtype_name, layout, modes)
             rows += group_rows
-            write(f"[{i}/{len(groups)}] {case.layer} {dtype_name} {layout}: {note} "
+            write(f"[run {i}/{len(groups)}] {case.op} {case.layer} {dtype_name} {layout}: {note} "
                            f"({time.perf_counter() - group_start:.1f} s)")
             report.write_csv(rows, csv_path)
     df = report.write_csv(rows, csv_path)
@@ -318,6 +355,6 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary_table(df, timed))
     if why_no_plot:
         print(why_no_plot)
-    print(f"{len(ours)} runs of {len(groups)} cases in {time.perf_counter() - start:.0f} s; "
-          f"{len(bad)} not correct; wrote " + ", ".join(str(p) for p in written))
+    print(f"{len(groups)} runs ({len(suite.cases)} cases) in {time.perf_counter() - start:.0f} s; "
+          f"{len(bad)} of {len(ours)} checks (runs x modes) not correct; wrote " + ", ".join(str(p) for p in written))
     return 1 if len(bad) else 0

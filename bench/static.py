@@ -192,6 +192,28 @@ class Launch:
     constexprs: tuple[tuple[str, object], ...]
     divisible: tuple[int, ...]   # indices of parameters specialised as divisible by 16
     options: tuple[tuple[str, object], ...]    # compile options: num_warps, num_stages, ...
+    grid: tuple[int, ...] = ()   # programs along each grid axis
+    # Every argument's value, tensors as TensorArg: what a cost model or a GPU replay of the launch needs.
+    values: tuple[tuple[str, object], ...] = ()
+    backward: bool = False       # launched by autograd's backward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument of a recorded launch, without its storage."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    data_ptr: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's elements (not of the storage it views)."""
+        numel = 1
+        for size in self.shape:
+            numel *= size
+        return numel * self.dtype.itemsize
 
 
 _TORCH_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
@@ -232,8 +254,8 @@ def _specialise(param: object, value: object) -> tuple[str, bool]:
     return (annotation or kind), divisible
 
 
-def _record(fn: JITFunction, kernel: str, shape: str, problem: dispatch.Problem, config: dispatch.Config,
-            heuristic: bool, args: tuple, kwargs: dict) -> Launch:
+def record(fn: JITFunction, kernel: str, shape: str, problem: dispatch.Problem, config: dispatch.Config,
+            heuristic: bool, args: tuple, kwargs: dict, grid: object = (), backward: bool = False) -> Launch:
     """Turn an intercepted `fn[grid](*args, **kwargs)` into a Launch."""
     names = fn.arg_names
     bound = dict(zip(names, args))
@@ -259,8 +281,13 @@ def _record(fn: JITFunction, kernel: str, shape: str, problem: dispatch.Problem,
     missing = [k for k, _ in config.meta if k not in dict(constexprs)]
     if missing:
         raise TypeError(f"{fn.__name__}: config parameters {missing} are not constexpr arguments of the kernel")
+    if callable(grid):
+        grid = grid({**bound, **options})
+    values = tuple((name, TensorArg(tuple(v.shape), tuple(v.stride()), v.dtype, v.data_ptr())
+                    if isinstance(v, torch.Tensor) else v) for name, v in bound.items())
     return Launch(kernel, shape, problem, config, heuristic, f"{fn.fn.__module__}:{fn.__name__}", tuple(signature),
-                  tuple(constexprs), tuple(divisible), tuple(sorted(options.items())))
+                  tuple(constexprs), tuple(divisible), tuple(sorted(options.items())),
+                  tuple(int(g) for g in grid), values, backward)
 
 
 class _Recorder:
@@ -294,11 +321,14 @@ class _Recorder:
         self._current[spec.fn] = (problem, pick, True)
         return pick
 
-    def run(self, fn: JITFunction, args: tuple, kwargs: dict) -> None:
+    def run(self, fn: JITFunction, args: tuple, kwargs: dict, grid: object) -> None:
         if fn not in self._current:
             raise RuntimeError(f"{fn.__name__} was launched without asking dispatch.config_for for its Config")
         problem, cfg, heuristic = self._current[fn]
-        self.launches.append(_record(fn, problem.kernel, self.shape, problem, cfg, heuristic, args, kwargs))
+        # Autograd runs backward functions on this thread, with the node it runs as the current one.
+        backward = torch._C._current_autograd_node() is not None
+        self.launches.append(record(fn, problem.kernel, self.shape, problem, cfg, heuristic, args, kwargs, grid,
+                                     backward))
 
 
 @contextlib.contextmanager
@@ -309,7 +339,7 @@ def _gpu_world(full: bool) -> Iterator[_Recorder]:
     saved = (dispatch.config_for, dispatch.use_torch, JITFunction.run)
     dispatch.config_for = recorder.config_for
     dispatch.use_torch = lambda *args, **kwargs: False  # we check our kernels, never PyTorch's
-    JITFunction.run = lambda fn, *args, grid, warmup, **kwargs: recorder.run(fn, args, kwargs)
+    JITFunction.run = lambda fn, *args, grid, warmup, **kwargs: recorder.run(fn, args, kwargs, grid)
     try:
         # Every call plans afresh (tritonconv._plans), so every launch asks the recorder for its Config.
         with _checks.running_as(_checks.Mode.PROBE), _plans.uncached():
@@ -342,6 +372,7 @@ def probe(dtypes: Iterable[str], full: bool) -> tuple[list[Launch], list[str]]:
 # ---------------------------------------------------------------------------------------------------------
 
 _SIDE_FILE = "tritonconv_static.json"  # ptxas's numbers, kept beside the cubin in Triton's cache
+_SASS_FILE = "tritonconv_sass.txt"     # cuobjdump's output, likewise
 _PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 _OPCODE = re.compile(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9]*)")
@@ -402,18 +433,31 @@ def _compile(job: dict) -> tuple[object, dict]:
     return kernel, measured
 
 
-def compile_job(job: dict) -> dict:
-    """Compile one (kernel, signature, configuration) for one target and measure the cubin."""
+def _dump(kernel: object) -> str:
+    """`cuobjdump --dump-resource-usage --dump-sass` of the kernel's cubin, kept beside the cubin in
+    Triton's cache (the tool takes about a second, a cache hit none)."""
+    cache = get_cache_manager(getattr(kernel, "hash", None) or kernel.metadata.hash)
+    side = cache.get_file(_SASS_FILE)
+    if side is not None:
+        return Path(side).read_text()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        dump = subprocess.run([_cuobjdump(), "--dump-resource-usage", "--dump-sass", f.name],
+                              check=True, capture_output=True, text=True).stdout
+    cache.put(dump, _SASS_FILE, binary=False)
+    return dump
+
+
+def compile_job(job: dict, code: bool = False) -> dict:
+    """Compile one (kernel, signature, configuration) for one target and measure the cubin; with `code`,
+    the row also holds cuobjdump's output ("sass": resource usage and SASS) and the PTX ("ptx")."""
     row = {"registers": None, "stack_bytes": None, "spill_store_bytes": None, "spill_load_bytes": None,
            "local_ops": None, "shared_bytes": None, "hgmma": None, "hmma": None, "compile_s": None,
            "verdict": "no-compile", "error": ""}
     try:
         kernel, measured = _compile(job)
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(kernel.asm["cubin"])
-            f.flush()
-            dump = subprocess.run([_cuobjdump(), "--dump-resource-usage", "--dump-sass", f.name],
-                                  check=True, capture_output=True, text=True).stdout
+        dump = _dump(kernel)
     except Exception as e:  # noqa: BLE001 (any failure to compile is the verdict)
         # Triton's messages put the source excerpt first and the reason last: keep both ends.
         lines = [line.strip() for line in f"{type(e).__name__}: {e}".splitlines() if line.strip()]
@@ -424,6 +468,8 @@ def compile_job(job: dict) -> dict:
     opcodes = collections.Counter(_OPCODE.findall(dump))
     row.update(measured, registers=registers, stack_bytes=stack, local_ops=opcodes["LDL"] + opcodes["STL"],
                shared_bytes=kernel.metadata.shared + static_shared, hgmma=opcodes["HGMMA"], hmma=opcodes["HMMA"])
+    if code:
+        row.update(sass=dump, ptx=kernel.asm["ptx"])
     if row["shared_bytes"] > TARGETS[job["target"]][1]:
         row["verdict"] = "smem-over-limit"
     elif row["spill_store_bytes"] or row["spill_load_bytes"] or row["local_ops"]:
@@ -537,6 +583,22 @@ def update_rejects(df: pd.DataFrame, path: Path = REJECTS_PATH) -> None:
                     + ",\n".join(sorted(entries)) + "\n]}\n")
 
 
+def select(parser: argparse.ArgumentParser, names: list[str] | None, dtypes: list[str], full: bool,
+           quick: bool) -> tuple[list[str], list[Launch], list[str]]:
+    """The kernels named on the command line (every registered one when None; an unknown name is a usage
+    error), their probe launches in `dtypes` (with `quick`, the first probe shape of each kernel, dtype
+    and layout only) and the probes' errors."""
+    kernels = dispatch.kernels()
+    if names:
+        unknown = sorted(set(names) - set(kernels))
+        if unknown:
+            parser.error(f"unknown kernels {unknown}; registered: {kernels}")
+        kernels = sorted(names)
+    launches, errors = probe(dtypes, full)
+    launches = [launch for launch in launches if launch.kernel in kernels]
+    return kernels, first_shapes(launches) if quick else launches, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.static", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", nargs="+", choices=sorted(TARGETS), default=["sm_90"])
@@ -555,17 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.update_rejects and args.space != "full":
         parser.error("--update-rejects needs --space full (a heuristic sweep does not see the tuning space)")
-    kernels = dispatch.kernels()
-    if args.kernel:
-        unknown = sorted(set(args.kernel) - set(kernels))
-        if unknown:
-            parser.error(f"unknown kernels {unknown}; registered: {kernels}")
-        kernels = sorted(args.kernel)
-
-    launches, errors = probe(args.dtype, args.space == "full")
-    launches = [launch for launch in launches if launch.kernel in kernels]
-    if args.quick:
-        launches = first_shapes(launches)
+    kernels, launches, errors = select(parser, args.kernel, args.dtype, args.space == "full", args.quick)
     todo = jobs(launches, args.target)
     rows = _no_probe_rows(kernels, launches, args.target, errors)
     # Spawned workers import triton afresh, without TRITON_INTERPRET, and with the ptxas log switched on.

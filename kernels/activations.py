@@ -71,12 +71,13 @@ def activation_backward_kernel(
 
 
 @triton.jit
-def store_epilogue(acc, bias_ptr, chan, chan_valid, y_ptrs, z_ptrs, mask, HAS_BIAS: tl.constexpr,
+def store_epilogue(acc, bias_ptr, sb, chan, chan_valid, y_ptrs, z_ptrs, mask, HAS_BIAS: tl.constexpr,
                    ACTIVATION: tl.constexpr, STORE_PRE: tl.constexpr):
     """Store y = activation(acc + bias[chan]) at `y_ptrs`, and z = acc + bias[chan] at `z_ptrs` when
-    STORE_PRE (the activation's backward needs z). `chan` and `chan_valid` broadcast against acc."""
+    STORE_PRE (the activation's backward needs z). `chan` and `chan_valid` broadcast against acc; `sb` is
+    the bias's element stride."""
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + chan, mask=chan_valid, other=0.0).to(tl.float32)
+        acc += tl.load(bias_ptr + chan * sb, mask=chan_valid, other=0.0).to(tl.float32)
     if STORE_PRE:
         tl.store(z_ptrs, acc.to(z_ptrs.dtype.element_ty), mask=mask)
     tl.store(y_ptrs, activate(acc, ACTIVATION).to(y_ptrs.dtype.element_ty), mask=mask)

@@ -9,8 +9,8 @@ Index widths. Three policies, each chosen for what its kernels do with their ind
 - GEMMs over flat pixel rows (kernels/pointwise.py, kernels/separable.py): the flat pixel index
   (n, oh, ow) is int32 and every memory offset is int64. Dividing a pixel index into (n, oh, ow) in int64
   is a branchy subroutine that costs many registers per thread (and spilled once rematerialised in an
-  epilogue's layout), while a 1-D row of int64 offsets costs little; the host keeps the pixel count below 2^31 (`int32_batches`, which cuts a larger batch
-  into runs that fit) so the int32 division is always exact.
+  epilogue's layout), while a 1-D row of int64 offsets costs little; the host keeps the pixel count
+  below 2^31 (`int32_batches` cuts a larger batch into runs that fit), so int32 never overflows.
 - Every other kernel (depthwise, pooling, dropout): offsets and Philox counters are int64 throughout.
   They are memory-bound loops over small tiles, where the wider offsets cost no occupancy that matters,
   and a tensor over 2^31 elements then indexes correctly with no host-side case.

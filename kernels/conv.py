@@ -42,6 +42,7 @@ def conv2d_forward_kernel(
     sxn, sxc, sxh, sxw,
     swf, swc, swh, sww,
     syn, syc, syh, syw,
+    sb,     # element stride of bias (a slice or an expanded view need not be contiguous)
     HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -96,7 +97,7 @@ def conv2d_forward_kernel(
                     acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + group * F_PER_GROUP + offs_f, mask=f_valid, other=0.0)
+        bias = tl.load(bias_ptr + (group * F_PER_GROUP + offs_f) * sb, mask=f_valid, other=0.0)
         acc += bias.to(tl.float32)[None, :]
 
     y_offs = (n_img * syn + oh * syh + ow * syw)[:, None] + (group * F_PER_GROUP + offs_f)[None, :] * syc
@@ -163,7 +164,9 @@ def conv2d_input_grad_kernel(
                                 mask=pixel_valid[:, None] & f_valid[None, :], other=0.0)
                     b = tl.load(w_ptr + w_tap[None, :] + offs_f[:, None] * swf,
                                 mask=f_valid[:, None] & c_valid[None, :], other=0.0)
-                    acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+                    # Rows this tap does not reach keep acc as it was: their dy reads as 0, but 0 * w is
+                    # NaN for a non-finite weight, which torch never multiplies there.
+                    acc = tl.where(pixel_valid[:, None], dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
 
     dx_offs = (n_img * sxn + ih * sxh + iw * sxw)[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=m_valid[:, None] & c_valid[None, :])

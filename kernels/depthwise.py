@@ -71,6 +71,7 @@ def depthwise_forward_kernel(
     sxn, sxc, sxh, sxw,
     swf, swh, sww,
     syn, syc, syh, syw,
+    sb,     # element stride of bias
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,  # "none", "relu", "relu6", "silu" or "gelu" (kernels/activations.py)
     STORE_PRE: tl.constexpr,   # also store z = conv + bias, the activation's input, for its backward
@@ -99,7 +100,7 @@ def depthwise_forward_kernel(
                          H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end)
 
     y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + ow * syw
-    store_epilogue(acc, bias_ptr, f, f_valid, y_ptr + y_offs, z_ptr + y_offs, (oh < OH) & (ow < OW) & f_valid,
+    store_epilogue(acc, bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs, (oh < OH) & (ow < OW) & f_valid,
                    HAS_BIAS, ACTIVATION, STORE_PRE)
 
 
@@ -148,7 +149,8 @@ def depthwise_input_grad_kernel(
                 ok = row_ok & ow_ok
                 g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
                 wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
-                acc += g.to(tl.float32) * wv.to(tl.float32)
+                # Not g * w where the tap misses: 0 * w is NaN for a non-finite weight (torch adds nothing).
+                acc += tl.where(ok, g.to(tl.float32) * wv.to(tl.float32), 0.0)
 
     dx_offs = n * sxn + c.to(tl.int64) * sxc + ih * sxh + iw * sxw
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=(ih < H) & (iw < W) & c_valid)
@@ -208,10 +210,12 @@ def depthwise_weight_grad_kernel(
             oh, ow = plane_tile(t % plane_tiles, OH, OW, BLOCK_H, BLOCK_W)
             ih = oh * stride_h - pad_h + kh * dil_h
             iw = ow * stride_w - pad_w + kw * dil_w
-            g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=(oh < OH) & (ow < OW) & f_valid, other=0.0)
-            # Outside the output dy is masked to zero; x is masked only outside the input (never out of bounds).
+            out_ok = (oh < OH) & (ow < OW) & f_valid
+            g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=out_ok, other=0.0)
+            # x is read only under outputs that exist: lanes past the output's edge may reach real input
+            # pixels no output reads, and an inf there times their zero dy would be NaN.
             xv = tl.load(x_chan + n * sxn + ih * sxh + iw * sxw,
-                         mask=(ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & f_valid, other=0.0)
+                         mask=(ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & out_ok, other=0.0)
             acc += g.to(tl.float32) * xv.to(tl.float32)
 
         partial = tl.sum(tl.sum(acc, axis=0), axis=0)

@@ -59,13 +59,13 @@ def dropout_mask_kernel(
     syn, syc, syhw,
     MODE: tl.constexpr,       # ELEMENT, CHANNEL or CUTOUT
     BLOCK_C: tl.constexpr,    # feature maps (channels of one sample) per program
-    BLOCK_P: tl.constexpr,   # positions of each map per program: a multiple of 4
+    BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 4
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
     The backward of every mode is this kernel applied to dy with the same seed. Grid:
-    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_P),), position blocks fastest so that consecutive programs cover
-    consecutive memory of an NCHW map.
+    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_P),), position blocks fastest so that consecutive programs
+    cover consecutive memory of an NCHW map.
     """
     n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, BLOCK_P))
 

@@ -36,6 +36,7 @@ def pointwise_forward_kernel(
     sxn, sxc, sxh, sxw,
     swf, swc,
     syn, syc, syh, syw,
+    sb,     # element stride of bias
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,  # "none", "relu", "relu6", "silu" or "gelu" (kernels/activations.py)
     STORE_PRE: tl.constexpr,   # also store z = x @ w + bias, the activation's input, for its backward
@@ -87,5 +88,5 @@ def pointwise_forward_kernel(
         acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     y_offs = (run.to(tl.int64) * syn + offs_m.to(tl.int64) * syw)[:, None] + offs_f.to(tl.int64)[None, :] * syc
-    store_epilogue(acc, bias_ptr, offs_f[None, :], f_valid[None, :], y_ptr + y_offs, z_ptr + y_offs,
+    store_epilogue(acc, bias_ptr, sb, offs_f[None, :], f_valid[None, :], y_ptr + y_offs, z_ptr + y_offs,
                    m_valid[:, None] & f_valid[None, :], HAS_BIAS, ACTIVATION, STORE_PRE)

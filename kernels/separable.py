@@ -41,6 +41,7 @@ def separable_forward_kernel(
     swdk, swdh, swdw,
     swpf, swpk,
     syn, syc, syh, syw,
+    sbd, sbp,   # element strides of bd and bp
     HAS_DW_BIAS: tl.constexpr,
     HAS_PW_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,  # between the two convolutions: "none", "relu", "relu6", "silu", "gelu"
@@ -84,7 +85,7 @@ def separable_forward_kernel(
                            wd_ptr + offs_k.to(tl.int64)[None, :] * swdk, k_valid[None, :],
                            H, W, sxh, sxw, swdh, swdw, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end)
         if HAS_DW_BIAS:
-            t += tl.load(bd_ptr + offs_k, mask=k_valid, other=0.0).to(tl.float32)[None, :]
+            t += tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :]
         # Channels k >= K hold activation(0) = 0 for every supported activation, and meet zero weights.
         a = activate(t, ACTIVATION).to(x_ptr.dtype.element_ty)
         b = tl.load(wp_cols + offs_k.to(tl.int64)[:, None] * swpk,
@@ -92,7 +93,7 @@ def separable_forward_kernel(
         acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
 
     if HAS_PW_BIAS:
-        acc += tl.load(bp_ptr + offs_f, mask=f_valid, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(bp_ptr + offs_f * sbp, mask=f_valid, other=0.0).to(tl.float32)[None, :]
     y_offs = (n_img * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] \
         + offs_f.to(tl.int64)[None, :] * syc
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=m_valid[:, None] & f_valid[None, :])

@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+import tritonconv as tc  # noqa: E402
 from tritonconv import testing  # noqa: E402
 
 # Every torch.empty (so every output our launchers allocate) starts as NaN: an element a kernel forgets

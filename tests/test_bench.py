@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import report, timing
+from bench import models, report, timing
 from bench.adapters import OPS, Case, live_pairs
 from bench.run import Run, main
 from bench.suites import SUITES
@@ -69,7 +69,7 @@ def test_timed_rows_with_a_stand_in_timer(monkeypatch, tmp_path):
     assert ours.loc["fwd", "tflops"] == pytest.approx(ours.loc["fwd", "flops"] / 1e-3 / 1e12)
     assert ours.loc["fwd", "gbps"] == pytest.approx(ours.loc["fwd", "bytes"] / 1e-3 / 1e9)
     text = report.markdown(df, "quick", "test", "ceilings", timed=True)
-    assert "| small conv | fp32 | channels_last | fwd | 1.000 | 0.900-1.100 | 3.000 |" in text
+    assert "| conv2d | small conv | fp32 | channels_last | fwd | 1.000 | 0.900-1.100 | 3.000 |" in text
     why = report.plot_speedups(df, tmp_path / "plot.png", "test")
     assert why is None and (tmp_path / "plot.png").stat().st_size > 0 or why.startswith("matplotlib is not")
 
@@ -180,3 +180,43 @@ def test_cli_lists_suites():
     assert result.returncode == 0, result.stderr
     assert all(name in result.stdout for name in SUITES)
     assert main(["--list", "--suite", "deeplab"]) == 0
+
+
+def _tiny_torchvision():
+    """A stand-in for torchvision with one small model (a stem conv -> BN -> ReLU6 and an inverted-residual
+    pair), so the models suite's logic runs without torchvision."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    def tiny(weights=None):
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU6(),
+                             nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4), nn.ReLU6(),
+                             nn.Conv2d(4, 6, 1), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1))
+
+    return SimpleNamespace(models=SimpleNamespace(tiny=tiny), ops=SimpleNamespace(StochasticDepth=nn.Dropout))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_models_suite_checks_and_times_a_converted_model(monkeypatch, train):
+    """Inference folds and fuses; a training step folds nothing and checks the gradient. With a stand-in
+    timer (ours 1 ms, eager 2 ms, torch.compile 4 ms) every provider gets a row and a speedup."""
+    times = iter([1.0, 2.0, 4.0])
+    monkeypatch.setattr(timing, "time_call", lambda fn, grads=None: (fn(), timing.Timing(next(times), 0.9, 1.1, 5))[1])
+    monkeypatch.setattr(torch, "compile", lambda model: model)
+    rows, text = models.run_model(_tiny_torchvision(), "tiny", train, torch.float32, False, torch.device(DEVICE),
+                                  True, 2, 6)
+    ours, eager, compiled = rows
+    assert ours["check"] == "ok" and eager["check"] == "reference", ours["check"]
+    assert [r["speedup_vs_eager"] for r in rows] == [2.0, 1.0, 0.5]
+    if train:
+        assert ours["convert"].startswith("replaced 4, folded 0/2 BN") and "training mode" in text
+    else:
+        assert ours["convert"] == "replaced 2, folded 2/2 BN, fused 1/1 depthwise"
+
+
+def test_models_suite_without_torchvision_says_so_and_exits_cleanly(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    assert main(["--suite", "models", "--out", str(tmp_path)]) == 0
+    assert "needs torchvision, which does not import here" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())

@@ -122,7 +122,7 @@ def _bad(**overrides):
     (dict(bias=rand(3)), ValueError, "bias must have shape"),
     (dict(input=rand(1, 4, 6, 6).double()), TypeError, "input has dtype"),
     (dict(input=torch.ones(1, 4, 6, 6, dtype=torch.int32, device=DEVICE)), TypeError, "input has dtype"),
-    (dict(input=rand(4, 6, 6)), ValueError, r"input must be \(N, C, H, W\)"),
+    (dict(input=rand(4, 6)), ValueError, r"input must be \(N, C, H, W\)"),
     (dict(weight=rand(2, 4, 9, 9)), ValueError, "padded input"),
     (dict(dilation=4), ValueError, "padded input"),
     (dict(stride=0), ValueError, "stride must be >= 1"),

@@ -138,7 +138,7 @@ def _bad(**overrides):
     (dict(weight=rand(8, 1, 3, 3, dtype=torch.float16)), TypeError, "weight has dtype"),
     (dict(weight="w"), TypeError, "weight must be a torch.Tensor"),
     (dict(input=rand(1, 0, 6, 6)), ValueError, "at least one channel"),
-    (dict(input=rand(4, 6, 6)), ValueError, r"input must be \(N, C, H, W\)"),
+    (dict(input=rand(4, 6)), ValueError, r"input must be \(N, C, H, W\)"),
     (dict(bias=rand(4)), ValueError, "bias must have shape"),
     (dict(bias=rand(8, dtype=torch.bfloat16)), TypeError, "bias has dtype"),
     (dict(stride=0), ValueError, "stride must be >= 1"),

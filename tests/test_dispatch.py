@@ -225,9 +225,13 @@ def test_explain_names_family_config_and_source():
 def test_tune_lists_every_kernel_of_forward_and_backward():
     x = rand(2, 3, 7, 7, requires_grad=True)
     w = rand(5, 3, 3, 3, requires_grad=True)
-    table = tc.tune(lambda a: tc.conv2d(a, w, padding=1), x)
+    with pytest.warns(UserWarning, match="nothing was tuned: Triton's interpreter"):
+        table = tc.tune(lambda a: tc.conv2d(a, w, padding=1), x)
     assert set(table["kernel"]) == {"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"}
     assert list(table.columns) == ["kernel", "family", "shape", "config", "source", "time_ms", "tune_seconds"]
+    assert (table["source"] == "heuristic").all() and "cannot time kernels" in table.attrs["note"]
+    with pytest.warns(UserWarning, match="ran no tritonconv kernel"):
+        tc.tune(torch.nn.Conv2d(3, 5, 3), x)
 
 
 def test_backend_argument():
@@ -238,8 +242,11 @@ def test_backend_argument():
         tc.set_backend("fast")
     tc.set_backend("auto")
     try:
-        # In the interpreter "auto" still runs ours (PyTorch's op would not be timed there).
-        assert tc.explain(tc.conv2d, x, w, backend="auto")["family"] == "implicit_gemm"
+        # In the interpreter "auto" still runs ours (PyTorch's op would not be timed there), and says so.
+        info = tc.explain(tc.conv2d, x, w, backend="auto")
+        assert info["family"] == "implicit_gemm"
+        assert "interpreter (no GPU) cannot time, so it runs ours" in info["backend"] and "backend:" in str(info)
+        assert tc.explain(tc.conv2d, x, w)["backend"].startswith("tritonconv's kernels: backend \"auto\"")
     finally:
         tc.set_backend("triton")
 

@@ -301,7 +301,7 @@ def test_empty_input():
     (lambda x: tc.drop_block2d(x, 0.1, 2.0), TypeError, "block_size must be an int"),
     (lambda x: tc.cutout2d(x, 0), ValueError, "size must be between 1"),
     (lambda x: tc.cutout2d(x, 7), ValueError, "size must be between 1"),
-    (lambda x: tc.spatial_dropout2d(x[0]), ValueError, r"input must be \(N, C, H, W\)"),
+    (lambda x: tc.spatial_dropout2d(x[0, 0, 0]), ValueError, r"input must be \(N, C, H, W\)"),
     (lambda x: tc.drop_block2d(x[0], 0.1, 3), ValueError, r"input must be \(N, C, H, W\)"),
     (lambda x: tc.cutout2d(x[0], 3), ValueError, r"input must be \(N, C, H, W\)"),
     (lambda x: tc.dropout(x.double()), TypeError, "input has dtype"),

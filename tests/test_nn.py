@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 import tritonconv as tc
 import tritonconv.nn as tnn
+from tritonconv.testing import randomise_batchnorm
 from conftest import DEVICE, assert_close, rand
 
 
@@ -40,19 +41,9 @@ def deeplab_block(c: int = 4) -> nn.Sequential:
     )
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model
-
-
 @pytest.mark.parametrize("build", [mobilenet_block, deeplab_block])
 def test_convert_keeps_state_dict_and_eval_output(build):
-    model = _randomise_bn(build()).to(DEVICE).eval()
+    model = randomise_batchnorm(build()).to(DEVICE).eval()
     keys = list(model.state_dict())
     x = rand(2, model[0].in_channels, 8, 8)
     expected = model(x)
@@ -69,7 +60,7 @@ def test_convert_keeps_state_dict_and_eval_output(build):
 
 
 def test_convert_folds_batchnorm_and_fuses_separable():
-    model = _randomise_bn(mobilenet_block()).to(DEVICE).eval()
+    model = randomise_batchnorm(mobilenet_block()).to(DEVICE).eval()
     x = rand(1, 6, 7, 7)
     expected = model(x)
     converted = tc.nn.convert(copy.deepcopy(model), fold_batchnorm=True, fuse_separable=True)
@@ -83,10 +74,10 @@ def test_convert_reports_what_it_leaves():
     class MyConv(nn.Conv2d):
         pass
 
-    model = nn.Sequential(MyConv(2, 2, 3), nn.MaxPool2d(2, return_indices=True), nn.Dropout(inplace=True))
+    model = nn.Sequential(MyConv(2, 2, 3), nn.Conv2d(2, 2, 3).double(), nn.Dropout(inplace=True))
     report = tc.nn.convert(model).tritonconv_report
     assert report.replaced == [] and len(report.left) == 3
-    assert "subclass" in str(report) and "return_indices" in str(report) and "inplace" in str(report)
+    assert "subclass" in str(report) and "dtype" in str(report) and "inplace" in str(report)
 
 
 def test_modules_match_torch_in_eval_and_train_at_p0():
@@ -213,3 +204,36 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         assert proc.returncode == 0, f"rank {rank}:\n{output[-3000:]}"
     for one, two in zip(torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")):
         assert_close(two, one, torch.float32, "DDP gradient")
+
+
+def test_modules_check_their_arguments_when_built():
+    """As nn.Dropout does: a bad argument fails in __init__, naming it, not on the first forward."""
+    for build, match in [(lambda: tnn.DropBlock2d(2.0, 3), "p must be in"), (lambda: tnn.DropBlock2d(0.1, 0), "block_size"),
+                         (lambda: tnn.Cutout2d(2.5), "size must be an int"),
+                         (lambda: tnn.MaxPoolDropout2d(2, p=2.0), "p must be in"),
+                         (lambda: tnn.MaxPoolDropout2d(2, padding=2), "padding must be at most half"),
+                         (lambda: tnn.MaxPool2d(0), "kernel_size must be >= 1"),
+                         (lambda: tnn.DepthwiseSeparableConv2d(4, 4, 3, stride=2, padding="same"), "same"),
+                         (lambda: tnn.DepthwiseSeparableConv2d(4, 4, 3, activation="tanh"), "activation")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            build()
+
+
+def test_dtype_error_from_a_module_names_the_model_fix():
+    model = tc.convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.MaxPool2d(2))).double()
+    with pytest.raises(TypeError, match=r"tritonconv.nn.Conv2d got a torch.float64 input.*model.float\(\)"):
+        model(rand(1, 2, 6, 6).double())
+    with pytest.raises(TypeError, match=r"tritonconv.nn.MaxPool2d .*model.float\(\)"):
+        model[1](rand(1, 2, 6, 6).double())
+
+
+def test_unbatched_input_is_one_sample():
+    """As torch's conv and pooling modules do, a (C, H, W) input runs as a batch of one."""
+    x = rand(3, 7, 7)
+    conv = tnn.Conv2d(3, 4, 3, padding=1).to(DEVICE)
+    sep = tnn.DepthwiseSeparableConv2d(3, 5, 3, padding=1, activation="relu").to(DEVICE)
+    mid = F.relu(F.conv2d(x, sep.depthwise_weight, sep.depthwise_bias, padding=1, groups=3))
+    for module, expected in [(conv, F.conv2d(x, conv.weight, conv.bias, padding=1)),
+                             (sep, F.conv2d(mid, sep.pointwise_weight, sep.pointwise_bias)),
+                             (tnn.MaxPool2d(2), F.max_pool2d(x, 2)), (tnn.MaxPoolDropout2d(2, p=0.0), F.max_pool2d(x, 2))]:
+        assert_close(module(x), expected, torch.float32, type(module).__name__)

@@ -257,7 +257,7 @@ def test_empty_batch():
     (lambda x: tc.max_pool2d(x, 3, dilation=4), ValueError, "does not fit"),
     (lambda x: tc.max_pool2d(x, 2.5), TypeError, "kernel_size must be an int"),
     (lambda x: tc.max_pool2d(x, 2, ceil_mode=1), TypeError, "ceil_mode must be a bool"),
-    (lambda x: tc.max_pool2d(x[0], 2), ValueError, r"input must be \(N, C, H, W\)"),
+    (lambda x: tc.max_pool2d(x[0, 0], 2), ValueError, r"input must be \(N, C, H, W\)"),
     (lambda x: tc.max_pool2d(x.double(), 2), TypeError, "input has dtype"),
     (lambda x: tc.max_pool2d(x.to(torch.int64), 2), TypeError, "input has dtype"),
     (lambda x: tc.max_pool2d_dropout(x, 2, p=1.5), ValueError, r"p must be in \[0, 1\]"),

@@ -141,7 +141,7 @@ def _bad(**overrides):
     (dict(depthwise_bias=rand(4)), ValueError, r"depthwise_bias must have shape \(8,\)"),
     (dict(pointwise_bias=rand(8)), ValueError, r"pointwise_bias must have shape \(5,\)"),
     (dict(pointwise_bias=rand(5, dtype=torch.float16)), TypeError, "pointwise_bias has dtype"),
-    (dict(input=rand(4, 6, 6)), ValueError, r"input must be \(N, C, H, W\)"),
+    (dict(input=rand(4, 6)), ValueError, r"input must be \(N, C, H, W\)"),
     (dict(dilation=0), ValueError, "dilation must be >= 1"),
     (dict(padding="full"), ValueError, "padding must be"),
 ])

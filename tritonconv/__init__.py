@@ -11,7 +11,7 @@ from tritonconv.separable import depthwise_separable_conv2d
 from tritonconv.tuning import explain, tune
 
 from tritonconv import nn  # noqa: E402 (its modules call the ops above)
-from tritonconv.nn import convert  # noqa: E402
+from tritonconv.conversion import convert  # noqa: E402
 
 __all__ = ["analysis", "conv2d", "convert", "cutout2d", "depthwise_conv2d", "depthwise_separable_conv2d", "drop_block2d",
            "dropout", "explain", "get_autotune", "get_backend", "max_pool2d", "max_pool2d_dropout", "nn",

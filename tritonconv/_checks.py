@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -103,16 +104,48 @@ def check_same(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> 
 
 
 def pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints, each at least `minimum`, as a pair."""
+    """An int, a one-element sequence (torch expands both) or a pair of ints, each at least `minimum`,
+    as a pair."""
     try:
         values = (value, value) if isinstance(value, int) else tuple(value)
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(values) == 1:
+        values = values * 2
     if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(values) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return values  # type: ignore[return-value]
+
+
+def check_int(value: int, name: str, minimum: int) -> int:
+    """An int (not a bool) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+Op = TypeVar("Op", bound=Callable)
+
+
+def accepts_unbatched(op: Op) -> Op:
+    """Let a 2-D op take an unbatched (C, H, W) input, as torch's 2-D ops do: it runs on the batch of one
+    (1, C, H, W) and the result (each tensor of it, when there are several) loses that axis again."""
+
+    @functools.wraps(op)
+    def wrapper(*args, **kwargs):
+        input = args[0] if args else kwargs.get("input")
+        if not isinstance(input, torch.Tensor) or input.dim() != 3:
+            return op(*args, **kwargs)
+        if args:
+            args = (input.unsqueeze(0), *args[1:])
+        else:
+            kwargs = {**kwargs, "input": input.unsqueeze(0)}
+        out = op(*args, **kwargs)
+        return tuple(t.squeeze(0) for t in out) if isinstance(out, tuple) else out.squeeze(0)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_bias(bias: torch.Tensor | None, name: str, channels: int, ref: torch.Tensor, ref_name: str) -> None:

@@ -45,17 +45,27 @@ class Plan:
     """One call's precomputed work. `run(*tensors)` launches and returns what the op's custom op returns;
     `args` are the custom op's other arguments (after its tensors), which its `setup_context` reads;
     `autograd` is None when `run` needs none of ours (PyTorch's own op, or no gradient); `first` says that
-    the public op returns the first of the custom op's outputs."""
+    the public op returns the first of the custom op's outputs; `device` is the device of the call's
+    tensors when `run` launches our kernels (None when it runs PyTorch's ops, which mind devices
+    themselves)."""
 
-    __slots__ = ("run", "args", "autograd", "first")
+    __slots__ = ("run", "args", "autograd", "first", "device", "_cuda")
 
-    def __init__(self, run: Callable, args: tuple = (), autograd: Autograd | None = None, first: bool = False):
-        self.run, self.args, self.autograd, self.first = run, args, autograd, first
+    def __init__(self, run: Callable, args: tuple = (), autograd: Autograd | None = None, first: bool = False,
+                 device: torch.device | None = None):
+        self.run, self.args, self.autograd, self.first, self.device = run, args, autograd, first, device
+        # Triton launches on CUDA's current device: the index to make current, None where nothing is needed.
+        self._cuda = device.index if device is not None and device.type == "cuda" else None
 
     def __call__(self, needs_grad: bool, *tensors: torch.Tensor | None):
-        """Run the plan on the call's tensors; `needs_grad`: autograd records the call."""
-        # A per-launch device guard (enter the tensors' CUDA device when it is not the current one) goes
-        # here, once per call: plans are keyed on the device, so it is one comparison with the current one.
+        """Run the plan on the call's tensors, with their CUDA device current (plans are keyed on the device,
+        so this is one comparison with the current one); `needs_grad`: autograd records the call."""
+        if self._cuda is not None and self._cuda != torch.cuda.current_device():
+            with torch.cuda.device(self._cuda):
+                return self._call(needs_grad, tensors)
+        return self._call(needs_grad, tensors)
+
+    def _call(self, needs_grad: bool, tensors: tuple):
         if needs_grad and self.autograd is not None:
             out = _EagerFunction.apply(*tensors, self)
         else:

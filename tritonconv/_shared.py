@@ -95,6 +95,15 @@ def conv_geometry(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return ConvGeometry(n, c, f, h, w, (kh, kw), stride_hw, pad, dilation_hw, groups, oh, ow)
 
 
+def no_channels_output(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       geo: ConvGeometry) -> torch.Tensor:
+    """What torch's convolution gives for an input without channels (C = 0): an empty (N, 0, OH, OW),
+    still part of the graph, so that weight and bias get zero gradients. Nothing to launch."""
+    zero = sum(t.sum() * 0 for t in (input, weight, bias) if t is not None)
+    fmt = torch.channels_last if channels_last(input, weight) else torch.contiguous_format
+    return zero.expand(geo.batch, 0, geo.out_height, geo.out_width).contiguous(memory_format=fmt)
+
+
 def check_depthwise_weight(weight: object, name: str, input: torch.Tensor) -> torch.Tensor:
     """Check that `weight` is a depthwise filter bank (C * multiplier, 1, KH, KW) for `input`'s C channels,
     with its dtype and device."""
@@ -184,10 +193,12 @@ def register_gradient_ops(name: str, input_grad: Callable, weight_grad: Callable
     a convolution family, whose launchers take (dy, w, geo, x) and (x, dy, geo, w) and return run(dy, w)
     and run(x, dy)."""
 
+    @dispatch.on_inputs_device  # the launch runs under its tensors' device
     def input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
         geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
         return input_grad(dy, w, geo, x)(dy, w)
 
+    @dispatch.on_inputs_device  # the launch runs under its tensors' device
     def weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
         geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
         return weight_grad(x, dy, geo, w)(x, dy)
@@ -215,9 +226,10 @@ def _elementwise_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 
 dispatch.register("activation_backward", "elementwise", activation_backward_kernel, _elementwise_config,
-                  _elementwise_space, programs=_elementwise_programs)
+                  _elementwise_space, programs=_elementwise_programs, trips=lambda problem, config, args: ())  # no loop
 
 
+@dispatch.on_inputs_device
 def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> Callable:
     """The launch of dz = dy * activation'(z), elementwise, on tensors like these: run(dy, z) -> dz, in z's
     memory format."""
@@ -243,6 +255,7 @@ def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> C
 
 @torch.library.custom_op("tritonconv::activation_backward", mutates_args=(),
                          schema="(Tensor dy, Tensor z, str activation) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _activation_backward_op(dy, z, activation):
     return activation_backward(dy, z, activation)(dy, z)
 
@@ -275,6 +288,7 @@ def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
     give dx and dw, and db is dz summed over (n, h, w). z itself is an internal output, never
     differentiated.
     """
+    @dispatch.on_inputs_device  # the launch runs under its tensors' device
     def compute(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
         geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
         return forward(x, w, bias, geo, activation, store_pre)(x, w, bias)
@@ -312,4 +326,5 @@ def epilogue_plan(name: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tenso
     tensors like these, returning y."""
     forward, autograd = _EPILOGUES[name]
     return _plans.Plan(forward(x, w, bias, geo, activation, store_pre),
-                       (*geometry_args(geo), activation, store_pre), autograd, first=True)
+                       (*geometry_args(geo), activation, store_pre), autograd, first=True,
+                       device=x.device)

@@ -1,4 +1,6 @@
-"""The lecture's arithmetic: receptive fields of conv stacks and the cost of (separable) convolutions."""
+"""Arithmetic for designing conv stacks, without running anything: the receptive field of a stack of
+(dilated, strided) convolutions, and the weight and multiply-accumulate counts of one convolution done
+three ways: standard KxK, depthwise-separable (KxK depthwise then 1x1) and factorised (1xK then Kx1)."""
 
 from __future__ import annotations
 
@@ -38,12 +40,24 @@ class ConvCost:
 
 
 def conv_cost(in_channels: int, out_channels: int, kernel_size: int, out_h: int, out_w: int,
-              separable: bool = False) -> ConvCost:
-    """Cost of a KxK conv from C to F channels producing an out_h x out_w map.
+              separable: bool = False, factorized: bool = False) -> ConvCost:
+    """Weights and MACs of a KxK conv from C to F channels producing an out_h x out_w (H x W) map.
 
-    Standard: K*K*C*F weights and K*K*C*F*H*W MACs. Depthwise-separable (KxK depthwise, then 1x1
-    pointwise): K*K*C + C*F weights and (K*K*C + C*F)*H*W MACs, a fraction 1/F + 1/K^2 of the standard.
+    Standard: K*K*C*F weights and K*K*C*F*H*W MACs.
+    separable=True, depthwise-separable (KxK depthwise, then 1x1 pointwise): K*K*C + C*F weights and
+    (K*K*C + C*F)*H*W MACs, a fraction 1/F + 1/K^2 of the standard.
+    factorized=True, spatially factorised (1xK from C to F channels, then Kx1 from F to F, the same receptive
+    field; the intermediate map is H x W): K*C*F + K*F*F weights and (K*C*F + K*F*F)*H*W MACs, a fraction
+    (C + F) / (K*C) of the standard (2/K when C = F).
+    Every weight is used once per output pixel, so MACs = weights * H * W in all three.
     """
-    k2 = kernel_size * kernel_size
-    params = k2 * in_channels + in_channels * out_channels if separable else k2 * in_channels * out_channels
+    if separable and factorized:
+        raise ValueError("separable and factorized are two different separations: pass at most one")
+    c, f, k = in_channels, out_channels, kernel_size
+    if separable:
+        params = k * k * c + c * f
+    elif factorized:
+        params = k * c * f + k * f * f
+    else:
+        params = k * k * c * f
     return ConvCost(params=params, macs=params * out_h * out_w)

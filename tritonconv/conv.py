@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from tritonconv import _plans, dispatch, heuristics
 # conv2d routes depthwise and 1x1 convolutions to the ops these modules register; neither imports this one.
 from tritonconv import depthwise, pointwise  # noqa: F401
-from tritonconv._checks import autocast, channels_last, empty_like_layout, needs_int64
+from tritonconv._checks import accepts_unbatched, autocast, channels_last, empty_like_layout, needs_int64
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, conv_geometry, dot_flags, epilogue_plan,
-                                gemm_operand, geometry, geometry_args, input_grads, register_gradient_ops, tf32)
+                                gemm_operand, geometry, geometry_args, input_grads, no_channels_output,
+                                register_gradient_ops, tf32)
 from tritonconv.heuristics import cdiv
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
@@ -70,12 +71,43 @@ def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
 
 
-dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space)
-dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space)
+def _rows_reading_input(args: Mapping[str, object], forward: bool) -> float:
+    """The share of (tile row, live tap row kh) pairs whose tap reads a real input row: output row oh reads
+    input row oh*sh - ph + kh*dh (forward); input row ih gets output row (ih + ph - kh*dh) / sh (input
+    gradient). A tile that spans whole rows skips a tap exactly when it reads only padding, so this is
+    the share of channel loops run; skipping along columns is not counted."""
+    h, oh, s, p, d = args["H"], args["OH"], args["stride_h"], args["pad_h"], args["dil_h"]
+    rows, taps = (oh, h) if forward else (h, oh * s)
+    live = range(args["kh_start"], args["kh_end"])
+    hits = sum(0 <= (r * s - p + kh * d if forward else r + p - kh * d) < taps for kh in live for r in range(rows))
+    return hits / (rows * len(live)) if live else 0.0
+
+
+def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
+    """Forward and input gradient: the live kh and kw taps, then the channel steps of a tap (run only
+    for taps that read real input for the tile)."""
+    forward = problem.kernel == "conv2d_forward"
+    steps = cdiv(args["C_PER_GROUP" if forward else "F_PER_GROUP"], config["BLOCK_K"])
+    return (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"],
+            steps * _rows_reading_input(args, forward))
+
+
+def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
+                       args: Mapping[str, object]) -> tuple[float, ...]:
+    """Weight gradient: one split's share of the BLOCK_K-pixel steps over N*OH*OW."""
+    steps = cdiv(args["N"] * args["OH"] * args["OW"], config["BLOCK_K"])
+    return (cdiv(steps, config["SPLIT_K"]),)
+
+
+dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space,
+                  trips=_gemm_trips)
+dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space,
+                  trips=_gemm_trips)
 dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space)
+                  _weight_grad_space, trips=_weight_grad_trips)
 
 
+@dispatch.on_inputs_device
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> Callable:
     """The forward kernel's launch on tensors like these: run(x, w, bias) -> y. The output takes
     channels_last when the input or weight has it."""
@@ -87,7 +119,8 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     xg, wg = gemm_operand(_plans.meta_like(x)), gemm_operand(_plans.meta_like(w))
     g = geo.groups
     m = geo.batch * geo.out_height * geo.out_width
-    args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *xg.stride(), *wg.stride(), *y.stride())
+    args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *xg.stride(), *wg.stride(), *y.stride(),
+            bias.stride(0) if bias is not None else 0)
     flags = {"HAS_BIAS": bias is not None, "INT64": needs_int64(xg, wg, y), **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
@@ -111,6 +144,7 @@ def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dis
         channels_last=channels_last(x))
 
 
+@dispatch.on_inputs_device
 def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
     """The launch of dL/dx for the convolution `geo` on tensors like these: run(dy, w) -> dx, in the memory
     format of `like` (the input)."""
@@ -139,6 +173,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
         batch=g, dtype=dy.dtype, channels_last=channels_last(like)), prepare, dy, w)
 
 
+@dispatch.on_inputs_device
 def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
     """The launch of dL/dw for the convolution `geo` on tensors like these: run(x, dy) -> dw, accumulated in
     float32 and returned in the dtype and layout of `like` (the weight)."""
@@ -185,6 +220,7 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
 
 @torch.library.custom_op("tritonconv::conv2d", mutates_args=(),
                          schema=f"(Tensor x, Tensor w, Tensor? bias, {GEOMETRY_SCHEMA}) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _conv2d_op(x, w, bias, stride, padding, dilation, groups, output_size):
     geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
     return conv2d_forward(x, w, bias, geo)(x, w, bias)
@@ -236,6 +272,8 @@ def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: t
 def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  geo: ConvGeometry) -> torch.Tensor:
     """conv2d with our kernels, of the family `conv2d_family` picks, through their torch.library ops."""
+    if geo.in_channels == 0:
+        return no_channels_output(input, weight, bias, geo)
     family = conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
     if family == "implicit_gemm":
         return torch.ops.tritonconv.conv2d(input, weight, bias, *geometry_args(geo))
@@ -248,7 +286,8 @@ def _use_torch(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                args: tuple, backend: str | None) -> bool:
     """Whether the call runs F.conv2d(input, weight, bias, *args) (backend "auto" timed it faster)."""
     return dispatch.use_torch(_forward_problem(geo, input, weight), lambda: _conv2d_ours(input, weight, bias, geo),
-                              lambda: F.conv2d(input, weight, bias, *args), backend)
+                              lambda: F.conv2d(input, weight, bias, *args), backend,
+                              input.device)
 
 
 def _conv2d_plan(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, args: tuple,
@@ -257,12 +296,16 @@ def _conv2d_plan(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     geo = conv_geometry(input, weight, bias, *args)
     if _use_torch(input, weight, bias, geo, args, backend):
         return _plans.Plan(lambda x, w, b: F.conv2d(x, w, b, *args))
+    if geo.in_channels == 0:
+        return _plans.Plan(lambda x, w, b: no_channels_output(x, w, b, geo))
     family = conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
     if family == "implicit_gemm":
-        return _plans.Plan(conv2d_forward(input, weight, bias, geo), geometry_args(geo), _AUTOGRAD)
+        return _plans.Plan(conv2d_forward(input, weight, bias, geo), geometry_args(geo), _AUTOGRAD,
+                           device=input.device)
     return epilogue_plan(f"{family}_conv2d", input, weight, bias, geo, "none", False)
 
 
+@accepts_unbatched
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
            dilation: int | Sequence[int] = 1, groups: int = 1, *, backend: str | None = None) -> torch.Tensor:
@@ -278,10 +321,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format. An unbatched
+            (C, H, W) input gives an unbatched output, as in torch; C = 0 gives an empty (N, 0, OH, OW).
         weight: (F, C / groups, KH, KW).
         bias: optional (F,).
-        stride, dilation: int or (h, w) pair, each >= 1.
+        stride, dilation: int or (h, w) pair (or a one-element sequence), each >= 1.
         padding: int or (h, w) pair (zeros on both sides), "valid" (none) or "same" (stride 1 only;
             the output keeps H x W, any odd padding going to the bottom/right).
         groups: number of channel groups; divides C and F.

@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from tritonconv import _plans, dispatch, heuristics
-from tritonconv._checks import autocast, channels_last, check_tensor, empty_like_layout
+from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
 from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
                                 register_epilogue_op, register_gradient_ops)
 from tritonconv.heuristics import cdiv, next_power_of_2
@@ -112,12 +112,25 @@ def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) ->
     return cdiv(problem.k, config["TAPS"]) * cdiv(problem.n, config["BLOCK_C"]) * config["SPLIT_K"]
 
 
+def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
+    """Forward: the live kh and kw taps; input gradient: the MULT filters of a channel, then its taps."""
+    taps = (args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"])
+    return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
+
+
+def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
+                       args: Mapping[str, object]) -> tuple[float, ...]:
+    """The program's TAPS taps, then one split's share of the N * (output tiles per image) tiles."""
+    tiles = args["N"] * cdiv(args["OH"], config["BLOCK_H"]) * cdiv(args["OW"], config["BLOCK_W"])
+    return (min(config["TAPS"], args["KH"] * args["KW"]), cdiv(tiles, config["SPLIT_K"]))
+
+
 dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space,
-                  programs=_tile_programs)
+                  programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space,
-                  programs=_tile_programs)
+                  programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space, programs=_weight_grad_programs, steps=_plane_tiles)
+                  _weight_grad_space, programs=_weight_grad_programs, steps=_plane_tiles, trips=_weight_grad_trips)
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
@@ -130,6 +143,7 @@ def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, in
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> Callable:
     """The launch of y = activation(depthwise(x, w) + bias) on tensors like these: run(x, w, bias) -> (y, z),
@@ -143,7 +157,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
     problem = _problem("depthwise_forward", geo, f, plane, x, cl)
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
-            *geo.live_taps(0), *geo.live_taps(1), *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride())
+            *geo.live_taps(0), *geo.live_taps(1), *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+            bias.stride(0) if bias is not None else 0)
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
@@ -160,6 +175,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     return dispatch.runner(problem, prepare, x, w, bias)
 
 
+@dispatch.on_inputs_device
 def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
     """The launch of dL/dx of the depthwise convolution `geo` on tensors like these: run(dy, w) -> dx, in the
     memory format of `like` (the input)."""
@@ -185,6 +201,7 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
     return dispatch.runner(problem, prepare, dy, w)
 
 
+@dispatch.on_inputs_device
 def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
     """The launch of dL/dw of the depthwise convolution `geo` on tensors like these: run(x, dy) -> dw,
     accumulated in float32 and returned in the dtype and layout of `like` (the weight)."""
@@ -235,6 +252,7 @@ def _checked(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return conv_geometry(input, weight, bias, stride, padding, dilation, input.shape[1])
 
 
+@accepts_unbatched
 def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
                      dilation: int | Sequence[int] = 1) -> torch.Tensor:
@@ -248,7 +266,7 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     on its own), for any kernel size. Autograd computes input and weight gradients with our own kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         weight: (C * m, 1, KH, KW), multiplier m >= 1.
         bias: optional (C * m,).
         stride, dilation: int or (h, w) pair, each >= 1.

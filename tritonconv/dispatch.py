@@ -9,7 +9,8 @@ answer comes from, in order:
    autotune, and pays ~150 us per program, so its heuristics size tiles for few programs).
 2. This process's memory of earlier decisions (the fast path: one dict lookup).
 3. The persistent cache (`tritonconv._cache`), keyed by kernel, shape bucket, dtype, layout, GPU name and
-   compute capability, triton version and a hash of the kernel's source file.
+   compute capability, triton version and a hash of the kernel's source file. An entry that does not
+   describe a configuration the kernel could run (`check_entry`) is dropped with one warning.
 4. Autotuning, when allowed (`TRITONCONV_AUTOTUNE=1` at import, the default; `set_autotune`; inside
    `tritonconv.tune`): the kernel's declared space, pruned of what cannot fit or cannot pay, each
    candidate checked against the heuristic's output and then timed; the winner goes to the cache.
@@ -25,13 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import inspect
 import itertools
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import triton
@@ -128,6 +131,10 @@ def gemm_steps(config: Config, problem: Problem) -> int:
     return cdiv(problem.k, config["BLOCK_K"])
 
 
+# For the cost model (bench/cost.py): the average iterations per program of each loop of a kernel.
+Trips = Callable[[Problem, Config, Mapping[str, object]], tuple[float, ...]]
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """How to configure one kernel: a timing-free heuristic, the space autotuning searches, and how many
@@ -140,6 +147,7 @@ class KernelSpec:
     space: Space
     programs: Count = gemm_programs
     steps: Count = gemm_steps
+    trips: Trips | None = None
 
     def source_hash(self) -> str:
         return _source_hash(self.fn)
@@ -149,7 +157,7 @@ _KERNELS: dict[str, KernelSpec] = {}
 
 
 def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: Space, *,
-             programs: Count = gemm_programs, steps: Count = gemm_steps) -> None:
+             programs: Count = gemm_programs, steps: Count = gemm_steps, trips: Trips | None = None) -> None:
     """Declare how to configure `kernel` (the name used in Problem.kernel).
 
     `family` names the kind of kernel ("implicit_gemm", "depthwise", ...); `fn` is the @triton.jit
@@ -158,10 +166,13 @@ def register(kernel: str, family: str, fn: object, heuristic: Heuristic, space: 
     GPU, before `prune`. `programs(config, problem)` is the launch's grid size (launchers size their grid
     with it, so pruning counts what really runs) and `steps(config, problem)` the reduction steps a
     SPLIT_K meta-parameter divides; both default to a GEMM's (`gemm_programs`, `gemm_steps`).
+    `trips(problem, config, args)`, for the cost model (bench/cost.py), gives the average iterations per
+    program of each loop of the kernel, one entry per source loop in order (an outer loop before the
+    loops it holds), from the launch's arguments by name (constexprs included).
     """
     if kernel in _KERNELS:
         raise ValueError(f"kernel {kernel!r} is registered twice")
-    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space, programs, steps)
+    _KERNELS[kernel] = KernelSpec(kernel, family, fn, heuristic, space, programs, steps, trips)
 
 
 def spec(kernel: str) -> KernelSpec:
@@ -274,7 +285,7 @@ Launch = Callable[[Config], torch.Tensor]
 Timer = Callable[[Callable[[], object]], float]
 
 CACHE = ConfigCache()
-_MEMORY: dict[tuple[Problem, bool], Decision] = {}
+_MEMORY: dict[tuple[Problem, bool, torch.device | None], Decision] = {}  # (problem, tuning allowed, device)
 _FORCE_TUNING: contextvars.ContextVar[bool | None] = contextvars.ContextVar("tritonconv_force_tuning", default=None)
 _RECORDERS: contextvars.ContextVar[tuple[list, ...]] = contextvars.ContextVar("tritonconv_recorders", default=())
 
@@ -343,15 +354,56 @@ def recording() -> Iterator[list[Decision]]:
         _RECORDERS.reset(token)
 
 
+# The device of the tensors a launcher was called with, while it runs (see `on_inputs_device`).
+_LAUNCH_DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar("tritonconv_launch_device",
+                                                                                    default=None)
+
+
+def device_context(device: torch.device) -> contextlib.AbstractContextManager:
+    """`device` made CUDA's current device inside the block (Triton launches on the current device and
+    its current stream); nothing for the CPU, where the interpreter runs."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def launch_device(device: torch.device) -> Iterator[None]:
+    """Launch on `device` inside the block: it is CUDA's current device, and cache keys name its GPU."""
+    token = _LAUNCH_DEVICE.set(device)
+    try:
+        with device_context(device):
+            yield
+    finally:
+        _LAUNCH_DEVICE.reset(token)
+
+
+def on_inputs_device(launcher: Callable) -> Callable:
+    """Decorate a launcher (a function that launches kernels on its tensor arguments): its tensors must
+    share one device, and it runs under `launch_device` of that device, so a model on cuda:1 launches on
+    cuda:1 whatever the current device, and tunes and caches for that GPU."""
+
+    @functools.wraps(launcher)
+    def guarded(*args, **kwargs):
+        devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+        if len(devices) != 1:
+            raise ValueError(f"{launcher.__name__} got tensors on {sorted(map(str, devices))}: every tensor of "
+                             "one call must be on one device; move them with .to(device)")
+        with launch_device(devices.pop()):
+            return launcher(*args, **kwargs)
+
+    return guarded
+
+
 _DEVICE_TAGS: dict[int, str] = {}
 
 
 def _device_tag() -> str:
-    """GPU name and compute capability of the current device, queried once per device and never at
-    import time."""
+    """GPU name and compute capability of the device being launched on (`launch_device`; else the
+    current device), queried once per device and never at import time."""
     if not torch.cuda.is_available():
         return "cpu"
-    index = torch.cuda.current_device()
+    device = _LAUNCH_DEVICE.get()
+    index = device.index if device is not None and device.type == "cuda" and device.index is not None \
+        else torch.cuda.current_device()
     if index not in _DEVICE_TAGS:
         major, minor = torch.cuda.get_device_capability(index)
         _DEVICE_TAGS[index] = f"{torch.cuda.get_device_name(index)}|sm{major}{minor}"
@@ -371,21 +423,87 @@ def decide(problem: Problem, launch: Launch | None = None) -> Decision:
     if interpreting():
         return Decision(problem, kernel.heuristic(problem, True), "heuristic")
     allowed = tuning_allowed() and launch is not None
-    remembered = _MEMORY.get((problem, allowed))
+    memo_key = (problem, allowed, _LAUNCH_DEVICE.get())
+    remembered = _MEMORY.get(memo_key)
     if remembered is not None:
         return remembered
     key = cache_key(problem)
     entry = CACHE.get(key)
-    if entry is not None:
-        decision = Decision(problem, Config.from_json(entry["config"]), "cache", time_ms=entry.get("time_ms"))
+    config = _checked(key, entry, lambda entry: check_entry(problem, entry), allowed)
+    if config is not None:
+        decision = Decision(problem, config, "cache", time_ms=entry.get("time_ms"))
     elif allowed:
         decision = autotune(problem, launch)
         CACHE.put(key, {**_entry_header(problem), "config": decision.config.to_json(), "time_ms": decision.time_ms,
                         "tune_seconds": round(decision.tune_seconds, 3)})
     else:
         decision = Decision(problem, kernel.heuristic(problem, False), "heuristic")
-    _MEMORY[(problem, allowed)] = decision
+    _MEMORY[memo_key] = decision
     return decision
+
+
+def _is_pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def check_entry(problem: Problem, entry: object) -> Config:
+    """The Config a cache entry for `problem` holds, or ValueError saying why it holds none the kernel
+    could run: its meta-parameters must be the kernel's (the names its heuristic sets), each an int
+    within the range of the values the kernel's heuristic and tuning space use for the shape bucket,
+    and a power of two wherever all of those are (block sizes); num_warps a power of two and
+    num_stages >= 1, both within that range too. A cache file is user-writable, so an entry is data to
+    check, not a trusted config: Triton rejects an impossible block deep inside a launch."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        raise ValueError("it has no config")
+    data = entry["config"]
+    meta, warps, stages = data.get("meta"), data.get("num_warps"), data.get("num_stages")
+    kernel = spec(problem.kernel)
+    # The bucket's largest problem too: an entry tuned at any m of the bucket must pass at every other.
+    largest = replace(problem, m=triton.next_power_of_2(max(problem.m, 1)))
+    known = [c for p in (problem, largest) for c in (kernel.heuristic(p, False), *kernel.space(p))]
+    names = sorted(dict(known[0].meta))
+    if not isinstance(meta, dict) or sorted(meta) != names:
+        raise ValueError(f"its meta-parameters {sorted(meta) if isinstance(meta, dict) else meta!r} are not "
+                         f"the kernel's {names}")
+    values = {name: [dict(c.meta)[name] for c in known] for name in names}
+    values["num_warps"] = [c.num_warps for c in known]
+    values["num_stages"] = [c.num_stages for c in known]
+    for name, value in {**meta, "num_warps": warps, "num_stages": stages}.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is not an int")
+        if not _is_pow2(value) and all(_is_pow2(v) for v in values[name]):
+            raise ValueError(f"{name}={value} is not a power of two")
+        low, high = min(values[name]), max(values[name])
+        if not low <= value <= high:
+            raise ValueError(f"{name}={value} is outside the kernel's range [{low}, {high}]")
+    return Config.of(warps, stages, **meta)
+
+
+_DROPPED: set[str] = set()
+
+
+def _checked(key: str, entry: object, check: Callable[[object], object], allowed: bool) -> object:
+    """`check(entry)`, what a cache entry holds, or None when there is no entry or `check` rejects it
+    (ValueError), with one warning per key naming it: a damaged or foreign entry must not break an op,
+    so the caller falls back to tuning or the heuristic."""
+    if entry is None:
+        return None
+    try:
+        return check(entry)
+    except ValueError as err:
+        if key not in _DROPPED:
+            _DROPPED.add(key)
+            fallback = "tuning it again" if allowed else "using the heuristic"
+            warnings.warn(f"tritonconv: ignoring the cache entry {key!r}: {err}; {fallback}", RuntimeWarning,
+                          stacklevel=4)
+        return None
+
+
+def _check_backend_entry(entry: object) -> str:
+    """The backend a "backend|" cache entry chose, or ValueError."""
+    if not isinstance(entry, dict) or entry.get("backend") not in BACKEND_CHOICES:
+        raise ValueError(f"its backend is not one of {BACKEND_CHOICES}")
+    return entry["backend"]
 
 
 def _entry_header(problem: Problem) -> dict:
@@ -484,6 +602,7 @@ def autotune(problem: Problem, launch: Launch) -> Decision:
 # ---------------------------------------------------------------------------------------------------------
 
 BACKENDS = ("triton", "auto")
+BACKEND_CHOICES = ("triton", "torch")  # what backend="auto" decides per shape
 _BACKEND = "triton"
 
 
@@ -509,23 +628,31 @@ def _check_backend(backend: str) -> str:
 
 
 def use_torch(problem: Problem, ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor],
-              backend: str | None) -> bool:
-    """Whether a call described by `problem` (its forward kernel's Problem) should run PyTorch's op.
+              backend: str | None, device: torch.device | None = None) -> bool:
+    """Whether a call described by `problem` (its forward kernel's Problem), on tensors of `device`
+    (None: the current device), should run PyTorch's op.
 
     Only with backend "auto" (the argument, else the default), outside the interpreter; the choice is
-    timed once per shape bucket when tuning is allowed and kept in the same cache as configurations.
+    timed once per shape bucket and GPU when tuning is allowed and kept in the same cache as
+    configurations.
     """
     if _check_backend(backend or _BACKEND) == "triton" or interpreting():
         return False
+    with launch_device(device) if device is not None else contextlib.nullcontext():
+        return _use_torch(problem, ours, theirs)
+
+
+def _use_torch(problem: Problem, ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor]) -> bool:
     allowed = tuning_allowed()
     memo_key = (Problem("backend|" + problem.kernel, problem.m, problem.n, problem.k, problem.batch,
-                        problem.dtype, problem.channels_last, problem.extra), allowed)
+                        problem.dtype, problem.channels_last, problem.extra), allowed, _LAUNCH_DEVICE.get())
     decision = _MEMORY.get(memo_key)
     if decision is None:
         key = "backend|" + cache_key(problem)
         entry = CACHE.get(key)
-        if entry is not None:
-            decision = Decision(problem, Config(()), "cache", time_ms=entry.get("time_ms"), backend=entry["backend"])
+        backend = _checked(key, entry, _check_backend_entry, allowed)
+        if backend is not None:
+            decision = Decision(problem, Config(()), "cache", time_ms=entry.get("time_ms"), backend=backend)
         elif allowed:
             start = time.perf_counter()
             ours()  # tunes our kernels first, so their best configuration is what gets timed

@@ -11,7 +11,8 @@ mask in the same kernel applied to the incoming gradient.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import warnings
+from typing import Callable, Mapping
 
 import torch
 
@@ -84,12 +85,21 @@ def _drop_block_programs(config: dispatch.Config, problem: dispatch.Problem) -> 
             * cdiv(problem.n, config["BLOCK_W"] - block + 1))
 
 
+def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
+                      args: Mapping[str, object]) -> tuple[float, ...]:
+    """The Philox calls of four seed rows each that a program's rows and their bs - 1 halo rows need,
+    averaged over its row blocks, then the four rows of a call."""
+    h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
+    calls = [cdiv(min(h0 + block_h, h), 4) - max(h0 - bs + 1, 0) // 4 for h0 in range(0, h, block_h)]
+    return (sum(calls) / len(calls), 4)
+
+
 dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space,
-                  programs=dispatch.channel_pixel_programs)
+                  programs=dispatch.channel_pixel_programs, trips=lambda problem, config, args: ())  # no loop
 dispatch.register("drop_block_count", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
-                  programs=_drop_block_programs)
+                  programs=_drop_block_programs, trips=_drop_block_trips)
 dispatch.register("drop_block_apply", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
-                  programs=_drop_block_programs)
+                  programs=_drop_block_programs, trips=_drop_block_trips)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -120,6 +130,7 @@ def _empty_output(x: torch.Tensor, out_channels_last: bool, device: torch.device
     return torch.empty(x.shape, dtype=x.dtype, device=device)
 
 
+@dispatch.on_inputs_device
 def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: int,
                out_channels_last: bool) -> Callable:
     """The launch of y = x * keep * scale for the mask `mode` (ELEMENT, CHANNEL or CUTOUT), in one pass over
@@ -160,6 +171,7 @@ def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Pr
                             extra=(("block", block),))
 
 
+@dispatch.on_inputs_device
 def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> Callable:
     """The launch of pass 1 of DropBlock on tensors like these: run(x, seed) -> the number of elements of x's
     shape that the mask keeps, as a one-element int64 tensor on x's device. Draws the seeds and reads
@@ -184,6 +196,7 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
     return dispatch.runner(problem, prepare, x, seed)
 
 
+@dispatch.on_inputs_device
 def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, block: int, gamma: float,
                      out_channels_last: bool) -> Callable:
     """The launch of pass 2 of DropBlock on tensors like these: run(x, seed, count) -> y = x * keep * numel /
@@ -217,6 +230,7 @@ def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, b
 
 @torch.library.custom_op("tritonconv::dropout_mask", mutates_args=(),
                          schema="(Tensor x, Tensor seed, int mode, float p, int size, bool channels_last) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _mask_op(x, seed, mode, p, size, channels_last):
     return apply_mask(x, seed, mode, p, size, channels_last)(x, seed)
 
@@ -242,6 +256,7 @@ _MASK_AUTOGRAD = _plans.register_autograd(_mask_op, _mask_backward, _mask_setup_
 
 @torch.library.custom_op("tritonconv::drop_block_count", mutates_args=(),
                          schema="(Tensor x, Tensor seed, int block, float gamma) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _drop_block_count_op(x, seed, block, gamma):
     return drop_block_count(x, seed, block, gamma)(x, seed)
 
@@ -254,6 +269,7 @@ def _(x, seed, block, gamma):
 @torch.library.custom_op("tritonconv::drop_block_apply", mutates_args=(),
                          schema="(Tensor x, Tensor seed, Tensor count, int block, float gamma, bool channels_last) "
                                 "-> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _drop_block_apply_op(x, seed, count, block, gamma, channels_last):
     return drop_block_apply(x, seed, count, block, gamma, channels_last)(x, seed, count)
 
@@ -304,7 +320,7 @@ def _mask_plan(input: torch.Tensor, active: bool, mode: int, p: float, size: int
         return _plans.Plan(lambda x, seed: x)
     cl = channels_last(input)
     return _plans.Plan(apply_mask(input, _plans.example_seed(input), mode, p, size, cl), (mode, p, size, cl),
-                       _MASK_AUTOGRAD)
+                       _MASK_AUTOGRAD, device=input.device)
 
 
 def _check_square(size: int, name: str, x: torch.Tensor) -> int:
@@ -350,12 +366,43 @@ def spatial_dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True
     since neighbouring pixels of a map are strongly correlated and dropping single ones barely
     regularises. In NCHW the dropped maps are never read. Returns `input` itself when not training or
     p = 0. Arguments as `dropout`; input is (N, C, H, W), NCHW or channels_last.
+
+    Other ranks behave as in `F.dropout2d`, with its warnings: a 3-D input is read as (N, C, L) (torch's
+    historical channel-wise 1-D dropout, not an unbatched (C, H, W)), and any rank >= 2 other than 3 or 4
+    (deprecated in torch) drops whole (dim 0, dim 1) blocks.
     """
+    if isinstance(input, torch.Tensor) and input.dim() != 4:
+        check_tensor(input, "input", ndim=None)
+        if input.dim() < 2:
+            raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}: spatial dropout drops "
+                             "(dim 0, dim 1) feature maps, so it needs at least 2 dimensions")
+        _warn_like_dropout2d(input.dim())
+        # Every rank's (dim 0, dim 1) blocks as the maps of a 4-D (N, C, 1, rest) view.
+        maps = input.reshape(*input.shape[:2], 1, -1)
+        y = spatial_dropout2d(maps, p, training, seed=seed)
+        return input if y is maps else y.reshape(input.shape)
+
     def checked() -> tuple[int, float, int]:
         check_tensor(input, "input")
         return CHANNEL.value, check_probability(p), 0
 
     return _mask("spatial_dropout2d", input, training and p != 0.0, seed, checked, p)
+
+
+def _warn_like_dropout2d(ndim: int) -> None:
+    """The warnings F.dropout2d gives for an input of rank `ndim` (none for 4)."""
+    if ndim not in (3, 4):
+        warnings.warn(f"dropout2d: Received a {ndim}-D input to dropout2d, which is deprecated "
+                      "and will result in an error in a future release. To retain the behavior "
+                      "and silence this warning, please use dropout instead. Note that dropout2d "
+                      "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
+                      "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).", stacklevel=3)
+    if ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+                      "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+                      "is the channel dim. This behavior will change in a future release to interpret the "
+                      "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+                      "channel-wise dropout behavior, please switch to using dropout1d instead.", stacklevel=3)
 
 
 def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool = True, *,
@@ -424,7 +471,7 @@ def _drop_block_plan(input: torch.Tensor, active: bool, p: float,
     count = drop_block_count(input, seed, block, gamma)
     cl = channels_last(input)
     apply = drop_block_apply(input, seed, count(input, seed), block, gamma, cl)
-    return count, _plans.Plan(apply, (block, gamma, cl), _DROP_BLOCK_AUTOGRAD)
+    return count, _plans.Plan(apply, (block, gamma, cl), _DROP_BLOCK_AUTOGRAD, device=input.device)
 
 
 def cutout2d(input: torch.Tensor, size: int, training: bool = True, *, seed: int | None = None) -> torch.Tensor:

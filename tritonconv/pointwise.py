@@ -8,9 +8,10 @@ from typing import Callable, Sequence
 import torch
 
 from tritonconv import _plans, dispatch, heuristics
-from tritonconv._checks import autocast, channels_last, check_activation, check_tensor, empty_like_layout, int32_batches
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_tensor,
+                                empty_like_layout, int32_batches)
 from tritonconv._shared import (ConvGeometry, check_pointwise_weight, conv_geometry, dot_flags, epilogue_plan,
-                                geometry_args, needs_pre_activation, register_epilogue_op, tf32)
+                                geometry_args, needs_pre_activation, no_channels_output, register_epilogue_op, tf32)
 from tritonconv.heuristics import cdiv
 from tritonconv.kernels.pointwise import pointwise_forward_kernel
 
@@ -34,13 +35,15 @@ def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64))
 
 
-dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space)
+dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space,
+                  trips=lambda problem, config, args: (cdiv(args["C"], config["BLOCK_K"]),))  # channel steps
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> Callable:
     """The launch of y = activation(conv1x1(x, w) + bias) with geo's stride on tensors like these:
@@ -58,7 +61,7 @@ def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     sxn, _, sxh, sxw = x.stride()
     flat = geo.stride == (1, 1) and sxh == geo.width * sxw and (not cl or n == 1 or sxn == geo.height * sxh)
     parts = int32_batches(n, plane)
-    strides = (*x.stride(), w.stride(0), w.stride(1), *y.stride())
+    strides = (*x.stride(), w.stride(0), w.stride(1), *y.stride(), bias.stride(0) if bias is not None else 0)
     flags = {"HAS_BIAS": bias is not None, "ACTIVATION": activation, "STORE_PRE": store_pre, "FLAT_INPUT": flat,
              **dot_flags(x.dtype)}
 
@@ -112,10 +115,13 @@ def _plan(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
           activation: str | None) -> _plans.Plan:
     """Check a call and plan it (see tritonconv._plans)."""
     geo, act = _checked(input, weight, bias, stride, activation)
+    if geo.in_channels == 0:
+        return _plans.Plan(lambda x, w, b: no_channels_output(x, w, b, geo))
     return epilogue_plan("pointwise_conv2d", input, weight, bias, geo, act,
                          needs_pre_activation(act, input, weight, bias))
 
 
+@accepts_unbatched
 def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: int | Sequence[int] = 1, activation: str | None = None) -> torch.Tensor:
     """Pointwise (1x1) convolution with bias and activation fused into the GEMM's epilogue.
@@ -129,7 +135,7 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     set. Autograd computes every gradient with our kernels (see `register_epilogue_op`).
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         weight: (F, C, 1, 1).
         bias: optional (F,).
         stride: int or (h, w) pair, each >= 1: the output keeps every s-th pixel.
@@ -143,5 +149,7 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                grad, tf32())
         return _plans.plan(key, lambda: _plan(input, weight, bias, stride, activation))(grad, input, weight, bias)
     geo, act = _checked(input, weight, bias, stride, activation)
+    if geo.in_channels == 0:
+        return no_channels_output(input, weight, bias, geo)
     return torch.ops.tritonconv.pointwise_conv2d(input, weight, bias, *geometry_args(geo), act,
                                                  needs_pre_activation(act, input, weight, bias))[0]

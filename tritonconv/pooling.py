@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from tritonconv import _plans, dispatch, heuristics
-from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
-                                output_size, pair, philox_seed)
+from tritonconv._checks import (accepts_unbatched, channels_last, check_probability, check_seed, check_tensor,
+                                empty_like_layout, output_size, pair, philox_seed)
 from tritonconv._shared import input_grads
 from tritonconv.kernels.pooling import DROPOUT, MAX, WEIGHTED, max_pool2d_backward_kernel, max_pool2d_forward_kernel
 
@@ -88,10 +88,20 @@ def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
             if 256 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 4096]
 
 
+def _pool_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
+    """The window's taps (weighted pooling: and, inside, the rank loop over the taps again); the dropout
+    forward walks its SPAN_H x SPAN_W blocks of units instead."""
+    taps = args["KH"] * args["KW"]
+    if problem.kernel == "max_pool2d_forward" and args["MODE"] == DROPOUT.value:
+        return (args["SPAN_H"], args["SPAN_W"])
+    weighted = args["MODE"] == WEIGHTED.value if problem.kernel == "max_pool2d_forward" else args["WEIGHTED"]
+    return (taps, taps) if weighted else (taps,)
+
+
 dispatch.register("max_pool2d_forward", "pooling", max_pool2d_forward_kernel, _pool_config, _pool_space,
-                  programs=dispatch.channel_pixel_programs)
+                  programs=dispatch.channel_pixel_programs, trips=_pool_trips)
 dispatch.register("max_pool2d_backward", "pooling", max_pool2d_backward_kernel, _pool_config, _pool_space,
-                  programs=dispatch.channel_pixel_programs)
+                  programs=dispatch.channel_pixel_programs, trips=_pool_trips)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -103,6 +113,7 @@ def _index_dtype(geo: PoolGeometry) -> torch.dtype:
     return torch.uint8 if geo.kernel[0] * geo.kernel[1] <= 255 else torch.int32
 
 
+@dispatch.on_inputs_device
 def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None,
                  store_index: bool) -> Callable:
     """The forward launch on tensors like these: run(x, seed) -> (y, idx), y in x's memory format and idx,
@@ -133,6 +144,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     return dispatch.runner(problem, prepare, x, seed)
 
 
+@dispatch.on_inputs_device
 def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode: int, p: float,
                   out_channels_last: bool) -> Callable:
     """The launch of dL/dx on tensors like these: run(dy, saved) -> dx, from dy and `saved`: the input for
@@ -183,6 +195,7 @@ def _geometry_args(geo: PoolGeometry) -> tuple:
 
 @torch.library.custom_op("tritonconv::max_pool2d", mutates_args=(),
                          schema=f"(Tensor x, Tensor? seed, {_POOL_SCHEMA}, bool store_index) -> (Tensor, Tensor)")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _pool_op(x, seed, kernel, stride, padding, dilation, output_size, mode, p, store_index):
     geo = _geometry(x.shape, kernel, stride, padding, dilation, output_size)
     return pool_forward(x, geo, mode, p, seed, store_index)(x, seed)
@@ -200,6 +213,7 @@ def _(x, seed, kernel, stride, padding, dilation, output_size, mode, p, store_in
 @torch.library.custom_op("tritonconv::max_pool2d_backward", mutates_args=(),
                          schema=f"(Tensor dy, Tensor saved, int[] input_size, {_POOL_SCHEMA}, bool channels_last) "
                                 "-> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _pool_backward_op(dy, saved, input_size, kernel, stride, padding, dilation, output_size, mode, p, channels_last):
     geo = _geometry(input_size, kernel, stride, padding, dilation, output_size)
     return pool_backward(dy, saved, geo, mode, p, channels_last)(dy, saved)
@@ -247,21 +261,19 @@ def _plan(input: torch.Tensor, geo: PoolGeometry, mode: int, p: float) -> _plans
     store_index = _store_index(mode, input)
     seed = _plans.example_seed(input) if mode == DROPOUT.value else None
     return _plans.Plan(pool_forward(input, geo, mode, p, seed, store_index),
-                       (*_geometry_args(geo), mode, p, store_index), _AUTOGRAD, first=True)
+                       (*_geometry_args(geo), mode, p, store_index), _AUTOGRAD, first=True,
+                       device=input.device)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Public ops.
 # ---------------------------------------------------------------------------------------------------------
 
-def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
-                  padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool) -> PoolGeometry:
-    """Check a max_pool2d call's arguments as torch.nn.functional.max_pool2d does, and describe it.
-
-    Output size per axis: floor((size + 2p - d*(k-1) - 1) / s) + 1, or with ceil instead of floor in
-    ceil_mode, less one if the last window would then start past the input and its left padding.
-    """
-    check_tensor(input, "input")
+def check_window(kernel_size: int | Sequence[int], stride: int | Sequence[int] | None, padding: int | Sequence[int],
+                 dilation: int | Sequence[int], ceil_mode: bool = False
+                 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Check a pooling window's arguments, as torch does, before any input is seen (the modules check
+    them when built): (kernel, stride, padding, dilation) as pairs; stride None (or []) is kernel_size."""
     kernel = pair(kernel_size, "kernel_size", 1)
     stride_hw = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
         else pair(stride, "stride", 1)
@@ -272,7 +284,22 @@ def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride:
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
         raise ValueError(f"padding must be at most half the kernel size, kernel_size // 2 = "
                          f"{(kernel[0] // 2, kernel[1] // 2)}, got {padding!r}")
+    return kernel, stride_hw, pad, dilation_hw
+
+
+def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+                  padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool) -> PoolGeometry:
+    """Check a max_pool2d call's arguments as torch.nn.functional.max_pool2d does, and describe it.
+
+    Output size per axis: floor((size + 2p - d*(k-1) - 1) / s) + 1, or with ceil instead of floor in
+    ceil_mode, less one if the last window would then start past the input and its left padding.
+    """
+    check_tensor(input, "input")
+    kernel, stride_hw, pad, dilation_hw = check_window(kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = input.shape
+    if c == 0:
+        raise ValueError(f"input has no channels (shape {tuple(input.shape)}); torch's max_pool2d rejects that too: "
+                         "pool a tensor with at least one channel")
     out = []
     for size, k, s, p, d in zip((h, w), kernel, stride_hw, pad, dilation_hw):
         o = output_size(size, k, s, 2 * p + (s - 1 if ceil_mode else 0), d)
@@ -286,9 +313,24 @@ def pool_geometry(input: torch.Tensor, kernel_size: int | Sequence[int], stride:
     return PoolGeometry(n, c, h, w, kernel, stride_hw, pad, dilation_hw, out[0], out[1])
 
 
+def tap_indices(taps: torch.Tensor, geo: PoolGeometry) -> torch.Tensor:
+    """torch's max-pooling indices from the winning taps the forward stores: for output (oh, ow) won by
+    tap t = kh*KW + kw, the flat index ih*W + iw of its input pixel in the (H, W) plane, as int64:
+    ih = oh*sh - ph + kh*dh, iw = ow*sw - pw + kw*dw."""
+    taps = taps.long()
+    oh = torch.arange(geo.out_height, device=taps.device)[:, None]
+    ow = torch.arange(geo.out_width, device=taps.device)
+    kh, kw = taps // geo.kernel[1], taps % geo.kernel[1]
+    ih = oh * geo.stride[0] - geo.pad[0] + kh * geo.dilation[0]
+    iw = ow * geo.stride[1] - geo.pad[1] + kw * geo.dilation[1]
+    return ih * geo.width + iw
+
+
+@accepts_unbatched
 def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
-               ceil_mode: bool = False) -> torch.Tensor:
+               ceil_mode: bool = False,
+               return_indices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """2-D max pooling with exactly the semantics of `torch.nn.functional.max_pool2d`:
 
         y[n, c, i, j] = max_{u, v} x[n, c, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w]
@@ -298,14 +340,24 @@ def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: in
     order, the last NaN. The backward stores one byte per output (the tap), not an int64 index.
 
     Args:
-        input: (N, C, H, W) float32, float16 or bfloat16, NCHW or channels_last; the output keeps the format.
-        kernel_size: int or (h, w), each >= 1.
+        input: (N, C, H, W) or unbatched (C, H, W), C >= 1; float32, float16 or bfloat16, NCHW or
+            channels_last; the output keeps the format.
+        kernel_size: int or (h, w), each >= 1 (a one-element sequence too, as for the other windows).
         stride: int or (h, w), each >= 1; None (or []) means kernel_size.
         padding: int or (h, w), at most half the kernel size.
         dilation: int or (h, w), each >= 1.
         ceil_mode: round the output size up; a window must still start inside the input or its left padding.
+        return_indices: also return torch's indices (int64, the flat index ih*W + iw of each output's
+            input pixel in its plane), computed from the stored taps.
     """
+    if not isinstance(return_indices, bool):
+        raise TypeError(f"return_indices must be a bool, got {type(return_indices).__name__}")
     window = (kernel_size, stride, padding, dilation, ceil_mode)
+    if return_indices:
+        # Not planned: the taps are always stored, and turned into torch's indices after the op.
+        geo = pool_geometry(input, *window)
+        y, taps = torch.ops.tritonconv.max_pool2d(input, None, *_geometry_args(geo), MAX.value, 0.0, True)
+        return y, tap_indices(taps, geo)
     if _plans.eager(input):
         grad = _plans.needs_grad(input)
         key = ("max_pool2d", _plans.meta(input), *window, grad)
@@ -314,6 +366,7 @@ def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: in
     return _pool(input, pool_geometry(input, *window), MAX.value, 0.0, None)
 
 
+@accepts_unbatched
 def max_pool2d_dropout(input: torch.Tensor, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                        padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, p: float = 0.5,
                        training: bool = True, *, seed: int | None = None) -> torch.Tensor:
@@ -334,8 +387,8 @@ def max_pool2d_dropout(input: torch.Tensor, kernel_size: int | Sequence[int], st
 
     and the gradient of unit v_i is (1 - p) p^(i-1) (ties ranked by tap order).
 
-    p = 0 (training or not) is exactly `max_pool2d`. Window arguments as `max_pool2d` (floor mode); p in
-    [0, 1]; seed as `tritonconv.dropout`.
+    p = 0 (training or not) is exactly `max_pool2d`. Input and window arguments as `max_pool2d` (floor
+    mode); p in [0, 1]; seed as `tritonconv.dropout`.
     """
     window = (kernel_size, stride, padding, dilation, False)
     if _plans.eager(input):

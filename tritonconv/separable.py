@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from tritonconv import _plans, dispatch, heuristics
-from tritonconv._checks import (autocast, channels_last, check_activation, check_bias, check_tensor,
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias, check_tensor,
                                 empty_like_layout, int32_batches)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
@@ -40,13 +40,17 @@ def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_K=(16, 32, 64))
 
 
-dispatch.register("separable_forward", "separable", separable_forward_kernel, _fused_config, _fused_space)
+dispatch.register("separable_forward", "separable", separable_forward_kernel, _fused_config, _fused_space,
+                  # The intermediate channel steps, then the live kh and kw taps of each step's depthwise block.
+                  trips=lambda problem, config, args: (cdiv(args["K"], config["BLOCK_K"]),
+                                                 args["kh_end"] - args["kh_start"], args["kw_end"] - args["kw_start"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Launcher.
 # ---------------------------------------------------------------------------------------------------------
 
+@dispatch.on_inputs_device
 def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor,
                       bp: torch.Tensor | None, geo: ConvGeometry, activation: str) -> Callable:
     """The launch of y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp in one kernel on tensors like
@@ -62,7 +66,8 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     parts = int32_batches(geo.batch, plane[0] * plane[1])
     geometry_and_strides = (geo.height, geo.width, *plane, k, f, k // geo.in_channels, *geo.stride, *geo.pad,
                             *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride(), wd.stride(0),
-                            wd.stride(2), wd.stride(3), wp.stride(0), wp.stride(1), *y.stride())
+                            wd.stride(2), wd.stride(3), wp.stride(0), wp.stride(1), *y.stride(),
+                            bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0)
     flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
              **dot_flags(x.dtype)}
 
@@ -96,6 +101,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
 @torch.library.custom_op("tritonconv::depthwise_separable_conv2d", mutates_args=(),
                          schema=f"(Tensor x, Tensor wd, Tensor? bd, Tensor wp, Tensor? bp, {GEOMETRY_SCHEMA}, "
                                 "str activation) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _separable_op(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation):
     geo = geometry(x.shape, wd.shape, stride, padding, dilation, groups, output_size)
     return separable_forward(x, wd, bd, wp, bp, geo, activation)(x, wd, bd, wp, bp)
@@ -158,9 +164,11 @@ def _plan(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.
           args: tuple) -> _plans.Plan:
     """Check a call and plan it (see tritonconv._plans); `args` are (stride, padding, dilation, activation)."""
     geo, act = _checked(x, wd, wp, bd, bp, *args)
-    return _plans.Plan(separable_forward(x, wd, bd, wp, bp, geo, act), (*geometry_args(geo), act), _AUTOGRAD)
+    return _plans.Plan(separable_forward(x, wd, bd, wp, bp, geo, act), (*geometry_args(geo), act), _AUTOGRAD,
+                       device=x.device)
 
 
+@accepts_unbatched
 def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tensor, pointwise_weight: torch.Tensor,
                                depthwise_bias: torch.Tensor | None = None,
                                pointwise_bias: torch.Tensor | None = None, stride: int | Sequence[int] = 1,
@@ -177,7 +185,7 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
     never goes to memory. Backward recomputes t and uses the unfused backward kernels.
 
     Args:
-        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format.
+        input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
         depthwise_weight: (C * m, 1, KH, KW), multiplier m >= 1; depthwise_bias: optional (C * m,).
         pointwise_weight: (F, C * m, 1, 1); pointwise_bias: optional (F,).
         stride, padding, dilation: of the depthwise convolution, as in `tritonconv.depthwise_conv2d`.

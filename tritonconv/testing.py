@@ -33,3 +33,29 @@ def mismatch(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str
     scale = max(expected.abs().max().item(), 1e-6)
     err = (actual - expected).abs().max().item()
     return None if err <= tol * scale else f"{what}: max error {err:.3g} > {tol:.1g} x {scale:.3g}"
+
+
+def model_mismatch(actual: torch.Tensor, unconverted: torch.Tensor, reference: torch.Tensor, tol: float,
+                   what: str) -> str | None:
+    """Check a whole network's result (a converted model's output or one parameter's gradient): None when its
+    error against `reference` (the unconverted model in higher precision) is within tol, or within twice
+    the error of `unconverted` (the unconverted model in the same dtype), which may be larger after many
+    layers of 16-bit rounding. Otherwise one line saying what is wrong."""
+    reference = reference.detach()
+    scale = max(reference.abs().max().item(), 1e-6) if reference.numel() else 1.0
+    eager_error = (unconverted.detach().to(reference) - reference).abs().max().item() / scale \
+        if reference.numel() and unconverted.shape == reference.shape else 0.0
+    return mismatch(actual, reference, max(tol, 2 * eager_error), what)
+
+
+def randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Random running statistics and affine parameters in every BatchNorm2d of `model`, in place: freshly
+    built, a BatchNorm is the identity in eval mode, and folding it would go unchecked."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model

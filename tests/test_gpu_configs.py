@@ -1,0 +1,177 @@
+"""The GPU's configurations, checked on the CPU: every kernel run in the interpreter with the
+configuration the dispatcher's heuristic picks for a GPU (interpreter=False), and with a deterministic
+sample of its tuning space, so the tiles, split factors and code paths a GPU runs (64/128/256-wide
+tiles, GROUP_M ordering across a group boundary, SPLIT_K > 1, ragged tail tiles of wide blocks) are
+checked for correctness somewhere.
+
+Shapes are just large enough for several tiles with ragged tails under the GPU heuristic: 10 x 13 = 130
+output pixels are three 64-row tiles, the last ragged; 20 input channels under a 32-wide reduction
+step; 70 output channels over two 64-wide tiles; depthwise and pooling tiles cut the plane and the
+channels unevenly. One conv case is larger (9 row tiles) for GROUP_M's ordering across a group boundary
+and a split weight-gradient reduction. Every op runs forward and backward in every dtype and layout,
+with the GPU heuristic, and in three of the six combinations with a sample of each kernel's (pruned)
+tuning space drawn by the dtype and layout: sampled, not swept. num_warps
+and num_stages do nothing in the interpreter; every other meta-parameter does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tritonconv as tc
+from conftest import DTYPES, assert_close, rand
+from test_pooling import _kept_units, _masked_max_pool, _weighted_pool
+from tritonconv import dispatch
+
+N, C, H, W, F_OUT = 1, 20, 10, 13, 70
+
+
+def space_sample(spec: dispatch.KernelSpec, problem: dispatch.Problem, draw: int) -> dispatch.Config:
+    """Configuration number (draw * 7919 + crc32(kernel name)) mod size of the kernel's tuning space as
+    the tuner sees it (pruned for the problem), less splits over 4: a 64-way split of these small
+    reductions only adds empty programs, thousands of them in the interpreter."""
+    space = [c for c in dispatch.prune(problem, spec.space(problem)) if c.get("SPLIT_K", 1) <= 4]
+    return space[(draw * 7919 + zlib.crc32(spec.name.encode())) % len(space)]
+
+
+@pytest.fixture
+def gpu_configs(monkeypatch, request):
+    """Make every kernel's interpreter configuration the GPU's: its heuristic with interpreter=False
+    ("heuristic"), or a sample of its tuning space ("space": `space_sample`, drawn by the test's
+    dtype and layout, so each of them meets other configurations). Returns the (kernel, config) pairs
+    launched."""
+    mode = request.param
+    params = request.node.callspec.params
+    draw = DTYPES.index(params.get("dtype", torch.float32)) * 2 + (params.get("layout") == "nhwc")
+    used = []
+    for name in dispatch.kernels():
+        spec = dispatch.spec(name)
+        if spec.family == "test":
+            continue
+
+        def choose(problem, interpreter, spec=spec):
+            config = spec.heuristic(problem, False) if mode == "heuristic" else space_sample(spec, problem, draw)
+            used.append((spec.name, config))
+            return config
+
+        monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(spec, heuristic=choose))
+    return used
+
+
+def _leaf(*shape, dtype, channels_last=False):
+    return rand(*shape, dtype=dtype, channels_last=channels_last, requires_grad=True)
+
+
+def _compare(out, grads, refs, ref_grads, dtype):
+    assert_close(out, refs, dtype, "forward")
+    for i, (g, r) in enumerate(zip(grads, ref_grads)):
+        assert_close(g, r, dtype, f"gradient {i}")
+
+
+def _run(ours, theirs, leaves, dtype):
+    refs = [t.detach().double().requires_grad_() for t in leaves]
+    y, ref = ours(*leaves), theirs(*refs)
+    dy = rand(*ref.shape, dtype=dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    _compare(y, [t.grad for t in leaves], ref, [r.grad for r in refs], dtype)
+
+
+def conv(dtype, cl):
+    leaves = [_leaf(N, C, H, W, dtype=dtype, channels_last=cl), _leaf(F_OUT, C, 3, 3, dtype=dtype),
+              _leaf(F_OUT, dtype=dtype)]
+    _run(lambda x, w, b: tc.conv2d(x, w, b, 1, 2, 2), lambda x, w, b: F.conv2d(x, w, b, 1, 2, 2), leaves, dtype)
+
+
+def depthwise(dtype, cl):
+    leaves = [_leaf(N, C, H, W, dtype=dtype, channels_last=cl), _leaf(2 * C, 1, 3, 3, dtype=dtype),
+              _leaf(2 * C, dtype=dtype)]
+    _run(lambda x, w, b: tc.conv2d(x, w, b, 1, 1, 1, C), lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, C), leaves, dtype)
+
+
+def pointwise(dtype, cl):
+    leaves = [_leaf(N, C, H, W, dtype=dtype, channels_last=cl), _leaf(F_OUT, C, 1, 1, dtype=dtype),
+              _leaf(F_OUT, dtype=dtype)]
+    _run(lambda x, w, b: tc.pointwise_conv2d(x, w, b, activation="silu"),
+         lambda x, w, b: F.silu(F.conv2d(x, w, b)), leaves, dtype)
+
+
+def separable(dtype, cl):
+    leaves = [_leaf(N, C, H, W, dtype=dtype, channels_last=cl), _leaf(2 * C, 1, 3, 3, dtype=dtype),
+              _leaf(F_OUT, 2 * C, 1, 1, dtype=dtype)]
+    _run(lambda x, wd, wp: tc.depthwise_separable_conv2d(x, wd, wp, None, None, 1, 1, 1, "relu"),
+         lambda x, wd, wp: F.conv2d(F.relu(F.conv2d(x, wd, None, 1, 1, 1, C)), wp), leaves, dtype)
+
+
+def max_pool(dtype, cl):
+    _run(lambda x: tc.max_pool2d(x, 3, 1, 1), lambda x: F.max_pool2d(x, 3, 1, 1),
+         [_leaf(N, C, H, W, dtype=dtype, channels_last=cl)], dtype)
+
+
+def pool_dropout(dtype, cl):
+    x = _leaf(N, 6, H, W, dtype=dtype, channels_last=cl)  # 6 channels: the weighted mode's rank loop is slow
+    keep = _kept_units(x.detach(), 0.3, seed=5)
+    _run(lambda t: tc.max_pool2d_dropout(t, 3, 2, 1, p=0.3, seed=5),
+         lambda t: _masked_max_pool(t, keep, 3, 2, 1, 1), [x], dtype)
+    _run(lambda t: tc.max_pool2d_dropout(t, 3, 2, 1, p=0.3, training=False),
+         lambda t: _weighted_pool(t, 3, 2, 1, 1, 0.3), [_leaf(N, 6, H, W, dtype=dtype, channels_last=cl)], dtype)
+
+
+def dropouts(dtype, cl):
+    """Masks depend only on (seed, element): every op equals x * (its own mask) / (1 - p) where the mask
+    is read off an all-ones input, with the same seed, and the gradient applies that mask to dy."""
+    x = _leaf(N, C, H, W, dtype=dtype, channels_last=cl)
+    ones = torch.ones_like(x.detach())
+    for op, scale in ((lambda t: tc.dropout(t, 0.3, seed=1), 1 / 0.7), (lambda t: tc.spatial_dropout2d(t, 0.3, seed=1),
+                                                                        1 / 0.7),
+                      (lambda t: tc.cutout2d(t, 9, seed=1), 1.0)):
+        mask = (op(ones) != 0).double()
+        assert 0 < mask.mean() < 1
+        x.grad = None
+        _run(op, lambda t, mask=mask, scale=scale: t * mask * scale, [x], dtype)
+    kept = (tc.drop_block2d(ones, 0.2, 5, seed=2) != 0).double()
+    assert 0 < kept.mean() < 1
+    x.grad = None
+    _run(lambda t: tc.drop_block2d(t, 0.2, 5, seed=2), lambda t: t * kept * (kept.numel() / kept.sum()), [x], dtype)
+
+
+OPS = {"conv": conv, "depthwise": depthwise, "pointwise": pointwise, "separable": separable, "max_pool": max_pool,
+       "pool_dropout": pool_dropout, "dropouts": dropouts}
+# The GPU heuristic in every dtype and layout; tuning-space samples in three of the six, each dtype once
+# and both layouts (the draw differs per op through the kernel names).
+CASES = [(dtype, layout, "heuristic") for dtype in DTYPES for layout in ("nchw", "nhwc")] + [
+    (torch.float32, "nchw", "space"), (torch.float16, "nhwc", "space"), (torch.bfloat16, "nchw", "space")]
+
+
+@pytest.mark.parametrize("dtype,layout,gpu_configs", [pytest.param(*case, id=f"{str(case[0])[6:]}-{case[1]}-{case[2]}")
+                                                      for case in CASES], indirect=["gpu_configs"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_gpu_configuration(op, dtype, layout, gpu_configs):
+    OPS[op](dtype, layout == "nhwc")
+    assert {name for name, _ in gpu_configs} >= KERNELS[op], "every kernel of the op ran a GPU configuration"
+
+
+KERNELS = {"conv": {"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"},
+           "depthwise": {"depthwise_forward", "depthwise_input_grad", "depthwise_weight_grad"},
+           "pointwise": {"pointwise_forward", "activation_backward", "conv2d_input_grad", "conv2d_weight_grad"},
+           "separable": {"separable_forward", "depthwise_forward", "conv2d_input_grad", "conv2d_weight_grad",
+                         "activation_backward", "depthwise_input_grad", "depthwise_weight_grad"},
+           "max_pool": {"max_pool2d_forward", "max_pool2d_backward"},
+           "pool_dropout": {"max_pool2d_forward", "max_pool2d_backward"},
+           "dropouts": {"dropout_mask", "drop_block_count", "drop_block_apply"}}
+
+
+@pytest.mark.parametrize("gpu_configs", ["heuristic"], indirect=True)
+def test_group_m_order_across_groups_and_split_k(gpu_configs):
+    """576 output pixels: 9 tiles of 64 rows, so the GROUP_M = 8 ordering crosses a group boundary in the
+    forward and input gradient, and the weight gradient's 18 reduction steps split in two (SPLIT_K = 2)."""
+    leaves = [_leaf(1, 4, 24, 24, dtype=torch.float32), _leaf(8, 4, 3, 3, dtype=torch.float32)]
+    _run(lambda x, w: tc.conv2d(x, w, None, 1, 1), lambda x, w: F.conv2d(x, w, None, 1, 1), leaves, torch.float32)
+    configs = dict(gpu_configs)
+    assert configs["conv2d_forward"]["GROUP_M"] == 8 and configs["conv2d_forward"]["BLOCK_M"] == 64
+    assert configs["conv2d_weight_grad"]["SPLIT_K"] == 2
