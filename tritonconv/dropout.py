@@ -470,7 +470,9 @@ def _drop_block_plan(input: torch.Tensor, active: bool, p: float,
     seed = _plans.example_seed(input)
     count = drop_block_count(input, seed, block, gamma)
     cl = channels_last(input)
-    apply = drop_block_apply(input, seed, count(input, seed), block, gamma, cl)
+    # Tuning pass 2 needs a count, not the call's: "every element kept" spares a pass-1 launch per plan.
+    kept = torch.full((1,), input.numel(), dtype=torch.int64, device=input.device)
+    apply = drop_block_apply(input, seed, kept, block, gamma, cl)
     return count, _plans.Plan(apply, (block, gamma, cl), _DROP_BLOCK_AUTOGRAD, device=input.device)
 
 
