@@ -439,8 +439,8 @@ def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool 
         key = ("drop_block2d", _plans.meta(input), active, p, block_size)
         count, plan = _plans.plan(key, lambda: _drop_block_plan(input, active, p, block_size))
         seed_t = philox_seed(seed, input.device) if active else None
-        # Pass 1 reads nothing of x and records no autograd: its launch runs on x as it is.
-        return plan(_plans.needs_grad(input), input, seed_t, None if count is None else count(input, seed_t))
+        # Pass 1 reads nothing of x and records no autograd: its plan runs on x as it is.
+        return plan(_plans.needs_grad(input), input, seed_t, None if count is None else count(False, input, seed_t))
     p, block, gamma = _drop_block_checked(input, p, block_size)
     check_seed(seed)
     if not active:
@@ -461,14 +461,14 @@ def _drop_block_checked(input: torch.Tensor, p: float, block_size: int) -> tuple
 
 
 def _drop_block_plan(input: torch.Tensor, active: bool, p: float,
-                     block_size: int) -> tuple[Callable | None, _plans.Plan]:
-    """Check a drop_block2d call and plan it (see tritonconv._plans): pass 1's launch, run(x, seed) ->
-    count (None when the op is the identity), and pass 2's plan on (x, seed, count)."""
+                     block_size: int) -> tuple[_plans.Plan | None, _plans.Plan]:
+    """Check a drop_block2d call and plan it (see tritonconv._plans): pass 1's plan on (x, seed) -> count
+    (None when the op is the identity), and pass 2's plan on (x, seed, count)."""
     p, block, gamma = _drop_block_checked(input, p, block_size)
     if not active:
         return None, _plans.Plan(lambda x, seed, count: x)
     seed = _plans.example_seed(input)
-    count = drop_block_count(input, seed, block, gamma)
+    count = _plans.Plan(drop_block_count(input, seed, block, gamma), device=input.device)
     cl = channels_last(input)
     # Tuning pass 2 needs a count, not the call's: "every element kept" spares a pass-1 launch per plan.
     kept = torch.full((1,), input.numel(), dtype=torch.int64, device=input.device)
