@@ -38,11 +38,15 @@ def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Input gradient: as the forward, but 64-row tiles at 8 warps on a GPU. Its per-tap stride masks
     cost registers: 128-row float32 tiles spill on sm_90 and 64x64 at 4 warps on sm_80, while 64-row
-    tiles at 8 warps fit (`python -m bench.static --kernel conv2d_input_grad --space full --target sm_90
-    sm_80` lists every configuration's registers and spills)."""
+    tiles at 8 warps fit. float32 steps 16 channels at a time: keeping rows a tap misses out of the
+    accumulator (a select per step, for NaN weights) holds a second accumulator tile, and with 32 the
+    dilated probes spill on sm_80 (`python -m bench.static --kernel conv2d_input_grad --space full
+    --target sm_90 sm_80` lists every configuration's registers and spills)."""
     if interpreter:
         return _gemm_config(problem, interpreter)
     blocks = {**heuristics.gemm_blocks(problem, interpreter), "BLOCK_M": 64}
+    if problem.dtype == torch.float32:
+        blocks["BLOCK_K"] = min(blocks["BLOCK_K"], 16)
     return dispatch.Config.of(num_warps=8, num_stages=3, GROUP_M=8, **blocks)
 
 
