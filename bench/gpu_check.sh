@@ -3,15 +3,18 @@
 #   1. install the project (no dependencies fetched: the machine is offline and has torch/triton/pandas);
 #   2. the tests on the GPU (pytest -x, capped at 180 s);
 #   3. the `quick` benchmark suite (every op, fwd and fwd+bwd, bf16 channels_last; capped at 150 s);
-#   4. the cost model's calibration: every quick probe launch of `python -m bench.cost --quick` (and its
+#   4. host overhead (bench/host.py --gpu, capped at 30 s): host and end-to-end us per call with real launches
+#      against PyTorch's op, eager and under CUDA-graph replay, after the CPU table with launches stubbed;
+#   5. the cost model's calibration: every quick probe launch of `python -m bench.cost --quick` (and its
 #      reference) predicted with this machine's triton and timed with do_bench (capped at 100 s);
-#   5. the `models` suite (torchvision's networks converted, batch 32 at 224x224, bf16 channels_last, against
+#   6. the `models` suite (torchvision's networks converted, batch 32 at 224x224, bf16 channels_last, against
 #      eager and torch.compile; inference of every model first, then training steps; capped at 120 s;
 #      it says so and exits 0 where torchvision is missing);
-#   6. the `deeplab` suite with whatever time is left (skipped under 90 s).
+#   7. the `deeplab` suite with whatever time is left (skipped under 90 s).
+# Each step's cap is also cut to the time left of `total`, so later steps shrink (or are skipped) first.
 # Results go to $OUT when set (the device tool brings back what is there), else bench/out/: pytest.log,
-# bench.log, {quick,deeplab}.{csv,md,png}, models.{csv,md}, cost.log, cost_calibration.csv and
-# cost/cost.{csv,md}.
+# bench.log (with the host tables), {quick,deeplab}.{csv,md,png}, models.{csv,md}, cost.log,
+# cost_calibration.csv and cost/cost.{csv,md}.
 # Usage, from anywhere: bash bench/gpu_check.sh   (PYTHON=... to pick the interpreter; default python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +54,15 @@ run_suite() {
 
 cap=$(left); [ "$cap" -gt 150 ] && cap=150
 if [ "$cap" -ge 60 ]; then run_suite quick "$cap"; else status+=("quick=skipped"); fi
+cap=$(left); [ "$cap" -gt 30 ] && cap=30
+if [ "$cap" -ge 10 ]; then
+    echo "== host overhead (cap ${cap} s, $(left) s left)"
+    timeout "$cap" "$python" -m bench.host --gpu --number 300 --repeats 5 2>&1 | tee -a "$out/bench.log"
+    status+=("host=${PIPESTATUS[0]}")
+else
+    status+=("host=skipped")
+fi
+
 # Predicted against measured time per launch (bench/cost.py); it starts no launch after cap - 15 s.
 cap=$(left); [ "$cap" -gt 100 ] && cap=100
 if [ "$cap" -ge 40 ]; then

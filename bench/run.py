@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import tritonconv as tc
 from tritonconv._checks import interpreting
 from tritonconv._progress import progress, write
 
-from bench import models, report, timing
+from bench import host, models, report, timing
 from bench.adapters import OPS, Case, Op
 from bench.suites import DTYPES, LAYOUTS, MODES, SUITES, Suite
 
@@ -37,7 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "networks. Without a GPU: check every case in Triton's interpreter on a scaled-down shape and "
                     "write the analytic columns only.")
     parser.add_argument("--list", action="store_true", help="list the suites (with --suite: that suite's cases)")
-    parser.add_argument("--suite", choices=sorted([*SUITES, models.NAME]), help="the suite to run")
+    parser.add_argument("--suite", choices=sorted([*SUITES, models.NAME, "host"]),
+                        help="the suite to run; 'host': host time per cached call, launches stubbed (bench/host.py)")
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="dtypes (default: the suite's)")
     parser.add_argument("--layout", nargs="+", choices=LAYOUTS, help="memory layouts (default: the suite's)")
     parser.add_argument("--mode", nargs="+", choices=MODES, help="forward, forward+backward (default: both)")
@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def listing(suite: str | None) -> str:
     """The suites (name, cases, ops, default runs), or one suite's cases."""
+    if suite == "host":
+        return f"host: {host.__doc__.splitlines()[0]}"
     models_line = f"{models.NAME}: {models.DESCRIPTION} (needs torchvision)"
     if suite == models.NAME:
         return models_line
@@ -70,7 +72,7 @@ def listing(suite: str | None) -> str:
         ops = ", ".join(dict.fromkeys(c.op for c in s.cases))
         lines.append(f"{s.name:<16} {s.description}\n{'':<16} ops: {ops}\n{'':<16} "
                      f"{runs(len(s.cases), s.dtypes, s.layouts, s.modes)}")
-    return "\n".join(lines + [models_line])
+    return "\n".join(lines + [models_line, f"{'host':<16} {host.__doc__.splitlines()[0]}"])
 
 
 def runs(cases: int, dtypes: tuple[str, ...], layouts: tuple[str, ...], modes: tuple[str, ...]) -> str:
@@ -83,18 +85,15 @@ def runs(cases: int, dtypes: tuple[str, ...], layouts: tuple[str, ...], modes: t
 @contextlib.contextmanager
 def _settings(gpu: bool, tune: bool) -> Iterator[None]:
     """PyTorch picks its fastest cuDNN algorithm per shape (cudnn.benchmark), and tritonconv autotunes new
-    shapes only when asked (TRITONCONV_AUTOTUNE); both restored afterwards."""
-    saved_benchmark, saved_tune = torch.backends.cudnn.benchmark, os.environ.get("TRITONCONV_AUTOTUNE")
+    shapes only when asked (`tc.set_autotune`); both restored afterwards."""
+    saved_benchmark, saved_tune = torch.backends.cudnn.benchmark, tc.get_autotune()
     torch.backends.cudnn.benchmark = gpu
-    os.environ["TRITONCONV_AUTOTUNE"] = "1" if tune else "0"
+    tc.set_autotune(tune)
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = saved_benchmark
-        if saved_tune is None:
-            os.environ.pop("TRITONCONV_AUTOTUNE", None)
-        else:
-            os.environ["TRITONCONV_AUTOTUNE"] = saved_tune
+        tc.set_autotune(saved_tune)
 
 
 def _failure(e: BaseException) -> str:
@@ -300,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(listing(args.suite))
         return 0
+    if args.suite == "host":
+        return host.main(args.out)
     gpu = torch.cuda.is_available()
     if not gpu and not interpreting():
         print("No CUDA GPU, and Triton's interpreter is off: set TRITON_INTERPRET=1 before triton is imported "

@@ -65,7 +65,7 @@ from triton.runtime.cache import get_cache_manager
 from triton.runtime.jit import JITFunction
 
 import tritonconv
-from tritonconv import _checks, dispatch, heuristics
+from tritonconv import _checks, _plans, dispatch, heuristics
 from tritonconv._progress import progress
 from tritonconv.static_checks import REJECTS_PATH, REJECT_VERDICTS
 
@@ -321,10 +321,19 @@ class _Recorder:
         self._current[spec.fn] = (problem, pick, True)
         return pick
 
-    def run(self, fn: JITFunction, args: tuple, kwargs: dict, grid: object) -> None:
-        if fn not in self._current:
+    def launcher(self, fn: JITFunction, grid: tuple[int, ...], **options: object) -> Callable:
+        """Stands in for `_plans.launcher`: the launch keeps the Problem and Config asked for when it was
+        made, since a plan may launch it after another launch of the same kernel function asked for its
+        own (drop_block2d's count and apply passes share one kernel)."""
+        current = self._current.get(fn)
+        return lambda *args: self.run(fn, args, options, grid, current)
+
+    def run(self, fn: JITFunction, args: tuple, kwargs: dict, grid: object,
+            current: tuple[dispatch.Problem, dispatch.Config, bool] | None = None) -> None:
+        current = current or self._current.get(fn)
+        if current is None:
             raise RuntimeError(f"{fn.__name__} was launched without asking dispatch.config_for for its Config")
-        problem, cfg, heuristic = self._current[fn]
+        problem, cfg, heuristic = current
         # Autograd runs backward functions on this thread, with the node it runs as the current one.
         backward = torch._C._current_autograd_node() is not None
         self.launches.append(record(fn, problem.kernel, self.shape, problem, cfg, heuristic, args, kwargs, grid,
@@ -336,15 +345,17 @@ def _gpu_world(full: bool) -> Iterator[_Recorder]:
     """Inside the block, ops record their launches instead of running them, as if on a GPU (see the
     module docstring)."""
     recorder = _Recorder(full)
-    saved = (dispatch.config_for, dispatch.use_torch, JITFunction.run)
+    saved = (dispatch.config_for, dispatch.use_torch, JITFunction.run, _plans.launcher)
     dispatch.config_for = recorder.config_for
+    _plans.launcher = recorder.launcher
     dispatch.use_torch = lambda *args, **kwargs: False  # we check our kernels, never PyTorch's
     JITFunction.run = lambda fn, *args, grid, warmup, **kwargs: recorder.run(fn, args, kwargs, grid)
     try:
-        with _checks.running_as(_checks.Mode.PROBE):
+        # Every call plans afresh (tritonconv._plans), so every launch asks the recorder for its Config.
+        with _checks.running_as(_checks.Mode.PROBE), _plans.uncached():
             yield recorder
     finally:
-        dispatch.config_for, dispatch.use_torch, JITFunction.run = saved
+        dispatch.config_for, dispatch.use_torch, JITFunction.run, _plans.launcher = saved
 
 
 def probe(dtypes: Iterable[str], full: bool) -> tuple[list[Launch], list[str]]:

@@ -18,10 +18,11 @@ def gpu_path(monkeypatch, tmp_path):
     the kernels still run in the interpreter, with the GPU heuristic's configuration."""
     monkeypatch.setattr(dispatch, "interpreting", lambda: False)
     monkeypatch.setenv("TRITONCONV_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("TRITONCONV_AUTOTUNE", "0")
     monkeypatch.setattr(dispatch, "_DROPPED", set())
+    dispatch.set_autotune(False)  # the setting is read once, so not through TRITONCONV_AUTOTUNE
     dispatch.forget()
     yield
+    dispatch.set_autotune(None)
     dispatch.forget()
 
 
@@ -78,7 +79,7 @@ def test_valid_entry_is_used(gpu_path):
 
 def test_damaged_entry_is_tuned_again(gpu_path, monkeypatch):
     """With tuning on, the bad entry is replaced by a freshly tuned one (one candidate, fake timer)."""
-    monkeypatch.setenv("TRITONCONV_AUTOTUNE", "1")
+    dispatch.set_autotune(True)
     monkeypatch.setenv("TRITONCONV_TUNE_CONFIGS", "1")
     monkeypatch.setattr(dispatch, "TIMER", lambda fn: 1.0)
     x, w = rand(1, 3, 9, 8), rand(5, 3, 3, 3)

@@ -151,10 +151,13 @@ def test_bad_input(overrides, error, match):
         tc.conv2d(**_bad(**overrides))
 
 
-def test_cpu_tensor_outside_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
-        tc.conv2d(torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3))
+def test_cpu_tensor_outside_interpreter():
+    """A CPU tensor on the GPU path is refused, even right after the same call made a plan in the
+    interpreter: switching the mode drops the plans."""
+    x, w = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3)
+    tc.conv2d(x, w)
+    with tc._checks.running_as(tc._checks.Mode.GPU), pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        tc.conv2d(x, w)
 
 
 def test_device_mismatch():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from conftest import DEVICE, assert_close, rand, run_samples
-from tritonconv import dispatch
+from tritonconv import _plans, dispatch
 
 
 def test_every_launch_runs_under_its_tensors_device(monkeypatch):
@@ -31,11 +31,41 @@ def test_every_launch_runs_under_its_tensors_device(monkeypatch):
 
     monkeypatch.setattr(dispatch, "device_context", recording_context)
     monkeypatch.setattr(dispatch, "config_for", checked_config_for)
+    dispatch.forget()  # plans kept by earlier tests would skip the launchers and their decisions
     run_samples()
     kernels = {kernel for kernel, _ in asked}
     assert kernels >= {k for k in dispatch.kernels() if dispatch.spec(k).family != "test"}
     assert all(device == torch.device(DEVICE) for _, device in asked), "config asked for outside the guard"
     assert set(entered) == {torch.device(DEVICE)}
+    # Eager calls launch through plans: each plan that launches our kernels enters its tensors' device.
+    plans = [p for v in _plans._PLANS.values() for p in (v if isinstance(v, tuple) else (v,))
+             if isinstance(p, _plans.Plan) and p.autograd is not None]
+    assert plans and all(p.device == torch.device(DEVICE) for p in plans)
+
+
+def test_a_plan_runs_under_its_device(monkeypatch):
+    """Simulated two-GPU machine: a plan for cuda:1 runs (forward, and its autograd's setup) with cuda:1
+    current when cuda:0 is, and enters nothing when cuda:1 already is."""
+    current, entered = [0], []
+
+    @contextlib.contextmanager
+    def device(index):
+        entered.append(index)
+        saved, current[0] = current[0], index
+        yield
+        current[0] = saved
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", device)
+    ran_on = []
+    plan = _plans.Plan(lambda x: ran_on.append(current[0]) or x, device=torch.device("cuda", 1))
+    x = torch.ones(2)
+    assert plan(False, x) is x
+    assert (ran_on, entered, current[0]) == ([1], [1], 0)
+    current[0] = 1
+    plan(False, x)
+    assert (ran_on, entered) == ([1, 1], [1])
+    assert _plans.Plan(lambda x: x, device=torch.device("cpu"))._cuda is None
 
 
 def test_mixed_devices_are_rejected():

@@ -26,13 +26,14 @@ def gpu_mode(monkeypatch, tmp_path):
     """Decide as on a GPU (the interpreter always takes the heuristic), with an empty cache in tmp_path
     and the fake timer; returns the timer's table of times per config."""
     monkeypatch.setenv("TRITONCONV_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("TRITONCONV_AUTOTUNE", "1")
     times = {fakes.FASTEST: 0.5, fakes.WRONG: 0.1, fakes.HEURISTIC: 2.0}
     timer = fakes.timer_for(times)
     monkeypatch.setattr(dispatch, "TIMER", timer)
+    dispatch.set_autotune(True)
     dispatch.forget()
     with _checks.running_as(_checks.Mode.GPU):
         yield timer
+    dispatch.set_autotune(None)
     dispatch.forget()
 
 
@@ -97,8 +98,8 @@ def test_tuning_budget_keeps_the_heuristics_neighbourhood(gpu_mode, monkeypatch)
     assert len(gpu_mode.timed) <= 3
 
 
-def test_tuning_off_uses_heuristic(gpu_mode, monkeypatch):
-    monkeypatch.setenv("TRITONCONV_AUTOTUNE", "0")
+def test_tuning_off_uses_heuristic(gpu_mode):
+    tc.set_autotune(False)
     decision = dispatch.decide(fakes.PROBLEM, fakes.launch)
     assert decision.source == "heuristic" and gpu_mode.timed == []
     with dispatch.tuning(True):

@@ -60,7 +60,9 @@ def gpu_configs(monkeypatch, request):
             return config
 
         monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(spec, heuristic=choose))
-    return used
+    dispatch.forget()  # plans kept from earlier calls hold other decisions, and would not ask again
+    yield used
+    dispatch.forget()
 
 
 def _leaf(*shape, dtype, channels_last=False):

@@ -11,6 +11,8 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
+from tritonconv import _plans
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -23,29 +25,35 @@ class Mode(enum.Enum):
     PROBE = "probe"              # recorded, never run (bench.static): GPU decisions and flags on CPU tensors
 
 
+# TRITON_INTERPRET as it was when tritonconv was imported: Triton reads it when our kernels are decorated
+# (importing tritonconv), so setting it later changes nothing; `running_as` is the switch at runtime.
+_ENV_MODE = Mode.INTERPRETER if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else Mode.GPU
+
 # Set by `running_as`. A plain module global rather than a contextvars.ContextVar: torch.compile traces
 # check_tensor inside the public ops, and dynamo can read (and guard on) a global but not a ContextVar.
 _forced_mode: Mode | None = None
 
 
 def mode() -> Mode:
-    """The mode set by the innermost `running_as`, else INTERPRETER when TRITON_INTERPRET is set (Triton
-    then runs every kernel in its interpreter), else GPU. The one place the mode is decided."""
-    if _forced_mode is not None:
-        return _forced_mode
-    return Mode.INTERPRETER if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else Mode.GPU
+    """The mode set by the innermost `running_as`, else INTERPRETER when TRITON_INTERPRET was set when
+    tritonconv was imported (Triton then runs every kernel in its interpreter), else GPU. The one place
+    the mode is decided."""
+    return _ENV_MODE if _forced_mode is None else _forced_mode
 
 
 @contextlib.contextmanager
 def running_as(new_mode: Mode) -> Iterator[None]:
     """Run the block in `new_mode`, whatever TRITON_INTERPRET says (bench.static probes in PROBE mode; the
-    dispatcher's tests decide as on a GPU)."""
+    dispatcher's tests decide as on a GPU). Plans (`tritonconv._plans`) hold the mode's decisions, so
+    they are dropped on the way in and out."""
     global _forced_mode
     saved, _forced_mode = _forced_mode, new_mode
+    _plans.clear()
     try:
         yield
     finally:
         _forced_mode = saved
+        _plans.clear()
 
 
 def interpreting() -> bool:
@@ -76,6 +84,8 @@ def check_tensor(t: object, name: str, ndim: int | None = 4) -> torch.Tensor:
 def autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Cast floating tensors to the autocast dtype when autocast is on for their device, as torch does for
     convolutions (which run in the lower precision), so mixed fp32 weights and fp16 activations work."""
+    if not torch._C._is_any_autocast_enabled():
+        return tensors
     first = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
     if first is None or not torch.is_autocast_enabled(first.device.type):
         return tensors

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import triton
 
-from tritonconv import dispatch, heuristics
+from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (channels_last, check_bias, check_same, check_tensor, conv_padding, empty_like_layout,
                                 interpreting, output_size, pair)
 from tritonconv.kernels.activations import activation_backward_kernel
@@ -199,10 +198,16 @@ def geometry_args(geo: ConvGeometry) -> tuple:
 # GEMM operands (the implicit-GEMM, pointwise and separable kernels).
 # ---------------------------------------------------------------------------------------------------------
 
+def tf32() -> bool:
+    """Whether float32 dots may use TF32: when cuDNN may (torch.backends.cudnn.allow_tf32). Plans of the ops
+    that run dots key on it, since a user may flip it between calls."""
+    return torch._C._get_cudnn_allow_tf32()
+
+
 def dot_flags(dtype: torch.dtype) -> dict[str, object]:
     """TF32 for float32 only when cuDNN would use it; float32 operands for bf16 under the interpreter."""
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting()
-    return {"DOT_PRECISION": "tf32" if tf32 else "ieee",
+    use_tf32 = dtype == torch.float32 and tf32() and not interpreting()
+    return {"DOT_PRECISION": "tf32" if use_tf32 else "ieee",
             "UPCAST": interpreting() and dtype == torch.bfloat16}
 
 
@@ -231,13 +236,18 @@ def channel_sum(dy: torch.Tensor) -> torch.Tensor:
 def register_gradient_ops(name: str, input_grad: Callable, weight_grad: Callable) -> None:
     """Register "tritonconv::{name}_input_grad"(dy, w, x, geometry...) and
     "tritonconv::{name}_weight_grad"(x, dy, w, geometry...) as custom ops with fakes: the backward ops of
-    a convolution family, whose launchers take (dy, w, geo, x) and (x, dy, geo, w)."""
+    a convolution family, whose launchers take (dy, w, geo, x) and (x, dy, geo, w) and return run(dy, w)
+    and run(x, dy)."""
 
+    @dispatch.on_inputs_device  # the launch runs under its tensors' device
     def input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
-        return input_grad(dy, w, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), x)
+        geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+        return input_grad(dy, w, geo, x)(dy, w)
 
+    @dispatch.on_inputs_device  # the launch runs under its tensors' device
     def weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
-        return weight_grad(x, dy, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), w)
+        geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+        return weight_grad(x, dy, geo, w)(x, dy)
 
     input_op = torch.library.custom_op(f"tritonconv::{name}_input_grad", input_grad_op, mutates_args=(),
                                        schema=f"(Tensor dy, Tensor w, Tensor x, {GEOMETRY_SCHEMA}) -> Tensor")
@@ -258,7 +268,7 @@ def _elementwise_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _elementwise_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
-    return triton.cdiv(problem.m, config["BLOCK"])
+    return heuristics.cdiv(problem.m, config["BLOCK"])
 
 
 dispatch.register("activation_backward", "elementwise", activation_backward_kernel, _elementwise_config,
@@ -266,28 +276,34 @@ dispatch.register("activation_backward", "elementwise", activation_backward_kern
 
 
 @dispatch.on_inputs_device
-def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
-    """dz = dy * activation'(z), elementwise, in z's memory format."""
-    if dy.stride() != z.stride():
-        # The kernel walks flat storage, so dy must share z's layout (autograd may hand in any strides).
-        dy = torch.empty_like(z).copy_(dy)
-    dz = torch.empty_like(z)
-    if dz.numel() == 0:
-        return dz
-    problem = dispatch.Problem("activation_backward", m=dz.numel(), dtype=dz.dtype, extra=(("activation", activation),))
+def activation_backward(dy: torch.Tensor, z: torch.Tensor, activation: str) -> Callable:
+    """The launch of dz = dy * activation'(z), elementwise, on tensors like these: run(dy, z) -> dz, in z's
+    memory format."""
+    if z.numel() == 0:
+        return lambda dy, z: torch.empty_like(z)
+    problem = dispatch.Problem("activation_backward", m=z.numel(), dtype=z.dtype, extra=(("activation", activation),))
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        activation_backward_kernel[(dispatch.programs(cfg, problem),)](
-            dy, z, dz, dz.numel(), ACTIVATION=activation, **cfg.launch_kwargs())
-        return dz
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(activation_backward_kernel, (dispatch.programs(cfg, problem),), ACTIVATION=activation,
+                                 **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(problem, launch))
+        def run(dy, z):
+            if dy.stride() != z.stride():
+                # The kernel walks flat storage, so dy must share z's layout (autograd may hand in any strides).
+                dy = torch.empty_like(z).copy_(dy)
+            dz = torch.empty_like(z)
+            kernel(dy, z, dz, dz.numel())
+            return dz
+        return run
+
+    return dispatch.runner(problem, prepare, dy, z)
 
 
 @torch.library.custom_op("tritonconv::activation_backward", mutates_args=(),
                          schema="(Tensor dy, Tensor z, str activation) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _activation_backward_op(dy, z, activation):
-    return activation_backward(dy, z, activation)
+    return activation_backward(dy, z, activation)(dy, z)
 
 
 @_activation_backward_op.register_fake
@@ -301,11 +317,15 @@ def needs_pre_activation(activation: str, *tensors: torch.Tensor | None) -> bool
     return activation != "none" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+# The launcher and autograd of each op registered by `register_epilogue_op`, for `epilogue_plan`.
+_EPILOGUES: dict[str, tuple[Callable, _plans.Autograd]] = {}
+
+
 def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
     """Register "tritonconv::{name}": a conv + bias + activation op
-    (x, w, bias, *geometry, activation, store_pre) -> (y, z), computed by
-    `forward(x, w, bias, geo, activation, store_pre) -> (y, z or None)`, with its fake and its autograd;
-    z is the pre-activation when `store_pre`, else an empty tensor.
+    (x, w, bias, *geometry, activation, store_pre) -> (y, z), launched by
+    `forward(x, w, bias, geo, activation, store_pre)`, which returns run(x, w, bias) -> (y, z), with its
+    fake and its autograd; z is the pre-activation when `store_pre`, else an empty tensor.
 
     The activation's backward needs its input z. Recomputing z would cost a second convolution as large as
     the forward; instead the forward writes z beside y (one more output-sized store) when the public op
@@ -314,10 +334,10 @@ def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
     give dx and dw, and db is dz summed over (n, h, w). z itself is an internal output, never
     differentiated.
     """
+    @dispatch.on_inputs_device  # the launch runs under its tensors' device
     def compute(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
         geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-        y, z = forward(x, w, bias, geo, activation, store_pre)
-        return y, z if z is not None else x.new_empty(0)
+        return forward(x, w, bias, geo, activation, store_pre)(x, w, bias)
 
     def fake(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
         y = empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
@@ -343,4 +363,14 @@ def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
                                  schema=f"(Tensor x, Tensor w, Tensor? bias, {GEOMETRY_SCHEMA}, str activation, "
                                         "bool store_pre) -> (Tensor, Tensor)")
     op.register_fake(fake)
-    op.register_autograd(backward, setup_context=setup_context)
+    _EPILOGUES[name] = forward, _plans.register_autograd(op, backward, setup_context)
+
+
+def epilogue_plan(name: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
+                  activation: str, store_pre: bool) -> _plans.Plan:
+    """The plan (see tritonconv._plans) of "tritonconv::{name}" (an op of `register_epilogue_op`) on
+    tensors like these, returning y."""
+    forward, autograd = _EPILOGUES[name]
+    return _plans.Plan(forward(x, w, bias, geo, activation, store_pre),
+                       (*geometry_args(geo), activation, store_pre), autograd, first=True,
+                       device=x.device)

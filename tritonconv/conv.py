@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import functools
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-import triton
 
-from tritonconv import dispatch, heuristics
+from tritonconv import _plans, dispatch, heuristics
 # conv2d routes depthwise and 1x1 convolutions to the ops these modules register; neither imports this one.
 from tritonconv import depthwise, pointwise  # noqa: F401
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, empty_like_layout, needs_int64
-from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, conv_geometry, dot_flags, gemm_operand,
-                                geometry, geometry_args, input_grads, no_channels_output,
-                                register_gradient_ops)
+from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, conv_geometry, dot_flags, epilogue_plan,
+                                gemm_operand, geometry, geometry_args, input_grads, no_channels_output,
+                                register_gradient_ops, tf32)
+from tritonconv.heuristics import cdiv
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
 
@@ -63,8 +64,8 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
     if interpreter:
         blocks["BLOCK_K"] = 32
         return dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=2 if problem.k > 32 else 1, **blocks)
-    tiles = triton.cdiv(problem.m, blocks["BLOCK_M"]) * triton.cdiv(problem.n, blocks["BLOCK_N"]) * problem.batch
-    steps = triton.cdiv(problem.k, blocks["BLOCK_K"])
+    tiles = cdiv(problem.m, blocks["BLOCK_M"]) * cdiv(problem.n, blocks["BLOCK_N"]) * problem.batch
+    steps = cdiv(problem.k, blocks["BLOCK_K"])
     # At least 8 reduction steps per split, so the atomics stay a small share of the traffic.
     split = max(1, min(heuristics.TARGET_PROGRAMS // tiles, steps // 8, 64))
     return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
@@ -98,7 +99,7 @@ def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mappin
     """Forward and input gradient: one loop over (live tap, channel block), over the taps that read real
     input for some row of the tile (the kw range is not cut per tile in this estimate)."""
     forward = problem.kernel == "conv2d_forward"
-    steps = triton.cdiv(args["C_PER_GROUP" if forward else "F_PER_GROUP"], config["BLOCK_K"])
+    steps = cdiv(args["C_PER_GROUP" if forward else "F_PER_GROUP"], config["BLOCK_K"])
     taps = (args["kh_end"] - args["kh_start"]) * (args["kw_end"] - args["kw_start"])
     return (taps * steps * _rows_reading_input(args, forward),)
 
@@ -106,8 +107,8 @@ def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mappin
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
                        args: Mapping[str, object]) -> tuple[float, ...]:
     """Weight gradient: one split's share of the BLOCK_K-pixel steps over N*OH*OW."""
-    steps = triton.cdiv(args["N"] * args["OH"] * args["OW"], config["BLOCK_K"])
-    return (triton.cdiv(steps, config["SPLIT_K"]),)
+    steps = cdiv(args["N"] * args["OH"] * args["OW"], config["BLOCK_K"])
+    return (cdiv(steps, config["SPLIT_K"]),)
 
 
 dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space,
@@ -119,27 +120,32 @@ dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kern
 
 
 @dispatch.on_inputs_device
-def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
-    """Launch the forward kernel; the output takes channels_last when the input or weight has it."""
-    y = empty_like_layout((geo.batch, geo.out_channels, geo.out_height, geo.out_width),
-                          channels_last(x, w), x.dtype, x.device)
+def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> Callable:
+    """The forward kernel's launch on tensors like these: run(x, w, bias) -> y. The output takes
+    channels_last when the input or weight has it."""
+    y = empty_like_layout((geo.batch, geo.out_channels, geo.out_height, geo.out_width), channels_last(x, w),
+                          x.dtype, "meta")
+    alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
-        return y
-    problem = _forward_problem(geo, x, w)
-    x, w = gemm_operand(x), gemm_operand(w)
+        return lambda x, w, bias: alloc()
+    xg, wg = gemm_operand(_plans.meta_like(x)), gemm_operand(_plans.meta_like(w))
     g = geo.groups
     m = geo.batch * geo.out_height * geo.out_width
+    args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *xg.stride(), *wg.stride(), *y.stride(),
+            bias.stride(0) if bias is not None else 0)
+    flags = {"HAS_BIAS": bias is not None, "INT64": needs_int64(xg, wg, y), **dot_flags(x.dtype)}
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
-        conv2d_forward_kernel[grid](
-            x, w, bias if bias is not None else w, y,
-            *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), *w.stride(), *y.stride(), bias.stride(0) if bias is not None else 0,
-            HAS_BIAS=bias is not None, INT64=needs_int64(x, w, y), **dot_flags(x.dtype), **cfg.launch_kwargs())
-        return y
+    def prepare(cfg: dispatch.Config) -> Callable:
+        grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
+        kernel = _plans.launcher(conv2d_forward_kernel, grid, **flags, **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(problem, launch))
+        def run(x, w, bias):
+            y = alloc()
+            kernel(gemm_operand(x), gemm_operand(w), w if bias is None else bias, y, *args)
+            return y
+        return run
+
+    return dispatch.runner(_forward_problem(geo, x, w), prepare, x, w, bias)
 
 
 def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dispatch.Problem:
@@ -151,59 +157,72 @@ def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dis
 
 
 @dispatch.on_inputs_device
-def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
-    """dL/dx for the convolution `geo`, in the memory format of `like` (the input)."""
-    dx = empty_like_layout((geo.batch, geo.in_channels, geo.height, geo.width), channels_last(like),
-                           dy.dtype, dy.device)
+def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
+    """The launch of dL/dx for the convolution `geo` on tensors like these: run(dy, w) -> dx, in the memory
+    format of `like` (the input)."""
+    dx = empty_like_layout((geo.batch, geo.in_channels, geo.height, geo.width), channels_last(like), dy.dtype, "meta")
+    alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
-        return dx
-    dy, w = gemm_operand(dy), gemm_operand(w)
+        return lambda dy, w: alloc()
+    dyg, wg = gemm_operand(_plans.meta_like(dy)), gemm_operand(_plans.meta_like(w))
     g = geo.groups
     m = geo.batch * geo.height * geo.width
+    args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *dyg.stride(), *wg.stride(), *dx.stride())
+    flags = {"INT64": needs_int64(dyg, wg, dx), **dot_flags(dy.dtype)}
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g)
-        conv2d_input_grad_kernel[grid](
-            dy, w, dx,
-            *geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1),
-            *dy.stride(), *w.stride(), *dx.stride(),
-            INT64=needs_int64(dy, w, dx), **dot_flags(dy.dtype), **cfg.launch_kwargs())
-        return dx
+    def prepare(cfg: dispatch.Config) -> Callable:
+        grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g)
+        kernel = _plans.launcher(conv2d_input_grad_kernel, grid, **flags, **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(dispatch.Problem(
+        def run(dy, w):
+            dx = alloc()
+            kernel(gemm_operand(dy), gemm_operand(w), dx, *args)
+            return dx
+        return run
+
+    return dispatch.runner(dispatch.Problem(
         "conv2d_input_grad", m=m, n=geo.in_channels // g, k=geo.out_channels // g * geo.kernel[0] * geo.kernel[1],
         batch=g, dtype=dy.dtype, channels_last=channels_last(like), extra=(("taps", geo.kernel[0] * geo.kernel[1]),)),
-        launch))
+        prepare, dy, w)
 
 
 @dispatch.on_inputs_device
-def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
-    """dL/dw for the convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
-    layout_channels_last = channels_last(x)
-    x, dy = gemm_operand(x), gemm_operand(dy)
+def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
+    """The launch of dL/dw for the convolution `geo` on tensors like these: run(x, dy) -> dw, accumulated in
+    float32 and returned in the dtype and layout of `like` (the weight)."""
     g = geo.groups
     kh, kw = geo.kernel
+    shape = (geo.out_channels, geo.in_channels // g, kh, kw)
+    fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
+
+    def finish(dw: torch.Tensor) -> torch.Tensor:
+        return dw.to(like.dtype).contiguous(memory_format=fmt)
+
     pixels = geo.batch * geo.out_height * geo.out_width
-
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        # SPLIT_K programs add into one float32 result, which must start at zero.
-        alloc = torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty
-        dw = alloc((geo.out_channels, geo.in_channels // g, kh, kw), dtype=torch.float32, device=x.device)
-        grid = (triton.cdiv(geo.out_channels // g, cfg["BLOCK_M"]) * triton.cdiv(geo.in_channels // g, cfg["BLOCK_N"])
-                * cfg["SPLIT_K"], kh * kw, g)
-        conv2d_weight_grad_kernel[grid](
-            x, dy, dw, *geo.launch_args()[:7], kw, *geo.launch_args()[7:],
-            *x.stride(), *dy.stride(), INT64=needs_int64(x, dy, dw), **dot_flags(x.dtype), **cfg.launch_kwargs())
-        return dw
-
     if pixels == 0:
-        dw = torch.zeros((geo.out_channels, geo.in_channels // g, kh, kw), dtype=torch.float32, device=x.device)
-    else:
-        dw = launch(dispatch.config_for(dispatch.Problem(
-            "conv2d_weight_grad", m=geo.out_channels // g, n=geo.in_channels // g, k=pixels, batch=g * kh * kw,
-            dtype=x.dtype, channels_last=layout_channels_last), launch))
-    return dw.to(like.dtype).contiguous(memory_format=torch.channels_last if channels_last(like)
-                                         else torch.contiguous_format)
+        return lambda x, dy: finish(torch.zeros(shape, dtype=torch.float32, device=x.device))
+    xg, dyg = gemm_operand(_plans.meta_like(x)), gemm_operand(_plans.meta_like(dy))
+    dw = torch.empty(shape, dtype=torch.float32, device="meta")
+    args = (*geo.launch_args()[:7], kw, *geo.launch_args()[7:], *xg.stride(), *dyg.stride())
+    flags = {"INT64": needs_int64(xg, dyg, dw), **dot_flags(x.dtype)}
+
+    def prepare(cfg: dispatch.Config) -> Callable:
+        # SPLIT_K programs add into one float32 result, which must start at zero.
+        alloc = functools.partial(torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty, shape, dtype=torch.float32,
+                                  device=x.device)
+        tiles = cdiv(geo.out_channels // g, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"])
+        grid = (tiles * cfg["SPLIT_K"], kh * kw, g)
+        kernel = _plans.launcher(conv2d_weight_grad_kernel, grid, **flags, **cfg.launch_kwargs())
+
+        def run(x, dy):
+            dw = alloc()
+            kernel(gemm_operand(x), gemm_operand(dy), dw, *args)
+            return finish(dw)
+        return run
+
+    return dispatch.runner(dispatch.Problem(
+        "conv2d_weight_grad", m=geo.out_channels // g, n=geo.in_channels // g, k=pixels, batch=g * kh * kw,
+        dtype=x.dtype, channels_last=channels_last(x)), prepare, x, dy)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,8 +233,10 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
 
 @torch.library.custom_op("tritonconv::conv2d", mutates_args=(),
                          schema=f"(Tensor x, Tensor w, Tensor? bias, {GEOMETRY_SCHEMA}) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _conv2d_op(x, w, bias, stride, padding, dilation, groups, output_size):
-    return conv2d_forward(x, w, bias, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size))
+    geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
+    return conv2d_forward(x, w, bias, geo)(x, w, bias)
 
 
 @_conv2d_op.register_fake
@@ -242,7 +263,7 @@ def _backward(ctx, dy):
     return input_grads(ctx, dx, dw, db)
 
 
-_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+_AUTOGRAD = _plans.register_autograd(_conv2d_op, _backward, _setup_context)
 
 
 def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: tuple[int, int]) -> str:
@@ -263,7 +284,7 @@ def conv2d_family(groups: int, in_channels: int, kernel: tuple[int, int], pad: t
 
 def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  geo: ConvGeometry) -> torch.Tensor:
-    """conv2d with our kernels, of the family `conv2d_family` picks."""
+    """conv2d with our kernels, of the family `conv2d_family` picks, through their torch.library ops."""
     if geo.in_channels == 0:
         return no_channels_output(input, weight, bias, geo)
     family = conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
@@ -272,6 +293,29 @@ def _conv2d_ours(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     # The conv + bias + activation ops of tritonconv.depthwise and tritonconv.pointwise: (y, pre-activation).
     op = torch.ops.tritonconv.depthwise_conv2d if family == "depthwise" else torch.ops.tritonconv.pointwise_conv2d
     return op(input, weight, bias, *geometry_args(geo), "none", False)[0]
+
+
+def _use_torch(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
+               args: tuple, backend: str | None) -> bool:
+    """Whether the call runs F.conv2d(input, weight, bias, *args) (backend "auto" timed it faster)."""
+    return dispatch.use_torch(_forward_problem(geo, input, weight), lambda: _conv2d_ours(input, weight, bias, geo),
+                              lambda: F.conv2d(input, weight, bias, *args), backend,
+                              input.device)
+
+
+def _conv2d_plan(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, args: tuple,
+                 backend: str | None) -> _plans.Plan:
+    """Check a call to conv2d(input, weight, bias, *args) and plan it (see tritonconv._plans)."""
+    geo = conv_geometry(input, weight, bias, *args)
+    if _use_torch(input, weight, bias, geo, args, backend):
+        return _plans.Plan(lambda x, w, b: F.conv2d(x, w, b, *args))
+    if geo.in_channels == 0:
+        return _plans.Plan(lambda x, w, b: no_channels_output(x, w, b, geo))
+    family = conv2d_family(geo.groups, geo.in_channels, geo.kernel, geo.pad)
+    if family == "implicit_gemm":
+        return _plans.Plan(conv2d_forward(input, weight, bias, geo), geometry_args(geo), _AUTOGRAD,
+                           device=input.device)
+    return epilogue_plan(f"{family}_conv2d", input, weight, bias, geo, "none", False)
 
 
 @accepts_unbatched
@@ -301,11 +345,14 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         backend: "triton" (our kernels) or "auto" (ours or PyTorch's, whichever was faster for this
             shape when timed); None takes `tritonconv.set_backend`'s default, "triton".
     """
+    eager = _plans.eager(input, weight, bias)
     input, weight, bias = autocast(input, weight, bias)
-    geo = conv_geometry(input, weight, bias, stride, padding, dilation, groups)
-    ours = lambda: _conv2d_ours(input, weight, bias, geo)  # noqa: E731
-    if dispatch.use_torch(_forward_problem(geo, input, weight), ours,
-                          lambda: F.conv2d(input, weight, bias, stride, padding, dilation, groups), backend,
-                          input.device):
-        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-    return ours()
+    args = (stride, padding, dilation, groups)
+    if eager:
+        key = ("conv2d", _plans.meta(input), _plans.meta(weight), _plans.meta(bias), *args, backend, tf32())
+        plan = _plans.plan(key, lambda: _conv2d_plan(input, weight, bias, args, backend))
+        return plan(_plans.needs_grad(input, weight, bias), input, weight, bias)
+    geo = conv_geometry(input, weight, bias, *args)
+    if _use_torch(input, weight, bias, geo, args, backend):
+        return F.conv2d(input, weight, bias, *args)
+    return _conv2d_ours(input, weight, bias, geo)

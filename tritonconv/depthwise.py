@@ -3,15 +3,16 @@ autograd, public op."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import functools
+from typing import Callable, Mapping, Sequence
 
 import torch
-import triton
 
-from tritonconv import dispatch, heuristics
+from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
-from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, geometry_args,
+from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
                                 register_epilogue_op, register_gradient_ops, tap_major, unrolled_taps)
+from tritonconv.heuristics import cdiv, next_power_of_2
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
 
@@ -35,7 +36,7 @@ def _channel_block(channels: int, cap: int) -> int:
     """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
     (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
     blocks = [b for b in (8, 16, 32, 64, 128) if b <= max(cap, 8)]
-    return min(blocks, key=lambda b: (triton.cdiv(channels, b) * b, -b))
+    return min(blocks, key=lambda b: (cdiv(channels, b) * b, -b))
 
 
 def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
@@ -79,7 +80,7 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
     if interpreter:
         split, taps = (2 if tiles > 1 else 1), problem.k
     else:
-        programs = problem.k * triton.cdiv(problem.n, blocks["BLOCK_C"])
+        programs = problem.k * cdiv(problem.n, blocks["BLOCK_C"])
         split, taps = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
@@ -92,7 +93,7 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     else:
         axes = {"BLOCK_W": (16, 32, 64), "BLOCK_H": (4, 8, 16), "BLOCK_C": (1, 2, 4)}
     extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
-    fits = {name: tuple(v for v in values if v <= max(values[0], 2 * triton.next_power_of_2(extents[name])))
+    fits = {name: tuple(v for v in values if v <= max(values[0], 2 * next_power_of_2(extents[name])))
             for name, values in axes.items()}
     return [cfg for cfg in dispatch.product_space(num_warps=(4, 8), num_stages=(1,), **fits)
             if 512 <= cfg["BLOCK_H"] * cfg["BLOCK_W"] * cfg["BLOCK_C"] <= 4096]
@@ -109,17 +110,17 @@ def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
     images = problem.m // max(1, rows * cols)
-    return images * triton.cdiv(rows, blocks["BLOCK_H"]) * triton.cdiv(cols, blocks["BLOCK_W"])
+    return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"])
 
 
 def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
     """Forward and input gradient: one program per (BLOCK_H, BLOCK_W, BLOCK_C) tile."""
-    return _plane_tiles(config, problem) * triton.cdiv(problem.n, config["BLOCK_C"])
+    return _plane_tiles(config, problem) * cdiv(problem.n, config["BLOCK_C"])
 
 
 def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
     """Weight gradient: one program per (TAPS taps, channel block, reduction split)."""
-    return triton.cdiv(problem.k, config["TAPS"]) * triton.cdiv(problem.n, config["BLOCK_C"]) * config["SPLIT_K"]
+    return cdiv(problem.k, config["TAPS"]) * cdiv(problem.n, config["BLOCK_C"]) * config["SPLIT_K"]
 
 
 def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
@@ -134,8 +135,8 @@ def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
                        args: Mapping[str, object]) -> tuple[float, ...]:
     """The program's TAPS taps, then one split's share of the N * (output tiles per image) tiles."""
-    tiles = args["N"] * triton.cdiv(args["OH"], config["BLOCK_H"]) * triton.cdiv(args["OW"], config["BLOCK_W"])
-    return (min(config["TAPS"], args["KH"] * args["KW"]), triton.cdiv(tiles, config["SPLIT_K"]))
+    tiles = args["N"] * cdiv(args["OH"], config["BLOCK_H"]) * cdiv(args["OW"], config["BLOCK_W"])
+    return (min(config["TAPS"], args["KH"] * args["KW"]), cdiv(tiles, config["SPLIT_K"]))
 
 
 dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space,
@@ -158,80 +159,95 @@ def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, in
 
 @dispatch.on_inputs_device
 def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
-                      activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """y = activation(depthwise(x, w) + bias), in the memory format torch's convolution would give.
-
-    Returns (y, z) where z = depthwise(x, w) + bias, the activation's input, when `store_pre` (else None).
-    """
+                      activation: str = "none", store_pre: bool = False) -> Callable:
+    """The launch of y = activation(depthwise(x, w) + bias) on tensors like these: run(x, w, bias) -> (y, z),
+    y in the memory format torch's convolution would give, z = depthwise(x, w) + bias (the activation's
+    input) when `store_pre`, else an empty tensor."""
     cl = channels_last(x, w)
     f, plane = geo.out_channels, (geo.out_height, geo.out_width)
-    y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, x.device)
-    z = torch.empty_like(y) if store_pre else None
+    y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, "meta")
+    alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
-        return y, z
-
+        return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
     problem = _problem("depthwise_forward", geo, f, plane, x, cl)
-    packed, kw = tap_major(w), geo.kernel[1]
+    args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
+            *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
+            bias.stride(0) if bias is not None else 0)
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        depthwise_forward_kernel[(dispatch.programs(cfg, problem),)](
-            x, packed, bias if bias is not None else packed, y, z if z is not None else y,
-            geo.height, geo.width, *plane, f, f // geo.in_channels,
-            *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *x.stride(), 1, kw * f, f, *y.stride(), bias.stride(0) if bias is not None else 0,
-            HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, **unrolled_taps(geo),
-            **cfg.launch_kwargs())
-        return y
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
+                                 HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
+                                 **unrolled_taps(geo), **cfg.launch_kwargs())
 
-    launch(dispatch.config_for(problem, launch))
-    return y, z
+        def run(x, w, bias):
+            y = alloc()
+            z = alloc() if store_pre else x.new_empty(0)
+            packed = tap_major(w)  # the weight's tap-major copy, remade only when w changes
+            kernel(x, packed, packed if bias is None else bias, y, z if store_pre else y, *args)
+            return y, z
+        return run
+
+    return dispatch.runner(problem, prepare, x, w, bias)
 
 
 @dispatch.on_inputs_device
-def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
-    """dL/dx of the depthwise convolution `geo`, in the memory format of `like` (the input)."""
+def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
+    """The launch of dL/dx of the depthwise convolution `geo` on tensors like these: run(dy, w) -> dx, in the
+    memory format of `like` (the input)."""
     cl = channels_last(like)
     c, plane = geo.in_channels, (geo.height, geo.width)
-    dx = empty_like_layout((geo.batch, c, *plane), cl, dy.dtype, dy.device)
+    dx = empty_like_layout((geo.batch, c, *plane), cl, dy.dtype, "meta")
+    alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
-        return dx
-
+        return lambda dy, w: alloc()
     problem = _problem("depthwise_input_grad", geo, c, plane, dy, cl)
-    packed = tap_major(w)
+    args = (*plane, geo.out_height, geo.out_width, c, geo.out_channels // c, *geo.stride, *geo.pad, *geo.dilation,
+            *geo.live_taps(0), *geo.live_taps(1), *dy.stride(), 1, geo.kernel[1] * geo.out_channels,
+            geo.out_channels, *dx.stride())
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        depthwise_input_grad_kernel[(dispatch.programs(cfg, problem),)](
-            dy, packed, dx, *plane, geo.out_height, geo.out_width, c, geo.out_channels // c,
-            *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-            *dy.stride(), 1, geo.kernel[1] * geo.out_channels, geo.out_channels, *dx.stride(),
-            **cfg.launch_kwargs())
-        return dx
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(depthwise_input_grad_kernel, (dispatch.programs(cfg, problem),), **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(problem, launch))
+        def run(dy, w):
+            dx = alloc()
+            kernel(dy, tap_major(w), dx, *args)
+            return dx
+        return run
+
+    return dispatch.runner(problem, prepare, dy, w)
 
 
 @dispatch.on_inputs_device
-def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> torch.Tensor:
-    """dL/dw of the depthwise convolution `geo`, accumulated in float32 and returned in the layout of `like`."""
+def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
+    """The launch of dL/dw of the depthwise convolution `geo` on tensors like these: run(x, dy) -> dw,
+    accumulated in float32 and returned in the dtype and layout of `like` (the weight)."""
     f, (kh, kw) = geo.out_channels, geo.kernel
     plane = (geo.out_height, geo.out_width)
-    problem = _problem("depthwise_weight_grad", geo, f, plane, x, channels_last(x))
+    fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        # SPLIT_K programs add into one float32 result, which must start at zero.
-        dw = (torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty)((f, kh * kw), dtype=torch.float32, device=x.device)
-        grid = (dispatch.programs(cfg, problem),)
-        depthwise_weight_grad_kernel[grid](
-            x, dy, dw, geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw,
-            *geo.stride, *geo.pad, *geo.dilation, *x.stride(), *dy.stride(), **cfg.launch_kwargs())
-        return dw
+    def finish(dw: torch.Tensor) -> torch.Tensor:
+        return dw.view(f, 1, kh, kw).to(like.dtype).contiguous(memory_format=fmt)
 
     if geo.batch == 0:
-        dw = torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device)
-    else:
-        dw = launch(dispatch.config_for(problem, launch))
-    fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
-    return dw.view(f, 1, kh, kw).to(like.dtype).contiguous(memory_format=fmt)
+        return lambda x, dy: finish(torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device))
+    problem = _problem("depthwise_weight_grad", geo, f, plane, x, channels_last(x))
+    args = (geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw, *geo.stride, *geo.pad,
+            *geo.dilation, *x.stride(), *dy.stride())
+
+    def prepare(cfg: dispatch.Config) -> Callable:
+        # SPLIT_K programs add into one float32 result, which must start at zero.
+        alloc = functools.partial(torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty, (f, kh * kw),
+                                  dtype=torch.float32, device=x.device)
+        kernel = _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
+                                 **cfg.launch_kwargs())
+
+        def run(x, dy):
+            dw = alloc()
+            kernel(x, dy, dw, *args)
+            return finish(dw)
+        return run
+
+    return dispatch.runner(problem, prepare, x, dy)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,6 +258,14 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
 
 register_gradient_ops("depthwise_conv2d", depthwise_input_grad, depthwise_weight_grad)
 register_epilogue_op("depthwise_conv2d", depthwise_forward, gradients="depthwise_conv2d")
+
+
+def _checked(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int | Sequence[int],
+             padding: int | Sequence[int] | str, dilation: int | Sequence[int]) -> ConvGeometry:
+    """Check a depthwise_conv2d call; its geometry."""
+    check_tensor(input, "input")
+    check_depthwise_weight(weight, "weight", input)
+    return conv_geometry(input, weight, bias, stride, padding, dilation, input.shape[1])
 
 
 @accepts_unbatched
@@ -264,8 +288,13 @@ def depthwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         stride, dilation: int or (h, w) pair, each >= 1.
         padding: int or (h, w) pair, "valid" or "same" (stride 1 only), as in `tritonconv.conv2d`.
     """
+    eager = _plans.eager(input, weight, bias)
     input, weight, bias = autocast(input, weight, bias)
-    check_tensor(input, "input")
-    check_depthwise_weight(weight, "weight", input)
-    geo = conv_geometry(input, weight, bias, stride, padding, dilation, input.shape[1])
+    if eager:
+        key = ("depthwise_conv2d", _plans.meta(input), _plans.meta(weight), _plans.meta(bias), stride, padding,
+               dilation)
+        plan = _plans.plan(key, lambda: epilogue_plan("depthwise_conv2d", input, weight, bias, _checked(
+            input, weight, bias, stride, padding, dilation), "none", False))
+        return plan(_plans.needs_grad(input, weight, bias), input, weight, bias)
+    geo = _checked(input, weight, bias, stride, padding, dilation)
     return torch.ops.tritonconv.depthwise_conv2d(input, weight, bias, *geometry_args(geo), "none", False)[0]

@@ -1,8 +1,9 @@
 """The dispatch seam: every kernel launch asks this module for its tile configuration.
 
 A launcher describes its call as a `Problem` (which kernel, the GEMM-shaped sizes of the work, dtype and
-layout) and passes a `launch(config)` closure; `config_for` returns the `Config` (constexpr block sizes,
-`num_warps`, `num_stages`) to launch with. The answer comes from, in order:
+layout) and a `prepare(config)` function that works out the launch for a configuration (`runner`);
+`config_for` returns the `Config` (constexpr block sizes, `num_warps`, `num_stages`) to launch with. The
+answer comes from, in order:
 
 1. Triton's interpreter: always the kernel's heuristic, one configuration (the interpreter cannot
    autotune, and pays ~150 us per program, so its heuristics size tiles for few programs).
@@ -10,14 +11,15 @@ layout) and passes a `launch(config)` closure; `config_for` returns the `Config`
 3. The persistent cache (`tritonconv._cache`), keyed by kernel, shape bucket, dtype, layout, GPU name and
    compute capability, triton version and a hash of the kernel's source file. An entry that does not
    describe a configuration the kernel could run (`check_entry`) is dropped with one warning.
-4. Autotuning, when allowed (`TRITONCONV_AUTOTUNE=1`, the default, or inside `tritonconv.tune`): the
-   kernel's declared space, pruned of what cannot fit or cannot pay, each candidate checked against the
-   heuristic's output and then timed; the winner goes to the cache.
+4. Autotuning, when allowed (`TRITONCONV_AUTOTUNE=1` at import, the default; `set_autotune`; inside
+   `tritonconv.tune`): the kernel's declared space, pruned of what cannot fit or cannot pay, each
+   candidate checked against the heuristic's output and then timed; the winner goes to the cache.
 5. Otherwise the heuristic.
 
 Each kernel declares its heuristic, its tuning space and (unless it is a GEMM) its program count once,
 beside its launcher, with `register`. What the heuristics assume about the GPU is in
-`tritonconv.heuristics`.
+`tritonconv.heuristics`. Eager calls keep each call's decisions in a plan (`tritonconv._plans`); whatever
+changes a decision here drops the plans.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 import triton
 
-from tritonconv import testing
+from tritonconv import _plans, testing
 from tritonconv._cache import ConfigCache
 from tritonconv._checks import interpreting
 from tritonconv._progress import progress
-from tritonconv.heuristics import SM_COUNT, SMEM_PER_BLOCK
+from tritonconv.heuristics import SM_COUNT, SMEM_PER_BLOCK, cdiv, next_power_of_2
 from tritonconv.static_checks import static_rejects
 
 
@@ -102,7 +104,7 @@ class Problem:
         two, so a changing batch size does not retune every call; the rest is exact."""
         layout = "nhwc" if self.channels_last else "nchw"
         extra = "".join(f",{k}={v}" for k, v in self.extra)
-        return (f"m<={triton.next_power_of_2(max(self.m, 1))},n={self.n},k={self.k},batch={self.batch},"
+        return (f"m<={next_power_of_2(max(self.m, 1))},n={self.n},k={self.k},batch={self.batch},"
                 f"{str(self.dtype).removeprefix('torch.')},{layout}{extra}")
 
 
@@ -120,13 +122,13 @@ Count = Callable[[Config, Problem], int]
 def gemm_programs(config: Config, problem: Problem) -> int:
     """Programs of a GEMM-shaped launch: [BLOCK_M, BLOCK_N] output tiles of each of the `batch` products,
     times SPLIT_K reduction splits."""
-    tiles = triton.cdiv(problem.m, config["BLOCK_M"]) * triton.cdiv(problem.n, config["BLOCK_N"])
+    tiles = cdiv(problem.m, config["BLOCK_M"]) * cdiv(problem.n, config["BLOCK_N"])
     return tiles * problem.batch * config.get("SPLIT_K", 1)
 
 
 def gemm_steps(config: Config, problem: Problem) -> int:
     """Reduction steps of a GEMM-shaped launch: BLOCK_K elements of k each."""
-    return triton.cdiv(problem.k, config["BLOCK_K"])
+    return cdiv(problem.k, config["BLOCK_K"])
 
 
 # For the cost model (bench/cost.py): the average iterations per program of each loop of a kernel.
@@ -226,7 +228,7 @@ def channel_pixel_programs(config: Config, problem: Problem) -> int:
     """Program count of kernels tiled by `kernels.common.sample_channel_pixel_tile`: one program per
     (sample, BLOCK_C channels, BLOCK_P pixels) tile, with problem.batch samples, problem.m channels and
     problem.n pixels."""
-    return problem.batch * triton.cdiv(problem.m, config["BLOCK_C"]) * triton.cdiv(problem.n, config["BLOCK_P"])
+    return problem.batch * cdiv(problem.m, config["BLOCK_C"]) * cdiv(problem.n, config["BLOCK_P"])
 
 
 def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = frozenset()) -> list[Config]:
@@ -246,7 +248,7 @@ def prune(problem: Problem, configs: Sequence[Config], rejected: frozenset = fro
     kept: list[Config] = []
     for cfg in dict.fromkeys(configs):
         meta = dict(cfg.meta)
-        if any(meta[name] > max(16, 2 * triton.next_power_of_2(max(extent, 1)))
+        if any(meta[name] > max(16, 2 * next_power_of_2(max(extent, 1)))
                for name, extent in extents.items() if name in meta):
             continue
         if meta.get("SPLIT_K", 1) > 1 and meta["SPLIT_K"] > kernel.steps(cfg, problem):
@@ -297,34 +299,57 @@ def default_timer(fn: Callable[[], object]) -> float:
 TIMER: Timer = default_timer
 
 
+def _autotune_from_env() -> bool:
+    return os.environ.get("TRITONCONV_AUTOTUNE", "1") != "0"
+
+
+# TRITONCONV_AUTOTUNE, read once at import and again only by `set_autotune(None)`.
+_AUTOTUNE = _autotune_from_env()
+
+
+def set_autotune(enabled: bool | None) -> None:
+    """Whether new shapes are autotuned on first use (True) or take the heuristic unless cached (False);
+    None re-reads TRITONCONV_AUTOTUNE (not 0: on, the default). The environment variable is read once, at
+    import: to change it at runtime call this function, not os.environ."""
+    global _AUTOTUNE
+    _AUTOTUNE = _autotune_from_env() if enabled is None else bool(enabled)
+    _plans.clear()
+
+
+def get_autotune() -> bool:
+    """Whether new shapes are autotuned on first use (`set_autotune`)."""
+    return _AUTOTUNE
+
+
 def tuning_allowed() -> bool:
-    """Tuning is on when forced by `tuning(True)` (tritonconv.tune), else when TRITONCONV_AUTOTUNE is not
-    0; never in the interpreter."""
+    """Tuning is on when forced by `tuning(True)` (tritonconv.tune), else when `set_autotune` (or
+    TRITONCONV_AUTOTUNE at import) says so; never in the interpreter."""
     if interpreting():
         return False
     forced = _FORCE_TUNING.get()
-    if forced is not None:
-        return forced
-    return os.environ.get("TRITONCONV_AUTOTUNE", "1") != "0"
+    return _AUTOTUNE if forced is None else forced
 
 
 @contextlib.contextmanager
 def tuning(enabled: bool) -> Iterator[None]:
-    """Force tuning on or off inside the block, whatever TRITONCONV_AUTOTUNE says."""
+    """Force tuning on or off inside the block, whatever `set_autotune` says; no plan is kept meanwhile."""
     token = _FORCE_TUNING.set(enabled)
     try:
-        yield
+        with _plans.uncached():
+            yield
     finally:
         _FORCE_TUNING.reset(token)
 
 
 @contextlib.contextmanager
 def recording() -> Iterator[list[Decision]]:
-    """Collect every Decision made inside the block (tritonconv.explain and tritonconv.tune use it)."""
+    """Collect every Decision made inside the block (tritonconv.explain and tritonconv.tune use it): no plan
+    is kept meanwhile, so every call takes its decisions again."""
     decisions: list[Decision] = []
     token = _RECORDERS.set(_RECORDERS.get() + (decisions,))
     try:
-        yield decisions
+        with _plans.uncached():
+            yield decisions
     finally:
         _RECORDERS.reset(token)
 
@@ -495,14 +520,28 @@ def config_for(problem: Problem, launch: Launch | None = None) -> Config:
     return decision.config
 
 
+def runner(problem: Problem, prepare: Callable[[Config], Callable], *example: torch.Tensor | None) -> Callable:
+    """What a launcher returns: `prepare(config)` with `problem`'s configuration. `prepare(config)` works
+    out a launch with `config` (grid, arguments) and returns a function that launches it on tensors like
+    `example` and returns the output, or a tuple of outputs; tuning calls those functions on `example`
+    and compares their (first) outputs."""
+    def launch(cfg: Config) -> torch.Tensor:
+        out = prepare(cfg)(*example)
+        return out[0] if isinstance(out, tuple) else out
+
+    return prepare(config_for(problem, launch))
+
+
 def _record(decision: Decision) -> None:
     for recorder in _RECORDERS.get():
         recorder.append(decision)
 
 
 def forget() -> None:
-    """Drop this process's memory of decisions (after the cache is cleared or the timer replaced)."""
+    """Drop this process's memory of decisions, and the plans that hold them (after the cache is cleared
+    or the timer replaced)."""
     _MEMORY.clear()
+    _plans.clear()
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -574,6 +613,7 @@ def set_backend(backend: str) -> None:
     choice: under torch.compile keep "triton", whose call path is free of Python-side state."""
     global _BACKEND
     _BACKEND = _check_backend(backend)
+    _plans.clear()
 
 
 def get_backend() -> str:

@@ -10,16 +10,17 @@ mask in the same kernel applied to the incoming gradient.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
-import triton
 
-from tritonconv import dispatch, heuristics
-from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor,
-                                empty_like_layout, philox_seed)
+from tritonconv import _plans, dispatch, heuristics
+from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
+                                philox_seed)
 from tritonconv._shared import input_grads
+from tritonconv.heuristics import cdiv, next_power_of_2
 from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kernel, dropout_mask_kernel
 
 # ---------------------------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         # Masked lanes past a map's end still issue every instruction: halve the block while that padding
         # exceeds an eighth of the map (65x65 = 4225 positions fill 3 blocks of 2048 only to 69%, 9 of 512
         # to 92%), then fill the tile with maps.
-        while block_p > 8 and triton.cdiv(problem.n, block_p) * block_p * 8 > problem.n * 9:
+        while block_p > 8 and cdiv(problem.n, block_p) * block_p * 8 > problem.n * 9:
             block_p //= 2
         block_c = heuristics.pow2_clamp(problem.m, 1, max(1, budget // block_p))
     return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
@@ -64,7 +65,7 @@ def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
     the whole map in the interpreter."""
     block = dict(problem.extra)["block"]
     widest = 64 if problem.channels_last and not interpreter else 128
-    block_w = heuristics.pow2_clamp(problem.n + block - 1, 4, max(widest, triton.next_power_of_2(2 * block)))
+    block_w = heuristics.pow2_clamp(problem.n + block - 1, 4, max(widest, next_power_of_2(2 * block)))
     block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
     block_h = problem.k if interpreter else min(problem.k, 32)
     warps = heuristics.pow2_clamp(block_c * block_w // 128, 1, 8)
@@ -85,8 +86,8 @@ def _drop_block_programs(config: dispatch.Config, problem: dispatch.Problem) -> 
     """One program per (sample, BLOCK_C maps, BLOCK_H rows, BLOCK_W - (bs - 1) columns) tile: each row of
     lanes also covers the bs - 1 halo columns of the seeds whose blocks reach into the tile."""
     block = dict(problem.extra)["block"]
-    return (problem.batch * triton.cdiv(problem.m, config["BLOCK_C"]) * triton.cdiv(problem.k, config["BLOCK_H"])
-            * triton.cdiv(problem.n, config["BLOCK_W"] - block + 1))
+    return (problem.batch * cdiv(problem.m, config["BLOCK_C"]) * cdiv(problem.k, config["BLOCK_H"])
+            * cdiv(problem.n, config["BLOCK_W"] - block + 1))
 
 
 def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
@@ -94,7 +95,7 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
     """The Philox calls of four seed rows each that a program's rows and their bs - 1 halo rows need,
     averaged over its row blocks, then the four rows of a call."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
-    calls = [triton.cdiv(min(h0 + block_h, h), 4) - max(h0 - bs + 1, 0) // 4 for h0 in range(0, h, block_h)]
+    calls = [cdiv(min(h0 + block_h, h), 4) - max(h0 - bs + 1, 0) // 4 for h0 in range(0, h, block_h)]
     return (sum(calls) / len(calls), 4)
 
 
@@ -126,39 +127,48 @@ def _as_maps(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int], tuple
     return t, (1, 1, t.numel()), (0, 0, 1)
 
 
-def _empty_output(x: torch.Tensor, out_channels_last: bool) -> torch.Tensor:
-    """An uninitialised tensor shaped like x: channels_last when asked (4-D only), else contiguous."""
+def _empty_output(x: torch.Tensor, out_channels_last: bool, device: torch.device | str) -> torch.Tensor:
+    """An uninitialised tensor shaped like x on `device`: channels_last when asked (4-D only), else
+    contiguous."""
     if x.dim() == 4:
-        return empty_like_layout(x.shape, out_channels_last, x.dtype, x.device)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return empty_like_layout(x.shape, out_channels_last, x.dtype, device)
+    return torch.empty(x.shape, dtype=x.dtype, device=device)
 
 
 @dispatch.on_inputs_device
 def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: int,
-               out_channels_last: bool) -> torch.Tensor:
-    """y = x * keep * scale for the mask `mode` (ELEMENT, CHANNEL or CUTOUT), in one pass over x.
+               out_channels_last: bool) -> Callable:
+    """The launch of y = x * keep * scale for the mask `mode` (ELEMENT, CHANNEL or CUTOUT), in one pass over
+    x, on tensors like these: run(x, seed) -> y.
 
     scale is 1/(1-p) for ELEMENT and CHANNEL (0 for p = 1, where nothing is kept) and 1 for CUTOUT. The
     output is channels_last when `out_channels_last` (a 4-D x only).
     """
-    src, (n, c, hw), x_strides = _as_maps(x)
-    y = _empty_output(x, out_channels_last)
+    src, (n, c, hw), x_strides = _as_maps(_plans.meta_like(x))
+    copy = src.stride() != x.stride()  # _as_maps copies x whose plane is not dense
+    y = _empty_output(x, out_channels_last, "meta")
+    alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
-        return y
+        return lambda x, seed: alloc()
     _, _, y_strides = _as_maps(y)
     h, w = x.shape[2:] if x.dim() == 4 else (1, hw)
     scale = 1.0 if mode == CUTOUT.value else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
     threshold = round(p * 2**16)   # ELEMENT's 16-bit drop threshold (kernels/dropout.py)
-
+    args = (c, hw, h, w, p, threshold, scale, size, *x_strides, *y_strides)
     problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype, channels_last=channels_last(x),
                                extra=(("mode", mode),))
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        dropout_mask_kernel[(dispatch.programs(cfg, problem),)](
-            src, y, seed, c, hw, h, w, p, threshold, scale, size, *x_strides, *y_strides, MODE=mode, **cfg.launch_kwargs())
-        return y
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(dropout_mask_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
+                                 **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(problem, launch))
+        def run(x, seed):
+            y = alloc()
+            kernel(x.contiguous() if copy else x, y, seed, *args)
+            return y
+        return run
+
+    return dispatch.runner(problem, prepare, x, seed)
 
 
 def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Problem:
@@ -168,44 +178,54 @@ def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Pr
 
 
 @dispatch.on_inputs_device
-def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> torch.Tensor:
-    """Pass 1 of DropBlock: the number of elements of x's shape that the mask keeps, as a one-element
-    int64 tensor on x's device. Draws the seeds and reads nothing else."""
+def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> Callable:
+    """The launch of pass 1 of DropBlock on tensors like these: run(x, seed) -> the number of elements of x's
+    shape that the mask keeps, as a one-element int64 tensor on x's device. Draws the seeds and reads
+    nothing else."""
     n, c, h, w = x.shape
-    count = torch.zeros(1, dtype=torch.int64, device=x.device)
+    zeros = functools.partial(torch.zeros, 1, dtype=torch.int64, device=x.device)
     if x.numel() == 0:
-        return count
-
+        return lambda x, seed: zeros()
     problem = _drop_block_problem("drop_block_count", x, block)
+    args = (c, h, w, block, h - block + 1, w - block + 1, gamma, 0.0, 0.0, *x.stride(), *x.stride())
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        count.zero_()  # the programs add into it
-        drop_block_kernel[(dispatch.programs(cfg, problem),)](
-            x, x, seed, count, c, h, w, block, h - block + 1, w - block + 1, gamma, 0.0, 0.0,
-            *x.stride(), *x.stride(), COUNT=True, **cfg.launch_kwargs())
-        return count
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=True,
+                                 **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(problem, launch))
+        def run(x, seed):
+            count = zeros()  # the programs add into it
+            kernel(x, x, seed, count, *args)
+            return count
+        return run
+
+    return dispatch.runner(problem, prepare, x, seed)
 
 
 @dispatch.on_inputs_device
 def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, block: int, gamma: float,
-                     out_channels_last: bool) -> torch.Tensor:
-    """Pass 2 of DropBlock: y = x * keep * numel / (eps + count), eps = 1e-6 as in torchvision."""
+                     out_channels_last: bool) -> Callable:
+    """The launch of pass 2 of DropBlock on tensors like these: run(x, seed, count) -> y = x * keep * numel /
+    (eps + count), eps = 1e-6 as in torchvision."""
     n, c, h, w = x.shape
-    y = empty_like_layout(x.shape, out_channels_last, x.dtype, x.device)
+    y = empty_like_layout(x.shape, out_channels_last, x.dtype, "meta")
+    alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
-        return y
-
+        return lambda x, seed, count: alloc()
     problem = _drop_block_problem("drop_block_apply", x, block)
+    args = (c, h, w, block, h - block + 1, w - block + 1, gamma, float(x.numel()), 1e-6, *x.stride(), *y.stride())
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        drop_block_kernel[(dispatch.programs(cfg, problem),)](
-            x, y, seed, count, c, h, w, block, h - block + 1, w - block + 1, gamma, float(x.numel()), 1e-6,
-            *x.stride(), *y.stride(), COUNT=False, **cfg.launch_kwargs())
-        return y
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=False,
+                                 **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(problem, launch))
+        def run(x, seed, count):
+            y = alloc()
+            kernel(x, y, seed, count, *args)
+            return y
+        return run
+
+    return dispatch.runner(problem, prepare, x, seed, count)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -216,13 +236,14 @@ def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, b
 
 @torch.library.custom_op("tritonconv::dropout_mask", mutates_args=(),
                          schema="(Tensor x, Tensor seed, int mode, float p, int size, bool channels_last) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _mask_op(x, seed, mode, p, size, channels_last):
-    return apply_mask(x, seed, mode, p, size, channels_last)
+    return apply_mask(x, seed, mode, p, size, channels_last)(x, seed)
 
 
 @_mask_op.register_fake
 def _(x, seed, mode, p, size, channels_last):
-    return _empty_output(x, channels_last)
+    return _empty_output(x, channels_last, x.device)
 
 
 def _mask_setup_context(ctx, inputs, output):
@@ -236,13 +257,14 @@ def _mask_backward(ctx, dy):
     return input_grads(ctx, torch.ops.tritonconv.dropout_mask(dy, seed, *ctx.params))
 
 
-_mask_op.register_autograd(_mask_backward, setup_context=_mask_setup_context)
+_MASK_AUTOGRAD = _plans.register_autograd(_mask_op, _mask_backward, _mask_setup_context)
 
 
 @torch.library.custom_op("tritonconv::drop_block_count", mutates_args=(),
                          schema="(Tensor x, Tensor seed, int block, float gamma) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _drop_block_count_op(x, seed, block, gamma):
-    return drop_block_count(x, seed, block, gamma)
+    return drop_block_count(x, seed, block, gamma)(x, seed)
 
 
 @_drop_block_count_op.register_fake
@@ -253,8 +275,9 @@ def _(x, seed, block, gamma):
 @torch.library.custom_op("tritonconv::drop_block_apply", mutates_args=(),
                          schema="(Tensor x, Tensor seed, Tensor count, int block, float gamma, bool channels_last) "
                                 "-> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _drop_block_apply_op(x, seed, count, block, gamma, channels_last):
-    return drop_block_apply(x, seed, count, block, gamma, channels_last)
+    return drop_block_apply(x, seed, count, block, gamma, channels_last)(x, seed, count)
 
 
 @_drop_block_apply_op.register_fake
@@ -273,12 +296,38 @@ def _drop_block_backward(ctx, dy):
     return input_grads(ctx, torch.ops.tritonconv.drop_block_apply(dy, seed, count, *ctx.params))
 
 
-_drop_block_apply_op.register_autograd(_drop_block_backward, setup_context=_drop_block_setup_context)
+_DROP_BLOCK_AUTOGRAD = _plans.register_autograd(_drop_block_apply_op, _drop_block_backward, _drop_block_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Public ops.
 # ---------------------------------------------------------------------------------------------------------
+
+def _mask(name: str, input: torch.Tensor, active: bool, seed: int | None,
+          checked: Callable[[], tuple[int, float, int]], *args: object) -> torch.Tensor:
+    """The public mask op `name`: `checked()` checks the call's arguments (`args` besides input, active and
+    the seed) and returns the mask's (mode, p, size); the op is the identity unless `active`."""
+    if _plans.eager(input):
+        check_seed(seed)
+        key = (name, _plans.meta(input), active, *args)
+        plan = _plans.plan(key, lambda: _mask_plan(input, active, *checked()))
+        return plan(_plans.needs_grad(input), input, philox_seed(seed, input.device) if active else None)
+    mode, p, size = checked()
+    check_seed(seed)
+    if not active:
+        return input
+    return torch.ops.tritonconv.dropout_mask(input, philox_seed(seed, input.device), mode, p, size,
+                                             channels_last(input))
+
+
+def _mask_plan(input: torch.Tensor, active: bool, mode: int, p: float, size: int) -> _plans.Plan:
+    """The plan (see tritonconv._plans) of a checked mask op: the identity unless `active`."""
+    if not active:
+        return _plans.Plan(lambda x, seed: x)
+    cl = channels_last(input)
+    return _plans.Plan(apply_mask(input, _plans.example_seed(input), mode, p, size, cl), (mode, p, size, cl),
+                       _MASK_AUTOGRAD, device=input.device)
+
 
 def _check_square(size: int, name: str, x: torch.Tensor) -> int:
     """A square's side: an int from 1 to the smaller side of x's maps."""
@@ -307,13 +356,11 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, *, seed:
         seed: None draws the Philox seed from torch's default generator of input's device
             (reproducible under torch.manual_seed); an int in [0, 2^63) gives the same mask every call.
     """
-    check_tensor(input, "input", ndim=None)
-    p = check_probability(p)
-    check_seed(seed)
-    if not training or p == 0.0:
-        return input
-    return torch.ops.tritonconv.dropout_mask(input, philox_seed(seed, input.device), ELEMENT.value, p, 0,
-                                             channels_last(input))
+    def checked() -> tuple[int, float, int]:
+        check_tensor(input, "input", ndim=None)
+        return ELEMENT.value, check_probability(p), 0
+
+    return _mask("dropout", input, training and p != 0.0, seed, checked, p)
 
 
 def spatial_dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True, *,
@@ -330,20 +377,22 @@ def spatial_dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True
     historical channel-wise 1-D dropout, not an unbatched (C, H, W)), and any rank >= 2 other than 3 or 4
     (deprecated in torch) drops whole (dim 0, dim 1) blocks.
     """
-    check_tensor(input, "input", ndim=None)
-    if input.dim() < 2:
-        raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}: spatial dropout drops "
-                         "(dim 0, dim 1) feature maps, so it needs at least 2 dimensions")
-    _warn_like_dropout2d(input.dim())
-    p = check_probability(p)
-    check_seed(seed)
-    if not training or p == 0.0:
-        return input
-    # Every rank's (dim 0, dim 1) blocks as the maps of a 4-D (N, C, 1, rest) view.
-    maps = input if input.dim() == 4 else input.reshape(*input.shape[:2], 1, -1)
-    y = torch.ops.tritonconv.dropout_mask(maps, philox_seed(seed, input.device), CHANNEL.value, p, 0,
-                                          channels_last(maps))
-    return y if input.dim() == 4 else y.reshape(input.shape)
+    if isinstance(input, torch.Tensor) and input.dim() != 4:
+        check_tensor(input, "input", ndim=None)
+        if input.dim() < 2:
+            raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}: spatial dropout drops "
+                             "(dim 0, dim 1) feature maps, so it needs at least 2 dimensions")
+        _warn_like_dropout2d(input.dim())
+        # Every rank's (dim 0, dim 1) blocks as the maps of a 4-D (N, C, 1, rest) view.
+        maps = input.reshape(*input.shape[:2], 1, -1)
+        y = spatial_dropout2d(maps, p, training, seed=seed)
+        return input if y is maps else y.reshape(input.shape)
+
+    def checked() -> tuple[int, float, int]:
+        check_tensor(input, "input")
+        return CHANNEL.value, check_probability(p), 0
+
+    return _mask("spatial_dropout2d", input, training and p != 0.0, seed, checked, p)
 
 
 def _warn_like_dropout2d(ndim: int) -> None:
@@ -390,18 +439,47 @@ def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool 
         block_size: side bs of the square blocks, 1 <= bs <= min(H, W).
         training, seed: as `dropout`.
     """
-    check_tensor(input, "input")
-    p = check_probability(p)
-    block = _check_square(block_size, "block_size", input)
+    active = training and p != 0.0
+    if _plans.eager(input):
+        check_seed(seed)
+        key = ("drop_block2d", _plans.meta(input), active, p, block_size)
+        count, plan = _plans.plan(key, lambda: _drop_block_plan(input, active, p, block_size))
+        seed_t = philox_seed(seed, input.device) if active else None
+        # Pass 1 reads nothing of x and records no autograd: its plan runs on x as it is.
+        return plan(_plans.needs_grad(input), input, seed_t, None if count is None else count(False, input, seed_t))
+    p, block, gamma = _drop_block_checked(input, p, block_size)
     check_seed(seed)
-    if not training or p == 0.0:
+    if not active:
         return input
-    h, w = input.shape[2:]
-    gamma = p * h * w / (block**2 * (h - block + 1) * (w - block + 1))
     seed_t = philox_seed(seed, input.device)
     # Pass 1 only needs x's shape: detached, since the count is not differentiated.
     count = torch.ops.tritonconv.drop_block_count(input.detach(), seed_t, block, gamma)
     return torch.ops.tritonconv.drop_block_apply(input, seed_t, count, block, gamma, channels_last(input))
+
+
+def _drop_block_checked(input: torch.Tensor, p: float, block_size: int) -> tuple[float, int, float]:
+    """Check a drop_block2d call: p, the block size and gamma, the seeds' probability."""
+    check_tensor(input, "input")
+    p = check_probability(p)
+    block = _check_square(block_size, "block_size", input)
+    h, w = input.shape[2:]
+    return p, block, p * h * w / (block**2 * (h - block + 1) * (w - block + 1))
+
+
+def _drop_block_plan(input: torch.Tensor, active: bool, p: float,
+                     block_size: int) -> tuple[_plans.Plan | None, _plans.Plan]:
+    """Check a drop_block2d call and plan it (see tritonconv._plans): pass 1's plan on (x, seed) -> count
+    (None when the op is the identity), and pass 2's plan on (x, seed, count)."""
+    p, block, gamma = _drop_block_checked(input, p, block_size)
+    if not active:
+        return None, _plans.Plan(lambda x, seed, count: x)
+    seed = _plans.example_seed(input)
+    count = _plans.Plan(drop_block_count(input, seed, block, gamma), device=input.device)
+    cl = channels_last(input)
+    # Tuning pass 2 needs a count, not the call's: "every element kept" spares a pass-1 launch per plan.
+    kept = torch.full((1,), input.numel(), dtype=torch.int64, device=input.device)
+    apply = drop_block_apply(input, seed, kept, block, gamma, cl)
+    return count, _plans.Plan(apply, (block, gamma, cl), _DROP_BLOCK_AUTOGRAD, device=input.device)
 
 
 def cutout2d(input: torch.Tensor, size: int, training: bool = True, *, seed: int | None = None) -> torch.Tensor:
@@ -420,10 +498,8 @@ def cutout2d(input: torch.Tensor, size: int, training: bool = True, *, seed: int
         size: side of the square, 1 <= size <= min(H, W).
         training, seed: as `dropout`.
     """
-    check_tensor(input, "input")
-    size = _check_square(size, "size", input)
-    check_seed(seed)
-    if not training:
-        return input
-    return torch.ops.tritonconv.dropout_mask(input, philox_seed(seed, input.device), CUTOUT.value, 0.0, size,
-                                             channels_last(input))
+    def checked() -> tuple[int, float, int]:
+        check_tensor(input, "input")
+        return CUTOUT.value, 0.0, _check_square(size, "size", input)
+
+    return _mask("cutout2d", input, bool(training), seed, checked, size)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import triton
 
 if TYPE_CHECKING:
     from tritonconv.dispatch import Problem
@@ -21,9 +20,20 @@ TARGET_PROGRAMS = 2 * SM_COUNT
 SMEM_PER_BLOCK = 227 * 1024
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for b > 0, in plain Python: triton.cdiv is a Triton function, costly to call from host
+    code."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), in plain Python, as `cdiv`."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 def pow2_clamp(value: int, low: int, high: int) -> int:
     """The next power of two >= value, clamped to [low, high]."""
-    return max(low, min(high, triton.next_power_of_2(max(value, 1))))
+    return max(low, min(high, next_power_of_2(value)))
 
 
 def gemm_blocks(problem: Problem, interpreter: bool) -> dict[str, int]:

@@ -3,16 +3,16 @@ autograd, the public op."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-import triton
 
-from tritonconv import dispatch, heuristics
+from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_tensor,
                                 empty_like_layout, int32_batches)
-from tritonconv._shared import (ConvGeometry, check_pointwise_weight, conv_geometry, dot_flags, geometry_args,
-                                needs_pre_activation, no_channels_output, register_epilogue_op)
+from tritonconv._shared import (ConvGeometry, check_pointwise_weight, conv_geometry, dot_flags, epilogue_plan,
+                                geometry_args, needs_pre_activation, no_channels_output, register_epilogue_op, tf32)
+from tritonconv.heuristics import cdiv
 from tritonconv.kernels.pointwise import pointwise_forward_kernel
 
 # ---------------------------------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space,
-                  trips=lambda problem, config, args: (triton.cdiv(args["C"], config["BLOCK_K"]),))  # channel steps
+                  trips=lambda problem, config, args: (cdiv(args["C"], config["BLOCK_K"]),))  # channel steps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,42 +45,52 @@ dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _g
 
 @dispatch.on_inputs_device
 def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
-                      activation: str = "none", store_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """y = activation(conv1x1(x, w) + bias) with geo's stride, in the memory format torch would give.
-
-    Returns (y, z) where z = conv1x1(x, w) + bias, the activation's input, when `store_pre` (else None).
-    """
+                      activation: str = "none", store_pre: bool = False) -> Callable:
+    """The launch of y = activation(conv1x1(x, w) + bias) with geo's stride on tensors like these:
+    run(x, w, bias) -> (y, z), y in the memory format torch would give, z = conv1x1(x, w) + bias (the
+    activation's input) when `store_pre`, else an empty tensor."""
     cl = channels_last(x, w)
     n, c, f = geo.batch, geo.in_channels, geo.out_channels
-    y = empty_like_layout((n, f, geo.out_height, geo.out_width), cl, x.dtype, x.device)
-    z = torch.empty_like(y) if store_pre else None
+    y = empty_like_layout((n, f, geo.out_height, geo.out_width), cl, x.dtype, "meta")
+    alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
-        return y, z
+        return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
     plane = geo.out_height * geo.out_width
-    # channels_last: one GEMM over every pixel; NCHW: one per image, whose pixels are contiguous.
-    runs = 1 if cl else n
     # The input's pixels of one run are evenly spaced (r * sxw) when the 1x1 conv has stride 1 and the
     # input is dense in its plane (and across images, for one run over all of them).
     sxn, _, sxh, sxw = x.stride()
     flat = geo.stride == (1, 1) and sxh == geo.width * sxw and (not cl or n == 1 or sxn == geo.height * sxh)
+    parts = int32_batches(n, plane)
+    strides = (*x.stride(), w.stride(0), w.stride(1), *y.stride(), bias.stride(0) if bias is not None else 0)
+    flags = {"HAS_BIAS": bias is not None, "ACTIVATION": activation, "STORE_PRE": store_pre, "FLAT_INPUT": flat,
+             **dot_flags(x.dtype)}
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        for part in int32_batches(n, plane):
-            ys = y[part]
-            part_runs = 1 if cl else ys.shape[0]
-            rows = ys.shape[0] * plane // part_runs
-            grid = (part_runs * triton.cdiv(rows, cfg["BLOCK_M"]) * triton.cdiv(f, cfg["BLOCK_N"]),)
-            pointwise_forward_kernel[grid](
-                x[part], w, bias if bias is not None else w, ys, ys if z is None else z[part],
-                c, f, geo.out_height, geo.out_width, rows, *geo.stride,
-                *x.stride(), w.stride(0), w.stride(1), *y.stride(), bias.stride(0) if bias is not None else 0,
-                HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre, FLAT_INPUT=flat,
-                **dot_flags(x.dtype), **cfg.launch_kwargs())
-        return y
+    def prepare(cfg: dispatch.Config) -> Callable:
+        # channels_last: one GEMM over every pixel of a part; NCHW: one per image, whose pixels are contiguous.
+        # A part is None when it is the whole batch (almost always), which then needs no slicing.
+        launches = []
+        for part in parts:
+            images = part.stop - part.start
+            runs = 1 if cl else images
+            rows = images * plane // runs
+            kernel = _plans.launcher(pointwise_forward_kernel,
+                                     (runs * cdiv(rows, cfg["BLOCK_M"]) * cdiv(f, cfg["BLOCK_N"]),),
+                                     **flags, **cfg.launch_kwargs())
+            launches.append((None if len(parts) == 1 else part, kernel,
+                             (c, f, geo.out_height, geo.out_width, rows, *geo.stride, *strides)))
 
-    launch(dispatch.config_for(dispatch.Problem("pointwise_forward", m=n * plane // runs, n=f, k=c, batch=runs,
-                                                dtype=x.dtype, channels_last=cl), launch))
-    return y, z
+        def run(x, w, bias):
+            y = alloc()
+            z = alloc() if store_pre else None
+            for part, kernel, args in launches:
+                xs, ys, zs = (x, y, z) if part is None else (x[part], y[part], z if z is None else z[part])
+                kernel(xs, w, w if bias is None else bias, ys, ys if zs is None else zs, *args)
+            return y, x.new_empty(0) if z is None else z
+        return run
+
+    runs = 1 if cl else n
+    return dispatch.runner(dispatch.Problem("pointwise_forward", m=n * plane // runs, n=f, k=c, batch=runs,
+                                            dtype=x.dtype, channels_last=cl), prepare, x, w, bias)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,6 +100,25 @@ def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
 # ---------------------------------------------------------------------------------------------------------
 
 register_epilogue_op("pointwise_conv2d", pointwise_forward, gradients="conv2d")
+
+
+def _checked(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int | Sequence[int],
+             activation: str | None) -> tuple[ConvGeometry, str]:
+    """Check a pointwise_conv2d call: its geometry and the kernel's activation name."""
+    act = check_activation(activation)
+    check_tensor(input, "input")
+    check_pointwise_weight(weight, "weight", input.shape[1], input, f"input's {input.shape[1]} channels")
+    return conv_geometry(input, weight, bias, stride, 0, 1, 1), act
+
+
+def _plan(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int | Sequence[int],
+          activation: str | None) -> _plans.Plan:
+    """Check a call and plan it (see tritonconv._plans)."""
+    geo, act = _checked(input, weight, bias, stride, activation)
+    if geo.in_channels == 0:
+        return _plans.Plan(lambda x, w, b: no_channels_output(x, w, b, geo))
+    return epilogue_plan("pointwise_conv2d", input, weight, bias, geo, act,
+                         needs_pre_activation(act, input, weight, bias))
 
 
 @accepts_unbatched
@@ -112,11 +141,14 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         stride: int or (h, w) pair, each >= 1: the output keeps every s-th pixel.
         activation: None, "relu", "relu6", "silu" or "gelu".
     """
-    act = check_activation(activation)
+    eager = _plans.eager(input, weight, bias)
     input, weight, bias = autocast(input, weight, bias)
-    check_tensor(input, "input")
-    check_pointwise_weight(weight, "weight", input.shape[1], input, f"input's {input.shape[1]} channels")
-    geo = conv_geometry(input, weight, bias, stride, 0, 1, 1)
+    if eager:
+        grad = _plans.needs_grad(input, weight, bias)
+        key = ("pointwise_conv2d", _plans.meta(input), _plans.meta(weight), _plans.meta(bias), stride, activation,
+               grad, tf32())
+        return _plans.plan(key, lambda: _plan(input, weight, bias, stride, activation))(grad, input, weight, bias)
+    geo, act = _checked(input, weight, bias, stride, activation)
     if geo.in_channels == 0:
         return no_channels_output(input, weight, bias, geo)
     return torch.ops.tritonconv.pointwise_conv2d(input, weight, bias, *geometry_args(geo), act,

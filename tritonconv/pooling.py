@@ -9,14 +9,15 @@ survived and won); WEIGHTED saves the input and recomputes the ranks.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
-from tritonconv import dispatch, heuristics
-from tritonconv._checks import (accepts_unbatched, channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
-                                output_size, pair, philox_seed)
+from tritonconv import _plans, dispatch, heuristics
+from tritonconv._checks import (accepts_unbatched, channels_last, check_probability, check_seed, check_tensor,
+                                empty_like_layout, output_size, pair, philox_seed)
 from tritonconv._shared import input_grads
 from tritonconv.kernels.pooling import DROPOUT, MAX, WEIGHTED, max_pool2d_backward_kernel, max_pool2d_forward_kernel
 
@@ -131,52 +132,65 @@ def _index_dtype(geo: PoolGeometry) -> torch.dtype:
 
 @dispatch.on_inputs_device
 def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None,
-                 store_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """y (in x's memory format) and, when `store_index` (MAX, DROPOUT), the winning tap per output."""
+                 store_index: bool) -> Callable:
+    """The forward launch on tensors like these: run(x, seed) -> (y, idx), y in x's memory format and idx,
+    when `store_index` (MAX, DROPOUT), the winning tap per output, else an empty uint8 tensor."""
     shape = (geo.batch, geo.channels, geo.out_height, geo.out_width)
     cl = channels_last(x)
-    y = empty_like_layout(shape, cl, x.dtype, x.device)
-    idx = empty_like_layout(shape, cl, _index_dtype(geo), x.device) if store_index else None
+    y = empty_like_layout(shape, cl, x.dtype, "meta")
+    alloc_y = _plans.allocator(y, x.device)
+    alloc_idx = (_plans.allocator(empty_like_layout(shape, cl, _index_dtype(geo), "meta"), x.device) if store_index
+                 else functools.partial(torch.empty, 0, dtype=torch.uint8, device=x.device))
     if y.numel() == 0:
-        return y, idx
+        return lambda x, seed: (alloc_y(), alloc_idx())
     problem = dispatch.Problem(
         "max_pool2d_forward", m=geo.channels, n=geo.out_height * geo.out_width, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=x.dtype, channels_last=cl, extra=(("mode", mode),))
+    args = (*geo.launch_args(), p, *x.stride(), *y.stride())
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        max_pool2d_forward_kernel[(dispatch.programs(cfg, problem),)](
-            x, y, idx if idx is not None else y, seed if seed is not None else x,
-            *geo.launch_args(), p, *x.stride(), *y.stride(),
-            MODE=mode, STORE_INDEX=store_index, SPAN_H=geo.span(0), SPAN_W=geo.span(1), **cfg.launch_kwargs())
-        return y
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(max_pool2d_forward_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
+                                 STORE_INDEX=store_index, SPAN_H=geo.span(0), SPAN_W=geo.span(1), **cfg.launch_kwargs())
 
-    launch(dispatch.config_for(problem, launch))
-    return y, idx
+        def run(x, seed):
+            y, idx = alloc_y(), alloc_idx()
+            kernel(x, y, idx if store_index else y, x if seed is None else seed, *args)
+            return y, idx
+        return run
+
+    return dispatch.runner(problem, prepare, x, seed)
 
 
 @dispatch.on_inputs_device
 def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode: int, p: float,
-                  out_channels_last: bool) -> torch.Tensor:
-    """dL/dx from dy and `saved`: the input for WEIGHTED, else the per-output winning taps."""
+                  out_channels_last: bool) -> Callable:
+    """The launch of dL/dx on tensors like these: run(dy, saved) -> dx, from dy and `saved`: the input for
+    WEIGHTED, else the per-output winning taps."""
     weighted = mode == WEIGHTED.value
-    dx = empty_like_layout((geo.batch, geo.channels, geo.height, geo.width), out_channels_last, dy.dtype, dy.device)
+    dx = empty_like_layout((geo.batch, geo.channels, geo.height, geo.width), out_channels_last, dy.dtype, "meta")
+    alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
-        return dx
+        return lambda dy, saved: alloc()
     problem = dispatch.Problem(
         "max_pool2d_backward", m=geo.channels, n=geo.height * geo.width, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=dy.dtype, channels_last=out_channels_last, extra=(("mode", mode),))
     # Strides of the tensor the kernel does not read are placeholders.
     idx_strides = dy.stride() if weighted else saved.stride()
     x_strides = saved.stride() if weighted else dy.stride()
+    args = (*geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride())
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        max_pool2d_backward_kernel[(dispatch.programs(cfg, problem),)](
-            dy, saved, saved, dx, *geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride(),
-            WEIGHTED=weighted, GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
-            **cfg.launch_kwargs())
-        return dx
+    def prepare(cfg: dispatch.Config) -> Callable:
+        kernel = _plans.launcher(max_pool2d_backward_kernel, (dispatch.programs(cfg, problem),), WEIGHTED=weighted,
+                                 GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
+                                 **cfg.launch_kwargs())
 
-    return launch(dispatch.config_for(problem, launch))
+        def run(dy, saved):
+            dx = alloc()
+            kernel(dy, saved, saved, dx, *args)
+            return dx
+        return run
+
+    return dispatch.runner(problem, prepare, dy, saved)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,10 +213,10 @@ def _geometry_args(geo: PoolGeometry) -> tuple:
 
 @torch.library.custom_op("tritonconv::max_pool2d", mutates_args=(),
                          schema=f"(Tensor x, Tensor? seed, {_POOL_SCHEMA}, bool store_index) -> (Tensor, Tensor)")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _pool_op(x, seed, kernel, stride, padding, dilation, output_size, mode, p, store_index):
     geo = _geometry(x.shape, kernel, stride, padding, dilation, output_size)
-    y, idx = pool_forward(x, geo, mode, p, seed, store_index)
-    return y, idx if idx is not None else x.new_empty(0, dtype=torch.uint8)
+    return pool_forward(x, geo, mode, p, seed, store_index)(x, seed)
 
 
 @_pool_op.register_fake
@@ -217,9 +231,10 @@ def _(x, seed, kernel, stride, padding, dilation, output_size, mode, p, store_in
 @torch.library.custom_op("tritonconv::max_pool2d_backward", mutates_args=(),
                          schema=f"(Tensor dy, Tensor saved, int[] input_size, {_POOL_SCHEMA}, bool channels_last) "
                                 "-> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _pool_backward_op(dy, saved, input_size, kernel, stride, padding, dilation, output_size, mode, p, channels_last):
     geo = _geometry(input_size, kernel, stride, padding, dilation, output_size)
-    return pool_backward(dy, saved, geo, mode, p, channels_last)
+    return pool_backward(dy, saved, geo, mode, p, channels_last)(dy, saved)
 
 
 @_pool_backward_op.register_fake
@@ -244,14 +259,28 @@ def _pool_backward(ctx, dy, _didx):
     return input_grads(ctx, dx)
 
 
-_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)
+_AUTOGRAD = _plans.register_autograd(_pool_op, _pool_backward, _pool_setup_context)
+
+
+def _store_index(mode: int, input: torch.Tensor) -> bool:
+    """Whether the forward stores the winning taps: when a backward can follow (not for WEIGHTED, whose
+    backward reads the input instead)."""
+    return mode != WEIGHTED.value and input.requires_grad and torch.is_grad_enabled()
 
 
 def _pool(input: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: torch.Tensor | None) -> torch.Tensor:
-    """Run the pooling op; the winning taps are stored only when a backward can follow (not for WEIGHTED,
-    whose backward reads the input instead)."""
-    store_index = mode != WEIGHTED.value and input.requires_grad and torch.is_grad_enabled()
+    """Run the pooling op through its torch.library op."""
+    store_index = _store_index(mode, input)
     return torch.ops.tritonconv.max_pool2d(input, seed, *_geometry_args(geo), mode, p, store_index)[0]
+
+
+def _plan(input: torch.Tensor, geo: PoolGeometry, mode: int, p: float) -> _plans.Plan:
+    """The plan (see tritonconv._plans) of the pooling op on tensors like these."""
+    store_index = _store_index(mode, input)
+    seed = _plans.example_seed(input) if mode == DROPOUT.value else None
+    return _plans.Plan(pool_forward(input, geo, mode, p, seed, store_index),
+                       (*_geometry_args(geo), mode, p, store_index), _AUTOGRAD, first=True,
+                       device=input.device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -339,13 +368,20 @@ def max_pool2d(input: torch.Tensor, kernel_size: int | Sequence[int], stride: in
         return_indices: also return torch's indices (int64, the flat index ih*W + iw of each output's
             input pixel in its plane), computed from the stored taps.
     """
-    geo = pool_geometry(input, kernel_size, stride, padding, dilation, ceil_mode)
     if not isinstance(return_indices, bool):
         raise TypeError(f"return_indices must be a bool, got {type(return_indices).__name__}")
-    if not return_indices:
-        return _pool(input, geo, MAX.value, 0.0, None)
-    y, taps = torch.ops.tritonconv.max_pool2d(input, None, *_geometry_args(geo), MAX.value, 0.0, True)
-    return y, tap_indices(taps, geo)
+    window = (kernel_size, stride, padding, dilation, ceil_mode)
+    if return_indices:
+        # Not planned: the taps are always stored, and turned into torch's indices after the op.
+        geo = pool_geometry(input, *window)
+        y, taps = torch.ops.tritonconv.max_pool2d(input, None, *_geometry_args(geo), MAX.value, 0.0, True)
+        return y, tap_indices(taps, geo)
+    if _plans.eager(input):
+        grad = _plans.needs_grad(input)
+        key = ("max_pool2d", _plans.meta(input), *window, grad)
+        return _plans.plan(key, lambda: _plan(input, pool_geometry(input, *window), MAX.value, 0.0))(
+            grad, input, None)
+    return _pool(input, pool_geometry(input, *window), MAX.value, 0.0, None)
 
 
 @accepts_unbatched
@@ -372,11 +408,24 @@ def max_pool2d_dropout(input: torch.Tensor, kernel_size: int | Sequence[int], st
     p = 0 (training or not) is exactly `max_pool2d`. Input and window arguments as `max_pool2d` (floor
     mode); p in [0, 1]; seed as `tritonconv.dropout`.
     """
-    geo = pool_geometry(input, kernel_size, stride, padding, dilation, False)
+    window = (kernel_size, stride, padding, dilation, False)
+    if _plans.eager(input):
+        check_seed(seed)
+        grad = _plans.needs_grad(input)
+        key = ("max_pool2d_dropout", _plans.meta(input), *window, p, training, grad)
+        plan = _plans.plan(key, lambda: _plan(input, *_checked(input, window, p, training, seed)))
+        return plan(grad, input, philox_seed(seed, input.device) if training and p != 0.0 else None)
+    geo, mode, p = _checked(input, window, p, training, seed)
+    return _pool(input, geo, mode, p, philox_seed(seed, input.device) if mode == DROPOUT.value else None)
+
+
+def _checked(input: torch.Tensor, window: tuple, p: float, training: bool,
+             seed: int | None) -> tuple[PoolGeometry, int, float]:
+    """Check a max_pool2d_dropout call: its geometry, mode and p (0 for MAX). p = 0 is plain max pooling,
+    eval is weighted pooling (WEIGHTED), training draws a mask (DROPOUT)."""
+    geo = pool_geometry(input, *window)
     p = check_probability(p)
     check_seed(seed)
     if p == 0.0:
-        return _pool(input, geo, MAX.value, 0.0, None)
-    if not training:
-        return _pool(input, geo, WEIGHTED.value, p, None)
-    return _pool(input, geo, DROPOUT.value, p, philox_seed(seed, input.device))
+        return geo, MAX.value, 0.0
+    return geo, DROPOUT.value if training else WEIGHTED.value, p

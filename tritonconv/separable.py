@@ -3,17 +3,17 @@ and autograd, the public op."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-import triton
 
-from tritonconv import dispatch, heuristics
+from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias, check_tensor,
                                 empty_like_layout, int32_batches)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
-                                input_grads, tap_major, unrolled_taps)
+                                input_grads, tap_major, tf32, unrolled_taps)
+from tritonconv.heuristics import cdiv
 from tritonconv.kernels.separable import separable_forward_kernel
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ dispatch.register("separable_forward", "separable", separable_forward_kernel, _f
                   # The intermediate channel steps, then the live kh and kw taps of each step's depthwise block
                   # along the axes not unrolled.
                   trips=lambda problem, config, args: (
-                      triton.cdiv(args["K"], config["BLOCK_K"]),
+                      cdiv(args["K"], config["BLOCK_K"]),
                       *(args[end] - args[start] for start, end, unrolled in (("kh_start", "kh_end", "TAPS_H"),
                                                                             ("kw_start", "kw_end", "TAPS_W"))
                         if not args[unrolled])))
@@ -56,35 +56,46 @@ dispatch.register("separable_forward", "separable", separable_forward_kernel, _f
 
 @dispatch.on_inputs_device
 def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor,
-                      bp: torch.Tensor | None, geo: ConvGeometry, activation: str) -> torch.Tensor:
-    """y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp in one kernel; `geo` is the depthwise
-    convolution's geometry. The output takes the memory format torch's two convolutions would give."""
+                      bp: torch.Tensor | None, geo: ConvGeometry, activation: str) -> Callable:
+    """The launch of y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp in one kernel on tensors like
+    these: run(x, wd, bd, wp, bp) -> y; `geo` is the depthwise convolution's geometry. The output takes the
+    memory format torch's two convolutions would give."""
     k, f = wd.shape[0], wp.shape[0]
     plane = (geo.out_height, geo.out_width)
     cl = channels_last(x, wd, wp)
-    y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, x.device)
+    y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, "meta")
+    alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
-        return y
-    m = geo.batch * plane[0] * plane[1]
-    packed = tap_major(wd)
+        return lambda x, wd, bd, wp, bp: alloc()
+    parts = int32_batches(geo.batch, plane[0] * plane[1])
+    geometry_and_strides = (geo.height, geo.width, *plane, k, f, k // geo.in_channels, *geo.stride, *geo.pad,
+                            *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1,
+                            geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(),
+                            bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0)
+    flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
+             **unrolled_taps(geo), **dot_flags(x.dtype)}
 
-    def launch(cfg: dispatch.Config) -> torch.Tensor:
-        for part in int32_batches(geo.batch, plane[0] * plane[1]):
-            ys = y[part]
-            grid = (triton.cdiv(ys.shape[0] * plane[0] * plane[1], cfg["BLOCK_M"]) * triton.cdiv(f, cfg["BLOCK_N"]),)
-            separable_forward_kernel[grid](
-                x[part], packed, bd if bd is not None else wd, wp, bp if bp is not None else wp, ys,
-                ys.shape[0], geo.height, geo.width, *plane, k, f, k // geo.in_channels,
-                *geo.stride, *geo.pad, *geo.dilation, *geo.live_taps(0), *geo.live_taps(1),
-                *x.stride(), 1, geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(),
-                bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0,
-                HAS_DW_BIAS=bd is not None, HAS_PW_BIAS=bp is not None, ACTIVATION=activation,
-                **unrolled_taps(geo), **dot_flags(x.dtype), **cfg.launch_kwargs())
-        return y
+    def prepare(cfg: dispatch.Config) -> Callable:
+        # A part is None when it is the whole batch (almost always), which then needs no slicing.
+        launches = []
+        for part in parts:
+            images = part.stop - part.start
+            grid = (cdiv(images * plane[0] * plane[1], cfg["BLOCK_M"]) * cdiv(f, cfg["BLOCK_N"]),)
+            kernel = _plans.launcher(separable_forward_kernel, grid, **flags, **cfg.launch_kwargs())
+            launches.append((None if len(parts) == 1 else part, kernel, (images, *geometry_and_strides)))
 
-    return launch(dispatch.config_for(dispatch.Problem(
-        "separable_forward", m=m, n=f, k=k, dtype=x.dtype, channels_last=cl,
-        extra=(("taps", geo.kernel[0] * geo.kernel[1]),)), launch))
+        def run(x, wd, bd, wp, bp):
+            y = alloc()
+            packed = tap_major(wd)  # the depthwise weight's tap-major copy, remade only when wd changes
+            for part, kernel, args in launches:
+                xs, ys = (x, y) if part is None else (x[part], y[part])
+                kernel(xs, packed, wd if bd is None else bd, wp, wp if bp is None else bp, ys, *args)
+            return y
+        return run
+
+    return dispatch.runner(dispatch.Problem(
+        "separable_forward", m=geo.batch * plane[0] * plane[1], n=f, k=k, dtype=x.dtype, channels_last=cl,
+        extra=(("taps", geo.kernel[0] * geo.kernel[1]),)), prepare, x, wd, bd, wp, bp)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,9 +106,10 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
 @torch.library.custom_op("tritonconv::depthwise_separable_conv2d", mutates_args=(),
                          schema=f"(Tensor x, Tensor wd, Tensor? bd, Tensor wp, Tensor? bp, {GEOMETRY_SCHEMA}, "
                                 "str activation) -> Tensor")
+@dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _separable_op(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation):
     geo = geometry(x.shape, wd.shape, stride, padding, dilation, groups, output_size)
-    return separable_forward(x, wd, bd, wp, bp, geo, activation)
+    return separable_forward(x, wd, bd, wp, bp, geo, activation)(x, wd, bd, wp, bp)
 
 
 @_separable_op.register_fake
@@ -134,7 +146,31 @@ def _backward(ctx, dy):
     return input_grads(ctx, dx, dwd, dbd, dwp, dbp)
 
 
-_separable_op.register_autograd(_backward, setup_context=_setup_context)
+_AUTOGRAD = _plans.register_autograd(_separable_op, _backward, _setup_context)
+
+
+def _checked(input: torch.Tensor, depthwise_weight: torch.Tensor, pointwise_weight: torch.Tensor,
+             depthwise_bias: torch.Tensor | None, pointwise_bias: torch.Tensor | None, stride: int | Sequence[int],
+             padding: int | Sequence[int] | str, dilation: int | Sequence[int],
+             activation: str | None) -> tuple[ConvGeometry, str]:
+    """Check a depthwise_separable_conv2d call: the depthwise geometry and the kernel's activation name."""
+    act = check_activation(activation)
+    check_tensor(input, "input")
+    check_depthwise_weight(depthwise_weight, "depthwise_weight", input)
+    mid = depthwise_weight.shape[0]
+    check_bias(depthwise_bias, "depthwise_bias", mid, input, "input")
+    check_pointwise_weight(pointwise_weight, "pointwise_weight", mid, input,
+                           f"the depthwise output's {mid} channels")
+    check_bias(pointwise_bias, "pointwise_bias", pointwise_weight.shape[0], input, "input")
+    return conv_geometry(input, depthwise_weight, None, stride, padding, dilation, input.shape[1]), act
+
+
+def _plan(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor, bp: torch.Tensor | None,
+          args: tuple) -> _plans.Plan:
+    """Check a call and plan it (see tritonconv._plans); `args` are (stride, padding, dilation, activation)."""
+    geo, act = _checked(x, wd, wp, bd, bp, *args)
+    return _plans.Plan(separable_forward(x, wd, bd, wp, bp, geo, act), (*geometry_args(geo), act), _AUTOGRAD,
+                       device=x.device)
 
 
 @accepts_unbatched
@@ -160,16 +196,13 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
         stride, padding, dilation: of the depthwise convolution, as in `tritonconv.depthwise_conv2d`.
         activation: between the two convolutions: None, "relu", "relu6", "silu" or "gelu" (exact erf form).
     """
-    act = check_activation(activation)
-    input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias = autocast(
-        input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
-    check_tensor(input, "input")
-    check_depthwise_weight(depthwise_weight, "depthwise_weight", input)
-    mid = depthwise_weight.shape[0]
-    check_bias(depthwise_bias, "depthwise_bias", mid, input, "input")
-    check_pointwise_weight(pointwise_weight, "pointwise_weight", mid, input,
-                           f"the depthwise output's {mid} channels")
-    check_bias(pointwise_bias, "pointwise_bias", pointwise_weight.shape[0], input, "input")
-    geo = conv_geometry(input, depthwise_weight, None, stride, padding, dilation, input.shape[1])
-    return torch.ops.tritonconv.depthwise_separable_conv2d(input, depthwise_weight, depthwise_bias, pointwise_weight,
-                                                           pointwise_bias, *geometry_args(geo), act)
+    tensors = (input, depthwise_weight, depthwise_bias, pointwise_weight, pointwise_bias)
+    eager = _plans.eager(*tensors)
+    tensors = autocast(*tensors)
+    args = (stride, padding, dilation, activation)
+    if eager:
+        key = ("depthwise_separable_conv2d", *map(_plans.meta, tensors), *args, tf32())
+        return _plans.plan(key, lambda: _plan(*tensors, args))(_plans.needs_grad(*tensors), *tensors)
+    x, wd, bd, wp, bp = tensors
+    geo, act = _checked(x, wd, wp, bd, bp, *args)
+    return torch.ops.tritonconv.depthwise_separable_conv2d(x, wd, bd, wp, bp, *geometry_args(geo), act)

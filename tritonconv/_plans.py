@@ -1,0 +1,185 @@
+"""The eager hot path: per-call plans found by one dict lookup, run without the custom-op machinery.
+
+Everything about a call that depends only on its key (the op, its tensors' shapes, strides, dtype and
+device, its other arguments and flags) is worked out once, when the key is first seen: argument checks,
+geometry, the dispatcher's Problem and Config, grids, index widths, launch flags, output layouts. That
+is a `Plan`. A later call with the same key costs one dict lookup, the output allocations and the
+launches. Only calls that passed every check make a plan, so bad input always reaches the checks and
+gets their error.
+
+Public ops take this path when nothing needs to see their `torch.library` custom ops (`eager`):
+torch.compile and torch.export trace the custom ops, as do dispatch modes (FakeTensorMode, opcheck),
+functorch transforms and tensor subclasses or modes with `__torch_function__`. There, a plan runs its
+launches directly, or through `_EagerFunction`, a plain `torch.autograd.Function` calling the custom op's
+own `setup_context` and backward, when autograd records the call.
+
+Plans hold the dispatcher's decisions, so whatever changes a decision drops them: `dispatch.forget`,
+`set_backend`, `set_autotune`, `_checks.running_as`. While decisions are tuned or observed
+(`dispatch.tuning`, `dispatch.recording`, bench.static's probes) plans are built for each call and not
+kept (`uncached`). At most MAX_PLANS plans are kept; the oldest goes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Callable, Hashable, Iterator, NamedTuple, TypeVar
+
+import torch
+
+MAX_PLANS = 4096
+
+T = TypeVar("T")
+_PLANS: dict[Hashable, object] = {}
+_uncached = 0  # > 0 inside `uncached` blocks
+
+
+class Autograd(NamedTuple):
+    """A custom op's autograd, as given to its `register_autograd`."""
+
+    setup_context: Callable
+    backward: Callable
+
+
+class Plan:
+    """One call's precomputed work. `run(*tensors)` launches and returns what the op's custom op returns;
+    `args` are the custom op's other arguments (after its tensors), which its `setup_context` reads;
+    `autograd` is None when `run` needs none of ours (PyTorch's own op, or no gradient); `first` says that
+    the public op returns the first of the custom op's outputs; `device` is the device of the call's
+    tensors when `run` launches our kernels (None when it runs PyTorch's ops, which mind devices
+    themselves)."""
+
+    __slots__ = ("run", "args", "autograd", "first", "device", "_cuda")
+
+    def __init__(self, run: Callable, args: tuple = (), autograd: Autograd | None = None, first: bool = False,
+                 device: torch.device | None = None):
+        self.run, self.args, self.autograd, self.first, self.device = run, args, autograd, first, device
+        # Triton launches on CUDA's current device: the index to make current, None where nothing is needed.
+        self._cuda = device.index if device is not None and device.type == "cuda" else None
+
+    def __call__(self, needs_grad: bool, *tensors: torch.Tensor | None):
+        """Run the plan on the call's tensors, with their CUDA device current (plans are keyed on the device,
+        so this is one comparison with the current one); `needs_grad`: autograd records the call."""
+        if self._cuda is not None and self._cuda != torch.cuda.current_device():
+            with torch.cuda.device(self._cuda):
+                return self._call(needs_grad, tensors)
+        return self._call(needs_grad, tensors)
+
+    def _call(self, needs_grad: bool, tensors: tuple):
+        if needs_grad and self.autograd is not None:
+            out = _EagerFunction.apply(*tensors, self)
+        else:
+            out = self.run(*tensors)
+        return out[0] if self.first else out
+
+
+class _EagerFunction(torch.autograd.Function):
+    """A custom op's autograd without the custom-op machinery: forward runs the plan (the last argument)
+    and the op's own setup_context on the op's arguments; backward is the op's. The op's backward pads
+    its gradients with None up to len(ctx.needs_input_grad) (`_shared.input_grads`), which covers the
+    plan. (Forward takes ctx rather than a separate setup_context: Function.apply binds the arguments of
+    a forward without ctx through inspect.signature, which costs more than the whole call otherwise.)"""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        plan = inputs[-1]
+        output = plan.run(*inputs[:-1])
+        ctx.op_backward = plan.autograd.backward
+        plan.autograd.setup_context(ctx, (*inputs[:-1], *plan.args), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return ctx.op_backward(ctx, *grads)
+
+
+def eager(*tensors: torch.Tensor | None) -> bool:
+    """Whether a public op on `tensors` may run its plan: nothing traces or intercepts the call (see the
+    module docstring), so no one needs to see the custom op."""
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._are_functorch_transforms_active() or torch._C._has_torch_function(tensors))
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on `tensors`."""
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return True
+    return False
+
+
+def meta(t: torch.Tensor | None) -> object:
+    """What a plan depends on of a tensor: shape, strides, dtype and device (anything else, None or a
+    wrong argument, as it is: it keys a plan only once the op's checks accept it)."""
+    return (t.shape, t.stride(), t.dtype, t.device) if isinstance(t, torch.Tensor) else t
+
+
+def plan(key: tuple, build: Callable[[], T]) -> T:
+    """The plan of `key` (a `Plan`, or whatever else an op's calls need, as drop_block2d's pair of
+    passes), built (and kept) on first sight. An argument that cannot be hashed (a list where a tuple
+    would do) is made a tuple; anything else unhashable gets a fresh plan every call."""
+    try:
+        found = _PLANS.get(key)
+    except TypeError:
+        key = tuple(tuple(v) if isinstance(v, list) else v for v in key)
+        try:
+            found = _PLANS.get(key)
+        except TypeError:
+            return build()
+    if found is None:
+        found = build()
+        if not _uncached:
+            if len(_PLANS) >= MAX_PLANS:
+                _PLANS.pop(next(iter(_PLANS), None), None)
+            _PLANS[key] = found
+    return found
+
+
+def clear() -> None:
+    """Drop every plan: a decision they hold may have changed."""
+    _PLANS.clear()
+
+
+@contextlib.contextmanager
+def uncached() -> Iterator[None]:
+    """Inside the block every call builds its plan afresh and keeps none, so every decision is taken (and
+    seen) again."""
+    global _uncached
+    _uncached += 1
+    clear()
+    try:
+        yield
+    finally:
+        _uncached -= 1
+
+
+def meta_like(t: torch.Tensor) -> torch.Tensor:
+    """A meta tensor with `t`'s shape, strides and dtype, for working out layouts without touching data."""
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+
+
+def allocator(like: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
+    """A function returning a new uninitialised tensor on `device` with `like`'s shape, strides and dtype
+    (`like` is typically a meta tensor)."""
+    return functools.partial(torch.empty_strided, tuple(like.shape), like.stride(), dtype=like.dtype, device=device)
+
+
+def register_autograd(op, backward: Callable, setup_context: Callable) -> Autograd:
+    """Register a custom op's autograd and return it for the op's plans, so that both paths run the same
+    setup_context and backward."""
+    op.register_autograd(backward, setup_context=setup_context)
+    return Autograd(setup_context, backward)
+
+
+def launcher(kernel, grid: tuple[int, ...], **options: object) -> Callable:
+    """`kernel[grid]` with its constexpr and compile options bound: call it with the kernel's runtime
+    arguments. It binds `kernel.run` (which `kernel[grid](...)` calls) when the plan is made, so a stub
+    of the launch must be in place before plans are (`_checks.running_as` drops them)."""
+    return functools.partial(kernel.run, grid=grid, warmup=False, **options)
+
+
+def example_seed(like: torch.Tensor) -> torch.Tensor:
+    """A Philox seed tensor on `like`'s device for building a random op's plan (tuning launches read it);
+    each call then draws its own."""
+    return torch.zeros(1, dtype=torch.int64, device=like.device)
