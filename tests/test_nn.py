@@ -181,6 +181,7 @@ DDP_SCRIPT = textwrap.dedent("""
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         net = nn.parallel.DistributedDataParallel(model())
         net(x[rank * 2:(rank + 1) * 2]).square().mean().backward()
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (an abort otherwise)
         dist.destroy_process_group()
     if rank == 0:
         torch.save([p.grad for p in net.parameters()], out)
