@@ -26,14 +26,14 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     """On a GPU: 64-pixel tiles and every output channel up to 128 in one tile, so that the depthwise
     block (the costly part of a K-step when F is small) is recomputed for as few N-tiles as possible;
     32 intermediate channels per step keep the float32 depthwise block at 16 registers a thread. A
-    128-column tile needs 8 warps: with 4 the NCHW epilogue spills on sm_90; NCHW tiles stay 64 wide, since
-    with unrolled depthwise taps a 128-wide one spills on sm_80
+    128-column tile needs 8 warps: with 4 the NCHW epilogue spills on sm_90; NCHW steps 16
+    intermediate channels, since with unrolled depthwise taps 32 spill on sm_80
     (`python -m bench.static --kernel separable_forward --space full`)."""
     if interpreter:
         return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
-    block_n = heuristics.pow2_clamp(problem.n, 16, 128 if problem.channels_last else 64)
+    block_n = heuristics.pow2_clamp(problem.n, 16, 128)
     return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=2, BLOCK_M=64, BLOCK_N=block_n,
-                              BLOCK_K=heuristics.pow2_clamp(problem.k, 16, 32))
+                              BLOCK_K=heuristics.pow2_clamp(problem.k, 16, 32 if problem.channels_last else 16))
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
