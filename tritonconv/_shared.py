@@ -157,6 +157,11 @@ def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
 _TAP_MAJOR: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
 
 
+def _repack(w: torch.Tensor) -> torch.Tensor:
+    """(F, 1, KH, KW) -> contiguous (KH * KW, F)."""
+    return w.reshape(w.shape[0], -1).t().contiguous()
+
+
 def tap_major(w: torch.Tensor) -> torch.Tensor:
     """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
     channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
@@ -165,12 +170,12 @@ def tap_major(w: torch.Tensor) -> torch.Tensor:
     Inference tensors keep no version counter, so theirs is made on every call.
     """
     if w.is_inference():
-        return w.reshape(w.shape[0], -1).t().contiguous()
+        return _repack(w)
     key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape), w.stride())
     entry = _TAP_MAJOR.get(id(w))
     if entry is not None and entry[0]() is w and entry[1] == key:
         return entry[2]
-    packed = w.reshape(w.shape[0], -1).t().contiguous()
+    packed = _repack(w)
     ident = id(w)
     _TAP_MAJOR[ident] = (weakref.ref(w, lambda _ref: _TAP_MAJOR.pop(ident, None)), key, packed)
     return packed
