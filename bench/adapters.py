@@ -15,9 +15,9 @@ import torch.nn.functional as F
 import tritonconv as tc
 from tritonconv._checks import output_size
 
-from bench import checking
-from bench.checking import Provider, Tensors, rate_within, torch_seed
-from bench.reference import (ACTIVATIONS, drop_block_probability, torch_cutout2d, torch_drop_block2d,
+from . import checking
+from .checking import Provider, Tensors, rate_within, torch_seed
+from .reference import (ACTIVATIONS, drop_block_probability, torch_cutout2d, torch_drop_block2d,
                              torch_max_pool2d_dropout)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tritonconv.testing import mismatch, tolerance
 
 if TYPE_CHECKING:
-    from bench.adapters import Case, MaskOp, Op
+    from .adapters import Case, MaskOp, Op
 
 # Seed of every check's random op call (an explicit seed must reproduce its output).
 CHECK_SEED = 1234

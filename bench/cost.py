@@ -65,12 +65,13 @@ import pandas as pd
 import torch
 import triton
 
-from bench import report, sass, static
-from bench.adapters import live_pairs
-from bench.reference_kernels import copy_kernel, matmul_kernel
-from bench.timing import Ceilings
 from tritonconv import dispatch, heuristics
 from tritonconv._progress import progress
+
+from . import OUT, report, sass, static
+from .adapters import live_pairs
+from .reference_kernels import copy_kernel, matmul_kernel
+from .timing import Ceilings
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ PHILOX_PER_VALUE = 0.25     # one Philox call gives four 32-bit words
 PHILOX_SLACK = 1.2          # ... allowing for the masked lanes of partial tiles, which draw too
 BUDGET_PATH = Path(__file__).resolve().parent / "cost_budget.json"
 BUDGET_TOLERANCE = 1.10     # a prediction may grow 10% over its budget
-DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "cost"
+DEFAULT_OUT = OUT / "cost"
 
 # What each flag means (the markdown report prints this legend).
 FLAGS = {

@@ -42,9 +42,9 @@ from triton.runtime.jit import JITFunction
 import tritonconv as tc
 from tritonconv import _checks, dispatch
 
-from bench.adapters import OPS
-from bench.report import markdown_table
-from bench.suites import SUITES
+from .adapters import OPS
+from .report import markdown_table
+from .suites import SUITES
 
 FUNCTION, CUSTOM_OP = "empty autograd.Function", "empty custom op"
 

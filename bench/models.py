@@ -33,9 +33,9 @@ from torch import nn
 import tritonconv as tc
 from tritonconv.testing import model_mismatch, randomise_batchnorm, tolerance
 
-from bench import report, timing
-from bench.checking import ieee_float32, reference_dtype
-from bench.suites import DTYPES
+from . import report, timing
+from .checking import ieee_float32, reference_dtype
+from .suites import DTYPES
 
 NAME = "models"
 DESCRIPTION = ("torchvision's mobilenet_v2, efficientnet_b0, convnext_tiny and deeplabv3_mobilenet_v3_large, "

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import triton
 
-from bench.timing import Ceilings
+from .timing import Ceilings
 
 # The tidy table's columns: one row per case x dtype x layout x mode x provider.
 CASE_COLUMNS = ["n", "c", "h", "w", "f", "k", "stride", "padding", "dilation", "multiplier", "p", "size", "activation"]

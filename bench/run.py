@@ -1,7 +1,7 @@
 """The benchmark run: for each case of a suite, in each dtype, layout and mode, check our op against
 PyTorch, then (on a GPU) time both, and write the CSV, the markdown report and the plot.
 
-`python -m bench` is the entry point: it switches Triton to its interpreter before triton is imported
+`python -m bench` (installed: `tritonconv-bench`) is the entry point: it switches Triton to its interpreter before triton is imported
 when there is no GPU, then calls `main`.
 """
 
@@ -22,16 +22,17 @@ import tritonconv as tc
 from tritonconv._checks import interpreting
 from tritonconv._progress import progress, write
 
-from bench import host, models, report, timing
-from bench.adapters import OPS, Case, Op
-from bench.suites import DTYPES, LAYOUTS, MODES, SUITES, Suite
+from . import OUT, host, models, report, timing
+from .adapters import OPS, Case, Op
+from .suites import DTYPES, LAYOUTS, MODES, SUITES, Suite
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+# The command as the user typed it: `python -m bench` in a checkout, the console script when installed.
+PROGRAM = "python -m bench" if __package__ == "bench" else "tritonconv-bench"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog=PROGRAM,
         description="Benchmark tritonconv's ops against PyTorch (cuDNN or its native kernels) on layers of real "
                     "networks. Without a GPU: check every case in Triton's interpreter on a scaled-down shape and "
                     "write the analytic columns only.")
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="dtypes (default: the suite's)")
     parser.add_argument("--layout", nargs="+", choices=LAYOUTS, help="memory layouts (default: the suite's)")
     parser.add_argument("--mode", nargs="+", choices=MODES, help="forward, forward+backward (default: both)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: bench/out)")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default: {OUT})")
     parser.add_argument("--check-only", action="store_true",
                         help="check every case on its scaled-down shape and time nothing (forced without a GPU)")
     parser.add_argument("--tune", action="store_true",
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.is_available()
     if not gpu and not interpreting():
         print("No CUDA GPU, and Triton's interpreter is off: set TRITON_INTERPRET=1 before triton is imported "
-              "(python -m bench does it)", file=sys.stderr)
+              f"({PROGRAM} does it)", file=sys.stderr)
         return 2
     if args.suite == models.NAME:
         with _settings(gpu, args.tune):

@@ -69,7 +69,8 @@ from tritonconv import _checks, _plans, dispatch, heuristics
 from tritonconv._progress import progress
 from tritonconv.static_checks import REJECTS_PATH, REJECT_VERDICTS
 
-from bench.report import markdown_table
+from . import OUT
+from .report import markdown_table
 
 # ---------------------------------------------------------------------------------------------------------
 # What to check.
@@ -612,7 +613,7 @@ def select(parser: argparse.ArgumentParser, names: list[str] | None, dtypes: lis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.static", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", nargs="+", choices=sorted(TARGETS), default=["sm_90"])
-    parser.add_argument("--out", type=Path, default=Path("bench/out/static"), help="folder for static.csv/.md")
+    parser.add_argument("--out", type=Path, default=OUT / "static", help="folder for static.csv/.md")
     parser.add_argument("--space", choices=("heuristic", "full"), default="heuristic",
                         help="heuristic: the configurations the dispatcher picks for the probes' shapes; "
                              "full: also every configuration of each kernel's tuning space")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.adapters import Case
+from .adapters import Case
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = ("nchw", "channels_last")
