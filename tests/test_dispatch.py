@@ -272,6 +272,12 @@ def test_cache_cli(tmp_path):
                     "'config': {'meta': {'BLOCK_M': 64}, 'num_warps': 4, 'num_stages': 3}})"], env=cache_env, check=True)
     listing = run("list")
     assert "1 entries" in listing and "conv2d_forward" in listing and "BLOCK_M=64" in listing
-    assert "removed 1" in run("clear")
+    # Damaged entries (the file is user-writable) are listed as such, not a traceback.
+    subprocess.run([sys.executable, "-c", "from tritonconv._cache import ConfigCache; c = ConfigCache(); "
+                    "c.put('a', 'not an entry'); c.put('b', {'kernel': 'conv2d_forward'}); "
+                    "c.put('c', {'config': {'meta': 3}})"], env=cache_env, check=True)
+    listing = run("list")
+    assert "4 entries" in listing and listing.count("damaged entry") == 3, listing
+    assert "removed 4" in run("clear")
     assert "0 entries" in run("list")
 
