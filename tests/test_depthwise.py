@@ -92,22 +92,25 @@ def test_weight_grad_steps_across_tile_rows_and_images():
     assert_close(w.grad, wr.grad, torch.float32, "weight grad")
 
 
-def test_tap_major_weights_follow_in_place_changes():
-    """The forward kernel reads a tap-major copy of the weights made once per weight version: reused while
-    the weight is unchanged, made again after an in-place change (the result follows the new weights)."""
-    x, w = rand(2, 5, 6, 7), rand(10, 1, 3, 3)
-    y = tc.depthwise_conv2d(x, w, None, 1, 1)
-    assert_close(y, _reference(x, w, None, 1, 1, 1), torch.float32, "first weights")
-    packed = tap_major(w)
-    assert tap_major(w) is packed
-    assert torch.equal(packed, w.reshape(10, 9).t())
+@pytest.mark.parametrize("op", ["depthwise", "separable"])
+def test_weights_changed_in_place_between_calls(op):
+    """The kernels read a tap-major copy of the depthwise weights. A change through `.data` (manual SGD, EMA
+    teachers) bypasses the version counter, so a copy kept per version would go stale: the result must
+    follow every kind of in-place change."""
+    x, w, pw = rand(2, 5, 6, 7), rand(10, 1, 3, 3), rand(4, 10, 1, 1)
+    if op == "depthwise":
+        run, reference = (lambda: tc.depthwise_conv2d(x, w, None, 1, 1)), (lambda: _reference(x, w, None, 1, 1, 1))
+    else:
+        run = lambda: tc.depthwise_separable_conv2d(x, w, pw, padding=1)  # noqa: E731
+        reference = lambda: F.conv2d(_reference(x, w, None, 1, 1, 1), pw.double())  # noqa: E731
+    assert torch.equal(tap_major(w), w.reshape(10, 9).t())
+    assert_close(run(), reference(), torch.float32, "first weights")
     w.mul_(-2.0)
-    assert tap_major(w) is not packed
-    y = tc.depthwise_conv2d(x, w, None, 1, 1)
-    assert_close(y, _reference(x, w, None, 1, 1, 1), torch.float32, "weights changed in place")
-    w[3, 0, 1, 2] = 7.0
-    y = tc.depthwise_conv2d(x, w, None, 1, 1)
-    assert_close(y, _reference(x, w, None, 1, 1, 1), torch.float32, "one weight changed in place")
+    assert_close(run(), reference(), torch.float32, "weights changed in place")
+    w.data[3, 0, 1, 2] = 7.0
+    assert_close(run(), reference(), torch.float32, "one weight changed through .data")
+    w.data.copy_(rand(10, 1, 3, 3))
+    assert_close(run(), reference(), torch.float32, "weights copied through .data")
 
 
 @pytest.mark.parametrize("dilation,padding", [(12, 12), (24, 24)])

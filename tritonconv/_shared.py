@@ -11,7 +11,6 @@ imports the package first, which registers every op, so such a call cannot miss.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -151,34 +150,17 @@ def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
     return {"TAPS_H": taps_h, "TAPS_W": taps_w}
 
 
-# Tap-major copies of depthwise weights, by id() of the weight tensor: (weak reference to it, the key it
-# was made under, the copy). The key holds the weight's storage address and version counter, so a weight
-# changed in place (optimizer step, load_state_dict, copy_) is repacked; an entry dies with its tensor.
-_TAP_MAJOR: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
-
-
-def _repack(w: torch.Tensor) -> torch.Tensor:
-    """(F, 1, KH, KW) -> contiguous (KH * KW, F)."""
-    return w.reshape(w.shape[0], -1).t().contiguous()
-
-
 def tap_major(w: torch.Tensor) -> torch.Tensor:
     """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
     channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
 
-    Made once per weight version and reused while the weight is neither freed nor changed in place.
-    Inference tensors keep no version counter, so theirs is made on every call.
+    Made on every call, never cached: a copy kept per weight version goes stale when the weight changes
+    where the version counter cannot see it (`w.data.mul_(...)`, as manual SGD and EMA teachers write), and
+    a CUDA graph that captured a launch reading a kept copy replays it after an optimizer step changed the
+    weight. Made here, the copy is part of every call and of every captured graph. It is KH * KW * F
+    elements, one small copy beside a pass over the activations.
     """
-    if w.is_inference():
-        return _repack(w)
-    key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape), w.stride())
-    entry = _TAP_MAJOR.get(id(w))
-    if entry is not None and entry[0]() is w and entry[1] == key:
-        return entry[2]
-    packed = _repack(w)
-    ident = id(w)
-    _TAP_MAJOR[ident] = (weakref.ref(w, lambda _ref: _TAP_MAJOR.pop(ident, None)), key, packed)
-    return packed
+    return w.reshape(w.shape[0], -1).t().contiguous()
 
 
 # A geometry travels through torch.library ops as plain ints: (stride, top/left padding, dilation, groups,

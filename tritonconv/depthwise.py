@@ -182,7 +182,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         def run(x, w, bias):
             y = alloc()
             z = alloc() if store_pre else x.new_empty(0)
-            packed = tap_major(w)  # the weight's tap-major copy, remade only when w changes
+            packed = tap_major(w)
             kernel(x, packed, packed if bias is None else bias, y, z if store_pre else y, *args)
             return y, z
         return run
