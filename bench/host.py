@@ -95,9 +95,19 @@ def stubbed_launches() -> Iterator[None]:
             dispatch.forget()
 
 
-def calls(requires_grad: bool, ops: list[str] | None = None) -> dict[str, Callable[[], object]]:
-    """Zero-argument calls: the two references, then one per op (the quick suite's first case of each, on
-    its interpreter-sized shape, bf16 channels_last), on uninitialised CPU tensors."""
+def _step(call: Callable[[], object]) -> Callable[[], object]:
+    """`call` and a backward through its (first) output, as a training step runs it."""
+    def step():
+        out = call()
+        out = out[0] if isinstance(out, tuple) else out
+        torch.autograd.backward(out, torch.empty_like(out))
+    return step
+
+
+def calls(mode: str, ops: list[str] | None = None) -> dict[str, Callable[[], object]]:
+    """Zero-argument calls in `mode` (see MODES): the two references, then one per op (the quick suite's
+    first case of each, on its interpreter-sized shape, bf16 channels_last), on uninitialised CPU tensors."""
+    requires_grad = mode != "fwd"
     x = torch.empty(2, 4, 8, 8, requires_grad=requires_grad)
     result = {FUNCTION: lambda: _EmptyFunction.apply(x), CUSTOM_OP: lambda: _empty_op(x)}
     cases = {}
@@ -111,7 +121,7 @@ def calls(requires_grad: bool, ops: list[str] | None = None) -> dict[str, Callab
                        memory_format=fmt if len(shape) == 4 else torch.contiguous_format).requires_grad_(requires_grad)
                    for key, shape in op.shapes(case).items()}
         result[name] = lambda op=op, case=case, tensors=tensors: op.ours(case, tensors)
-    return result
+    return {name: _step(call) for name, call in result.items()} if mode == "step" else result
 
 
 def per_call_us(named_calls: dict[str, Callable[[], object]], number: int, repeats: int) -> dict[str, float]:
@@ -136,20 +146,26 @@ def per_call_us(named_calls: dict[str, Callable[[], object]], number: int, repea
     return best
 
 
+# What is timed: the forward call alone ("fwd"), the forward call with inputs requiring grad, autograd
+# recording ("grad"), and that call followed by its backward ("step", a training step of one op).
+MODES = ("fwd", "grad", "step")
+
+
 def host_times(ops: list[str] | None = None, number: int = 2000, repeats: int = 7,
-               modes: tuple[str, ...] = ("fwd", "grad")) -> dict[str, dict[str, float]]:
-    """{"fwd": us per call, "grad": us per call with inputs requiring grad} (the `modes` asked for) for the
-    references and `ops` (default: every op of the quick suite), launches stubbed out."""
+               modes: tuple[str, ...] = MODES) -> dict[str, dict[str, float]]:
+    """{mode: {call: us per call}} for the `modes` asked for (see MODES), for the references and `ops`
+    (default: every op of the quick suite), launches stubbed out."""
     with stubbed_launches():
-        return {mode: per_call_us(calls(mode == "grad", ops), number, repeats) for mode in modes}
+        return {mode: per_call_us(calls(mode, ops), number, repeats) for mode in modes}
 
 
 def frame(times: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per call: us per call forward and with grad, and each as a multiple of the empty
-    Function's forward-only time in the same run."""
-    unit = times["fwd"][FUNCTION]
-    return pd.DataFrame([{"op": name, "fwd_us": times["fwd"][name], "fwd_x_function": times["fwd"][name] / unit,
-                          "grad_us": times["grad"][name], "grad_x_function": times["grad"][name] / unit}
+    """One row per call: us per call in each mode, and each as a multiple of the empty Function in the same
+    run: of its forward-only call for "fwd" and "grad", of its own step for "step"."""
+    units = {mode: times["step" if mode == "step" else "fwd"][FUNCTION] for mode in times}
+    return pd.DataFrame([{"op": name, **{column: value for mode in times for column, value in
+                                         ((f"{mode}_us", times[mode][name]),
+                                          (f"{mode}_x_function", times[mode][name] / units[mode]))}}
                          for name in times["fwd"]])
 
 
@@ -236,9 +252,10 @@ def main(out: Path | None, number: int = 2000, repeats: int = 7, gpu: bool = Fal
     df = frame(host_times(number=number, repeats=repeats))
     us, ratio = "{:.1f}".format, "{:.1f}x".format
     text = ("Host time per cached eager call, Triton launches stubbed out (CPU, PROBE mode, tuning off); "
-            f"min over {repeats} rounds of the mean of {number} calls. x_function: multiple of the empty "
-            "autograd.Function's forward-only time in the same run.\n\n"
-            + markdown_table(df, {"fwd_us": us, "grad_us": us, "fwd_x_function": ratio, "grad_x_function": ratio})
+            f"min over {repeats} rounds of the mean of {number} calls. fwd: the call; grad: the call with inputs "
+            "requiring grad; step: that call and its backward. x_function: multiple of the empty "
+            "autograd.Function's time in the same run (its forward-only call; for step, its step).\n\n"
+            + markdown_table(df, {c: us if c.endswith("_us") else ratio for c in df.columns if c != "op"})
             + "\n")
     if gpu:
         gdf = gpu_frame()

@@ -165,6 +165,34 @@ def allocator(like: torch.Tensor, device: torch.device) -> Callable[[], torch.Te
     return functools.partial(torch.empty_strided, tuple(like.shape), like.stride(), dtype=like.dtype, device=device)
 
 
+# Custom ops that backward passes call: name -> (how many leading arguments are tensors, planner).
+_PLANNERS: dict[str, tuple[int, Callable]] = {}
+
+
+def plannable(name: str, tensors: int, planner: Callable) -> None:
+    """Let backward passes run the custom op `tritonconv::{name}` through plans (`call`): `planner(*args)`,
+    given the op's arguments, returns run(*tensors) for its first `tensors` arguments, what the op's own
+    implementation then calls."""
+    _PLANNERS[name] = (tensors, planner)
+
+
+def call(name: str, *args: object) -> torch.Tensor:
+    """`torch.ops.tritonconv.{name}(*args)` as a backward pass calls it. Eager, and not itself recorded by
+    autograd (a backward without create_graph), it is the plan of the call's key, as the public ops'
+    forward calls are: one lookup, then the launches, without the custom-op machinery or rebuilding the
+    launch. Otherwise (tracing, double backward) the custom op itself, which those need to see."""
+    count, planner = _PLANNERS[name]
+    tensors = args[:count]
+    if not eager(*tensors) or needs_grad(*tensors):
+        return getattr(torch.ops.tritonconv, name)(*args)
+    device = next((t.device for t in tensors if isinstance(t, torch.Tensor)), None)
+    # Backward passes hand geometry over as lists (what the op's schema gives setup_context): tuples here,
+    # so the key hashes at the first try.
+    rest = (tuple(a) if isinstance(a, list) else a for a in args[count:])
+    found = plan((name, *map(meta, tensors), *rest), lambda: Plan(planner(*args), device=device))
+    return found(False, *tensors)
+
+
 def register_autograd(op, backward: Callable, setup_context: Callable) -> Autograd:
     """Register a custom op's autograd and return it for the op's plans, so that both paths run the same
     setup_context and backward."""

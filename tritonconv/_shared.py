@@ -222,20 +222,30 @@ def channel_sum(dy: torch.Tensor) -> torch.Tensor:
 
 def register_gradient_ops(name: str, input_grad: Callable, weight_grad: Callable) -> None:
     """Register "tritonconv::{name}_input_grad"(dy, w, x, geometry...) and
-    "tritonconv::{name}_weight_grad"(x, dy, w, geometry...) as custom ops with fakes: the backward ops of
-    a convolution family, whose launchers take (dy, w, geo, x) and (x, dy, geo, w) and return run(dy, w)
-    and run(x, dy)."""
+    "tritonconv::{name}_weight_grad"(x, dy, w, geometry...) as custom ops with fakes, plannable for
+    backward passes (`_plans.call`): the backward ops of a convolution family, whose launchers take
+    (dy, w, geo, x) and (x, dy, geo, w) and return run(dy, w) and run(x, dy)."""
+
+    @dispatch.on_inputs_device  # the launch is planned under its tensors' device
+    def input_grad_plan(dy, w, x, stride, padding, dilation, groups, output_size):
+        run = input_grad(dy, w, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), x)
+        return lambda dy, w, x: run(dy, w)
+
+    @dispatch.on_inputs_device  # the launch is planned under its tensors' device
+    def weight_grad_plan(x, dy, w, stride, padding, dilation, groups, output_size):
+        run = weight_grad(x, dy, geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size), w)
+        return lambda x, dy, w: run(x, dy)
 
     @dispatch.on_inputs_device  # the launch runs under its tensors' device
-    def input_grad_op(dy, w, x, stride, padding, dilation, groups, output_size):
-        geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-        return input_grad(dy, w, geo, x)(dy, w)
+    def input_grad_op(dy, w, x, *geo_args):
+        return input_grad_plan(dy, w, x, *geo_args)(dy, w, x)
 
     @dispatch.on_inputs_device  # the launch runs under its tensors' device
-    def weight_grad_op(x, dy, w, stride, padding, dilation, groups, output_size):
-        geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-        return weight_grad(x, dy, geo, w)(x, dy)
+    def weight_grad_op(x, dy, w, *geo_args):
+        return weight_grad_plan(x, dy, w, *geo_args)(x, dy, w)
 
+    _plans.plannable(f"{name}_input_grad", 3, input_grad_plan)
+    _plans.plannable(f"{name}_weight_grad", 3, weight_grad_plan)
     input_op = torch.library.custom_op(f"tritonconv::{name}_input_grad", input_grad_op, mutates_args=(),
                                        schema=f"(Tensor dy, Tensor w, Tensor x, {GEOMETRY_SCHEMA}) -> Tensor")
     weight_op = torch.library.custom_op(f"tritonconv::{name}_weight_grad", weight_grad_op, mutates_args=(),
@@ -298,6 +308,9 @@ def _(dy, z, activation):
     return torch.empty_like(z)
 
 
+_plans.plannable("activation_backward", 2, activation_backward)
+
+
 def needs_pre_activation(activation: str, *tensors: torch.Tensor | None) -> bool:
     """Whether a forward must keep the activation's input: an activation is applied and autograd will
     differentiate through it."""
@@ -321,10 +334,14 @@ def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
     give dx and dw, and db is dz summed over (n, h, w). z itself is an internal output, never
     differentiated.
     """
-    @dispatch.on_inputs_device  # the launch runs under its tensors' device
-    def compute(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
+    @dispatch.on_inputs_device  # the launch is planned under its tensors' device
+    def planner(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
         geo = geometry(x.shape, w.shape, stride, padding, dilation, groups, output_size)
-        return forward(x, w, bias, geo, activation, store_pre)(x, w, bias)
+        return forward(x, w, bias, geo, activation, store_pre)
+
+    @dispatch.on_inputs_device  # the launch runs under its tensors' device
+    def compute(x, w, bias, *args):
+        return planner(x, w, bias, *args)(x, w, bias)
 
     def fake(x, w, bias, stride, padding, dilation, groups, output_size, activation, store_pre):
         y = empty_like_layout((x.shape[0], w.shape[0], *output_size), channels_last(x, w), x.dtype, x.device)
@@ -339,10 +356,9 @@ def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
 
     def backward(ctx, dy, _dz):
         x, w, z = ctx.saved_tensors
-        ops = torch.ops.tritonconv
-        dz = dy if ctx.activation == "none" else ops.activation_backward(dy, z, ctx.activation)
-        dx = getattr(ops, f"{gradients}_input_grad")(dz, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
-        dw = getattr(ops, f"{gradients}_weight_grad")(x, dz, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
+        dz = dy if ctx.activation == "none" else _plans.call("activation_backward", dy, z, ctx.activation)
+        dx = _plans.call(f"{gradients}_input_grad", dz, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
+        dw = _plans.call(f"{gradients}_weight_grad", x, dz, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
         db = channel_sum(dz) if ctx.needs_input_grad[2] else None
         return input_grads(ctx, dx, dw, db)
 
@@ -350,6 +366,7 @@ def register_epilogue_op(name: str, forward: Callable, gradients: str) -> None:
                                  schema=f"(Tensor x, Tensor w, Tensor? bias, {GEOMETRY_SCHEMA}, str activation, "
                                         "bool store_pre) -> (Tensor, Tensor)")
     op.register_fake(fake)
+    _plans.plannable(name, 3, planner)
     _EPILOGUES[name] = forward, _plans.register_autograd(op, backward, setup_context)
 
 

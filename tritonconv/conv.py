@@ -257,8 +257,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy):
     """dx and dw from our kernels; db = sum of dy over (n, h, w), accumulated in float32."""
     x, w = ctx.saved_tensors
-    dx = torch.ops.tritonconv.conv2d_input_grad(dy, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
-    dw = torch.ops.tritonconv.conv2d_weight_grad(x, dy, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
+    dx = _plans.call("conv2d_input_grad", dy, w, x, *ctx.geometry) if ctx.needs_input_grad[0] else None
+    dw = _plans.call("conv2d_weight_grad", x, dy, w, *ctx.geometry) if ctx.needs_input_grad[1] else None
     db = channel_sum(dy) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return input_grads(ctx, dx, dw, db)
 

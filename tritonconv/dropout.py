@@ -246,6 +246,9 @@ def _(x, seed, mode, p, size, channels_last):
     return _empty_output(x, channels_last, x.device)
 
 
+_plans.plannable("dropout_mask", 2, apply_mask)
+
+
 def _mask_setup_context(ctx, inputs, output):
     _x, seed, *params = inputs
     ctx.save_for_backward(seed)
@@ -254,7 +257,7 @@ def _mask_setup_context(ctx, inputs, output):
 
 def _mask_backward(ctx, dy):
     (seed,) = ctx.saved_tensors
-    return input_grads(ctx, torch.ops.tritonconv.dropout_mask(dy, seed, *ctx.params))
+    return input_grads(ctx, _plans.call("dropout_mask", dy, seed, *ctx.params))
 
 
 _MASK_AUTOGRAD = _plans.register_autograd(_mask_op, _mask_backward, _mask_setup_context)
@@ -285,6 +288,9 @@ def _(x, seed, count, block, gamma, channels_last):
     return empty_like_layout(x.shape, channels_last, x.dtype, x.device)
 
 
+_plans.plannable("drop_block_apply", 3, drop_block_apply)
+
+
 def _drop_block_setup_context(ctx, inputs, output):
     _x, seed, count, *params = inputs
     ctx.save_for_backward(seed, count)
@@ -293,7 +299,7 @@ def _drop_block_setup_context(ctx, inputs, output):
 
 def _drop_block_backward(ctx, dy):
     seed, count = ctx.saved_tensors
-    return input_grads(ctx, torch.ops.tritonconv.drop_block_apply(dy, seed, count, *ctx.params))
+    return input_grads(ctx, _plans.call("drop_block_apply", dy, seed, count, *ctx.params))
 
 
 _DROP_BLOCK_AUTOGRAD = _plans.register_autograd(_drop_block_apply_op, _drop_block_backward, _drop_block_setup_context)

@@ -232,9 +232,17 @@ def _(x, seed, kernel, stride, padding, dilation, output_size, mode, p, store_in
                          schema=f"(Tensor dy, Tensor saved, int[] input_size, {_POOL_SCHEMA}, bool channels_last) "
                                 "-> Tensor")
 @dispatch.on_inputs_device  # the launch runs under its tensors\' device
-def _pool_backward_op(dy, saved, input_size, kernel, stride, padding, dilation, output_size, mode, p, channels_last):
+def _pool_backward_op(dy, saved, *args):
+    return _pool_backward_plan(dy, saved, *args)(dy, saved)
+
+
+@dispatch.on_inputs_device  # the launch is planned under its tensors' device
+def _pool_backward_plan(dy, saved, input_size, kernel, stride, padding, dilation, output_size, mode, p, channels_last):
     geo = _geometry(input_size, kernel, stride, padding, dilation, output_size)
-    return pool_backward(dy, saved, geo, mode, p, channels_last)(dy, saved)
+    return pool_backward(dy, saved, geo, mode, p, channels_last)
+
+
+_plans.plannable("max_pool2d_backward", 2, _pool_backward_plan)
 
 
 @_pool_backward_op.register_fake
@@ -255,7 +263,7 @@ def _pool_setup_context(ctx, inputs, output):
 def _pool_backward(ctx, dy, _didx):
     (saved,) = ctx.saved_tensors
     input_size, out_channels_last = ctx.input
-    dx = torch.ops.tritonconv.max_pool2d_backward(dy, saved, input_size, *ctx.geometry, out_channels_last)
+    dx = _plans.call("max_pool2d_backward", dy, saved, input_size, *ctx.geometry, out_channels_last)
     return input_grads(ctx, dx)
 
 

@@ -132,17 +132,17 @@ def _backward(ctx, dy):
     x, wd, bd, wp = ctx.saved_tensors
     act, needs = ctx.activation, ctx.needs_input_grad
     needs_mid = any(needs[:3])
-    a, t = torch.ops.tritonconv.depthwise_conv2d(x, wd, bd, *ctx.geometry, act, needs_mid and act != "none")
+    a, t = _plans.call("depthwise_conv2d", x, wd, bd, *ctx.geometry, act, needs_mid and act != "none")
     # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's size.
     pw_geometry = ([1, 1], [0, 0], [1, 1], 1, ctx.geometry[-1])
-    dwp = torch.ops.tritonconv.conv2d_weight_grad(a, dy, wp, *pw_geometry) if needs[3] else None
+    dwp = _plans.call("conv2d_weight_grad", a, dy, wp, *pw_geometry) if needs[3] else None
     dbp = channel_sum(dy) if needs[4] else None
     dx = dwd = dbd = None
     if needs_mid:
-        da = torch.ops.tritonconv.conv2d_input_grad(dy, wp, a, *pw_geometry)
-        dt = da if act == "none" else torch.ops.tritonconv.activation_backward(da, t, act)
-        dx = torch.ops.tritonconv.depthwise_conv2d_input_grad(dt, wd, x, *ctx.geometry) if needs[0] else None
-        dwd = torch.ops.tritonconv.depthwise_conv2d_weight_grad(x, dt, wd, *ctx.geometry) if needs[1] else None
+        da = _plans.call("conv2d_input_grad", dy, wp, a, *pw_geometry)
+        dt = da if act == "none" else _plans.call("activation_backward", da, t, act)
+        dx = _plans.call("depthwise_conv2d_input_grad", dt, wd, x, *ctx.geometry) if needs[0] else None
+        dwd = _plans.call("depthwise_conv2d_weight_grad", x, dt, wd, *ctx.geometry) if needs[1] else None
         dbd = channel_sum(dt) if needs[2] else None
     return input_grads(ctx, dx, dwd, dbd, dwp, dbp)
 
