@@ -11,7 +11,9 @@ Public ops take this path when nothing needs to see their `torch.library` custom
 torch.compile and torch.export trace the custom ops, as do dispatch modes (FakeTensorMode, opcheck),
 functorch transforms and tensor subclasses or modes with `__torch_function__`. There, a plan runs its
 launches directly, or through `_EagerFunction`, a plain `torch.autograd.Function` calling the custom op's
-own `setup_context` and backward, when autograd records the call.
+own `setup_context` and backward, when autograd records the call. Those backwards call their gradient
+ops through `call`, which takes the same path: the plan of the gradient op's key when the backward is
+eager and not itself recorded (no create_graph), the custom op otherwise.
 
 Plans hold the dispatcher's decisions, so whatever changes a decision drops them: `dispatch.forget`,
 `set_backend`, `set_autotune`, `_checks.running_as`. While decisions are tuned or observed
@@ -131,7 +133,10 @@ def plan(key: tuple, build: Callable[[], T]) -> T:
         found = build()
         if not _uncached:
             if len(_PLANS) >= MAX_PLANS:
-                _PLANS.pop(next(iter(_PLANS), None), None)
+                try:
+                    _PLANS.pop(next(iter(_PLANS)), None)
+                except (StopIteration, RuntimeError):  # another thread (autograd's) changed the dict meanwhile
+                    pass
             _PLANS[key] = found
     return found
 
