@@ -168,6 +168,21 @@ def test_pool_dropout_shares_one_draw_per_unit(geometry):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pool_dropout_pairs_path_matches_window_walk(channels_last):
+    """2x2 stride-2 windows take the pair path (one Philox call per output pair), every other window the
+    window walk: both see the draws of the 1x1-window mask, on odd sizes (a last pair with one output,
+    a last input column in no window) and a non-contiguous view."""
+    p, seed = 0.5, 7
+    x = rand(2, 5, 11, 22, channels_last=channels_last)[:, :, :, ::2]   # 11 x 11, W stride 2
+    keep = _kept_units(x, p, seed)
+    y = tc.max_pool2d_dropout(x, 2, p=p, seed=seed)
+    assert torch.equal(y.double(), _masked_max_pool(x.double(), keep, 2, None, 0, 1))
+    # 2x2 windows at stride 1 overlap and take the walk: the same draws again.
+    y1 = tc.max_pool2d_dropout(x, 2, 1, p=p, seed=seed)
+    assert torch.equal(y1.double(), _masked_max_pool(x.double(), keep, 2, 1, 0, 1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_pool_dropout_dtypes_layouts(dtype, channels_last):
     p, seed, geometry = 0.4, 3, (3, 2, 1, 1)
