@@ -155,7 +155,7 @@ def drop_block_kernel(
 
     Pass 1 (COUNT) counts the kept elements of the program's own outputs (the halos overlap, the outputs
     do not) and adds them to one int64 with an atomic. Pass 2 (APPLY) draws the same seeds and writes
-    y = x * keep * numel / (eps + count), reading x only where kept. The backward is pass 2 on dy with the
+    y = x * keep * numel / (eps + count) (dropped elements as exact zeros). The backward is pass 2 on dy with the
     same count. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
     """
     out_cols = BLOCK_W - bs + 1
@@ -222,9 +222,11 @@ def drop_block_kernel(
             if COUNT:
                 kept += (out & keep).to(tl.int32)
             else:
+                # Masked by bounds only, so that the load stays a vector load; the keep decision is a
+                # select, so a dropped element comes out as an exact zero whatever it holds.
                 x_row = x_ptr + (x_c + i.to(tl.int64) * sxh)[:, None] + x_w[None, :]
-                x = tl.load(x_row, mask=out & keep, other=0.0).to(tl.float32)
+                x = tl.load(x_row, mask=out, other=0.0).to(tl.float32)
                 y_row = y_ptr + (y_c + i.to(tl.int64) * syh)[:, None] + y_w[None, :]
-                tl.store(y_row, (x * scale).to(y_ptr.dtype.element_ty), mask=out)
+                tl.store(y_row, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out)
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))

@@ -429,7 +429,7 @@ def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool 
     its meaning.
 
     Two passes, no stored mask: pass 1 draws the seeds and counts the kept elements into one int64 on the
-    device (no read of x); pass 2 draws them again and writes y, reading x only where kept. The backward
+    device (no read of x); pass 2 draws them again and writes y (dropped elements as exact zeros). The backward
     is pass 2 applied to dy with the saved seed and count. Returns `input` itself when not training or
     p = 0.
 
