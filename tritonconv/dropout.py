@@ -11,6 +11,7 @@ mask in the same kernel applied to the incoming gradient.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Callable, Mapping
 
@@ -92,11 +93,19 @@ def _drop_block_programs(config: dispatch.Config, problem: dispatch.Problem) -> 
 
 def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
                       args: Mapping[str, object]) -> tuple[float, ...]:
-    """The Philox calls of four seed rows each that a program's rows and their bs - 1 halo rows need,
-    averaged over its row blocks, then the four rows of a call."""
+    """Averaged over a program's row blocks: its chunks of 32 seed rows (from its first halo row, rounded
+    down to a Philox call's four), then per chunk the Philox calls that draw seeds, the doubling steps
+    that spread them along the lanes (ceil(log2(bs))), and the rows walked."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
-    calls = [cdiv(min(h0 + block_h, h), 4) - max(h0 - bs + 1, 0) // 4 for h0 in range(0, h, block_h)]
-    return (sum(calls) / len(calls), 4)
+    chunks, calls, rows = [], [], []
+    for h0 in range(0, h, block_h):
+        h_end = min(h0 + block_h, h)
+        first = max(h0 - bs + 1, 0) // 4
+        chunks.append(len(range(first, cdiv(h_end, 4), 8)))
+        calls.append(max(0, cdiv(min(h_end, h - bs + 1), 4) - first))
+        rows.append(h_end - 4 * first)
+    n = sum(chunks)
+    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), sum(rows) / n)
 
 
 dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space,
