@@ -62,13 +62,13 @@ def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
     lanes (8192 in the interpreter, which pays per program), 4 per thread: each lane carries Philox
     words, a running count and row state, so 8 lanes a thread leave room for one block per SM and 4 for
     two (`python -m bench.static --kernel drop_block_count drop_block_apply --space full` shows the
-    registers). Rows: up to 32 per program on a GPU (the halo costs bs - 1 extra seed rows per program),
+    registers). Rows: up to 64 per program on a GPU (the halo costs bs - 1 extra seed rows per program),
     the whole map in the interpreter."""
     block = dict(problem.extra)["block"]
     widest = 64 if problem.channels_last and not interpreter else 128
     block_w = heuristics.pow2_clamp(problem.n + block - 1, 4, max(widest, next_power_of_2(2 * block)))
     block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
-    block_h = problem.k if interpreter else min(problem.k, 32)
+    block_h = problem.k if interpreter else min(problem.k, 64)
     warps = heuristics.pow2_clamp(block_c * block_w // 128, 1, 8)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
 
