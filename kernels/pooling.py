@@ -203,6 +203,7 @@ def max_pool2d_forward_kernel(
     MODE: tl.constexpr,          # MAX, DROPOUT or WEIGHTED
     STORE_INDEX: tl.constexpr,   # write the winning tap to idx, for the backward (MAX, DROPOUT)
     PAIRS: tl.constexpr,         # DROPOUT with 2x2 stride-2 windows, no padding or dilation: `_dropout_pairs`
+    TAPS: tl.constexpr,          # MAX: the side of a common square window (2, 3), unrolled; 0 walks KH x KW
     SPAN_H: tl.constexpr,        # DROPOUT otherwise: 2x4 blocks of units a window overlaps, at most, down its rows
     SPAN_W: tl.constexpr,        # ... and along its columns
     BLOCK_C: tl.constexpr,       # channels of one sample per program
@@ -217,13 +218,13 @@ def max_pool2d_forward_kernel(
     else:
         _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h,
                          pad_w, dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE,
-                         STORE_INDEX, SPAN_H, SPAN_W, BLOCK_C, BLOCK_P)
+                         STORE_INDEX, TAPS, SPAN_H, SPAN_W, BLOCK_C, BLOCK_P)
 
 
 @triton.jit
 def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
                      dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE: tl.constexpr,
-                     STORE_INDEX: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
+                     STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_forward_kernel for any window: each lane one output, walking its window."""
     n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, OH * OW, BLOCK_C, BLOCK_P)
@@ -254,24 +255,35 @@ def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, s
             # per tap; bfloat16 in float32, since Triton's interpreter compares bfloat16 as raw bits.
             if x_ptr.dtype.element_ty == tl.float16:
                 best = best.to(tl.float16)
-            # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
-            # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.
-            off_h = 0
-            off_w = 0
-            for t in range(KK):
-                ih = ih0 + off_h
-                iw = iw0 + off_w
-                ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf"))
-                v = v.to(best.dtype)
-                # Taps come in order here, so `_wins` reduces to F.max_pool2d's own test: greater, or NaN
-                # (a later NaN replaces an earlier one); the first tap inside the input is taken whatever
-                # it holds, so that an all -inf window names it as torch does.
-                best, best_tap = _scan_tap(v, ok, t, best, best_tap, KK)
-                off_w += dil_w
-                wrap = off_w == KW * dil_w
-                off_h += tl.where(wrap, dil_h, 0)
-                off_w = tl.where(wrap, 0, off_w)
+            if TAPS:
+                # A common window (2x2, 3x3), unrolled: each kernel row's bounds and offset are found once,
+                # each column's once (the compiler shares them across rows).
+                for kh in tl.static_range(TAPS):
+                    ih = ih0 + kh * dil_h
+                    row_ok = valid & (ih >= 0) & (ih < H)
+                    x_row = x_map + ih.to(tl.int64) * sxh
+                    for kw in tl.static_range(TAPS):
+                        iw = iw0 + kw * dil_w
+                        ok = row_ok & (iw >= 0) & (iw < W)
+                        v = tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(best.dtype)
+                        best, best_tap = _scan_tap(v, ok, kh * TAPS + kw, best, best_tap, KK)
+            else:
+                # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
+                # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.
+                off_h = 0
+                off_w = 0
+                for t in range(KK):
+                    ih = ih0 + off_h
+                    iw = iw0 + off_w
+                    ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok,
+                                other=float("-inf")).to(best.dtype)
+                    # Taps come in order here, so `_wins` reduces to F.max_pool2d's own test (`_scan_tap`).
+                    best, best_tap = _scan_tap(v, ok, t, best, best_tap, KK)
+                    off_w += dil_w
+                    wrap = off_w == KW * dil_w
+                    off_h += tl.where(wrap, dil_h, 0)
+                    off_w = tl.where(wrap, 0, off_w)
             out = best
         else:
             # Walk the 2x4 blocks of units that cover the window, one Philox call per block: block (bh, bw)

@@ -10,11 +10,14 @@ import tritonconv as tc
 from conftest import DTYPES, assert_close, op_sample, rand
 
 # (N, C, H, W, kernel_size, stride, padding, dilation, ceil_mode): VGG's 2x2/2, ResNet's 3x3/2 pad 1,
-# AlexNet's 3x3/2 in ceil mode, non-square kernels, strides, paddings and dilations, odd sizes.
+# AlexNet's 3x3/2 in ceil mode, dilated 3x3 and 2x2 (the unrolled windows: 2x2 and 3x3), non-square
+# kernels, a 5x5 (the runtime walk), strides, paddings and dilations, odd sizes.
 CASES = [
     (2, 5, 9, 11, 2, None, 0, 1, False),
     (1, 6, 11, 10, 3, 2, 1, 1, False),
     (2, 3, 13, 12, 3, 2, 0, 1, True),
+    (1, 3, 12, 11, 3, 1, 1, (2, 3), True),
+    (1, 5, 9, 10, 2, 3, 1, 2, False),
     (1, 4, 9, 10, (2, 3), (1, 2), (1, 1), (2, 1), True),
     (2, 3, 10, 9, (3, 1), (2, 1), (1, 0), (1, 3), False),
     (1, 7, 8, 9, 5, 3, 2, 1, True),

@@ -56,6 +56,11 @@ class PoolGeometry:
         phases = {(s * o - p) % b for o in range(min(out, b))}
         return max((q + (k - 1) * d) // b + 1 for q in phases)
 
+    def fixed_taps(self) -> int:
+        """The side of a common square window (2 or 3), which max pooling unrolls with a constexpr size;
+        0 for any other window, walked with runtime sizes."""
+        return self.kernel[0] if self.kernel in ((2, 2), (3, 3)) else 0
+
     def pairs(self) -> bool:
         """Whether max-pooling dropout takes its 2x2 stride-2 fast path (kernels.pooling `_dropout_pairs`):
         no padding, no dilation."""
@@ -115,10 +120,11 @@ def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 def _pool_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
     """The window's taps (weighted pooling: and, inside, the rank loop over the taps again); the dropout
-    forward walks its SPAN_H x SPAN_W blocks of units instead. The backward unrolls its GATHER_H x GATHER_W
+    forward walks its SPAN_H x SPAN_W blocks of units instead; a common window (TAPS) and the pair path
+    have no loop. The backward unrolls its GATHER_H x GATHER_W
     candidate windows: no loop, or (weighted) one rank loop per candidate."""
     taps = args["KH"] * args["KW"]
-    if problem.kernel == "max_pool2d_forward" and args["PAIRS"]:
+    if problem.kernel == "max_pool2d_forward" and (args["PAIRS"] or args["TAPS"]):
         return ()
     if problem.kernel == "max_pool2d_backward":
         return (taps,) * (args["GATHER_H"] * args["GATHER_W"]) if args["WEIGHTED"] else ()
@@ -161,12 +167,14 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     problem = dispatch.Problem(
         "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=x.dtype, channels_last=cl, extra=(("mode", mode), ("pairs", pairs)))
+    taps = geo.fixed_taps() if mode == MAX.value else 0
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
     args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_forward_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
-                                 STORE_INDEX=store_index, PAIRS=pairs, SPAN_H=geo.span(0), SPAN_W=geo.span(1), **cfg.launch_kwargs())
+                                 STORE_INDEX=store_index, PAIRS=pairs, TAPS=taps, SPAN_H=geo.span(0),
+                                 SPAN_W=geo.span(1), **cfg.launch_kwargs())
 
         def run(x, seed):
             y, idx = alloc_y(), alloc_idx()
