@@ -350,6 +350,9 @@ def max_pool2d_backward_kernel(
     GATHER_H: tl.constexpr,   # windows down the rows that can hold one input row: ((KH-1)*dil_h) // stride_h + 1
     GATHER_W: tl.constexpr,   # ... and along the columns
     DILATED: tl.constexpr,    # dil_h > 1 or dil_w > 1: a tap offset must be divided by the dilation
+    STRIDE: tl.constexpr,     # a common square stride (2, 3) as a constant, so dividing by it is a multiply; 0: the
+                              # runtime stride_h, stride_w (a stride of 1 is specialised by Triton itself)
+    SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both
     BLOCK_C: tl.constexpr,    # channels of one sample per program
     BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program
 ):
@@ -373,6 +376,9 @@ def max_pool2d_backward_kernel(
         v = v.to(tl.float32)
     else:
         idx_map = idx_ptr + n * sidxn + c64 * sidxc
+    if STRIDE:
+        stride_h = STRIDE
+        stride_w = STRIDE
     oh_last = (ih + pad_h) // stride_h
     rem_h = ih + pad_h - oh_last * stride_h
     ow_last = (iw + pad_w) // stride_w
@@ -386,7 +392,8 @@ def max_pool2d_backward_kernel(
                                            DILATED)
         ok = valid & (oh_ok & ow_ok)[None, :]
         t = (kh * KW + kw)[None, :]
-        g = tl.load(dy_map + (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :], mask=ok, other=0.0)
+        dy_offs = (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :]
+        g = tl.load(dy_map + dy_offs, mask=ok, other=0.0)
         if WEIGHTED:
             taps = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + t
             rank = _window_rank(x_map, (oh * stride_h - pad_h)[None, :], (ow * stride_w - pad_w)[None, :], ok,
@@ -394,8 +401,11 @@ def max_pool2d_backward_kernel(
             acc += tl.where(ok, g.to(tl.float32) * _keep_weight(rank, p), 0.0)
         else:
             # Outside `ok` the record reads as KH*KW, which names no tap: the compare alone masks it.
-            sel = tl.load(idx_map + (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :], mask=ok,
-                          other=KH * KW)
+            if SAME_STRIDES:
+                idx_offs = dy_offs
+            else:
+                idx_offs = (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :]
+            sel = tl.load(idx_map + idx_offs, mask=ok, other=KH * KW)
             acc += tl.where(sel.to(tl.int32) == t, g.to(tl.float32), 0.0)
 
     dx_offs = n * sdxn + c64 * sdxc + (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]

@@ -206,6 +206,8 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_backward_kernel, (dispatch.programs(cfg, problem),), WEIGHTED=weighted,
                                  GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
+                                 STRIDE=geo.stride[0] if geo.stride[0] == geo.stride[1] in (2, 3) else 0,
+                                 SAME_STRIDES=not weighted and dy.stride() == saved.stride(),
                                  **cfg.launch_kwargs())
 
         def run(dy, saved):
