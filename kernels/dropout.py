@@ -124,6 +124,20 @@ def dropout_mask_kernel(
 
 
 @triton.jit
+def _spread_lanes(bits, lane, width):
+    """For each lane t, the OR of `bits` over lanes [t - width + 1, t] along axis 1 (none before lane 0),
+    in ceil(log2(width)) doubling steps: after a step covering c lanes, OR-ing in the result s <= c lanes
+    to the left covers c + s. `lane` is each element's index along axis 1."""
+    covered = 1
+    while covered < width:
+        step = tl.minimum(covered, width - covered)
+        shifted = tl.gather(bits, tl.maximum(lane - step, 0), 1)
+        bits |= tl.where(lane >= step, shifted, 0)
+        covered += step
+    return bits
+
+
+@triton.jit
 def drop_block_kernel(
     x_ptr, y_ptr,   # input and output (APPLY only)
     seed_ptr,       # one int64, the Philox seed
@@ -147,15 +161,16 @@ def drop_block_kernel(
     A seed at grid position (i, j) drops the bs x bs square of rows [i, i+bs) and columns [j, j+bs), so
     element (h, w) is dropped when some seed lies in rows [h-bs+1, h] and columns [w-bs+1, w]. Each
     program owns BLOCK_C maps x BLOCK_H rows x (BLOCK_W - bs + 1) columns and walks the seed rows from
-    h0 - bs + 1 down to its last row. For each seed row it draws the seeds of its lanes, counts the seeds
-    in each lane's columns [w-bs+1, w] as the difference of two entries of a running count along the
-    lanes (a hit when positive), and keeps per lane the last seed row with a hit; output row h is dropped
-    where that row is >= h - bs + 1. So each seed is drawn once per program, and the halo costs bs - 1
-    extra rows and columns of draws, never bs^2 draws per element.
+    h0 - bs + 1 down to its last row, 32 at a time: it draws the seeds of its lanes for the 32 rows as
+    the bits of one int32 per lane, spreads each bit over the lane and the bs - 1 lanes to its right
+    (`_spread_lanes`: a few gathers along the lanes per 32 rows), and then, row by row, keeps per lane the
+    last seed row with a hit; output row h is dropped where that row is >= h - bs + 1. So each seed is
+    drawn once per program, the halo costs bs - 1 extra rows and columns of draws, never bs^2 draws per
+    element, and the work along the lanes is paid once per 32 rows, not per row.
 
     Pass 1 (COUNT) counts the kept elements of the program's own outputs (the halos overlap, the outputs
     do not) and adds them to one int64 with an atomic. Pass 2 (APPLY) draws the same seeds and writes
-    y = x * keep * numel / (eps + count), reading x only where kept. The backward is pass 2 on dy with the
+    y = x * keep * numel / (eps + count) (dropped elements as exact zeros). The backward is pass 2 on dy with the
     same count. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
     """
     out_cols = BLOCK_W - bs + 1
@@ -191,40 +206,40 @@ def drop_block_kernel(
     h_end = tl.minimum(h0 + BLOCK_H, H)
     # The last seed row with a hit in each lane; starting at -bs it hits no row h >= 0.
     last_hit = tl.full((BLOCK_C, BLOCK_W), 0, dtype=tl.int32) - bs
-    # Seed rows come four per Philox call: start at the call holding row h0 - bs + 1 (or row 0).
-    for g in range(tl.maximum(h0 - bs + 1, 0) // 4, tl.cdiv(h_end, 4)):
-        if 4 * g < Hs:
+    # Seed rows come four per Philox call and 32 per chunk, one bit each in a lane's register: start at
+    # the call holding row h0 - bs + 1 (or row 0). Only rows below min(h_end, Hs) hold seeds it needs.
+    g_seeds = tl.cdiv(tl.minimum(h_end, Hs), 4)
+    for g0 in range(tl.maximum(h0 - bs + 1, 0) // 4, tl.cdiv(h_end, 4), 8):
+        bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
+        for g in range(g0, tl.minimum(g0 + 8, g_seeds)):
             counter = (rows[:, None] * tl.cdiv(Hs, 4) + g) * Ws + w.to(tl.int64)[None, :]
             r0, r1, r2, r3 = tl.randint4x(seed, counter)
-            # Bit k says whether seed row 4g + k has a seed in the lane: one register carries four rows.
-            bits = (tl.uint_to_uniform_float(r0) < gamma).to(tl.int32) \
+            four = (tl.uint_to_uniform_float(r0) < gamma).to(tl.int32) \
                 | ((tl.uint_to_uniform_float(r1) < gamma).to(tl.int32) << 1) \
                 | ((tl.uint_to_uniform_float(r2) < gamma).to(tl.int32) << 2) \
                 | ((tl.uint_to_uniform_float(r3) < gamma).to(tl.int32) << 3)
-            bits = tl.where(seed_col[None, :], bits, 0)
-        else:
-            # Rows below Hs - 1 hold no seeds: skip the draws.
-            bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
-        for k in range(4):
-            i = 4 * g + k
+            # Rows Hs and below of the last call hold no seeds.
+            four &= (1 << tl.minimum(Hs - 4 * g, 4)) - 1
+            bits |= four << (4 * (g - g0))
+        # Bit k: a seed in row 4*g0 + k and in one of the lane's bs columns [t-bs+1, t].
+        bits = _spread_lanes(tl.where(seed_col[None, :], bits, 0), lane2d, bs)
+        for k in range(tl.minimum(32, h_end - 4 * g0)):
+            i = 4 * g0 + k
             # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
             # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
             i_lanes = lane2d * 0 + i
-            is_seed = (((bits >> k) & 1) != 0) & (i_lanes < Hs)
-            # Seeds in the lane's bs columns [t-bs+1, t]: a running count along the lanes, less the count
-            # bs lanes to the left (none there for t < bs).
-            running = tl.cumsum(is_seed.to(tl.int32), 1)
-            before = tl.gather(running, tl.maximum(lane2d - bs, 0), 1)
-            last_hit = tl.where(running > tl.where(lane2d >= bs, before, 0), i, last_hit)
+            last_hit = tl.where(((bits >> k) & 1) != 0, i, last_hit)
             # Seed row i is also output row i: every seed row <= i that reaches it has been seen.
-            out = out_lane & (i_lanes >= h0) & (i_lanes < h_end)
+            out = out_lane & (i_lanes >= h0)
             keep = last_hit <= i - bs
             if COUNT:
                 kept += (out & keep).to(tl.int32)
             else:
+                # Masked by bounds only, so that the load stays a vector load; the keep decision is a
+                # select, so a dropped element comes out as an exact zero whatever it holds.
                 x_row = x_ptr + (x_c + i.to(tl.int64) * sxh)[:, None] + x_w[None, :]
-                x = tl.load(x_row, mask=out & keep, other=0.0).to(tl.float32)
+                x = tl.load(x_row, mask=out, other=0.0).to(tl.float32)
                 y_row = y_ptr + (y_c + i.to(tl.int64) * syh)[:, None] + y_w[None, :]
-                tl.store(y_row, (x * scale).to(y_ptr.dtype.element_ty), mask=out)
+                tl.store(y_row, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out)
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))

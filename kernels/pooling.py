@@ -19,11 +19,20 @@ no unit was kept. The input gradient is then a gather: each input pixel visits t
 it (only the ((K-1)*d)//s + 1 per axis that can, not one per tap), and adds dy where that
 window's byte names the pixel's tap. No atomics, deterministic.
 
-Max-pooling dropout. Every input unit is kept with probability 1 - p by one Philox draw, shared by all
-the windows that contain it: the draw is keyed on the unit, counter (r * ceil(H/2) + ih//2) *
-ceil(W/2) + iw//2 and word 2*(ih%2) + iw%2, so one call to `tl.randint4x` serves a 2x2 block of units,
-and a 2x2 stride-2 window (VGG's pooling) needs exactly one call. The output is the max of the kept
+Max-pooling dropout. Every input unit is kept by one 16-bit Philox draw, shared by all the windows that
+contain it: the units form blocks of 2 rows x 4 columns, block (bh, bw) = (ih//2, iw//4) of map r is
+counter (r * ceil(H/2) + bh) * ceil(W/4) + bw, and unit (ih, iw) takes 16-bit half j = 4*(ih%2) + iw%4 of
+the call's four words (word j//2, the high half for odd j). A unit is kept when its half u satisfies
+u >= round(p * 2^16): the drop probability is p rounded to a multiple of 2^-16 (exactly 0 and 1 at the
+ends). So one `tl.randint4x` call serves eight units. The key is the unit's logical position, never
+the tiling, so every window, path and layout sees the same draw. The output is the max of the kept
 units, 0 when none is kept.
+
+VGG's 2x2 stride-2 windows (PAIRS): one 2x4 block holds exactly the windows of the output pair
+(oh, 2q) and (oh, 2q+1), so the program's lanes are output pairs: one call per pair draws each unit
+of its patch once, and each of the block's two rows is one contiguous 4-unit load along W. Other
+geometries walk the blocks their window overlaps (SPAN_H x SPAN_W of them), each unit offered to the
+window by `_dropout_unit`.
 
 Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... >= v_n, the training
 output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
@@ -82,21 +91,100 @@ def _window_rank(x_map, ih0, iw0, window_ok, v, tap, H, W, KH, KW, dil_h, dil_w,
 
 
 @triton.jit
-def _dropout_unit(word, ih, iw, ih0, iw0, window_ok, best, best_tap, x_map, p,
+def _dropout_unit(half, ih, iw, ih0, iw0, window_ok, best, best_tap, x_map, threshold,
                   H, W, KH, KW, dil_h, dil_w, sxh, sxw):
-    """Offer input unit (ih, iw), whose Philox word is `word`, to each lane's window: it competes when it
-    is a tap of the window (an offset from the window's origin that is a multiple of the dilation, within
-    KH x KW taps), lies inside the input and is kept (its uniform draw is >= p)."""
+    """Offer input unit (ih, iw), whose 16-bit Philox draw is `half`, to each lane's window: it competes
+    when it is a tap of the window (an offset from the window's origin that is a multiple of the
+    dilation, within KH x KW taps), lies inside the input and is kept (half >= threshold)."""
     dh = ih - ih0
     dw = iw - iw0
     kh = dh // dil_h
     kw = dw // dil_w
     is_tap = (dh >= 0) & (dw >= 0) & (kh * dil_h == dh) & (kw * dil_w == dw) & (kh < KH) & (kw < KW)
-    kept = window_ok & is_tap & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & (tl.uint_to_uniform_float(word) >= p)
+    kept = window_ok & is_tap & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & (half.to(tl.int32) >= threshold)
     v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=kept, other=0.0).to(tl.float32)
     tap = kh * KW + kw
     take = kept & _wins(v, tap, best, best_tap)
     return tl.where(take, v, best), tl.where(take, tap, best_tap)
+
+
+@triton.jit
+def _scan_tap(v, kept, t, best, best_tap, KK):
+    """Offer tap t (value v, kept or not) to running maxima that have seen the taps before t: F.max_pool2d's
+    own test, greater or NaN (a later NaN replaces an earlier one), and the first kept tap is taken
+    whatever it holds, so that an all -inf window names it as torch does."""
+    take = kept & ((v > best) | (v != v) | (best_tap == KK))
+    return tl.where(take, v, best), tl.where(take, t, best_tap)
+
+
+@triton.jit
+def _pair_row(x_row, ok, w_even, w_odd, a, best, best_tap, threshold, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Offer row a of the 2x4 blocks of output pairs to their windows (PAIRS): x_row points at each pair's
+    four units of the row ([ROWS, COLS // 2, 4], contiguous along W), w_even and w_odd are the Philox
+    words of the row's units 0-1 and 2-3 ([ROWS, COLS // 2]); outputs (2q, 2q+1) of a pair are columns
+    2q and 2q+1 of the [ROWS, COLS] results."""
+    units = tl.load(x_row, mask=ok, other=0.0)
+    # Unit 2e + b of the row is tap (a, b) of output e of the pair.
+    left, right = tl.split(tl.reshape(units, (ROWS, COLS // 2, 2, 2)))
+    words = tl.reshape(tl.join(w_even, w_odd), (ROWS, COLS))
+    v0 = tl.reshape(left, (ROWS, COLS)).to(tl.float32)
+    v1 = tl.reshape(right, (ROWS, COLS)).to(tl.float32)
+    best, best_tap = _scan_tap(v0, (words & 0xFFFF).to(tl.int32) >= threshold, 2 * a, best, best_tap, 4)
+    return _scan_tap(v1, (words >> 16).to(tl.int32) >= threshold, 2 * a + 1, best, best_tap, 4)
+
+
+@triton.jit
+def _half(r0, r1, r2, r3, J: tl.constexpr):
+    """16-bit half J (0..7) of a Philox call's four words: word J // 2, its high half for odd J."""
+    if J // 2 == 0:
+        word = r0
+    elif J // 2 == 1:
+        word = r1
+    elif J // 2 == 2:
+        word = r2
+    else:
+        word = r3
+    if J % 2 == 0:
+        half = word & 0xFFFF
+    else:
+        half = word >> 16
+    return half
+
+
+@triton.jit
+def _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
+                   syn, syc, syh, syw, STORE_INDEX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_forward_kernel's DROPOUT mode for 2x2 stride-2 windows without padding or dilation
+    (PAIRS): each lane is an output pair (oh, 2q), (oh, 2q+1), whose windows are exactly the units of the
+    2x4 block (oh, q); one Philox call draws them, two 4-unit loads along W read them."""
+    pairs_w = tl.cdiv(OW, 2)
+    n, offs_c, offs_q = sample_channel_pixel_tile(tl.program_id(0), C, OH * pairs_w, BLOCK_C, BLOCK_P // 2)
+    oh = offs_q // pairs_w
+    q = offs_q % pairs_w
+    pair_ok = (offs_c < C)[:, None] & (offs_q < OH * pairs_w)[None, :]
+    rows = (n * C + offs_c.to(tl.int64))[:, None]
+    counter = (rows * tl.cdiv(H, 2) + oh[None, :]) * tl.cdiv(W, 4) + q[None, :]
+    r0, r1, r2, r3 = tl.randint4x(tl.load(seed_ptr), counter)
+
+    # Units 4q .. 4q+3 of input row 2oh (a = 0) and 2oh + 1 (a = 1); units past W belong to no output.
+    col = 4 * q[None, :, None] + tl.arange(0, 4)[None, None, :]
+    x_row = (x_ptr + n * sxn + offs_c.to(tl.int64)[:, None, None] * sxc + (2 * oh).to(tl.int64)[None, :, None] * sxh
+             + col.to(tl.int64) * sxw)
+    ok = pair_ok[:, :, None] & (col < W)
+    best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
+    best_tap = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + 4   # 4: no unit yet
+    best, best_tap = _pair_row(x_row, ok, r0, r1, 0, best, best_tap, threshold, BLOCK_C, BLOCK_P)
+    best, best_tap = _pair_row(x_row + sxh, ok, r2, r3, 1, best, best_tap, threshold, BLOCK_C, BLOCK_P)
+    out = tl.reshape(tl.where(best_tap == 4, 0.0, best), (BLOCK_C, BLOCK_P // 2, 2))
+
+    ow = 2 * q[None, :, None] + tl.arange(0, 2)[None, None, :]
+    y_offs = (n * syn + offs_c.to(tl.int64)[:, None, None] * syc + oh.to(tl.int64)[None, :, None] * syh
+              + ow.to(tl.int64) * syw)
+    out_ok = pair_ok[:, :, None] & (ow < OW)
+    tl.store(y_ptr + y_offs, out.to(y_ptr.dtype.element_ty), mask=out_ok)
+    if STORE_INDEX:
+        taps = tl.reshape(best_tap, (BLOCK_C, BLOCK_P // 2, 2))
+        tl.store(idx_ptr + y_offs, taps.to(idx_ptr.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit
@@ -107,19 +195,38 @@ def max_pool2d_forward_kernel(
     # Sizes: x (N, C, H, W), y and idx (N, C, OH, OW); window KH x KW.
     C, H, W, OH, OW, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    p,              # drop probability of a unit (DROPOUT, WEIGHTED)
+    p,              # drop probability of a unit (WEIGHTED)
+    threshold,      # DROPOUT: round(p * 2^16); a unit whose 16-bit draw u has u >= threshold is kept
     # Element strides of x and of y (idx has y's shape and memory format, so y's strides), (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
     MODE: tl.constexpr,          # MAX, DROPOUT or WEIGHTED
     STORE_INDEX: tl.constexpr,   # write the winning tap to idx, for the backward (MAX, DROPOUT)
-    SPAN_H: tl.constexpr,        # DROPOUT: 2x2 blocks of units a window overlaps, at most, down its rows
+    PAIRS: tl.constexpr,         # DROPOUT with 2x2 stride-2 windows, no padding or dilation: `_dropout_pairs`
+    TAPS: tl.constexpr,          # MAX: the side of a common square window (2, 3), unrolled; 0 walks KH x KW
+    SPAN_H: tl.constexpr,        # DROPOUT otherwise: 2x4 blocks of units a window overlaps, at most, down its rows
     SPAN_W: tl.constexpr,        # ... and along its columns
     BLOCK_C: tl.constexpr,       # channels of one sample per program
-    BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program
+    BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program (PAIRS: BLOCK_P // 2 pairs)
 ):
     """One program computes BLOCK_C x BLOCK_P outputs of one sample. Grid:
-    (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest."""
+    (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest (PAIRS: OH * 2*cdiv(OW, 2)
+    pixels, so that each pair is whole)."""
+    if PAIRS:
+        _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
+                       syn, syc, syh, syw, STORE_INDEX, BLOCK_C, BLOCK_P)
+    else:
+        _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h,
+                         pad_w, dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE,
+                         STORE_INDEX, TAPS, SPAN_H, SPAN_W, BLOCK_C, BLOCK_P)
+
+
+@triton.jit
+def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
+                     dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE: tl.constexpr,
+                     STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_forward_kernel for any window: each lane one output, walking its window."""
     n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, OH * OW, BLOCK_C, BLOCK_P)
     oh = offs_p // OW
     ow = offs_p % OW
@@ -148,47 +255,52 @@ def max_pool2d_forward_kernel(
             # per tap; bfloat16 in float32, since Triton's interpreter compares bfloat16 as raw bits.
             if x_ptr.dtype.element_ty == tl.float16:
                 best = best.to(tl.float16)
-            # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
-            # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.
-            off_h = 0
-            off_w = 0
-            for t in range(KK):
-                ih = ih0 + off_h
-                iw = iw0 + off_w
-                ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf"))
-                v = v.to(best.dtype)
-                # Taps come in order here, so `_wins` reduces to F.max_pool2d's own test: greater, or NaN
-                # (a later NaN replaces an earlier one); the first tap inside the input is taken whatever
-                # it holds, so that an all -inf window names it as torch does.
-                take = ok & ((v > best) | (v != v) | (best_tap == KK))
-                best = tl.where(take, v, best)
-                best_tap = tl.where(take, t, best_tap)
-                off_w += dil_w
-                wrap = off_w == KW * dil_w
-                off_h += tl.where(wrap, dil_h, 0)
-                off_w = tl.where(wrap, 0, off_w)
+            if TAPS:
+                # A common window (2x2, 3x3), unrolled: each kernel row's bounds and offset are found once,
+                # each column's once (the compiler shares them across rows).
+                for kh in tl.static_range(TAPS):
+                    ih = ih0 + kh * dil_h
+                    row_ok = valid & (ih >= 0) & (ih < H)
+                    x_row = x_map + ih.to(tl.int64) * sxh
+                    for kw in tl.static_range(TAPS):
+                        iw = iw0 + kw * dil_w
+                        ok = row_ok & (iw >= 0) & (iw < W)
+                        v = tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(best.dtype)
+                        best, best_tap = _scan_tap(v, ok, kh * TAPS + kw, best, best_tap, KK)
+            else:
+                # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
+                # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.
+                off_h = 0
+                off_w = 0
+                for t in range(KK):
+                    ih = ih0 + off_h
+                    iw = iw0 + off_w
+                    ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    v = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok,
+                                other=float("-inf")).to(best.dtype)
+                    # Taps come in order here, so `_wins` reduces to F.max_pool2d's own test (`_scan_tap`).
+                    best, best_tap = _scan_tap(v, ok, t, best, best_tap, KK)
+                    off_w += dil_w
+                    wrap = off_w == KW * dil_w
+                    off_h += tl.where(wrap, dil_h, 0)
+                    off_w = tl.where(wrap, 0, off_w)
             out = best
         else:
-            # Walk the 2x2 blocks of units that cover the window, one Philox call per block. Block (bh, bw)
-            # holds units (2bh + a, 2bw + b), a, b in {0, 1}; the window's first block row is
-            # floor(ih0 / 2), an arithmetic shift since ih0 may be negative (padding).
+            # Walk the 2x4 blocks of units that cover the window, one Philox call per block: block (bh, bw)
+            # holds units (2bh + j//4, 4bw + j%4), unit j drawing half j. The window's first block is
+            # (floor(ih0 / 2), floor(iw0 / 4)), arithmetic shifts since ih0 and iw0 may be negative (padding).
             seed = tl.load(seed_ptr)
             rows = (n * C + offs_c.to(tl.int64))[:, None]
             for a in range(SPAN_H):
                 bh = (ih0 >> 1) + a
                 for b in range(SPAN_W):
-                    bw = (iw0 >> 1) + b
-                    counter = (rows * tl.cdiv(H, 2) + bh) * tl.cdiv(W, 2) + bw
+                    bw = (iw0 >> 2) + b
+                    counter = (rows * tl.cdiv(H, 2) + bh) * tl.cdiv(W, 4) + bw
                     r0, r1, r2, r3 = tl.randint4x(seed, counter)
-                    best, best_tap = _dropout_unit(r0, 2 * bh, 2 * bw, ih0, iw0, valid, best, best_tap, x_map, p,
-                                                   H, W, KH, KW, dil_h, dil_w, sxh, sxw)
-                    best, best_tap = _dropout_unit(r1, 2 * bh, 2 * bw + 1, ih0, iw0, valid, best, best_tap, x_map, p,
-                                                   H, W, KH, KW, dil_h, dil_w, sxh, sxw)
-                    best, best_tap = _dropout_unit(r2, 2 * bh + 1, 2 * bw, ih0, iw0, valid, best, best_tap, x_map, p,
-                                                   H, W, KH, KW, dil_h, dil_w, sxh, sxw)
-                    best, best_tap = _dropout_unit(r3, 2 * bh + 1, 2 * bw + 1, ih0, iw0, valid, best, best_tap,
-                                                   x_map, p, H, W, KH, KW, dil_h, dil_w, sxh, sxw)
+                    for j in tl.static_range(8):
+                        best, best_tap = _dropout_unit(_half(r0, r1, r2, r3, j), 2 * bh + j // 4, 4 * bw + j % 4,
+                                                       ih0, iw0, valid, best, best_tap, x_map, threshold,
+                                                       H, W, KH, KW, dil_h, dil_w, sxh, sxw)
             out = tl.where(best_tap == KK, 0.0, best)
 
     y_offs = (n * syn + offs_c.to(tl.int64)[:, None] * syc) + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[None, :]
@@ -238,6 +350,9 @@ def max_pool2d_backward_kernel(
     GATHER_H: tl.constexpr,   # windows down the rows that can hold one input row: ((KH-1)*dil_h) // stride_h + 1
     GATHER_W: tl.constexpr,   # ... and along the columns
     DILATED: tl.constexpr,    # dil_h > 1 or dil_w > 1: a tap offset must be divided by the dilation
+    STRIDE: tl.constexpr,     # a common square stride (2, 3) as a constant, so dividing by it is a multiply; 0: the
+                              # runtime stride_h, stride_w (a stride of 1 is specialised by Triton itself)
+    SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both
     BLOCK_C: tl.constexpr,    # channels of one sample per program
     BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program
 ):
@@ -261,6 +376,9 @@ def max_pool2d_backward_kernel(
         v = v.to(tl.float32)
     else:
         idx_map = idx_ptr + n * sidxn + c64 * sidxc
+    if STRIDE:
+        stride_h = STRIDE
+        stride_w = STRIDE
     oh_last = (ih + pad_h) // stride_h
     rem_h = ih + pad_h - oh_last * stride_h
     ow_last = (iw + pad_w) // stride_w
@@ -274,7 +392,8 @@ def max_pool2d_backward_kernel(
                                            DILATED)
         ok = valid & (oh_ok & ow_ok)[None, :]
         t = (kh * KW + kw)[None, :]
-        g = tl.load(dy_map + (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :], mask=ok, other=0.0)
+        dy_offs = (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :]
+        g = tl.load(dy_map + dy_offs, mask=ok, other=0.0)
         if WEIGHTED:
             taps = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32) + t
             rank = _window_rank(x_map, (oh * stride_h - pad_h)[None, :], (ow * stride_w - pad_w)[None, :], ok,
@@ -282,8 +401,11 @@ def max_pool2d_backward_kernel(
             acc += tl.where(ok, g.to(tl.float32) * _keep_weight(rank, p), 0.0)
         else:
             # Outside `ok` the record reads as KH*KW, which names no tap: the compare alone masks it.
-            sel = tl.load(idx_map + (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :], mask=ok,
-                          other=KH * KW)
+            if SAME_STRIDES:
+                idx_offs = dy_offs
+            else:
+                idx_offs = (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :]
+            sel = tl.load(idx_map + idx_offs, mask=ok, other=KH * KW)
             acc += tl.where(sel.to(tl.int32) == t, g.to(tl.float32), 0.0)
 
     dx_offs = n * sdxn + c64 * sdxc + (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]

@@ -166,6 +166,24 @@ def test_drop_block_mask_is_union_of_whole_blocks(block, size):
         f"mean dropped per map {per_map.mean():.2f}, expected {expected:.2f}"
 
 
+def test_drop_block_mask_independent_of_tiling(monkeypatch):
+    """A tall map walked in several 32-row chunks by one program (the interpreter's tile), and again in
+    8-row, 10-column tiles whose row and column halos overlap their neighbours': the same mask, a union
+    of whole blocks."""
+    x = rand(1, 6, 75, 23).abs() + 1
+    first = tc.drop_block2d(x, 0.3, 5, seed=4) == 0
+    assert torch.equal(_dilate(_erode(first, 5), 5), first) and first.any()
+    small = dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=4, BLOCK_W=16, BLOCK_H=8)
+    for name in ("drop_block_count", "drop_block_apply"):
+        spec = dispatch.spec(name)
+        monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(spec, heuristic=lambda *args: small))
+    dispatch.forget()
+    try:
+        assert torch.equal(tc.drop_block2d(x, 0.3, 5, seed=4) == 0, first)
+    finally:
+        dispatch.forget()
+
+
 def test_drop_block_whole_map_block():
     """bs = H = W: gamma = p, each map is dropped whole with probability p."""
     p = 0.5

@@ -10,11 +10,14 @@ import tritonconv as tc
 from conftest import DTYPES, assert_close, op_sample, rand
 
 # (N, C, H, W, kernel_size, stride, padding, dilation, ceil_mode): VGG's 2x2/2, ResNet's 3x3/2 pad 1,
-# AlexNet's 3x3/2 in ceil mode, non-square kernels, strides, paddings and dilations, odd sizes.
+# AlexNet's 3x3/2 in ceil mode, dilated 3x3 and 2x2 (the unrolled windows: 2x2 and 3x3), non-square
+# kernels, a 5x5 (the runtime walk), strides, paddings and dilations, odd sizes.
 CASES = [
     (2, 5, 9, 11, 2, None, 0, 1, False),
     (1, 6, 11, 10, 3, 2, 1, 1, False),
     (2, 3, 13, 12, 3, 2, 0, 1, True),
+    (1, 3, 12, 11, 3, 1, 1, (2, 3), True),
+    (1, 5, 9, 10, 2, 3, 1, 2, False),
     (1, 4, 9, 10, (2, 3), (1, 2), (1, 1), (2, 1), True),
     (2, 3, 10, 9, (3, 1), (2, 1), (1, 0), (1, 3), False),
     (1, 7, 8, 9, 5, 3, 2, 1, True),
@@ -165,6 +168,21 @@ def test_pool_dropout_shares_one_draw_per_unit(geometry):
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(x.grad, xr.grad, torch.float32, "input grad")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_pool_dropout_pairs_path_matches_window_walk(channels_last):
+    """2x2 stride-2 windows take the pair path (one Philox call per output pair), every other window the
+    window walk: both see the draws of the 1x1-window mask, on odd sizes (a last pair with one output,
+    a last input column in no window) and a non-contiguous view."""
+    p, seed = 0.5, 7
+    x = rand(2, 5, 11, 22, channels_last=channels_last)[:, :, :, ::2]   # 11 x 11, W stride 2
+    keep = _kept_units(x, p, seed)
+    y = tc.max_pool2d_dropout(x, 2, p=p, seed=seed)
+    assert torch.equal(y.double(), _masked_max_pool(x.double(), keep, 2, None, 0, 1))
+    # 2x2 windows at stride 1 overlap and take the walk: the same draws again.
+    y1 = tc.max_pool2d_dropout(x, 2, 1, p=p, seed=seed)
+    assert torch.equal(y1.double(), _masked_max_pool(x.double(), keep, 2, 1, 0, 1))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

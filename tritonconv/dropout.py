@@ -11,6 +11,7 @@ mask in the same kernel applied to the incoming gradient.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Callable, Mapping
 
@@ -61,13 +62,13 @@ def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
     lanes (8192 in the interpreter, which pays per program), 4 per thread: each lane carries Philox
     words, a running count and row state, so 8 lanes a thread leave room for one block per SM and 4 for
     two (`python -m bench.static --kernel drop_block_count drop_block_apply --space full` shows the
-    registers). Rows: up to 32 per program on a GPU (the halo costs bs - 1 extra seed rows per program),
+    registers). Rows: up to 64 per program on a GPU (the halo costs bs - 1 extra seed rows per program),
     the whole map in the interpreter."""
     block = dict(problem.extra)["block"]
     widest = 64 if problem.channels_last and not interpreter else 128
     block_w = heuristics.pow2_clamp(problem.n + block - 1, 4, max(widest, next_power_of_2(2 * block)))
     block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
-    block_h = problem.k if interpreter else min(problem.k, 32)
+    block_h = problem.k if interpreter else min(problem.k, 64)
     warps = heuristics.pow2_clamp(block_c * block_w // 128, 1, 8)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
 
@@ -92,11 +93,19 @@ def _drop_block_programs(config: dispatch.Config, problem: dispatch.Problem) -> 
 
 def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
                       args: Mapping[str, object]) -> tuple[float, ...]:
-    """The Philox calls of four seed rows each that a program's rows and their bs - 1 halo rows need,
-    averaged over its row blocks, then the four rows of a call."""
+    """Averaged over a program's row blocks: its chunks of 32 seed rows (from its first halo row, rounded
+    down to a Philox call's four), then per chunk the Philox calls that draw seeds, the doubling steps
+    that spread them along the lanes (ceil(log2(bs))), and the rows walked."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
-    calls = [cdiv(min(h0 + block_h, h), 4) - max(h0 - bs + 1, 0) // 4 for h0 in range(0, h, block_h)]
-    return (sum(calls) / len(calls), 4)
+    chunks, calls, rows = [], [], []
+    for h0 in range(0, h, block_h):
+        h_end = min(h0 + block_h, h)
+        first = max(h0 - bs + 1, 0) // 4
+        chunks.append(len(range(first, cdiv(h_end, 4), 8)))
+        calls.append(max(0, cdiv(min(h_end, h - bs + 1), 4) - first))
+        rows.append(h_end - 4 * first)
+    n = sum(chunks)
+    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), sum(rows) / n)
 
 
 dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space,
@@ -435,7 +444,7 @@ def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool 
     its meaning.
 
     Two passes, no stored mask: pass 1 draws the seeds and counts the kept elements into one int64 on the
-    device (no read of x); pass 2 draws them again and writes y, reading x only where kept. The backward
+    device (no read of x); pass 2 draws them again and writes y (dropped elements as exact zeros). The backward
     is pass 2 applied to dy with the saved seed and count. Returns `input` itself when not training or
     p = 0.
 

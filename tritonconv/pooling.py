@@ -43,16 +43,28 @@ class PoolGeometry:
                 *self.stride, *self.pad, *self.dilation)
 
     def span(self, axis: int) -> int:
-        """How many 2x2 blocks of units (the dropout draws' grain) a window overlaps along `axis`, at most.
+        """How many blocks of units (the dropout draws' grain: 2 rows x 4 columns) a window overlaps along
+        `axis`, at most.
 
-        A window whose first tap is at o (o = out*s - p) covers o .. o + (k-1)*d, so blocks o//2 through
-        (o + (k-1)*d)//2: ((o % 2) + (k-1)*d) // 2 + 1 of them. o's parity is fixed for an even stride
-        (or a single window) and takes both values for an odd one.
+        With b units per block along the axis, a window whose first tap is at o (o = out*s - p) covers
+        o .. o + (k-1)*d, so blocks o//b through (o + (k-1)*d)//b: ((o % b) + (k-1)*d) // b + 1 of them.
+        o % b takes the values of -p + s*out % b over the outputs.
         """
         k, s, p, d = self.kernel[axis], self.stride[axis], self.pad[axis], self.dilation[axis]
         out = (self.out_height, self.out_width)[axis]
-        parities = {-p % 2} if s % 2 == 0 or out == 1 else {0, 1}
-        return max((q + (k - 1) * d) // 2 + 1 for q in parities)
+        b = (2, 4)[axis]
+        phases = {(s * o - p) % b for o in range(min(out, b))}
+        return max((q + (k - 1) * d) // b + 1 for q in phases)
+
+    def fixed_taps(self) -> int:
+        """The side of a common square window (2 or 3), which max pooling unrolls with a constexpr size;
+        0 for any other window, walked with runtime sizes."""
+        return self.kernel[0] if self.kernel in ((2, 2), (3, 3)) else 0
+
+    def pairs(self) -> bool:
+        """Whether max-pooling dropout takes its 2x2 stride-2 fast path (kernels.pooling `_dropout_pairs`):
+        no padding, no dilation."""
+        return self.kernel == (2, 2) and self.stride == (2, 2) and self.pad == (0, 0) and self.dilation == (1, 1)
 
     def gather(self, axis: int) -> int:
         """How many windows along `axis` can hold one input position as a tap, at most: the windows
@@ -66,26 +78,29 @@ class PoolGeometry:
 # ---------------------------------------------------------------------------------------------------------
 
 def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """About 1024 outputs per program (4096 for the max backward, below): pixels first in NCHW (contiguous
-    along a row of the map), channels first in channels_last (contiguous: 64 channels make 128-byte runs in
-    16-bit). 4 warps (8 outputs per
-    thread), except the dropout forward, which holds four Philox words per output: 8 warps halve the
-    registers each thread needs for them. Weighted pooling (a rank loop inside the tap loop) takes 256
-    outputs: at 1024 its backward spills on sm_80. Registers and spills of every configuration:
+    """About 1024 outputs per program (more for the max backward and the dropout forward, below): pixels
+    first in NCHW (contiguous along a row of the map), channels first in channels_last (contiguous: 64
+    channels make 128-byte runs in 16-bit). 4 warps (8 outputs per thread), except the dropout forward
+    that walks its windows' blocks, which holds four Philox words per output: 8 warps halve the registers
+    each thread needs for them. Weighted pooling (a rank loop inside the tap loop) takes 256 outputs: at
+    1024 its backward spills on sm_80. Registers and spills of every configuration:
     `python -m bench.static --kernel max_pool2d_forward max_pool2d_backward --space full --target sm_90
     sm_80`. The interpreter takes tiles of up to 4096 so that the tests run few programs."""
-    mode = dict(problem.extra)["mode"]
+    extra = dict(problem.extra)
+    mode = extra["mode"]
     budget = 4096 if interpreter else (256 if mode == WEIGHTED.value else 1024)
+    warps = 4
     if problem.kernel == "max_pool2d_backward" and mode != WEIGHTED.value:
         # The backward's per-pixel work (its windows' coordinates, found by division) is shared by the
         # tile's channels and its per-element work is a few instructions per window: 4096 outputs (32 a
         # thread) amortise the first.
         budget = 4096
     if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value and not interpreter:
-        # Its Philox calls make it issue-bound: 2048 outputs (8 a thread at 8 warps) amortise the
-        # per-program and per-pixel work further (`python -m bench.cost --kernel max_pool2d_forward`).
-        budget = 2048
-    warps = 8 if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value else 4
+        # Its Philox calls make it issue-bound: more outputs a thread amortise the per-program and per-pair
+        # work (`python -m bench.cost --kernel max_pool2d_forward`): the 2x2 stride-2 path (PAIRS) holds two
+        # words per output and takes 4096 (32 a thread), the window walk 2048 at 8 warps (8 a thread).
+        budget = 4096 if extra["pairs"] else 2048
+        warps = 4 if extra["pairs"] else 8
     if problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
         block_p = heuristics.pow2_clamp(problem.n, 1, budget // block_c)
@@ -105,9 +120,12 @@ def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 def _pool_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
     """The window's taps (weighted pooling: and, inside, the rank loop over the taps again); the dropout
-    forward walks its SPAN_H x SPAN_W blocks of units instead. The backward unrolls its GATHER_H x GATHER_W
+    forward walks its SPAN_H x SPAN_W blocks of units instead; a common window (TAPS) and the pair path
+    have no loop. The backward unrolls its GATHER_H x GATHER_W
     candidate windows: no loop, or (weighted) one rank loop per candidate."""
     taps = args["KH"] * args["KW"]
+    if problem.kernel == "max_pool2d_forward" and (args["PAIRS"] or args["TAPS"]):
+        return ()
     if problem.kernel == "max_pool2d_backward":
         return (taps,) * (args["GATHER_H"] * args["GATHER_W"]) if args["WEIGHTED"] else ()
     if args["MODE"] == DROPOUT.value:
@@ -143,14 +161,20 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
                  else functools.partial(torch.empty, 0, dtype=torch.uint8, device=x.device))
     if y.numel() == 0:
         return lambda x, seed: (alloc_y(), alloc_idx())
+    pairs = mode == DROPOUT.value and geo.pairs()
+    # PAIRS lanes are output pairs: its pixels are OH rows of whole pairs.
+    pixels = geo.out_height * (2 * heuristics.cdiv(geo.out_width, 2) if pairs else geo.out_width)
     problem = dispatch.Problem(
-        "max_pool2d_forward", m=geo.channels, n=geo.out_height * geo.out_width, k=geo.kernel[0] * geo.kernel[1],
-        batch=geo.batch, dtype=x.dtype, channels_last=cl, extra=(("mode", mode),))
-    args = (*geo.launch_args(), p, *x.stride(), *y.stride())
+        "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
+        batch=geo.batch, dtype=x.dtype, channels_last=cl, extra=(("mode", mode), ("pairs", pairs)))
+    taps = geo.fixed_taps() if mode == MAX.value else 0
+    # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
+    args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_forward_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
-                                 STORE_INDEX=store_index, SPAN_H=geo.span(0), SPAN_W=geo.span(1), **cfg.launch_kwargs())
+                                 STORE_INDEX=store_index, PAIRS=pairs, TAPS=taps, SPAN_H=geo.span(0),
+                                 SPAN_W=geo.span(1), **cfg.launch_kwargs())
 
         def run(x, seed):
             y, idx = alloc_y(), alloc_idx()
@@ -182,6 +206,8 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_backward_kernel, (dispatch.programs(cfg, problem),), WEIGHTED=weighted,
                                  GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
+                                 STRIDE=geo.stride[0] if geo.stride[0] == geo.stride[1] in (2, 3) else 0,
+                                 SAME_STRIDES=not weighted and dy.stride() == saved.stride(),
                                  **cfg.launch_kwargs())
 
         def run(dy, saved):
@@ -398,8 +424,8 @@ def max_pool2d_dropout(input: torch.Tensor, kernel_size: int | Sequence[int], st
                        training: bool = True, *, seed: int | None = None) -> torch.Tensor:
     """Max-pooling dropout (Wu & Gu, "Towards dropout training for convolutional neural networks", 2015).
 
-    Training: every input unit x[n, c, h, w] is kept with probability 1 - p, one draw per unit shared by
-    all the windows that contain it, and
+    Training: every input unit x[n, c, h, w] is kept with probability 1 - p (p rounded to a multiple of
+    2^-16: each unit draws 16 Philox bits), one draw per unit shared by all the windows that contain it, and
 
         y[n, c, i, j] = max of the kept units of the window, or 0 if none is kept.
 
