@@ -45,6 +45,19 @@ def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     return dispatch.Config.of(num_warps=4, num_stages=3, GROUP_M=8, **blocks)
 
 
+def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Forward: as _gemm_config, but 16-bit 128-row tiles on a GPU are 128 columns wide and reduce 32
+    channels per step. A step's address and mask arithmetic is per row and per 16-byte vector, so twice
+    the columns per row halve its share of the work per MAC; with the 128x128 float32 accumulator, 64
+    channels per step spill on sm_80, and float32 operands spill even at 32 (`python -m bench.static
+    --target sm_90 sm_80 --kernel conv2d_forward`)."""
+    config = _gemm_config(problem, interpreter)
+    if interpreter or config["BLOCK_M"] != 128 or problem.dtype == torch.float32:
+        return config
+    return dispatch.Config.of(**{**config.launch_kwargs(), "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128),
+                                 "BLOCK_K": heuristics.pow2_clamp(problem.k, 16, 32)})
+
+
 def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Input gradient: as the forward, but 64-row tiles on a GPU, 128 columns wide when there is work
     for 128-row ones, and float32 reduces 32 channels per step. Its exact recomputation (see the kernel)
@@ -135,7 +148,7 @@ def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
     return (cdiv(steps, config["SPLIT_K"]),)
 
 
-dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space,
+dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _forward_config, _gemm_space,
                   trips=_gemm_trips)
 dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space,
                   trips=_gemm_trips)
