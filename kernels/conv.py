@@ -53,6 +53,52 @@ def next_step(kh, kw, c0, kw_lo, kw_hi, C, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def inside(coord, size):
+    """coord in [0, size), as one unsigned comparison: a negative coord wraps above any int32 size."""
+    return coord.to(tl.uint32) < size.to(tl.uint32)
+
+
+@triton.jit
+def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, A_H, A_W, sah, saw, sak,
+                  b_ptr, b_offs, b_n_in, sbh, sbw, sbk, K, taps,
+                  EXACT: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  INT64: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + the implicit GEMM of one tile: one pipelined loop over (tap, K block), K blocks fastest.
+
+    taps = (i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step): the loop visits
+    taps (i, j) in [i_lo, i_hi) x [j_lo, j_hi); tap (i, j) is kernel tap (kh0 + i*kh_step, kw0 + j*kw_step)
+    and moves the gathered operand A by (oh0 + i*oh_step, ow0 + j*ow_step) positions. Row m of A reads position (a_h[m] + that, a_w[m] + that)
+    of an A_H x A_W plane, at a_ptr + a_offs[m, k] + the position's offset (strides sah, saw, sak): a_offs
+    holds each row's offset and each column's channel, so a step adds one scalar to it. Rows outside the
+    plane read 0. B reads b_ptr + b_offs[k, n] + the tap's and K block's offset (strides sbh, sbw, sbk),
+    its columns masked by b_n_in (a constant True, which compiles away, where a caller needs no mask).
+
+    Every position and offset but the scalar one is loop-invariant, so a step costs one address add per
+    16-byte vector and two unsigned comparisons per row; K blocks need no mask when EVEN_K (K is a
+    multiple of BLOCK_K). With EXACT, rows outside the plane also keep acc unchanged instead of adding
+    0 * B (NaN for a non-finite B): that waits for every MMA, so only a rare recomputation uses it.
+    """
+    i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step = taps
+    i, j, k0 = i_lo, j_lo, tl.zeros((), dtype=tl.int32)
+    for _ in tl.range(0, (i_hi - i_lo) * (j_hi - j_lo) * tl.cdiv(K, BLOCK_K), num_stages=1 if EXACT else None):
+        dh = oh0 + i * oh_step
+        dw = ow0 + j * ow_step
+        rows_in = inside(a_h + dh, A_H) & inside(a_w + dw, A_W)
+        a_at = a_ptr + (as_index(dh, INT64) * sah + as_index(dw, INT64) * saw + as_index(k0, INT64) * sak)
+        b_at = b_ptr + (as_index(kh0 + i * kh_step, INT64) * sbh + as_index(kw0 + j * kw_step, INT64) * sbw
+                        + as_index(k0, INT64) * sbk)
+        k_in = (k0 + tl.arange(0, BLOCK_K) < K) | EVEN_K  # constant True when EVEN_K: no mask is compiled
+        a = tl.load(a_at + a_offs, mask=rows_in[:, None] & k_in[None, :], other=0.0)
+        b = tl.load(b_at + b_offs, mask=k_in[:, None] & b_n_in[None, :], other=0.0)
+        if EXACT:
+            acc = tl.where(rows_in[:, None], dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
+        else:
+            acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+        i, j, k0 = next_step(i, j, k0, j_lo, j_hi, K, BLOCK_K)
+    return acc
+
+
+@triton.jit
 def conv2d_forward_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
@@ -66,6 +112,7 @@ def conv2d_forward_kernel(
     syn, syc, syh, syw,
     sb,     # element stride of bias (a slice or an expanded view need not be contiguous)
     HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,   # C_g is a multiple of BLOCK_K: no channel masks
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
@@ -82,52 +129,58 @@ def conv2d_forward_kernel(
     M = N * OH * OW
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(F_PER_GROUP, BLOCK_N), GROUP_M)
 
-    # Row m of the GEMM is output pixel (n, oh, ow); its window starts at (ih0, iw0) in the input.
-    offs_m = as_index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
-    m_valid = offs_m < M
-    n_img = offs_m // (OH * OW)
-    pix = offs_m % (OH * OW)
-    oh = pix // OW
-    ow = pix % OW
+    # Row m of the GEMM is output pixel (n, oh, ow); its window starts at (ih0, iw0) in the input. Rows past
+    # the end repeat the last pixel (and columns the last channel), so loads need no row or column mask:
+    # what they compute is never stored.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = as_index(tl.minimum(offs_m, M - 1), INT64)
+    n_img = m // (OH * OW)
+    oh = m % (OH * OW) // OW
+    ow = m % OW
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
-    # Where row m's window starts in x; a tap adds one scalar offset to it.
+    offs_f = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    f = as_index(group * F_PER_GROUP + tl.minimum(offs_f, F_PER_GROUP - 1), INT64)
+    offs_k = tl.arange(0, BLOCK_K)
     x_rows = n_img * sxn + as_index(group * C_PER_GROUP, INT64) * sxc + ih0 * sxh + iw0 * sxw
-
-    # Column f of the GEMM is output channel group*F_g + f.
-    offs_f = as_index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
-    f_valid = offs_f < F_PER_GROUP
-    w_cols = (group * F_PER_GROUP + offs_f) * swf
+    a_offs = x_rows[:, None] + offs_k[None, :] * sxc
+    b_offs = (f * swf)[None, :] + offs_k[:, None] * swc
 
     # The taps some row of this tile reads real input with (a superset when the tile spans images): output
     # row oh reads input row oh*sh - ph + kh*dh, which lies in [0, H) for kh*dh in [ph - oh*sh, H-1+ph - oh*sh].
-    kh_lo, kh_hi = tile_taps(pad_h - tl.max(oh, axis=0) * stride_h, H - 1 + pad_h - tl.min(oh, axis=0) * stride_h,
-                             dil_h, kh_start, kh_end)
-    kw_lo, kw_hi = tile_taps(pad_w - tl.max(ow, axis=0) * stride_w, W - 1 + pad_w - tl.min(ow, axis=0) * stride_w,
-                             dil_w, kw_start, kw_end)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # One pipelined reduction over (tap, channel block), channel blocks fastest, so the loads of the next
-    # tap overlap this tap's MMAs; the position advances by increments, with no division per step.
-    kh, kw, c0 = kh_lo, kw_lo, tl.zeros((), dtype=tl.int32)
-    for _ in range(0, (kh_hi - kh_lo) * (kw_hi - kw_lo) * tl.cdiv(C_PER_GROUP, BLOCK_K)):
-        ih = ih0 + kh * dil_h
-        iw = iw0 + kw * dil_w
-        pixel_valid = m_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        offs_c = as_index(c0 + tl.arange(0, BLOCK_K), INT64)
-        c_valid = offs_c < C_PER_GROUP
-        a = tl.load(x_ptr + (x_rows + (kh * dil_h * sxh + kw * dil_w * sxw))[:, None] + offs_c[None, :] * sxc,
-                    mask=pixel_valid[:, None] & c_valid[None, :], other=0.0)
-        b = tl.load(w_ptr + (w_cols + kh * swh + kw * sww)[None, :] + offs_c[:, None] * swc,
-                    mask=c_valid[:, None] & f_valid[None, :], other=0.0)
-        acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
-        kh, kw, c0 = next_step(kh, kw, c0, kw_lo, kw_hi, C_PER_GROUP, BLOCK_K)
+    kh_lo, kh_hi = tile_taps(-tl.max(ih0, axis=0), H - 1 - tl.min(ih0, axis=0), dil_h, kh_start, kh_end)
+    kw_lo, kw_hi = tile_taps(-tl.max(iw0, axis=0), W - 1 - tl.min(iw0, axis=0), dil_w, kw_start, kw_end)
+    acc = tap_reduction(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, a_offs, ih0, iw0, H, W, sxh, sxw, sxc,
+                        w_ptr, b_offs, tl.full((BLOCK_N,), True, tl.int1), swh, sww, swc, C_PER_GROUP,
+                        (kh_lo, kh_hi, kw_lo, kw_hi, 0, 1, 0, dil_h, 0, 1, 0, dil_w),
+                        False, EVEN_K, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
 
+    offs_f = as_index(offs_f, INT64)
+    f_valid = offs_f < F_PER_GROUP
     if HAS_BIAS:
         bias = tl.load(bias_ptr + (group * F_PER_GROUP + offs_f) * sb, mask=f_valid, other=0.0)
         acc += bias.to(tl.float32)[None, :]
 
     y_offs = (n_img * syn + oh * syh + ow * syw)[:, None] + (group * F_PER_GROUP + offs_f)[None, :] * syc
-    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=m_valid[:, None] & f_valid[None, :])
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & f_valid[None, :])
+
+
+@triton.jit
+def phase_taps(r, pad, dil, stride, gcd, inv, k_start, k_end):
+    """The live taps k in [k_start, k_end) that reach input rows ih = r (mod stride), from the last down:
+    (k_last, count, step, o_last, o_step): tap k_last - i*step (i < count) reaches output row
+    ih // stride + o_last + i*o_step.
+
+    Input row ih is tap k of output row (ih + pad - k*dil) / stride when the division is exact, so k
+    qualifies when k*dil = r + pad (mod stride): with g = gcd(dil, stride), exactly when g divides r + pad
+    and then k = (r + pad)/g * inv (mod stride/g), inv being dil/g's inverse modulo stride/g (host
+    arithmetic). Such taps are stride/g apart, and each moves the output row by dil/g.
+    """
+    step = stride // gcd
+    k_any = ((r + pad) // gcd * inv) % step
+    k_last = k_end - 1 - ((k_end - 1 - k_any) % step + step) % step
+    count = tl.where(((r + pad) % gcd == 0) & (k_last >= k_start), (k_last - k_start) // step + 1, 0)
+    return k_last, count, step, (r + pad - k_last * dil) // stride, dil // gcd
 
 
 @triton.jit
@@ -137,69 +190,104 @@ def conv2d_input_grad_kernel(
     N, H, W, OH, OW, C_PER_GROUP, F_PER_GROUP,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     kh_start, kh_end, kw_start, kw_end,
+    # gcd(dilation, stride) and (dilation/gcd)^-1 mod stride/gcd, per axis (see phase_taps).
+    gcd_h, gcd_w, inv_h, inv_w,
     # Element strides of dy, w and dx, in (N/F, C, H, W) order.
     syn, syc, syh, syw,
     swf, swc, swh, sww,
     sxn, sxc, sxh, sxw,
+    EVEN_K: tl.constexpr,   # F_g is a multiple of BLOCK_K: no output-channel masks
+    EVEN_N: tl.constexpr,   # C_g is a multiple of BLOCK_N: no input-channel masks on w
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
-    BLOCK_M: tl.constexpr,  # input pixels (n, ih, iw) per program
+    BLOCK_M: tl.constexpr,  # input pixels (n, ih, iw) of one phase per program
     BLOCK_N: tl.constexpr,  # input channels per program
     BLOCK_K: tl.constexpr,  # output channels per step of the reduction, for one tap
     GROUP_M: tl.constexpr,
 ):
-    """Input gradient as an implicit GEMM: [N*H*W, F_g*KH*KW] x [F_g*KH*KW, C_g] per group.
+    """Input gradient as an implicit GEMM per phase: [N*H*W / (sh*sw), F_g*taps] x [F_g*taps, C_g] per group.
 
         dx[n, c, ih, iw] = sum_{f, kh, kw} dy[n, f, oh, ow] * w[f, c, kh, kw]
         where oh = (ih + ph - kh*dh) / sh exactly (likewise ow), and 0 <= oh < OH.
 
-    A tap contributes to input pixel ih only when ih + ph - kh*dh is a non-negative multiple of the
-    stride; the others are masked. Grid: (cdiv(N*H*W, BLOCK_M) * cdiv(C_g, BLOCK_N), groups).
+    Whether the division is exact depends only on ih's phase ih mod sh (as in CUTLASS's strided dgrad),
+    so each program takes the pixels of one phase (rh, rw) and visits only the taps that reach them
+    (phase_taps): a dense GEMM with no MMA work masked away. Within a phase, input row ih = q*sh + rh
+    gets output row q + o for a tap that moves it by o.
+
+    Rows whose output row lies outside dy read 0 there; torch adds nothing for them, where 0 * w would be
+    NaN for a non-finite weight. A tile whose result holds a NaN is therefore computed once more with
+    those rows left out exactly (`tap_reduction`'s EXACT), which costs every MMA a wait, but only there.
+
+    Grid: (cdiv(N*cdiv(H, sh)*cdiv(W, sw), BLOCK_M) * cdiv(C_g, BLOCK_N), groups, sh*sw); programs past
+    their phase's smaller tile count return at once.
     """
     group = tl.program_id(1)
-    M = N * H * W
-    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C_PER_GROUP, BLOCK_N), GROUP_M)
+    rh = tl.program_id(2) // stride_w
+    rw = tl.program_id(2) % stride_w
+    HQ = tl.cdiv(H - rh, stride_h)
+    WQ = tl.cdiv(W - rw, stride_w)
+    M = N * HQ * WQ
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(C_PER_GROUP, BLOCK_N)
+    if tl.program_id(0) >= num_m * num_n:
+        return
+    pid_m, pid_n = grouped_tile(tl.program_id(0), num_m, num_n, GROUP_M)
 
-    offs_m = as_index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INT64)
-    m_valid = offs_m < M
-    n_img = offs_m // (H * W)
-    pix = offs_m % (H * W)
-    ih = pix // W
-    iw = pix % W
-    dy_rows = n_img * syn + as_index(group * F_PER_GROUP, INT64) * syc
+    # Row m is pixel (n, q_h*sh + rh, q_w*sw + rw) of the phase; rows past the end repeat the last one, so
+    # loads need no row mask (those rows are never stored).
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = as_index(tl.minimum(offs_m, M - 1), INT64)
+    n_img = m // (HQ * WQ)
+    q_h = m % (HQ * WQ) // WQ
+    q_w = m % WQ
+    dy_rows = n_img * syn + as_index(group * F_PER_GROUP, INT64) * syc + q_h * syh + q_w * syw
+    a_offs = dy_rows[:, None] + tl.arange(0, BLOCK_K)[None, :] * syc
+    dx_rows = n_img * sxn + (q_h * stride_h + rh) * sxh + (q_w * stride_w + rw) * sxw
 
-    offs_c = as_index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
-    c_valid = offs_c < C_PER_GROUP
-    w_cols = as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc
+    kh_last, count_h, step_h, oh_last, oh_step = phase_taps(rh, pad_h, dil_h, stride_h, gcd_h, inv_h, kh_start, kh_end)
+    kw_last, count_w, step_w, ow_last, ow_step = phase_taps(rw, pad_w, dil_w, stride_w, gcd_w, inv_w, kw_start, kw_end)
+    # The phase's taps that reach dy from some row of this tile (a superset when the tile spans images):
+    # row q reads output row q + o_last + i*o_step, inside [0, OH) for i*o_step in [-o_last - q, OH-1 - o_last - q].
+    i_lo, i_hi = tile_taps(-oh_last - tl.max(q_h, axis=0), OH - 1 - oh_last - tl.min(q_h, axis=0), oh_step, 0, count_h)
+    j_lo, j_hi = tile_taps(-ow_last - tl.max(q_w, axis=0), OW - 1 - ow_last - tl.min(q_w, axis=0), ow_step, 0, count_w)
+    taps = (i_lo, i_hi, j_lo, j_hi, kh_last, -step_h, oh_last, oh_step, kw_last, -step_w, ow_last, ow_step)
+    tile = (dy_ptr, a_offs, q_h, q_w, w_ptr, dx_ptr, dx_rows, offs_m < M, group)
+    sizes = (OH, OW, C_PER_GROUP, F_PER_GROUP)
+    strides = (syh, syw, syc, swf, swc, swh, sww, sxc)
+    total = input_grad_columns(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), tile, sizes, strides, taps,
+                               False, EVEN_K, EVEN_N, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+    if total != total:
+        # A NaN (or inf - inf) in the tile: computed again exactly, over it (after a barrier, so that each
+        # element's last store is the exact one), in parts of the columns, so that the accumulator and the
+        # copy that EXACT keeps fit the registers of the whole tile's.
+        tl.debug_barrier()
+        EXACT_N: tl.constexpr = BLOCK_N // 4 if BLOCK_N >= 64 else BLOCK_N
+        for part in tl.range(0, BLOCK_N // EXACT_N):
+            input_grad_columns(pid_n * BLOCK_N + part * EXACT_N + tl.arange(0, EXACT_N), tile, sizes, strides, taps,
+                               True, EVEN_K, EVEN_N, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
 
-    # The taps that reach an output row from some input row of this tile (a superset when the tile spans
-    # images): input row ih is tap kh of output row (ih + ph - kh*dh) / sh, which lies in [0, OH) for
-    # kh*dh in [ih + ph - (OH-1)*sh, ih + ph]. Whether the division is exact is masked per row.
-    kh_lo, kh_hi = tile_taps(tl.min(ih, axis=0) + pad_h - (OH - 1) * stride_h, tl.max(ih, axis=0) + pad_h,
-                             dil_h, kh_start, kh_end)
-    kw_lo, kw_hi = tile_taps(tl.min(iw, axis=0) + pad_w - (OW - 1) * stride_w, tl.max(iw, axis=0) + pad_w,
-                             dil_w, kw_start, kw_end)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # One pipelined reduction over (tap, output-channel block), as in the forward.
-    kh, kw, f0 = kh_lo, kw_lo, tl.zeros((), dtype=tl.int32)
-    for _ in range(0, (kh_hi - kh_lo) * (kw_hi - kw_lo) * tl.cdiv(F_PER_GROUP, BLOCK_K)):
-        oh, oh_valid = inverse_stride(ih + pad_h - kh * dil_h, stride_h, OH)
-        ow, ow_valid = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
-        pixel_valid = m_valid & oh_valid & ow_valid
-        offs_f = as_index(f0 + tl.arange(0, BLOCK_K), INT64)
-        f_valid = offs_f < F_PER_GROUP
-        a = tl.load(dy_ptr + (dy_rows + oh * syh + ow * syw)[:, None] + offs_f[None, :] * syc,
-                    mask=pixel_valid[:, None] & f_valid[None, :], other=0.0)
-        b = tl.load(w_ptr + (w_cols + kh * swh + kw * sww)[None, :] + offs_f[:, None] * swf,
-                    mask=f_valid[:, None] & c_valid[None, :], other=0.0)
-        # Rows this tap does not reach keep acc as it was: their dy reads as 0, but 0 * w is NaN for a
-        # non-finite weight, which torch never multiplies there.
-        acc = tl.where(pixel_valid[:, None], dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
-        kh, kw, f0 = next_step(kh, kw, f0, kw_lo, kw_hi, F_PER_GROUP, BLOCK_K)
 
-    dx_offs = (n_img * sxn + ih * sxh + iw * sxw)[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
-    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=m_valid[:, None] & c_valid[None, :])
+@triton.jit
+def input_grad_columns(offs_c, tile, sizes, strides, taps, EXACT: tl.constexpr, EVEN_K: tl.constexpr,
+                       EVEN_N: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """Store the input gradient of one tile's rows at input channels offs_c (conv2d_input_grad_kernel's
+    tuples of arguments) and return the sum of the float32 results. Channels are w's contiguous axis:
+    clamping them would cost the vector loads, so they are masked, unless C_g is a multiple of BLOCK_N."""
+    dy_ptr, a_offs, q_h, q_w, w_ptr, dx_ptr, dx_rows, rows_in, group = tile
+    OH, OW, C_PER_GROUP, F_PER_GROUP = sizes
+    syh, syw, syc, swf, swc, swh, sww, sxc = strides
+    offs_c = as_index(offs_c, INT64)
+    c_in = (offs_c < C_PER_GROUP) | EVEN_N  # constant True when EVEN_N: no mask is compiled
+    b_offs = (as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc)[None, :] + tl.arange(0, BLOCK_K)[:, None] * swf
+    acc = tl.zeros((a_offs.shape[0], offs_c.shape[0]), dtype=tl.float32)
+    acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww, swf,
+                        F_PER_GROUP, taps, EXACT, EVEN_K, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+    dx_offs = dx_rows[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
+    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=rows_in[:, None] & (offs_c < C_PER_GROUP)[None, :])
+    return tl.sum(tl.sum(acc, axis=1), axis=0)
 
 
 @triton.jit

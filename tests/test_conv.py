@@ -50,6 +50,38 @@ def test_conv2d_forward_backward(case, dtype, channels_last):
     assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+# Strided input gradients, computed phase by phase (ih mod sh, iw mod sw): strides 2 and 3 per axis, odd
+# sizes, dilations sharing a factor with the stride (gcd 2: half the phases get no tap at all, their dx
+# must still be written as zeros over the NaN the output starts as) and not, a map smaller than its stride
+# (a phase with no pixels), non-square kernels.
+# (N, C, H, W, F, (KH, KW), stride, padding, dilation)
+PHASE_CASES = [
+    (1, 3, 9, 11, 4, (3, 3), 2, 1, 1),
+    (1, 5, 10, 7, 3, (3, 2), 3, (2, 0), (2, 3)),
+    (2, 4, 8, 9, 5, (4, 3), (2, 3), 3, (2, 1)),
+    (1, 3, 13, 12, 2, (5, 3), (3, 2), (4, 1), (3, 2)),
+    (1, 2, 2, 5, 3, (1, 3), 3, (0, 1), 1),
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", PHASE_CASES, ids=[f"phase{i}" for i in range(len(PHASE_CASES))])
+def test_strided_input_grad_by_phase(case, dtype, channels_last):
+    n, c, h, w_, f, k, stride, padding, dilation = case
+    x = rand(n, c, h, w_, dtype=dtype, channels_last=channels_last, requires_grad=True)
+    w = rand(f, c, *k, dtype=dtype)
+    y = tc.conv2d(x, w, None, stride, padding, dilation)
+    xr = x.detach().double().requires_grad_()
+    ref = _reference(xr, w.double(), None, stride, padding, dilation, 1)
+    assert_close(y, ref, dtype, "forward")
+    dy = rand(*ref.shape, dtype=dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, dtype, "input grad")
+    assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def _check_float32(x, w, stride, padding, dilation):
     """conv2d of float32 x and w (requiring grad), forward and both gradients, against float64 torch."""
     y = tc.conv2d(x, w, None, stride, padding, dilation)

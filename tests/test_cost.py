@@ -131,6 +131,8 @@ def test_flags_division_scalar_loads_wgmma_wait_and_atomics_in_a_hot_loop():
     assert _flags(c) == {"division", "scalar-loads", "unpipelined-loads", "wgmma-wait-0", "atomics-in-loop", "spills"}
     # In float32 the same 16-bit loads are not one element each.
     assert "scalar-loads" not in _flags(cost.model(_launch(torch.float32, programs=100_000), f, (50,), 0, 0, 1, 0))
+    # A loop whose registered trips say it never runs (a rare fallback) waits for nothing.
+    assert "wgmma-wait-0" not in _flags(cost.model(_launch(torch.float16, programs=100_000), f, (0,), 0, 0, 1, 0))
 
 
 def test_occupancy_by_registers_shared_memory_and_warps():

@@ -119,7 +119,7 @@ def test_pool_and_dropout_non_contiguous_views():
 # NaN in the weight: taps masked out of the input gradient contribute nothing, as in torch.
 # ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("path", list(CONV_PATHS))
 def test_nan_weight_input_grad_positions(path, stride):
     c, w_shape, groups, padding = CONV_PATHS[path]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -26,10 +27,11 @@ from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_ker
 def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Forward and input gradient: output tiles, one pipelined reduction over (tap, channel block).
 
-    On a GPU, 4 warps and 3 stages. 8-warp configurations stay in the tuning space only (where the
-    autotuner checks each against this heuristic's output): flattened implicit-GEMM loops at 8 warps have
-    miscompiled in another template, and no GPU run has checked them here yet. Registers and spills:
-    `python -m bench.static --kernel conv2d_forward conv2d_input_grad`.
+    On a GPU, 4 warps and 3 stages. 8-warp configurations
+    stay in the tuning space only (where the autotuner checks each against this heuristic's output):
+    flattened implicit-GEMM loops at 8 warps have miscompiled in another template, and no GPU run has
+    checked them here yet. Registers and spills: `python -m bench.static --kernel conv2d_forward
+    conv2d_input_grad`.
     """
     blocks = heuristics.gemm_blocks(problem, interpreter)
     if interpreter:
@@ -43,16 +45,32 @@ def _gemm_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     return dispatch.Config.of(num_warps=4, num_stages=3, GROUP_M=8, **blocks)
 
 
+def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Forward: as _gemm_config, but 16-bit 128-row tiles on a GPU are 128 columns wide and reduce 32
+    channels per step. A step's address and mask arithmetic is per row and per 16-byte vector, so twice
+    the columns per row halve its share of the work per MAC; with the 128x128 float32 accumulator, 64
+    channels per step spill on sm_80, and float32 operands spill even at 32 (`python -m bench.static
+    --target sm_90 sm_80 --kernel conv2d_forward`)."""
+    config = _gemm_config(problem, interpreter)
+    if interpreter or config["BLOCK_M"] != 128 or problem.dtype == torch.float32:
+        return config
+    return dispatch.Config.of(**{**config.launch_kwargs(), "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128),
+                                 "BLOCK_K": heuristics.pow2_clamp(problem.k, 16, 32)})
+
+
 def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Input gradient: as the forward, but 64-row tiles on a GPU, 128 columns wide when there is work
-    for 128-row ones. Its per-tap stride masks cost registers per row: 128-row tiles spill, while a wider
-    tile spreads that arithmetic over twice the MMA work (`python -m bench.static --kernel
-    conv2d_input_grad --space full` lists every configuration's registers and spills)."""
+    for 128-row ones, and float32 reduces 32 channels per step. Its exact recomputation (see the kernel)
+    keeps a second accumulator: 128-row tiles spill, as do float32 steps of 64 channels (float32 w tiles
+    load element by element, transposed for the tf32 MMA), while a wider tile spreads the per-row
+    arithmetic over twice the MMA work (`python -m bench.static --kernel conv2d_input_grad --space full`
+    lists every configuration's registers and spills)."""
     config = _gemm_config(problem, interpreter)
     if interpreter:
         return config
     wide = config["BLOCK_M"] == 128
-    return dispatch.Config.of(**{**config.launch_kwargs(), "BLOCK_M": 64,
+    block_k = min(config["BLOCK_K"], 32) if problem.dtype == torch.float32 else config["BLOCK_K"]
+    return dispatch.Config.of(**{**config.launch_kwargs(), "BLOCK_M": 64, "BLOCK_K": block_k,
                                  "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128 if wide else 64)})
 
 
@@ -84,24 +102,43 @@ def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _rows_reading_input(args: Mapping[str, object], forward: bool) -> float:
-    """The share of (tile row, live tap row kh) pairs whose tap reads a real input row: output row oh reads
-    input row oh*sh - ph + kh*dh (forward); input row ih gets output row (ih + ph - kh*dh) / sh (input
-    gradient). A tile that spans whole rows skips a tap exactly when it reads only padding, so this is
-    the share of channel loops run; skipping along columns is not counted."""
+    """The forward's share of (tile row, live tap row kh) pairs whose tap reads a real input row (output
+    row oh reads input row oh*sh - ph + kh*dh), or the input gradient's mean number of live tap rows that
+    reach dy from an input row (input row ih gets output row (ih + ph - kh*dh) / sh when that division is
+    exact and lands in [0, OH): its phase's taps, phase by phase). A tile that spans whole rows skips a tap
+    exactly when no row reads with it, so this scales the channel loops run; skipping along columns is
+    not counted."""
     h, oh, s, p, d = args["H"], args["OH"], args["stride_h"], args["pad_h"], args["dil_h"]
-    rows, taps = (oh, h) if forward else (h, oh * s)
     live = range(args["kh_start"], args["kh_end"])
-    hits = sum(0 <= (r * s - p + kh * d if forward else r + p - kh * d) < taps for kh in live for r in range(rows))
-    return hits / (rows * len(live)) if live else 0.0
+    if not live:
+        return 0.0
+    if forward:
+        return sum(0 <= r * s - p + kh * d < h for kh in live for r in range(oh)) / (oh * len(live))
+    return sum((r + p - kh * d) % s == 0 and 0 <= (r + p - kh * d) // s < oh for kh in live for r in range(h)) / h
+
+
+def _phase_columns(args: Mapping[str, object]) -> float:
+    """The input gradient's mean number of live tap columns of an input column's phase (iw + pw - kw*dw
+    a multiple of sw), over the input's columns."""
+    w, s, p, d = args["W"], args["stride_w"], args["pad_w"], args["dil_w"]
+    return sum((c + p - kw * d) % s == 0 for kw in range(args["kw_start"], args["kw_end"]) for c in range(w)) / w
 
 
 def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
-    """Forward and input gradient: one loop over (live tap, channel block), over the taps that read real
-    input for some row of the tile (the kw range is not cut per tile in this estimate)."""
+    """Forward: one loop over (live tap, channel block), over the taps that read real input for some row of
+    the tile (the kw range is not cut per tile in this estimate). Input gradient: the same over its
+    phase's taps, averaged over the programs launched (a smaller phase leaves some idle), and the exact
+    recomputation's loop, which runs only for a tile whose result holds a NaN: never, here."""
     forward = problem.kernel == "conv2d_forward"
     steps = cdiv(args["C_PER_GROUP" if forward else "F_PER_GROUP"], config["BLOCK_K"])
-    taps = (args["kh_end"] - args["kh_start"]) * (args["kw_end"] - args["kw_start"])
-    return (taps * steps * _rows_reading_input(args, forward),)
+    if forward:
+        taps = (args["kh_end"] - args["kh_start"]) * (args["kw_end"] - args["kw_start"])
+        return (taps * steps * _rows_reading_input(args, forward),)
+    sh, sw = args["stride_h"], args["stride_w"]
+    n, h, w = args["N"], args["H"], args["W"]
+    tiles = sum(cdiv(n * cdiv(h - rh, sh) * cdiv(w - rw, sw), config["BLOCK_M"]) for rh in range(sh) for rw in range(sw))
+    launched = cdiv(n * cdiv(h, sh) * cdiv(w, sw), config["BLOCK_M"]) * sh * sw
+    return (steps * _rows_reading_input(args, forward) * _phase_columns(args) * tiles / launched, 0.0, 0.0)
 
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
@@ -111,7 +148,7 @@ def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
     return (cdiv(steps, config["SPLIT_K"]),)
 
 
-dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gemm_config, _gemm_space,
+dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _forward_config, _gemm_space,
                   trips=_gemm_trips)
 dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space,
                   trips=_gemm_trips)
@@ -137,7 +174,8 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
 
     def prepare(cfg: dispatch.Config) -> Callable:
         grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
-        kernel = _plans.launcher(conv2d_forward_kernel, grid, **flags, **cfg.launch_kwargs())
+        kernel = _plans.launcher(conv2d_forward_kernel, grid, EVEN_K=geo.in_channels // g % cfg["BLOCK_K"] == 0,
+                                 **flags, **cfg.launch_kwargs())
 
         def run(x, w, bias):
             y = alloc()
@@ -156,6 +194,14 @@ def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dis
         channels_last=channels_last(x), extra=(("taps", geo.kernel[0] * geo.kernel[1]),))
 
 
+def _phase_constants(geo: ConvGeometry) -> tuple[int, int, int, int]:
+    """(gcd_h, gcd_w, inv_h, inv_w) for the input-gradient kernel's phase_taps: g = gcd(dilation, stride)
+    and the inverse of dilation/g modulo stride/g (0 when stride/g is 1), per axis."""
+    gcds = [math.gcd(d, s) for d, s in zip(geo.dilation, geo.stride)]
+    invs = [pow(d // gd, -1, s // gd) if s > gd else 0 for d, s, gd in zip(geo.dilation, geo.stride, gcds)]
+    return (*gcds, *invs)
+
+
 @dispatch.on_inputs_device
 def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
     """The launch of dL/dx for the convolution `geo` on tensors like these: run(dy, w) -> dx, in the memory
@@ -166,13 +212,17 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
         return lambda dy, w: alloc()
     dyg, wg = gemm_operand(_plans.meta_like(dy)), gemm_operand(_plans.meta_like(w))
     g = geo.groups
-    m = geo.batch * geo.height * geo.width
-    args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *dyg.stride(), *wg.stride(), *dx.stride())
+    phases = geo.stride[0] * geo.stride[1]
+    # Pixels of the largest phase (ih mod sh, iw mod sw): the kernel's rows per phase (see its docstring).
+    rows = geo.batch * cdiv(geo.height, geo.stride[0]) * cdiv(geo.width, geo.stride[1])
+    args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *_phase_constants(geo), *dyg.stride(),
+            *wg.stride(), *dx.stride())
     flags = {"INT64": needs_int64(dyg, wg, dx), **dot_flags(dy.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g)
-        kernel = _plans.launcher(conv2d_input_grad_kernel, grid, **flags, **cfg.launch_kwargs())
+        grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g, phases)
+        kernel = _plans.launcher(conv2d_input_grad_kernel, grid, EVEN_K=geo.out_channels // g % cfg["BLOCK_K"] == 0,
+                                 EVEN_N=geo.in_channels // g % cfg["BLOCK_N"] == 0, **flags, **cfg.launch_kwargs())
 
         def run(dy, w):
             dx = alloc()
@@ -181,7 +231,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
         return run
 
     return dispatch.runner(dispatch.Problem(
-        "conv2d_input_grad", m=m, n=geo.in_channels // g, k=geo.out_channels // g * geo.kernel[0] * geo.kernel[1],
+        "conv2d_input_grad", m=geo.batch * geo.height * geo.width, n=geo.in_channels // g, k=geo.out_channels // g * geo.kernel[0] * geo.kernel[1],
         batch=g, dtype=dy.dtype, channels_last=channels_last(like), extra=(("taps", geo.kernel[0] * geo.kernel[1]),)),
         prepare, dy, w)
 
