@@ -11,6 +11,7 @@ imports the package first, which registers every op, so such a call cannot miss.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,6 +22,7 @@ from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (channels_last, check_bias, check_same, check_tensor, conv_padding, empty_like_layout,
                                 interpreting, output_size, pair)
 from tritonconv.kernels.activations import activation_backward_kernel
+from tritonconv.kernels.common import split_sum_kernel
 
 # ---------------------------------------------------------------------------------------------------------
 # Geometry.
@@ -223,6 +225,16 @@ def gemm_operand(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
 
 
+def pixel_stride(t: torch.Tensor) -> int | None:
+    """The stride between consecutive pixels (n, h, w) of `t` (N, C, H, W) when every one is that far from
+    the one before (a dense NHWC tensor, or a dense NCHW one with one channel), so a run of pixels is
+    addressed by one stride; else None."""
+    n, _, h, w = t.shape
+    sn, _, sh, sw = t.stride()
+    step = sw if w > 1 else sh if h > 1 else sn
+    return step if (h == 1 or sh == w * step) and (n == 1 or sn == h * w * step) else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Autograd building blocks.
 # ---------------------------------------------------------------------------------------------------------
@@ -278,6 +290,38 @@ def _elementwise_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 dispatch.register("activation_backward", "elementwise", activation_backward_kernel, _elementwise_config,
                   _elementwise_space, programs=_elementwise_programs, trips=lambda problem, config, args: ())  # no loop
+
+
+dispatch.register("split_sum", "elementwise", split_sum_kernel, _elementwise_config, _elementwise_space,
+                  programs=_elementwise_programs, trips=lambda problem, config, args: (args["SPLITS"],))
+
+
+def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype,
+                     device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], bool]:
+    """How `splits` programs that each reduce one slice of a sum of `shape` (a weight gradient) combine
+    their float32 partial sums: (alloc, total, workspace).
+
+    alloc() makes the float32 buffer the kernel writes and total(buffer) returns the sum in `dtype`. With
+    one split the kernel stores the result. Under `torch.use_deterministic_algorithms(True)` the splits
+    store into their own slices of a (splits, *shape) workspace (workspace is True), which total() adds
+    in a fixed order (kernels/common.py `split_sum_kernel`): the same bits on every run. Otherwise the
+    splits add into a zero-filled result with atomics, whose order changes from run to run.
+    """
+    f32 = functools.partial(torch.empty, dtype=torch.float32, device=device)
+    if splits > 1 and torch.are_deterministic_algorithms_enabled():
+        numel = int(torch.Size(shape).numel())
+        problem = dispatch.Problem("split_sum", m=numel, n=splits, dtype=dtype)
+        cfg = dispatch.config_for(problem)
+        kernel = _plans.launcher(split_sum_kernel, (dispatch.programs(cfg, problem),), **cfg.launch_kwargs())
+
+        def total(parts: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(shape, dtype=dtype, device=device)
+            kernel(parts, out, numel, splits)
+            return out
+        return functools.partial(f32, (splits, *shape)), total, True
+    alloc = functools.partial(torch.zeros, shape, dtype=torch.float32, device=device) if splits > 1 \
+        else functools.partial(f32, shape)
+    return alloc, lambda result: result.to(dtype), False
 
 
 @dispatch.on_inputs_device
