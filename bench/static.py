@@ -83,7 +83,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # Kernels that are matrix products at heart and must reach the tensor cores: HGMMA on sm_90 for 16-bit
 # inputs (tests/test_static.py checks it).
 GEMM_KERNELS = frozenset({"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "pointwise_forward",
-                          "separable_forward"})
+                          "pointwise_input_grad", "pointwise_weight_grad", "separable_forward"})
 
 Run = Callable[[Callable, torch.dtype], None]
 

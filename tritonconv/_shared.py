@@ -296,6 +296,36 @@ dispatch.register("split_sum", "elementwise", split_sum_kernel, _elementwise_con
                   programs=_elementwise_programs, trips=lambda problem, config, args: (args["SPLITS"],))
 
 
+def weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Weight gradients (m output channels, n input channels, k pixels, batch taps x groups): few [m, n]
+    tiles and a long reduction over pixels, split across programs (SPLIT_K) until they fill two waves
+    of the GPU (at the occupancy the tile's shared memory allows). Tiles up to 128 output channels by 64
+    input channels at 4 warps: a step's pixel arithmetic (per pixel, in both operands' layouts) then
+    pays for twice the MMA work of a 64x64 tile, while 128x128 spills (`python -m bench.cost --kernel
+    conv2d_weight_grad pointwise_weight_grad`, `python -m bench.static --space full`). The interpreter
+    splits whenever there are two steps, so the tests exercise the split paths."""
+    blocks = heuristics.gemm_blocks(problem, interpreter)
+    if interpreter:
+        blocks["BLOCK_K"] = 32
+        return dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=2 if problem.k > 32 else 1, **blocks)
+    blocks["BLOCK_M"] = heuristics.pow2_clamp(problem.m, 16, 128)
+    blocks["BLOCK_N"] = heuristics.pow2_clamp(problem.n, 16, 64)
+    unsplit = dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=1, **blocks)
+    resident = max(1, heuristics.SMEM_PER_SM // dispatch.smem_bytes(unsplit, problem.dtype))
+    tiles = dispatch.gemm_programs(unsplit, problem)
+    # At least 8 reduction steps per split, so the atomics (or the workspace) stay a small share of the
+    # traffic.
+    fill = heuristics.cdiv(2 * heuristics.SM_COUNT * resident, tiles)
+    split = max(1, min(fill, dispatch.gemm_steps(unsplit, problem) // 8, 64))
+    return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
+
+
+def weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """Tiles up to 128x128, 4 warps (see weight_grad_config), splits up to 64."""
+    return dispatch.product_space(num_warps=(4,), num_stages=(3, 4), BLOCK_M=(32, 64, 128),
+                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
+
+
 def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype,
                      device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], bool]:
     """How `splits` programs that each reduce one slice of a sum of `shape` (a weight gradient) combine

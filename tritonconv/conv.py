@@ -13,7 +13,8 @@ from tritonconv import depthwise, pointwise  # noqa: F401
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, empty_like_layout, needs_int64
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, conv_geometry, dot_flags, epilogue_plan,
                                 gemm_operand, geometry, geometry_args, input_grads, no_channels_output,
-                                pixel_stride, register_gradient_ops, split_k_partials, tf32)
+                                pixel_stride, register_gradient_ops, split_k_partials, tf32,
+                                weight_grad_config, weight_grad_space)
 from tritonconv.heuristics import cdiv
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
@@ -55,40 +56,11 @@ def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
                                  "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128 if wide else 64)})
 
 
-def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Weight gradient: few [F_g, C_g] tiles per tap and a long reduction over N*OH*OW, split across
-    programs until they fill two waves of the GPU (at the occupancy the tile's shared memory allows).
-    Tiles up to 128 output channels by 64 input channels at 4 warps: a step's pixel arithmetic (per
-    pixel, in both operands' layouts) then pays for twice the MMA work of a 64x64 tile, while 128x128
-    spills (`python -m bench.cost --kernel conv2d_weight_grad`, `python -m bench.static --kernel
-    conv2d_weight_grad --space full`). The interpreter splits whenever there are two steps, so the tests
-    exercise the split paths."""
-    blocks = heuristics.gemm_blocks(problem, interpreter)
-    if interpreter:
-        blocks["BLOCK_K"] = 32
-        return dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=2 if problem.k > 32 else 1, **blocks)
-    blocks["BLOCK_M"] = heuristics.pow2_clamp(problem.m, 16, 128)
-    blocks["BLOCK_N"] = heuristics.pow2_clamp(problem.n, 16, 64)
-    unsplit = dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=1, **blocks)
-    resident = max(1, heuristics.SMEM_PER_SM // dispatch.smem_bytes(unsplit, problem.dtype))
-    tiles = dispatch.gemm_programs(unsplit, problem)
-    # At least 8 reduction steps per split, so the atomics (or the workspace) stay a small share of the
-    # traffic.
-    split = max(1, min(cdiv(2 * heuristics.SM_COUNT * resident, tiles), dispatch.gemm_steps(unsplit, problem) // 8,
-                       64))
-    return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
-
-
 def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Wide tiles up to 128x256 and 128 channels per step; the 8-warp ones are checked by the autotuner
     against the heuristic's output before use (see _gemm_config)."""
     return dispatch.product_space(num_warps=(4, 8), num_stages=(3, 4), BLOCK_M=(64, 128),
                                   BLOCK_N=(64, 128, 256), BLOCK_K=(32, 64, 128), GROUP_M=(8,))
-
-
-def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    return dispatch.product_space(num_warps=(4,), num_stages=(3, 4), BLOCK_M=(32, 64, 128),
-                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
 
 
 def _rows_reading_input(args: Mapping[str, object], forward: bool) -> float:
@@ -123,8 +95,8 @@ dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _gem
                   trips=_gemm_trips)
 dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space,
                   trips=_gemm_trips)
-dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space, trips=_weight_grad_trips)
+dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, weight_grad_config,
+                  weight_grad_space, trips=_weight_grad_trips)
 
 
 @dispatch.on_inputs_device
