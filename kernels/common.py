@@ -110,7 +110,8 @@ def inverse_stride(t, stride, size):
 def split_sum_kernel(
     parts_ptr,  # float32 (SPLITS, NUMEL), contiguous: the partial sums of each split
     out_ptr,    # (NUMEL,) contiguous, any float dtype
-    NUMEL, SPLITS,
+    NUMEL,
+    SPLITS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """out[i] = sum over s = 0, 1, ..., SPLITS-1 of parts[s, i], added in that order in float32, so the
@@ -119,7 +120,7 @@ def split_sum_kernel(
     mask = offs < NUMEL
     parts = parts_ptr + offs
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for _ in range(SPLITS):
+    for _ in tl.static_range(SPLITS):  # unrolled: every split's load can be in flight at once
         acc += tl.load(parts, mask=mask, other=0.0)
         parts += NUMEL
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

@@ -144,7 +144,9 @@ def pointwise_weight_grad_kernel(
     x_tile = x_ptr + offs_c.to(tl.int64)[None, :] * sxc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(s_begin, min(s_begin + steps_per_split, steps)):
-        r = r0 + tl.arange(0, BLOCK_K)
+        # r0 is a multiple of BLOCK_K, which the compiler cannot see through the loop: said here, so that
+        # a contiguous pixel axis (NCHW) loads as vectors.
+        r = tl.multiple_of(r0, BLOCK_K) + tl.arange(0, BLOCK_K)
         r_valid = r < ROWS
         a = tl.load(dy_tile + run * syr + r.to(tl.int64)[None, :] * syp, mask=f_valid[:, None] & r_valid[None, :],
                     other=0.0)

@@ -293,7 +293,7 @@ dispatch.register("activation_backward", "elementwise", activation_backward_kern
 
 
 dispatch.register("split_sum", "elementwise", split_sum_kernel, _elementwise_config, _elementwise_space,
-                  programs=_elementwise_programs, trips=lambda problem, config, args: (args["SPLITS"],))
+                  programs=_elementwise_programs, trips=lambda problem, config, args: ())  # no loop: unrolled
 
 
 def weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -316,14 +316,14 @@ def weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
     # At least 8 reduction steps per split, so the atomics (or the workspace) stay a small share of the
     # traffic.
     fill = heuristics.cdiv(2 * heuristics.SM_COUNT * resident, tiles)
-    split = max(1, min(fill, dispatch.gemm_steps(unsplit, problem) // 8, 64))
+    split = max(1, min(fill, dispatch.gemm_steps(unsplit, problem) // 8, 256))
     return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
 
 
 def weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """Tiles up to 128x128, 4 warps (see weight_grad_config), splits up to 64."""
+    """Tiles up to 128x128, 4 warps (see weight_grad_config), splits up to 256."""
     return dispatch.product_space(num_warps=(4,), num_stages=(3, 4), BLOCK_M=(32, 64, 128),
-                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
+                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64, 256))
 
 
 def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype,
@@ -342,11 +342,12 @@ def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype,
         numel = int(torch.Size(shape).numel())
         problem = dispatch.Problem("split_sum", m=numel, n=splits, dtype=dtype)
         cfg = dispatch.config_for(problem)
-        kernel = _plans.launcher(split_sum_kernel, (dispatch.programs(cfg, problem),), **cfg.launch_kwargs())
+        kernel = _plans.launcher(split_sum_kernel, (dispatch.programs(cfg, problem),), SPLITS=splits,
+                                 **cfg.launch_kwargs())
 
         def total(parts: torch.Tensor) -> torch.Tensor:
             out = torch.empty(shape, dtype=dtype, device=device)
-            kernel(parts, out, numel, splits)
+            kernel(parts, out, numel)
             return out
         return functools.partial(f32, (splits, *shape)), total, True
     alloc = functools.partial(torch.zeros, shape, dtype=torch.float32, device=device) if splits > 1 \

@@ -148,13 +148,16 @@ def pointwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
 
 
 def _runs(t: torch.Tensor) -> torch.Tensor:
-    """`t` (N, C, H, W) with the pixels of each image evenly spaced: as it is, or a copy in its memory
-    format."""
-    _, _, h, w = t.shape
+    """`t` (N, C, H, W) as the weight gradient's operand: the pixels of each image evenly spaced, and
+    channels starting 16-element aligned unless they are the contiguous axis; else a channels_last copy.
+    An NCHW plane of, say, 14x14 pixels starts channels 196 elements apart, which Triton cannot prove
+    16-byte aligned, so every load along its pixels would be scalar (`python -m bench.cost --kernel
+    pointwise_weight_grad`), costing more than the copy."""
+    _, c, h, w = t.shape
     step = t.stride(3) if w > 1 else t.stride(2)
-    if h == 1 or t.stride(2) == w * step:
+    if (h == 1 or t.stride(2) == w * step) and (c == 1 or t.stride(1) == 1 or t.stride(1) % 16 == 0):
         return t
-    return t.contiguous(memory_format=torch.channels_last if channels_last(t) else torch.contiguous_format)
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def _sampled(x: torch.Tensor, geo: ConvGeometry) -> torch.Tensor:
