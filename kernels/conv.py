@@ -311,7 +311,8 @@ def conv2d_weight_grad_kernel(
     if SPLIT_K == 1:
         tl.store(dw_ptr + dw_offs, acc, mask=mask)
     elif WORKSPACE:
-        dw_size = as_index(tl.num_programs(2) * F_PER_GROUP * C_PER_GROUP * KHKW, INT64)
+        # int64: SPLIT_K copies of dw may pass 2^31 elements although one does not.
+        dw_size = tl.num_programs(2).to(tl.int64) * F_PER_GROUP * C_PER_GROUP * KHKW
         tl.store(dw_ptr + split * dw_size + dw_offs, acc, mask=mask)
     else:
         tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask)
