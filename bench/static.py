@@ -84,7 +84,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # Kernels that are matrix products at heart and must reach the tensor cores: HGMMA on sm_90 for 16-bit
 # inputs (tests/test_static.py checks it).
 GEMM_KERNELS = frozenset({"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "pointwise_forward",
-                          "separable_forward"})
+                          "pointwise_input_grad", "pointwise_weight_grad", "separable_forward"})
 
 Run = Callable[[Callable, torch.dtype], None]
 
@@ -150,6 +150,7 @@ class Probe:
     op: str
     shape: str
     run: Run
+    deterministic: bool = False  # under torch.use_deterministic_algorithms(True): split-K sums in a workspace
 
 
 # Real layers (issues 2 and 3), few so that CI stays fast: for the GEMM-shaped ops one shape large enough
@@ -157,6 +158,8 @@ class Probe:
 PROBES = [
     Probe("conv2d", "deeplab 16x256x65x65 3x3 d2 nhwc", _conv(16, 256, 256, 65, 3, dilation=2, channels_last=True)),
     Probe("conv2d", "aspp 2x2048x65x65 3x3 d24 bias nchw", _conv(2, 2048, 256, 65, 3, dilation=24, bias=True)),
+    Probe("conv2d", "deeplab 16x256x65x65 3x3 d2 nhwc deterministic",
+          _conv(16, 256, 256, 65, 3, dilation=2, channels_last=True), deterministic=True),
     Probe("depthwise_conv2d", "mobilenetv2 128x144x56x56 3x3 s2 nhwc",
           _depthwise(128, 144, 56, 3, 2, channels_last=True)),
     Probe("depthwise_conv2d", "convnext 8x384x14x14 7x7 nchw", _depthwise(8, 384, 14, 7)),
@@ -359,6 +362,21 @@ def _gpu_world(full: bool) -> Iterator[_Recorder]:
         dispatch.config_for, dispatch.use_torch, JITFunction.run, _plans.launcher = saved
 
 
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """torch.use_deterministic_algorithms(enabled) inside the block, without its NaN fill of new tensors
+    (the probes' tensors are never touched)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(enabled)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[2]
+
+
 def probe(dtypes: Iterable[str], full: bool) -> tuple[list[Launch], list[str]]:
     """Run every probe whose op exists, in every dtype; return the recorded launches and the errors."""
     if not isinstance(dispatch.spec(dispatch.kernels()[0]).fn, JITFunction):
@@ -372,7 +390,8 @@ def probe(dtypes: Iterable[str], full: bool) -> tuple[list[Launch], list[str]]:
             for dtype in dtypes:
                 recorder.start(p.shape)
                 try:
-                    p.run(getattr(tritonconv, p.op), DTYPES[dtype])
+                    with _deterministic(p.deterministic):
+                        p.run(getattr(tritonconv, p.op), DTYPES[dtype])
                 except Exception as e:  # noqa: BLE001 (a failing probe is reported, the others still run)
                     recorder.errors.append(f"probe {p.op} [{p.shape}] {dtype}: {type(e).__name__}: {e}")
     return recorder.launches, recorder.errors

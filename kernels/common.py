@@ -1,4 +1,5 @@
-"""Helpers shared by the kernels: operand products, index widths, program-to-tile maps, stride inversion.
+"""Helpers shared by the kernels: operand products, index widths, program-to-tile maps, stride inversion;
+and the kernel that sums split-K partial sums in a fixed order.
 
 Index widths. Three policies, each chosen for what its kernels do with their indices:
 - Implicit-GEMM convolution (kernels/conv.py): offsets are int32 unless the INT64 constexpr is set (see
@@ -103,3 +104,23 @@ def inverse_stride(t, stride, size):
     """
     o = t // stride
     return o, (t >= 0) & (o * stride == t) & (o < size)
+
+
+@triton.jit
+def split_sum_kernel(
+    parts_ptr,  # float32 (SPLITS, NUMEL), contiguous: the partial sums of each split
+    out_ptr,    # (NUMEL,) contiguous, any float dtype
+    NUMEL,
+    SPLITS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """out[i] = sum over s = 0, 1, ..., SPLITS-1 of parts[s, i], added in that order in float32, so the
+    result is the same bit for bit on every run. Grid: (cdiv(NUMEL, BLOCK),)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < NUMEL
+    parts = parts_ptr + offs
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for _ in tl.static_range(SPLITS):  # unrolled: every split's load can be in flight at once
+        acc += tl.load(parts, mask=mask, other=0.0)
+        parts += NUMEL
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)

@@ -296,10 +296,14 @@ def conv2d_weight_grad_kernel(
     # Sizes: input (N, C, H, W), weight (F, C_g, KH, KW), output (N, F, OH, OW).
     N, H, W, OH, OW, C_PER_GROUP, F_PER_GROUP, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    # Element strides of x and dy in (N, C, H, W) order; dw is a contiguous float32 (F, C_g, KH, KW).
+    # Element strides of x in (N, C, H, W) order. dy's pixels (n, oh, ow) are evenly spaced (the launcher
+    # makes them so): channel stride syc, pixel stride syp. dw is a contiguous float32 (F, C_g, KH, KW),
+    # or SPLIT_K of them one after another when WORKSPACE.
     sxn, sxc, sxh, sxw,
-    syn, syc, syh, syw,
-    SPLIT_K: tl.constexpr,  # programs that share one dw tile's reduction, summed with atomics
+    syc, syp,
+    SPLIT_K: tl.constexpr,    # programs that share one dw tile's reduction
+    WORKSPACE: tl.constexpr,  # each split stores its partial sums in its own dw, which common.split_sum_kernel
+                              # adds in a fixed order (reproducible), rather than adding them with atomics
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
@@ -312,9 +316,9 @@ def conv2d_weight_grad_kernel(
         dw[f, c, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
 
     The reduction runs over every output pixel, which is long (N*OH*OW) while the result is small, so
-    SPLIT_K programs each reduce one slice and add into the float32 result with atomics; with
-    SPLIT_K == 1 the result is stored directly. Grid: (tiles * SPLIT_K, KH*KW, groups), the caller
-    zero-fills dw when SPLIT_K > 1.
+    SPLIT_K programs each reduce one slice: with atomics they add into the float32 result (which the
+    caller zero-fills), with WORKSPACE each stores its own; with SPLIT_K == 1 the result is stored
+    directly. Grid: (tiles * SPLIT_K, KH*KW, groups).
     """
     pid = tl.program_id(0)
     tap = tl.program_id(1)
@@ -331,8 +335,6 @@ def conv2d_weight_grad_kernel(
     f_valid = offs_f < F_PER_GROUP
     offs_c = as_index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INT64)
     c_valid = offs_c < C_PER_GROUP
-    dy_chan = (group * F_PER_GROUP + offs_f) * syc
-    x_chan = (group * C_PER_GROUP + offs_c) * sxc
 
     P = N * OH * OW
     # Each split reduces a contiguous run of whole BLOCK_K steps.
@@ -341,25 +343,44 @@ def conv2d_weight_grad_kernel(
     p_begin = split * steps_per_split * BLOCK_K
     p_end = min(p_begin + steps_per_split * BLOCK_K, P)
 
+    # Output row oh reads input row oh*sh - ph + kh*dh, inside [0, H) for oh in [oh_lo, oh_hi); the
+    # same for columns. Computed once, so a step only compares coordinates with bounds: one unsigned
+    # comparison of oh - oh_lo with the span tests both ends.
+    oh_lo = (max(pad_h - kh * dil_h, 0) + stride_h - 1) // stride_h
+    last_h = H - 1 + pad_h - kh * dil_h
+    oh_hi = tl.where(last_h >= 0, last_h // stride_h + 1, 0)
+    ow_lo = (max(pad_w - kw * dil_w, 0) + stride_w - 1) // stride_w
+    last_w = W - 1 + pad_w - kw * dil_w
+    ow_hi = tl.where(last_w >= 0, last_w // stride_w + 1, 0)
+    oh_span = max(oh_hi - oh_lo, 0).to(tl.uint32)
+    ow_span = max(ow_hi - ow_lo, 0).to(tl.uint32)
+
     # The step's pixels as (n, oh, ow), divided out once here and then advanced by BLOCK_K pixels per
     # step with no division: BLOCK_K = n_step*OH*OW + oh_step*OW + ow_step, and since ow_step < OW and
-    # oh_step < OH each coordinate carries at most once into the next.
+    # oh_step < OH each coordinate carries at most once into the next. The tap's offset in x is added
+    # to the base pointer once. (An x offset advanced by the same carries would save two multiplies per
+    # pixel, but a loop-carried sum loses the divisibility of the strides and the loads go scalar.)
     offs_p = as_index(p_begin + tl.arange(0, BLOCK_K), INT64)
     n_img = offs_p // (OH * OW)
-    oh = offs_p % (OH * OW) // OW
-    ow = offs_p % OW
+    oh = (offs_p % (OH * OW) // OW).to(tl.int32)  # coordinates stay int32 (their products widen)
+    ow = (offs_p % OW).to(tl.int32)
     n_step = BLOCK_K // (OH * OW)
     oh_step = BLOCK_K % (OH * OW) // OW
     ow_step = BLOCK_K % OW
+    sxr = as_index(stride_h, INT64) * sxh  # x offset from output row to output row
+    sxq = as_index(stride_w, INT64) * sxw  # and from output column to output column
+    x_tap = x_ptr + as_index(group * C_PER_GROUP, INT64) * sxc + as_index(kh * dil_h - pad_h, INT64) * sxh \
+        + as_index(kw * dil_w - pad_w, INT64) * sxw
+    x_chan = offs_c * sxc
+    dy_chan = (group * F_PER_GROUP + offs_f) * syc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(p_begin, p_end, BLOCK_K):
         p_valid = offs_p < p_end
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        x_valid = p_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(dy_ptr + dy_chan[:, None] + (n_img * syn + oh * syh + ow * syw)[None, :],
-                    mask=f_valid[:, None] & p_valid[None, :], other=0.0)
-        b = tl.load(x_ptr + x_chan[None, :] + (n_img * sxn + ih * sxh + iw * sxw)[:, None],
+        x_valid = p_valid & ((oh - oh_lo).to(tl.uint32, bitcast=True) < oh_span) \
+            & ((ow - ow_lo).to(tl.uint32, bitcast=True) < ow_span)
+        a = tl.load(dy_ptr + dy_chan[:, None] + (offs_p * syp)[None, :], mask=f_valid[:, None] & p_valid[None, :],
+                    other=0.0)
+        b = tl.load(x_tap + (n_img * sxn + oh * sxr + ow * sxq)[:, None] + x_chan[None, :],
                     mask=x_valid[:, None] & c_valid[None, :], other=0.0)
         acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
         offs_p += BLOCK_K
@@ -377,5 +398,9 @@ def conv2d_weight_grad_kernel(
     mask = f_valid[:, None] & c_valid[None, :]
     if SPLIT_K == 1:
         tl.store(dw_ptr + dw_offs, acc, mask=mask)
+    elif WORKSPACE:
+        # int64: SPLIT_K copies of dw may pass 2^31 elements although one does not.
+        dw_size = tl.num_programs(2).to(tl.int64) * F_PER_GROUP * C_PER_GROUP * KHKW
+        tl.store(dw_ptr + split * dw_size + dw_offs, acc, mask=mask)
     else:
         tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask)

@@ -1,9 +1,10 @@
 """Test harness: Triton's interpreter when there is no GPU, NaN-filled outputs, one tolerance table."""
 
+import contextlib
 import importlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -44,6 +45,17 @@ def rand(*shape: int, dtype: torch.dtype = torch.float32, channels_last: bool = 
     if channels_last and t.dim() == 4:
         t = t.contiguous(memory_format=torch.channels_last)
     return t.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """torch.use_deterministic_algorithms(enabled) inside the block (the tests run with it on, warn_only,
+    which sends split-K reductions through their workspace), restored after it."""
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 # One tiny call per public op, forward and backward, registered by the op's own test file with `op_sample`.

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
+from conftest import DEVICE, DTYPES, assert_close, deterministic_algorithms, op_sample, rand
+from tritonconv import dispatch
 
 # (N, C, H, W, F, (KH, KW), stride, padding, dilation, groups): odd sizes, non-power-of-two channels,
 # dilation 1-4, stride 1-2, groups, non-square and factorised kernels, "same"/"valid".
@@ -151,6 +152,50 @@ def test_indexing_beyond_int32(channels_last, monkeypatch):
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(w.grad, wr.grad, torch.float16, "far image weight grad")
+
+
+def _weight_grads(x, w, dy, stride, padding, dilation, groups, runs=2):
+    """conv2d's weight gradient `runs` times, and the decisions the launches took."""
+    grads = []
+    with dispatch.recording() as decisions:
+        for _ in range(runs):
+            w.grad = None
+            tc.conv2d(x, w, None, stride, padding, dilation, groups).backward(dy)
+            grads.append(w.grad)
+    return grads, {d.problem.kernel: d.config for d in decisions}
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_deterministic_weight_grad_sums_a_workspace(dtype, channels_last):
+    """Under torch.use_deterministic_algorithms(True) the weight gradient's split reduction goes to a
+    float32 workspace that split_sum adds in a fixed order: two runs give the same bits, matching the
+    float64 reference. (The interpreter runs programs one after another, so atomics would be
+    reproducible here too: the launches taken are what shows the path.)"""
+    x = rand(2, 5, 7, 9, dtype=dtype, channels_last=channels_last)
+    w = rand(6, 5, 3, 3, dtype=dtype, requires_grad=True)
+    dy = rand(2, 6, 5, 5, dtype=dtype)
+    (first, second), configs = _weight_grads(x, w, dy, (1, 2), (0, 2), (1, 2), 1)
+    assert configs["conv2d_weight_grad"]["SPLIT_K"] > 1 and configs["split_sum"]["BLOCK"] >= 16
+    assert torch.equal(first, second)
+    wr = w.detach().double().requires_grad_()
+    F.conv2d(x.double(), wr, None, (1, 2), (0, 2), (1, 2)).backward(dy.double())
+    assert_close(first, wr.grad, dtype, "deterministic weight grad")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_weight_grad_adds_splits_with_atomics_by_default(channels_last):
+    """Without deterministic algorithms the splits add into the result with atomics: no workspace, no
+    split_sum launch; the gradient still matches the reference."""
+    x = rand(2, 4, 7, 6, channels_last=channels_last)
+    w = rand(6, 2, 3, 3, requires_grad=True)
+    dy = rand(2, 6, 7, 6)
+    with deterministic_algorithms(False):
+        (grad,), configs = _weight_grads(x, w, dy, 1, 1, 1, 2, runs=1)
+    assert configs["conv2d_weight_grad"]["SPLIT_K"] > 1 and "split_sum" not in configs
+    wr = w.detach().double().requires_grad_()
+    F.conv2d(x.double(), wr, None, 1, 1, 1, 2).backward(dy.double())
+    assert_close(grad, wr.grad, torch.float32, "atomic weight grad")
 
 
 def _bad(**overrides):

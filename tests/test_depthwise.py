@@ -173,7 +173,8 @@ def test_conv2d_routes_depthwise(c, mult, k, groups, family, channels_last):
     with dispatch.recording() as decisions:
         y = tc.conv2d(x, w, None, 1, 1, 1, groups)
         y.backward(torch.ones_like(y))
-    assert {d.family for d in decisions} == {family}
+    # split_sum adds a split weight gradient's partial sums under the tests' deterministic algorithms.
+    assert {d.family for d in decisions if d.problem.kernel != "split_sum"} == {family}
     xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
     ref = F.conv2d(xr, wr, None, 1, 1, 1, groups)
     ref.backward(torch.ones_like(ref))

@@ -160,8 +160,8 @@ def test_gpu_configuration(op, dtype, layout, gpu_configs):
 
 KERNELS = {"conv": {"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"},
            "depthwise": {"depthwise_forward", "depthwise_input_grad", "depthwise_weight_grad"},
-           "pointwise": {"pointwise_forward", "activation_backward", "conv2d_input_grad", "conv2d_weight_grad"},
-           "separable": {"separable_forward", "depthwise_forward", "conv2d_input_grad", "conv2d_weight_grad",
+           "pointwise": {"pointwise_forward", "activation_backward", "pointwise_input_grad", "pointwise_weight_grad"},
+           "separable": {"separable_forward", "depthwise_forward", "pointwise_input_grad", "pointwise_weight_grad",
                          "activation_backward", "depthwise_input_grad", "depthwise_weight_grad"},
            "max_pool": {"max_pool2d_forward", "max_pool2d_backward"},
            "pool_dropout": {"max_pool2d_forward", "max_pool2d_backward"},

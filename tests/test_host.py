@@ -6,7 +6,7 @@ import torch
 
 import tritonconv as tc
 from bench import host
-from conftest import rand
+from conftest import deterministic_algorithms, rand
 from tritonconv import _checks, _plans, dispatch
 
 # Cached eager call, launches stubbed, as a multiple of an empty autograd.Function's forward call in the
@@ -126,6 +126,10 @@ def test_backward_runs_plans(stubbed):
     count = len(_plans._PLANS)
     tc.conv2d(x, w).sum().backward()
     assert len(_plans._PLANS) == count
+    # The weight gradient's split reduction follows the deterministic-algorithms flag: a new plan each way.
+    with deterministic_algorithms(not torch.are_deterministic_algorithms_enabled()):
+        tc.conv2d(x, w).sum().backward()
+    assert len(_plans._PLANS) == count + 2
     _plans.clear()
     y = tc.conv2d(x, w)
     torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from bench.reference import ACTIVATIONS
-from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
+from conftest import DEVICE, DTYPES, assert_close, deterministic_algorithms, op_sample, rand
 from tritonconv import dispatch
 
 
@@ -152,6 +152,62 @@ def test_conv2d_routes_pointwise(k, stride, padding, groups, family, channels_la
     assert_close(x.grad, xr.grad, torch.float32, "input grad")
     assert_close(w.grad, wr.grad, torch.float32, "weight grad")
     assert_close(b.grad, br.grad, torch.float32, "bias grad")
+
+
+def _views(dtype, channels_last, stride):
+    """x, w and dy as non-contiguous views (every other channel; x also a column slice), odd sizes and
+    non-power-of-two channels: x (3, 7, 5, 9) -> y (3, 10, OH, OW)."""
+    x = rand(3, 14, 5, 10, dtype=dtype, channels_last=channels_last)[:, ::2, :, 1:].requires_grad_()
+    w = rand(10, 21, 1, 1, dtype=dtype)[:, ::3].requires_grad_()
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    oh, ow = (5 - 1) // sh + 1, (9 - 1) // sw + 1
+    dy = rand(3, 20, oh, ow, dtype=dtype, channels_last=not channels_last)[:, ::2]
+    return x, w, dy
+
+
+@pytest.mark.parametrize("stride", [1, 2, (2, 1)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_backward_gemms_on_views(dtype, channels_last, stride):
+    """The 1x1 backward runs its own GEMMs (no implicit-GEMM kernel) on views of every tensor, in
+    float32 accumulation against float64, into NaN-filled outputs; a strided convolution's input gradient
+    is 0 at the pixels the stride skips."""
+    x, w, dy = _views(dtype, channels_last, stride)
+    y = tc.pointwise_conv2d(x, w, None, stride)
+    with dispatch.recording() as decisions:
+        y.backward(dy)
+    kernels = {d.problem.kernel for d in decisions}
+    assert {"pointwise_input_grad", "pointwise_weight_grad"} <= kernels
+    assert not {"conv2d_input_grad", "conv2d_weight_grad"} & kernels
+    xr, wr = (t.detach().double().requires_grad_() for t in (x, w))
+    F.conv2d(xr, wr, None, stride).backward(dy.double())
+    assert_close(x.grad, xr.grad, dtype, "input grad")
+    assert_close(w.grad, wr.grad, dtype, "weight grad")
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["workspace", "atomics"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_weight_grad_splits(channels_last, deterministic):
+    """The pixel reduction split in two (105 pixels: one run of 4 steps, or 3 images of 2 steps each):
+    under deterministic algorithms into a workspace that split_sum adds (bitwise-equal runs), else with
+    atomics; both match the reference."""
+    x = rand(3, 6, 5, 7, channels_last=channels_last)
+    w = rand(4, 6, 1, 1, requires_grad=True)
+    dy = rand(3, 4, 5, 7)
+    grads = []
+    with deterministic_algorithms(deterministic), dispatch.recording() as decisions:
+        for _ in range(2):
+            w.grad = None
+            tc.pointwise_conv2d(x, w).backward(dy)
+            grads.append(w.grad)
+    configs = {d.problem.kernel: d.config for d in decisions}
+    assert configs["pointwise_weight_grad"]["SPLIT_K"] == 2
+    assert ("split_sum" in configs) == deterministic
+    if deterministic:
+        assert torch.equal(grads[0], grads[1])
+    wr = w.detach().double().requires_grad_()
+    F.conv2d(x.double(), wr).backward(dy.double())
+    assert_close(grads[0], wr.grad, torch.float32, "weight grad")
 
 
 def _bad(**overrides):

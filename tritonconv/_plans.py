@@ -192,9 +192,11 @@ def call(name: str, *args: object) -> torch.Tensor:
         return getattr(torch.ops.tritonconv, name)(*args)
     device = next((t.device for t in tensors if isinstance(t, torch.Tensor)), None)
     # Backward passes hand geometry over as lists (what the op's schema gives setup_context): tuples here,
-    # so the key hashes at the first try.
+    # so the key hashes at the first try. Weight gradients split their reduction through a workspace or
+    # through atomics by torch's deterministic-algorithms flag, which a user may flip between steps.
     rest = (tuple(a) if isinstance(a, list) else a for a in args[count:])
-    found = plan((name, *map(meta, tensors), *rest), lambda: Plan(planner(*args), device=device))
+    key = (name, torch.are_deterministic_algorithms_enabled(), *map(meta, tensors), *rest)
+    found = plan(key, lambda: Plan(planner(*args), device=device))
     return found(False, *tensors)
 
 

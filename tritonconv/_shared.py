@@ -11,6 +11,7 @@ imports the package first, which registers every op, so such a call cannot miss.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -20,6 +21,7 @@ from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (channels_last, check_bias, check_same, check_tensor, conv_padding, empty_like_layout,
                                 interpreting, output_size, pair)
 from tritonconv.kernels.activations import activation_backward_kernel
+from tritonconv.kernels.common import split_sum_kernel
 
 # ---------------------------------------------------------------------------------------------------------
 # Geometry.
@@ -205,6 +207,16 @@ def gemm_operand(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
 
 
+def pixel_stride(t: torch.Tensor) -> int | None:
+    """The stride between consecutive pixels (n, h, w) of `t` (N, C, H, W) when every one is that far from
+    the one before (a dense NHWC tensor, or a dense NCHW one with one channel), so a run of pixels is
+    addressed by one stride; else None."""
+    n, _, h, w = t.shape
+    sn, _, sh, sw = t.stride()
+    step = sw if w > 1 else sh if h > 1 else sn
+    return step if (h == 1 or sh == w * step) and (n == 1 or sn == h * w * step) else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Autograd building blocks.
 # ---------------------------------------------------------------------------------------------------------
@@ -270,6 +282,69 @@ def _elementwise_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 dispatch.register("activation_backward", "elementwise", activation_backward_kernel, _elementwise_config,
                   _elementwise_space, programs=_elementwise_programs, trips=lambda problem, config, args: ())  # no loop
+
+
+dispatch.register("split_sum", "elementwise", split_sum_kernel, _elementwise_config, _elementwise_space,
+                  programs=_elementwise_programs, trips=lambda problem, config, args: ())  # no loop: unrolled
+
+
+def weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Weight gradients (m output channels, n input channels, k pixels, batch taps x groups): few [m, n]
+    tiles and a long reduction over pixels, split across programs (SPLIT_K) until they fill two waves
+    of the GPU (at the occupancy the tile's shared memory allows). Tiles up to 128 output channels by 64
+    input channels at 4 warps: a step's pixel arithmetic (per pixel, in both operands' layouts) then
+    pays for twice the MMA work of a 64x64 tile, while 128x128 spills (`python -m bench.cost --kernel
+    conv2d_weight_grad pointwise_weight_grad`, `python -m bench.static --space full`). The interpreter
+    splits whenever there are two steps, so the tests exercise the split paths."""
+    blocks = heuristics.gemm_blocks(problem, interpreter)
+    if interpreter:
+        blocks["BLOCK_K"] = 32
+        return dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=2 if problem.k > 32 else 1, **blocks)
+    blocks["BLOCK_M"] = heuristics.pow2_clamp(problem.m, 16, 128)
+    blocks["BLOCK_N"] = heuristics.pow2_clamp(problem.n, 16, 64)
+    unsplit = dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=1, **blocks)
+    resident = max(1, heuristics.SMEM_PER_SM // dispatch.smem_bytes(unsplit, problem.dtype))
+    tiles = dispatch.gemm_programs(unsplit, problem)
+    # At least 8 reduction steps per split, so the atomics (or the workspace) stay a small share of the
+    # traffic.
+    fill = heuristics.cdiv(2 * heuristics.SM_COUNT * resident, tiles)
+    split = max(1, min(fill, dispatch.gemm_steps(unsplit, problem) // 8, 256))
+    return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
+
+
+def weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """Tiles up to 128x128, 4 warps (see weight_grad_config), splits up to 256."""
+    return dispatch.product_space(num_warps=(4,), num_stages=(3, 4), BLOCK_M=(32, 64, 128),
+                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64, 256))
+
+
+def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype,
+                     device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], bool]:
+    """How `splits` programs that each reduce one slice of a sum of `shape` (a weight gradient) combine
+    their float32 partial sums: (alloc, total, workspace).
+
+    alloc() makes the float32 buffer the kernel writes and total(buffer) returns the sum in `dtype`. With
+    one split the kernel stores the result. Under `torch.use_deterministic_algorithms(True)` the splits
+    store into their own slices of a (splits, *shape) workspace (workspace is True), which total() adds
+    in a fixed order (kernels/common.py `split_sum_kernel`): the same bits on every run. Otherwise the
+    splits add into a zero-filled result with atomics, whose order changes from run to run.
+    """
+    f32 = functools.partial(torch.empty, dtype=torch.float32, device=device)
+    if splits > 1 and torch.are_deterministic_algorithms_enabled():
+        numel = int(torch.Size(shape).numel())
+        problem = dispatch.Problem("split_sum", m=numel, n=splits, dtype=dtype)
+        cfg = dispatch.config_for(problem)
+        kernel = _plans.launcher(split_sum_kernel, (dispatch.programs(cfg, problem),), SPLITS=splits,
+                                 **cfg.launch_kwargs())
+
+        def total(parts: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(shape, dtype=dtype, device=device)
+            kernel(parts, out, numel)
+            return out
+        return functools.partial(f32, (splits, *shape)), total, True
+    alloc = functools.partial(torch.zeros, shape, dtype=torch.float32, device=device) if splits > 1 \
+        else functools.partial(f32, shape)
+    return alloc, lambda result: result.to(dtype), False
 
 
 @dispatch.on_inputs_device

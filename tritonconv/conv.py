@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Mapping, Sequence
 
@@ -15,7 +14,8 @@ from tritonconv import depthwise, pointwise  # noqa: F401
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, empty_like_layout, needs_int64
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, conv_geometry, dot_flags, epilogue_plan,
                                 gemm_operand, geometry, geometry_args, input_grads, no_channels_output,
-                                register_gradient_ops, tf32)
+                                pixel_stride, register_gradient_ops, split_k_partials, tf32,
+                                weight_grad_config, weight_grad_space)
 from tritonconv.heuristics import cdiv
 from tritonconv.kernels.conv import conv2d_forward_kernel, conv2d_input_grad_kernel, conv2d_weight_grad_kernel
 
@@ -74,31 +74,11 @@ def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
                                  "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128 if wide else 64)})
 
 
-def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Weight gradient: few small [F_g, C_g] tiles per tap and a long reduction over N*OH*OW, split
-    across programs until the GPU is full. The interpreter splits whenever there are two steps, so the
-    tests exercise the atomic path."""
-    blocks = heuristics.gemm_blocks(problem, interpreter)
-    if interpreter:
-        blocks["BLOCK_K"] = 32
-        return dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=2 if problem.k > 32 else 1, **blocks)
-    tiles = cdiv(problem.m, blocks["BLOCK_M"]) * cdiv(problem.n, blocks["BLOCK_N"]) * problem.batch
-    steps = cdiv(problem.k, blocks["BLOCK_K"])
-    # At least 8 reduction steps per split, so the atomics stay a small share of the traffic.
-    split = max(1, min(heuristics.TARGET_PROGRAMS // tiles, steps // 8, 64))
-    return dispatch.Config.of(num_warps=4, num_stages=3, SPLIT_K=split, **blocks)
-
-
 def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Wide tiles up to 128x256 and 128 channels per step; the 8-warp ones are checked by the autotuner
     against the heuristic's output before use (see _gemm_config)."""
     return dispatch.product_space(num_warps=(4, 8), num_stages=(3, 4), BLOCK_M=(64, 128),
                                   BLOCK_N=(64, 128, 256), BLOCK_K=(32, 64, 128), GROUP_M=(8,))
-
-
-def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    return dispatch.product_space(num_warps=(4,), num_stages=(3, 4), BLOCK_M=(32, 64, 128),
-                                  BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64))
 
 
 def _rows_reading_input(args: Mapping[str, object], forward: bool) -> float:
@@ -152,8 +132,8 @@ dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _for
                   trips=_gemm_trips)
 dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space,
                   trips=_gemm_trips)
-dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space, trips=_weight_grad_trips)
+dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, weight_grad_config,
+                  weight_grad_space, trips=_weight_grad_trips)
 
 
 @dispatch.on_inputs_device
@@ -236,6 +216,13 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
         prepare, dy, w)
 
 
+def even_pixels(t: torch.Tensor) -> torch.Tensor:
+    """`t` (N, C, H, W) as a GEMM operand (`gemm_operand`) whose pixels (n, h, w) are evenly spaced in
+    memory (`pixel_stride`): as it is when they already are, else a channels_last copy."""
+    t = gemm_operand(t)
+    return t if pixel_stride(t) is not None else t.contiguous(memory_format=torch.channels_last)
+
+
 @dispatch.on_inputs_device
 def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
     """The launch of dL/dw for the convolution `geo` on tensors like these: run(x, dy) -> dw, accumulated in
@@ -244,35 +231,32 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
     kh, kw = geo.kernel
     shape = (geo.out_channels, geo.in_channels // g, kh, kw)
     fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
-
-    def finish(dw: torch.Tensor) -> torch.Tensor:
-        return dw.to(like.dtype).contiguous(memory_format=fmt)
-
     pixels = geo.batch * geo.out_height * geo.out_width
     if pixels == 0:
-        return lambda x, dy: finish(torch.zeros(shape, dtype=torch.float32, device=x.device))
-    xg, dyg = gemm_operand(_plans.meta_like(x)), gemm_operand(_plans.meta_like(dy))
+        return lambda x, dy: torch.zeros(shape, dtype=like.dtype, device=x.device).contiguous(memory_format=fmt)
+    xg, dyg = gemm_operand(_plans.meta_like(x)), even_pixels(_plans.meta_like(dy))
     dw = torch.empty(shape, dtype=torch.float32, device="meta")
-    args = (*geo.launch_args()[:7], kw, *geo.launch_args()[7:], *xg.stride(), *dyg.stride())
+    args = (*geo.launch_args()[:7], kw, *geo.launch_args()[7:], *xg.stride(), dyg.stride(1), pixel_stride(dyg))
     flags = {"INT64": needs_int64(xg, dyg, dw), **dot_flags(x.dtype)}
+    deterministic = torch.are_deterministic_algorithms_enabled()
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        # SPLIT_K programs add into one float32 result, which must start at zero.
-        alloc = functools.partial(torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty, shape, dtype=torch.float32,
-                                  device=x.device)
+        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device)
         tiles = cdiv(geo.out_channels // g, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"])
         grid = (tiles * cfg["SPLIT_K"], kh * kw, g)
-        kernel = _plans.launcher(conv2d_weight_grad_kernel, grid, **flags, **cfg.launch_kwargs())
+        kernel = _plans.launcher(conv2d_weight_grad_kernel, grid, WORKSPACE=workspace, **flags,
+                                 **cfg.launch_kwargs())
 
         def run(x, dy):
             dw = alloc()
-            kernel(gemm_operand(x), gemm_operand(dy), dw, *args)
-            return finish(dw)
+            kernel(gemm_operand(x), even_pixels(dy), dw, *args)
+            return total(dw).contiguous(memory_format=fmt)
         return run
 
     return dispatch.runner(dispatch.Problem(
         "conv2d_weight_grad", m=geo.out_channels // g, n=geo.in_channels // g, k=pixels, batch=g * kh * kw,
-        dtype=x.dtype, channels_last=channels_last(x)), prepare, x, dy)
+        dtype=x.dtype, channels_last=channels_last(x), extra=(("deterministic", True),) if deterministic else ()),
+        prepare, x, dy)
 
 
 # ---------------------------------------------------------------------------------------------------------

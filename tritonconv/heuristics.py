@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 # Streaming multiprocessors of an H100/H200; heuristics aim for TARGET_PROGRAMS (two waves).
 SM_COUNT = 132
 TARGET_PROGRAMS = 2 * SM_COUNT
-# Shared memory one block may use on sm_90 (227 KB); sm_80 allows 163 KB.
+# Shared memory one block may use on sm_90 (227 KB); sm_80 allows 163 KB. An SM has 228 KB for all its blocks.
 SMEM_PER_BLOCK = 227 * 1024
+SMEM_PER_SM = 228 * 1024
 
 
 def cdiv(a: int, b: int) -> int:

@@ -3,6 +3,7 @@ autograd, the public op."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import torch
@@ -11,9 +12,11 @@ from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_tensor,
                                 empty_like_layout, int32_batches)
 from tritonconv._shared import (ConvGeometry, check_pointwise_weight, conv_geometry, dot_flags, epilogue_plan,
-                                geometry_args, needs_pre_activation, no_channels_output, register_epilogue_op, tf32)
+                                geometry_args, needs_pre_activation, no_channels_output, pixel_stride,
+                                register_epilogue_op, register_gradient_ops, split_k_partials, tf32,
+                                weight_grad_config, weight_grad_space)
 from tritonconv.heuristics import cdiv
-from tritonconv.kernels.pointwise import pointwise_forward_kernel
+from tritonconv.kernels.pointwise import pointwise_forward_kernel, pointwise_weight_grad_kernel
 
 # ---------------------------------------------------------------------------------------------------------
 # Configurations (see tritonconv.dispatch).
@@ -35,8 +38,28 @@ def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64))
 
 
+def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """The input gradient (the forward's GEMM with no epilogue): as the forward, but 4 warps (8-warp
+    configurations stay out of heuristics until a GPU has checked them)."""
+    blocks = heuristics.gemm_blocks(problem, interpreter)
+    return dispatch.Config.of(num_warps=4, num_stages=1 if interpreter else 3, **blocks)
+
+
+def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config, args: dict) -> tuple[float, ...]:
+    """One split's share of the BLOCK_K-pixel steps, each run's last one ragged."""
+    return (cdiv(args["RUNS"] * cdiv(args["ROWS"], config["BLOCK_K"]), config["SPLIT_K"]),)
+
+
+def _channel_steps(problem: dispatch.Problem, config: dispatch.Config, args: dict) -> tuple[float, ...]:
+    return (cdiv(args["C"], config["BLOCK_K"]),)
+
+
 dispatch.register("pointwise_forward", "pointwise", pointwise_forward_kernel, _gemm_config, _gemm_space,
-                  trips=lambda problem, config, args: (cdiv(args["C"], config["BLOCK_K"]),))  # channel steps
+                  trips=_channel_steps)
+dispatch.register("pointwise_input_grad", "pointwise", pointwise_forward_kernel, _input_grad_config, _gemm_space,
+                  trips=_channel_steps)
+dispatch.register("pointwise_weight_grad", "pointwise", pointwise_weight_grad_kernel, weight_grad_config,
+                  weight_grad_space, trips=_weight_grad_trips)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -49,7 +72,13 @@ def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     """The launch of y = activation(conv1x1(x, w) + bias) with geo's stride on tensors like these:
     run(x, w, bias) -> (y, z), y in the memory format torch would give, z = conv1x1(x, w) + bias (the
     activation's input) when `store_pre`, else an empty tensor."""
-    cl = channels_last(x, w)
+    return _gemm("pointwise_forward", x, w, bias, geo, activation, store_pre, channels_last(x, w))
+
+
+def _gemm(kernel: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
+          activation: str, store_pre: bool, cl: bool) -> Callable:
+    """`pointwise_forward_kernel`'s launch as the registered kernel `kernel`, y in channels_last when `cl`
+    (see pointwise_forward)."""
     n, c, f = geo.batch, geo.in_channels, geo.out_channels
     y = empty_like_layout((n, f, geo.out_height, geo.out_width), cl, x.dtype, "meta")
     alloc = _plans.allocator(y, x.device)
@@ -89,17 +118,105 @@ def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         return run
 
     runs = 1 if cl else n
-    return dispatch.runner(dispatch.Problem("pointwise_forward", m=n * plane // runs, n=f, k=c, batch=runs,
+    return dispatch.runner(dispatch.Problem(kernel, m=n * plane // runs, n=f, k=c, batch=runs,
                                             dtype=x.dtype, channels_last=cl), prepare, x, w, bias)
+
+
+@dispatch.on_inputs_device
+def pointwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
+    """The launch of dL/dx for the 1x1 convolution `geo` on tensors like these: run(dy, w) -> dx, in the
+    memory format of `like` (the input).
+
+        dx[n, c, oh*sh, ow*sw] = sum_f dy[n, f, oh, ow] * w[f, c, 0, 0], 0 at the pixels the stride skips
+
+    The forward GEMM on dy with the weight read transposed (w.transpose(0, 1) is the (C, F, 1, 1) view),
+    at stride 1 over the sampled pixels; a strided convolution's result is then spread into a zeroed dx.
+    """
+    cl = channels_last(like)
+    sampled = dataclasses.replace(geo, in_channels=geo.out_channels, out_channels=geo.in_channels,
+                                  height=geo.out_height, width=geo.out_width, stride=(1, 1))
+    gemm = _gemm("pointwise_input_grad", dy, w.transpose(0, 1), None, sampled, "none", False, cl)
+    if geo.stride == (1, 1):
+        return lambda dy, w: gemm(dy, w.transpose(0, 1), None)[0]
+    dx = empty_like_layout((geo.batch, geo.in_channels, geo.height, geo.width), cl, dy.dtype, "meta")
+
+    def run(dy, w):
+        full = torch.zeros_like(dx, device=dy.device)
+        full[:, :, ::geo.stride[0], ::geo.stride[1]] = gemm(dy, w.transpose(0, 1), None)[0]
+        return full
+    return run
+
+
+def _runs(t: torch.Tensor) -> torch.Tensor:
+    """`t` (N, C, H, W) as the weight gradient's operand: the pixels of each image evenly spaced, and
+    channels starting 16-element aligned unless they are the contiguous axis; else a channels_last copy.
+    An NCHW plane of, say, 14x14 pixels starts channels 196 elements apart, which Triton cannot prove
+    16-byte aligned, so every load along its pixels would be scalar (`python -m bench.cost --kernel
+    pointwise_weight_grad`), costing more than the copy."""
+    _, c, h, w = t.shape
+    step = t.stride(3) if w > 1 else t.stride(2)
+    if (h == 1 or t.stride(2) == w * step) and (c == 1 or t.stride(1) == 1 or t.stride(1) % 16 == 0):
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _sampled(x: torch.Tensor, geo: ConvGeometry) -> torch.Tensor:
+    """The input pixels a 1x1 convolution with geo's stride reads, as evenly spaced runs (`_runs`)."""
+    return _runs(x[:, :, ::geo.stride[0], ::geo.stride[1]] if geo.stride != (1, 1) else x)
+
+
+@dispatch.on_inputs_device
+def pointwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
+    """The launch of dL/dw for the 1x1 convolution `geo` on tensors like these: run(x, dy) -> dw, accumulated
+    in float32 and returned in the dtype and layout of `like` (the weight).
+
+        dw[f, c, 0, 0] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, c, oh*sh, ow*sw]
+
+    The pixels are one run when both tensors space all of them evenly (and they number under 2^31),
+    else one run per image.
+    """
+    f, c, n = geo.out_channels, geo.in_channels, geo.batch
+    shape = (f, c, 1, 1)
+    fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
+    plane = geo.out_height * geo.out_width
+    if n * plane == 0:
+        return lambda x, dy: torch.zeros(shape, dtype=like.dtype, device=x.device).contiguous(memory_format=fmt)
+    xs, dys = _sampled(_plans.meta_like(x), geo), _runs(_plans.meta_like(dy))
+    merged = n * plane < 2**31 and pixel_stride(xs) is not None and pixel_stride(dys) is not None
+    runs, rows = (1, n * plane) if merged else (n, plane)
+
+    def strides(t: torch.Tensor) -> tuple[int, int, int]:
+        """Run, pixel and channel strides."""
+        step = t.stride(3) if geo.out_width > 1 else t.stride(2) if geo.out_height > 1 else t.stride(0)
+        return t.stride(0), step, t.stride(1)
+    args = (c, f, runs, rows, *strides(xs), *strides(dys))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+
+    def prepare(cfg: dispatch.Config) -> Callable:
+        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device)
+        grid = (cdiv(f, cfg["BLOCK_M"]) * cdiv(c, cfg["BLOCK_N"]) * cfg["SPLIT_K"],)
+        kernel = _plans.launcher(pointwise_weight_grad_kernel, grid, WORKSPACE=workspace, **dot_flags(x.dtype),
+                                 **cfg.launch_kwargs())
+
+        def run(x, dy):
+            dw = alloc()
+            kernel(_sampled(x, geo), _runs(dy), dw, *args)
+            return total(dw).contiguous(memory_format=fmt)
+        return run
+
+    return dispatch.runner(dispatch.Problem(
+        "pointwise_weight_grad", m=f, n=c, k=runs * rows, dtype=x.dtype, channels_last=channels_last(x),
+        extra=(("deterministic", True),) if deterministic else ()), prepare, x, dy)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # torch.library op (opaque to torch.compile, with a fake implementation for shapes), its autograd, and the
 # public op. tritonconv::pointwise_conv2d is a conv + bias + activation op (see `register_epilogue_op`);
-# the linear part's gradients are conv2d's implicit-GEMM input and weight gradients for a 1x1 kernel.
+# the linear part's gradients are tritonconv::pointwise_input_grad and _weight_grad, two more GEMMs.
 # ---------------------------------------------------------------------------------------------------------
 
-register_epilogue_op("pointwise_conv2d", pointwise_forward, gradients="conv2d")
+register_gradient_ops("pointwise", pointwise_input_grad, pointwise_weight_grad)
+register_epilogue_op("pointwise_conv2d", pointwise_forward, gradients="pointwise")
 
 
 def _checked(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int | Sequence[int],

@@ -127,7 +127,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     """Recompute the intermediate with the depthwise kernel (a = activation(t), t = depthwise + bd, t
-    written only when an activation needs it), then run the unfused backward: conv2d's 1x1 kernels give
+    written only when an activation needs it), then run the unfused backward: the pointwise GEMMs give
     da and dwp, our elementwise kernel dt = da * activation'(t), the depthwise kernels dx and dwd."""
     x, wd, bd, wp = ctx.saved_tensors
     act, needs = ctx.activation, ctx.needs_input_grad
@@ -135,11 +135,11 @@ def _backward(ctx, dy):
     a, t = _plans.call("depthwise_conv2d", x, wd, bd, *ctx.geometry, act, needs_mid and act != "none")
     # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's size.
     pw_geometry = ([1, 1], [0, 0], [1, 1], 1, ctx.geometry[-1])
-    dwp = _plans.call("conv2d_weight_grad", a, dy, wp, *pw_geometry) if needs[3] else None
+    dwp = _plans.call("pointwise_weight_grad", a, dy, wp, *pw_geometry) if needs[3] else None
     dbp = channel_sum(dy) if needs[4] else None
     dx = dwd = dbd = None
     if needs_mid:
-        da = _plans.call("conv2d_input_grad", dy, wp, a, *pw_geometry)
+        da = _plans.call("pointwise_input_grad", dy, wp, a, *pw_geometry)
         dt = da if act == "none" else _plans.call("activation_backward", da, t, act)
         dx = _plans.call("depthwise_conv2d_input_grad", dt, wd, x, *ctx.geometry) if needs[0] else None
         dwd = _plans.call("depthwise_conv2d_weight_grad", x, dt, wd, *ctx.geometry) if needs[1] else None
