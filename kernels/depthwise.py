@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks, tile_pixels
+from tritonconv.kernels.common import plane_tile, sample_channel_blocks, tile_pixels
 
 
 @triton.jit
@@ -138,58 +138,108 @@ def depthwise_forward_kernel(
 
 
 @triton.jit
+def input_grad_tap(acc, dy_chan, w_chan, c_valid, oh, row_ok, j, rw, OW, syh, syw, swh, sww,
+                   stride_w: tl.constexpr, pad_w: tl.constexpr, dil_w: tl.constexpr, kh, kw):
+    """acc + dy[oh, ow] * w[kh, kw] for the columns rw + stride_w * j of one stride phase, where tap kw
+    reaches them (`depthwise_input_grad_kernel`); a tap that reaches no column of the phase is skipped."""
+    tw = rw + pad_w - kw * dil_w
+    # Constexpr for unrolled taps (the test then costs nothing), a uniform scalar branch in a runtime loop.
+    if tw % stride_w == 0:
+        ow = j + tw // stride_w
+        ok = row_ok & (ow >= 0) & (ow < OW)
+        g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
+        wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
+        # Not g * w where the tap misses: 0 * w is NaN for a non-finite weight (torch adds nothing).
+        acc += tl.where(ok, g.to(tl.float32) * wv.to(tl.float32), 0.0)
+    return acc
+
+
+@triton.jit
+def input_grad_row(acc, dy_chan, w_chan, c_valid, i, j, rh, rw, OH, OW, syh, syw, swh, sww,
+                   stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h: tl.constexpr, pad_w: tl.constexpr,
+                   dil_h: tl.constexpr, dil_w: tl.constexpr, kh, kw_start: tl.constexpr, kw_end,
+                   TAPS_W: tl.constexpr):
+    """The taps (kh, kw_start <= kw < kw_end) of one stride phase (rh, rw) of the input gradient, unrolled
+    when TAPS_W > 0; kernel row kh reaches the phase's rows only when rh + ph - kh*dh is a multiple of sh."""
+    th = rh + pad_h - kh * dil_h
+    if th % stride_h == 0:
+        oh = i + th // stride_h
+        row_ok = c_valid & (oh >= 0) & (oh < OH)
+        if TAPS_W > 0:
+            for t in tl.static_range(TAPS_W):
+                acc = input_grad_tap(acc, dy_chan, w_chan, c_valid, oh, row_ok, j, rw, OW, syh, syw, swh, sww,
+                                     stride_w, pad_w, dil_w, kh, kw_start + t)
+        else:
+            for kw in range(kw_start, kw_end):
+                acc = input_grad_tap(acc, dy_chan, w_chan, c_valid, oh, row_ok, j, rw, OW, syh, syw, swh, sww,
+                                     stride_w, pad_w, dil_w, kh, kw)
+    return acc
+
+
+@triton.jit
 def depthwise_input_grad_kernel(
     dy_ptr, w_ptr, dx_ptr,
     # Sizes: input (N, C, H, W), weight (C * MULT, 1, KH, KW), output (N, C * MULT, OH, OW); the batch
     # size is implied by the grid.
     H, W, OH, OW, C, MULT,
-    # The strides are constexpr, so finding the output a tap reaches (`inverse_stride`) divides by a
-    # constant (a shift for stride 2), not by a runtime value in the tap loop.
-    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h, pad_w, dil_h, dil_w,
-    kh_start, kh_end, kw_start, kw_end,
+    kh_end, kw_end,  # ends of the live tap ranges (see kh_start below), used only by runtime tap loops
     # Element strides of dy and dx in (N, C, H, W) order; of w in (F, KH, KW) (the launcher passes
     # tap-major weights: 1, KW * F, F).
     syn, syc, syh, syw,
     swf, swh, sww,
     sxn, sxc, sxh, sxw,
-    BLOCK_H: tl.constexpr,  # input rows per program
-    BLOCK_W: tl.constexpr,  # input columns per program
+    # The geometry is constexpr, so which taps reach a stride phase is decided when compiling (layers
+    # repeat few geometries); the live taps start at kh_start, kw_start.
+    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h: tl.constexpr, pad_w: tl.constexpr,
+    dil_h: tl.constexpr, dil_w: tl.constexpr, kh_start: tl.constexpr, kw_start: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # rows per program of each stride phase
+    BLOCK_W: tl.constexpr,  # columns per program of each stride phase
     BLOCK_C: tl.constexpr,  # input channels per program
+    TAPS_H: tl.constexpr,   # live tap counts, unrolled, or 0 for runtime loops (as the forward's)
+    TAPS_W: tl.constexpr,
 ):
-    """Input gradient, gathered per input pixel (no atomics):
+    """Input gradient, gathered per input pixel (no atomics), one stride phase at a time:
 
         dx[n, c, ih, iw] = sum_{j < MULT} sum_{kh, kw} dy[n, c*MULT + j, oh, ow] * w[c*MULT + j, 0, kh, kw]
         where oh = (ih + ph - kh*dh) / sh exactly (likewise ow), and 0 <= oh < OH.
 
-    A tap reaches input row ih only when ih + ph - kh*dh is a non-negative multiple of the stride; the
-    others are masked (with stride s, a fraction 1 - 1/s^2 of the taps). Grid: as the forward kernel's,
-    over input pixels and input channels.
+    Input row ih = rh + sh * i is in stride phase rh < sh; tap kh reaches it when t = rh + ph - kh*dh is a
+    multiple of sh, from output row oh = i + t / sh, whatever i is. So each program takes the tile
+    (i, j) of the cdiv(H, sh) x cdiv(W, sw) phase grid and, for every phase (rh, rw) in turn, gathers only
+    the taps that reach that phase: no masked-away taps, no division by the stride per element (with
+    stride s, a gather over every tap would mask 1 - 1/s^2 of them). Grid: as the forward kernel's, over
+    phase-grid pixels and input channels.
     """
+    rows = tl.cdiv(H, stride_h)
+    cols = tl.cdiv(W, stride_w)
     n, pid_c, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C),
-                                           tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W))
-    ih, iw = plane_tile(tile, H, W, BLOCK_H, BLOCK_W)
+                                           tl.cdiv(rows, BLOCK_H) * tl.cdiv(cols, BLOCK_W))
+    i, j = plane_tile(tile, rows, cols, BLOCK_H, BLOCK_W)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     c_valid = c < C
 
-    acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
-    for j in range(MULT):
-        # Output channel f = c*MULT + j is the j-th filter applied to input channel c.
-        f = (c * MULT + j).to(tl.int64)
-        dy_chan = dy_ptr + n * syn + f * syc
-        w_chan = w_ptr + f * swf
-        for kh in range(kh_start, kh_end):
-            oh, oh_ok = inverse_stride(ih + pad_h - kh * dil_h, stride_h, OH)
-            row_ok = c_valid & oh_ok
-            for kw in range(kw_start, kw_end):
-                ow, ow_ok = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
-                ok = row_ok & ow_ok
-                g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
-                wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
-                # Not g * w where the tap misses: 0 * w is NaN for a non-finite weight (torch adds nothing).
-                acc += tl.where(ok, g.to(tl.float32) * wv.to(tl.float32), 0.0)
-
-    dx_offs = n * sxn + c.to(tl.int64) * sxc + ih * sxh + iw * sxw
-    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=(ih < H) & (iw < W) & c_valid)
+    for rh in tl.static_range(stride_h):
+        for rw in tl.static_range(stride_w):
+            acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+            for m in range(MULT):
+                # Output channel f = c*MULT + m is the m-th filter applied to input channel c.
+                f = (c * MULT + m).to(tl.int64)
+                dy_chan = dy_ptr + n * syn + f * syc
+                w_chan = w_ptr + f * swf
+                if TAPS_H > 0:
+                    for t in tl.static_range(TAPS_H):
+                        acc = input_grad_row(acc, dy_chan, w_chan, c_valid, i, j, rh, rw, OH, OW, syh, syw, swh,
+                                             sww, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh_start + t,
+                                             kw_start, kw_end, TAPS_W)
+                else:
+                    for kh in range(kh_start, kh_end):
+                        acc = input_grad_row(acc, dy_chan, w_chan, c_valid, i, j, rh, rw, OH, OW, syh, syw, swh,
+                                             sww, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh,
+                                             kw_start, kw_end, TAPS_W)
+            ih = rh + stride_h * i
+            iw = rw + stride_w * j
+            dx_offs = n * sxn + c.to(tl.int64) * sxc + ih * sxh + iw * sxw
+            tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=(ih < H) & (iw < W) & c_valid)
 
 
 @triton.jit

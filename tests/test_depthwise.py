@@ -77,6 +77,34 @@ def test_unrolled_and_looping_taps(i):
     assert_close(y, _reference(x, w, b, 1, padding, 1), dtype, f"{kh}x{kw} C={c} x{mult}")
 
 
+# The input gradient's stride phases: (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation). Stride
+# and dilation sharing a factor (a phase no tap reaches, stored as zeros), stride 3, sizes that no stride
+# divides, a 9x9 kernel whose taps loop at runtime (the branch over taps missing a phase) and a 7x5 one with
+# looping rows and unrolled columns; through non-contiguous views of x and dy in alternating layouts/dtypes.
+PHASE_CASES = [
+    (1, 5, 9, 10, 1, (3, 3), 2, 2, 2),
+    (2, 3, 11, 8, 2, (5, 5), 3, 1, 2),
+    (1, 4, 12, 13, 1, (9, 9), 2, 4, 1),
+    (1, 17, 9, 19, 2, (7, 5), (2, 3), (3, 2), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("i", range(len(PHASE_CASES)))
+def test_input_grad_stride_phases(i):
+    n, c, h, w_, mult, k, stride, padding, dilation = PHASE_CASES[i]
+    dtype, cl = DTYPES[i % 3], i % 2 == 1
+    # Every other column of a wider tensor: no axis of x or dy is contiguous.
+    x = rand(n, c, h, 2 * w_, dtype=dtype, channels_last=cl)[..., ::2].requires_grad_()
+    w = rand(c * mult, 1, *k, dtype=dtype)
+    y = tc.depthwise_conv2d(x, w, None, stride, padding, dilation)
+    xr = x.detach().double().requires_grad_()
+    ref = _reference(xr, w, None, stride, padding, dilation)
+    dy = rand(*ref.shape[:3], 2 * ref.shape[3], dtype=dtype)[..., ::2]
+    (dx,) = torch.autograd.grad(y, x, dy)
+    ref.backward(dy.double())
+    assert_close(dx, xr.grad, dtype, f"input grad {k} s{stride} d{dilation}")
+
+
 def test_weight_grad_steps_across_tile_rows_and_images():
     """The weight gradient walks its share of the tiles by carrying column -> row -> image: two images of
     3 x 2 interpreter tiles (17 x 17 outputs), split between two programs, so each run crosses a tile row

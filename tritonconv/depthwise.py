@@ -106,10 +106,11 @@ def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.Problem) -> int:
     """(BLOCK_H, BLOCK_W) tiles of the N planes of `problem`: per channel block, the programs of the
-    forward and input gradient, and the reduction steps of the weight gradient."""
+    forward and input gradient (one program covers a tile of every stride phase), and the reduction steps
+    of the weight gradient."""
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
-    images = problem.m // max(1, rows * cols)
+    images = problem.m // max(1, rows * cols * extra.get("phases", 1))
     return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"])
 
 
@@ -124,12 +125,15 @@ def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 
 def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
-    """Forward: the live kh and kw taps of the axes not unrolled (the input gradient unrolls none): the
-    input gradient loops over the MULT filters of a channel first."""
+    """Forward: the live kh and kw taps of the axes not unrolled. The input gradient loops over the MULT
+    filters of a channel, then over those taps, once per stride phase (an unrolled copy each); with a
+    stride, the taps that do not reach a phase are branched over, which these counts ignore."""
     taps = tuple(args[end] - args[start] for start, end, unrolled in (("kh_start", "kh_end", "TAPS_H"),
                                                                       ("kw_start", "kw_end", "TAPS_W"))
                  if not args.get(unrolled))
-    return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
+    if problem.kernel == "depthwise_forward":
+        return taps
+    return (args["MULT"], *taps) * (args["stride_h"] * args["stride_w"])
 
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
@@ -148,9 +152,11 @@ dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_ke
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
-             cl: bool) -> dispatch.Problem:
-    return dispatch.Problem(kernel, m=geo.batch * plane[0] * plane[1], n=channels, k=geo.kernel[0] * geo.kernel[1],
-                            dtype=x.dtype, channels_last=cl, extra=(("height", plane[0]), ("width", plane[1])))
+             cl: bool, phases: int = 1) -> dispatch.Problem:
+    """The Problem of a launch tiling `plane` (`phases` of them per image: the input gradient's stride phases)."""
+    extra = (("height", plane[0]), ("width", plane[1])) + ((("phases", phases),) if phases > 1 else ())
+    return dispatch.Problem(kernel, m=geo.batch * phases * plane[0] * plane[1], n=channels,
+                            k=geo.kernel[0] * geo.kernel[1], dtype=x.dtype, channels_last=cl, extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -200,13 +206,18 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
     alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
         return lambda dy, w: alloc()
-    problem = _problem("depthwise_input_grad", geo, c, plane, dy, cl)
-    args = (*plane, geo.out_height, geo.out_width, c, geo.out_channels // c, *geo.stride, *geo.pad, *geo.dilation,
-            *geo.live_taps(0), *geo.live_taps(1), *dy.stride(), 1, geo.kernel[1] * geo.out_channels,
-            geo.out_channels, *dx.stride())
+    # The kernel tiles the grid of stride phases (each program covers every phase of its tile).
+    (sh, sw), (kh0, kh1), (kw0, kw1) = geo.stride, geo.live_taps(0), geo.live_taps(1)
+    problem = _problem("depthwise_input_grad", geo, c, (cdiv(plane[0], sh), cdiv(plane[1], sw)), dy, cl,
+                       phases=sh * sw)
+    args = (*plane, geo.out_height, geo.out_width, c, geo.out_channels // c, kh1, kw1, *dy.stride(), 1,
+            geo.kernel[1] * geo.out_channels, geo.out_channels, *dx.stride())
+    geometry = dict(zip(("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w", "kh_start", "kw_start"),
+                        (*geo.stride, *geo.pad, *geo.dilation, kh0, kw0)))
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        kernel = _plans.launcher(depthwise_input_grad_kernel, (dispatch.programs(cfg, problem),), **cfg.launch_kwargs())
+        kernel = _plans.launcher(depthwise_input_grad_kernel, (dispatch.programs(cfg, problem),), **geometry,
+                                 **unrolled_taps(geo), **cfg.launch_kwargs())
 
         def run(dy, w):
             dx = alloc()
