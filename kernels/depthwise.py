@@ -245,14 +245,15 @@ def depthwise_input_grad_kernel(
 @triton.jit
 def depthwise_weight_grad_kernel(
     x_ptr, dy_ptr,
-    dw_ptr,  # result: contiguous float32 (F, KH * KW); zero-filled by the caller when SPLIT_K > 1
+    dw_ptr,  # result: contiguous float32, (F, KH * KW) zero-filled when ATOMIC, else (SPLIT_K, F, KH * KW)
     # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW).
     N, H, W, OH, OW, F, MULT, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # Element strides of x and dy in (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
-    SPLIT_K: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction, summed with atomics
+    SPLIT_K: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction
+    ATOMIC: tl.constexpr,     # add the SPLIT_K partial sums with atomics, or store each in its own slice
     TAPS: tl.constexpr,     # taps per program, reduced one after another
     BLOCK_H: tl.constexpr,  # output rows per reduction step
     BLOCK_W: tl.constexpr,  # output columns per reduction step
@@ -264,7 +265,9 @@ def depthwise_weight_grad_kernel(
 
     Each program owns a group of TAPS consecutive taps (row-major over KH x KW) and one channel block, and
     for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT_K
-    programs share the run and add their float32 partial sums with atomics (SPLIT_K == 1 stores).
+    programs share the run. Their float32 partial sums are added with atomics (ATOMIC: in no fixed order),
+    or each stored in split `split`'s slice of dw for the caller to add in a fixed order (bitwise
+    reproducible, for torch.use_deterministic_algorithms; with SPLIT_K == 1 that slice is the result).
     Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest. With TAPS == 1
     the programs of every tap over one run are neighbours, run together and re-read dy and x from L2;
     larger groups re-read them from their own cache and launch fewer programs.
@@ -319,7 +322,7 @@ def depthwise_weight_grad_kernel(
 
         partial = tl.sum(tl.sum(acc, axis=0), axis=0)
         dw_offs = f_vec.to(tl.int64) * taps + tap
-        if SPLIT_K == 1:
-            tl.store(dw_ptr + dw_offs, partial, mask=f_vec < F)
-        else:
+        if ATOMIC:
             tl.atomic_add(dw_ptr + dw_offs, partial, mask=f_vec < F)
+        else:
+            tl.store(dw_ptr + split.to(tl.int64) * F * taps + dw_offs, partial, mask=f_vec < F)

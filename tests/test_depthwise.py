@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
-from tritonconv import dispatch
+from tritonconv import _plans, dispatch
 from tritonconv._shared import conv_geometry, tap_major, unrolled_taps
+from tritonconv.kernels.depthwise import depthwise_weight_grad_kernel
 
 # (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, even and non-square kernels, "same"/"valid", and planes and channel counts that need
@@ -118,6 +119,32 @@ def test_weight_grad_steps_across_tile_rows_and_images():
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])
+def test_weight_grad_split_is_deterministic_when_asked(monkeypatch, deterministic):
+    """The weight gradient's split reduction (two programs per tap and channel block in the interpreter,
+    more on a GPU): under torch.use_deterministic_algorithms each split stores its partial sums, added in a
+    fixed order (the same bits on every run), otherwise the splits add with atomics. The flag is read per
+    call, so it flips on a plan made before (the launches' ATOMIC switch is recorded)."""
+    launches = []
+    run = depthwise_weight_grad_kernel.run
+    monkeypatch.setattr(depthwise_weight_grad_kernel, "run",
+                        lambda *a, **k: launches.append(k["ATOMIC"]) or run(*a, **k))
+    _plans.clear()
+    x = rand(2, 5, 17, 17, dtype=torch.bfloat16, channels_last=True, requires_grad=True)
+    w = rand(10, 1, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, None, 1, 1)  # the plan, made with deterministic algorithms on (conftest)
+    dy = rand(*y.shape, dtype=torch.bfloat16)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    grads = [torch.autograd.grad(tc.depthwise_conv2d(x, w, None, 1, 1), w, dy)[0] for _ in range(2)]
+    _plans.clear()  # the plans hold the recording launch
+    wr = w.detach().double().requires_grad_()
+    _reference(x.detach(), wr, None, 1, 1, 1).backward(dy.double())
+    assert_close(grads[0], wr.grad, torch.bfloat16, "weight grad")
+    assert launches == [not deterministic] * 2
+    if deterministic:
+        assert torch.equal(grads[0], grads[1])
 
 
 def test_tap_major_weights_follow_in_place_changes():

@@ -3,7 +3,6 @@ autograd, public op."""
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -71,17 +70,18 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
     neighbours take the other taps of the same pixels, which then come from L2) and SPLIT_K programs share
-    each (tap, channel block) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: several programs
-    per SM hide each one's load latency), each keeping at least 4 tiles of work. The
+    each (tap, channel block) until the GPU holds 8 * TARGET_PROGRAMS of them (two waves of 8 resident per
+    SM: several programs per SM hide each one's load latency, a second wave evens out their finishing
+    times), each keeping at least 4 tiles of work. The
     interpreter pays per program and per operation, so one program walks every tap; it splits in two
-    whenever there are two tiles, so the tests exercise the atomic path."""
+    whenever there are two tiles, so the tests exercise the split paths (atomic and deterministic)."""
     blocks = _tile(problem, interpreter)
     tiles = _plane_tiles(blocks, problem)
     if interpreter:
         split, taps = (2 if tiles > 1 else 1), problem.k
     else:
         programs = problem.k * cdiv(problem.n, blocks["BLOCK_C"])
-        split, taps = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
+        split, taps = max(1, min(8 * heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
 
@@ -246,16 +246,23 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
             *geo.dilation, *x.stride(), *dy.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        # SPLIT_K programs add into one float32 result, which must start at zero.
-        alloc = functools.partial(torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty, (f, kh * kw),
-                                  dtype=torch.float32, device=x.device)
-        kernel = _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
-                                 **cfg.launch_kwargs())
+        split = cfg["SPLIT_K"]
+        kernels = {atomic: _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
+                                           ATOMIC=atomic, **cfg.launch_kwargs())
+                   for atomic in ((False, True) if split > 1 else (False,))}
 
         def run(x, dy):
-            dw = alloc()
-            kernel(x, dy, dw, *args)
-            return finish(dw)
+            # Asked on every call, not when the plan is made: the flag may change between calls.
+            if split > 1 and not torch.are_deterministic_algorithms_enabled():
+                # The SPLIT_K programs add into one float32 result, which must start at zero.
+                dw = torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device)
+                kernels[True](x, dy, dw, *args)
+                return finish(dw)
+            # Each split stores its partial sums, which torch's sum over the split axis adds in an order
+            # fixed by the shape alone: the same bits on every run.
+            parts = torch.empty((split, f, kh * kw), dtype=torch.float32, device=x.device)
+            kernels[False](x, dy, parts, *args)
+            return finish(parts.sum(dim=0) if split > 1 else parts[0])
         return run
 
     return dispatch.runner(problem, prepare, x, dy)
