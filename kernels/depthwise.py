@@ -252,9 +252,9 @@ def depthwise_weight_grad_kernel(
     # Element strides of x and dy in (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
-    SPLIT_K: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction
+    SPLIT_K: tl.constexpr,    # programs sharing one (tap group, channel block)'s reduction
     ATOMIC: tl.constexpr,     # add the SPLIT_K partial sums with atomics, or store each in its own slice
-    TAPS: tl.constexpr,     # taps per program, reduced one after another
+    TAPS: tl.constexpr,     # taps per program, accumulated side by side (unrolled)
     BLOCK_H: tl.constexpr,  # output rows per reduction step
     BLOCK_W: tl.constexpr,  # output columns per reduction step
     BLOCK_C: tl.constexpr,  # channels per program
@@ -263,14 +263,15 @@ def depthwise_weight_grad_kernel(
 
         dw[f, 0, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, f // MULT, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
 
-    Each program owns a group of TAPS consecutive taps (row-major over KH x KW) and one channel block, and
-    for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT_K
-    programs share the run. Their float32 partial sums are added with atomics (ATOMIC: in no fixed order),
-    or each stored in split `split`'s slice of dw for the caller to add in a fixed order (bitwise
-    reproducible, for torch.use_deterministic_algorithms; with SPLIT_K == 1 that slice is the result).
-    Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest. With TAPS == 1
-    the programs of every tap over one run are neighbours, run together and re-read dy and x from L2;
-    larger groups re-read them from their own cache and launch fewer programs.
+    Each program owns a group of TAPS consecutive taps (row-major over KH x KW; the last group may run past
+    the kernel) and one channel block, and walks a contiguous run of the N * (output tiles per image) pixel
+    tiles once: each step loads the dy tile once and, for every tap of the group, the x tile under it,
+    keeping one float32 accumulator tile per tap (so a kernel of at most TAPS taps reads x and dy in one
+    pass). SPLIT_K programs share the run. Their float32 partial sums are added with atomics (ATOMIC: in
+    no fixed order), or each stored in split `split`'s slice of dw for the caller to add in a fixed order
+    (bitwise reproducible, for torch.use_deterministic_algorithms; with SPLIT_K == 1 that slice is the
+    result). Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest, so
+    the groups of one run are neighbours and share its dy and x from L2.
     """
     pid = tl.program_id(0)
     taps = KH * KW
@@ -292,37 +293,56 @@ def depthwise_weight_grad_kernel(
     t_begin = split * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tiles)
 
-    for tap in range(first_tap, tl.minimum(first_tap + TAPS, taps)):
-        kh = tap // KW
-        kw = tap % KW
-        acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
-        # Tile t is tile (tile_row, tile_col) of image n. The loop steps them along (a carry from column
-        # to row to image) rather than dividing t in every iteration.
-        n = (t_begin // plane_tiles).to(tl.int64)
-        tile_row = t_begin % plane_tiles // tiles_w
-        tile_col = t_begin % tiles_w
-        for t in range(t_begin, t_end):
-            oh, ow = tile_pixels(tile_row, tile_col, BLOCK_H, BLOCK_W)
-            ih = oh * stride_h - pad_h + kh * dil_h
-            iw = ow * stride_w - pad_w + kw * dil_w
-            out_ok = (oh < OH) & (ow < OW) & f_valid
-            g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=out_ok, other=0.0)
+    # A tuple of TAPS accumulator tiles (a tuple, not a tensor with a tap axis: each tap's x tile is its
+    # own load, and a tap axis would pad TAPS to a power of two).
+    # Each tap's input offset (kh*dh, kw*dw), and the rows it may read: H, or none for a tap past the
+    # kernel (the last group's tail). Found once, here: a division inside the pixel loop would stay there
+    # (the compiler does not move a division that could trap out of a loop that might not run).
+    accs = ()
+    tap_dh = ()
+    tap_dw = ()
+    tap_rows = ()
+    for i in tl.static_range(TAPS):
+        accs = accs + (tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32),)
+        tap_dh = tap_dh + ((first_tap + i) // KW * dil_h,)
+        tap_dw = tap_dw + ((first_tap + i) % KW * dil_w,)
+        tap_rows = tap_rows + (tl.where(first_tap + i < taps, H, 0),)
+    # Tile t is tile (tile_row, tile_col) of image n. The loop steps them along (a carry from column to row
+    # to image) rather than dividing t in every iteration.
+    n = (t_begin // plane_tiles).to(tl.int64)
+    tile_row = t_begin % plane_tiles // tiles_w
+    tile_col = t_begin % tiles_w
+    for t in range(t_begin, t_end):
+        oh, ow = tile_pixels(tile_row, tile_col, BLOCK_H, BLOCK_W)
+        out_ok = (oh < OH) & (ow < OW) & f_valid
+        g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=out_ok, other=0.0).to(tl.float32)
+        ih0 = oh * stride_h - pad_h
+        iw0 = ow * stride_w - pad_w
+        x_tile = x_chan + n * sxn + ih0 * sxh + iw0 * sxw
+        stepped = ()
+        for i in tl.static_range(TAPS):
+            ih = ih0 + tap_dh[i]
+            iw = iw0 + tap_dw[i]
             # x is read only under outputs that exist: lanes past the output's edge may reach real input
             # pixels no output reads, and an inf there times their zero dy would be NaN.
-            xv = tl.load(x_chan + n * sxn + ih * sxh + iw * sxw,
-                         mask=(ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & out_ok, other=0.0)
-            acc += g.to(tl.float32) * xv.to(tl.float32)
-            tile_col += 1
-            row_done = tile_col == tiles_w
-            tile_col = tl.where(row_done, 0, tile_col)
-            tile_row += row_done.to(tl.int32)
-            image_done = tile_row == tiles_h
-            tile_row = tl.where(image_done, 0, tile_row)
-            n += image_done.to(tl.int64)
+            ok = (ih >= 0) & (ih < tap_rows[i]) & (iw >= 0) & (iw < W) & out_ok
+            xv = tl.load(x_tile + tap_dh[i].to(tl.int64) * sxh + tap_dw[i].to(tl.int64) * sxw, mask=ok, other=0.0)
+            stepped = stepped + (accs[i] + g * xv.to(tl.float32),)
+        accs = stepped
+        tile_col += 1
+        row_done = tile_col == tiles_w
+        tile_col = tl.where(row_done, 0, tile_col)
+        tile_row += row_done.to(tl.int32)
+        image_done = tile_row == tiles_h
+        tile_row = tl.where(image_done, 0, tile_row)
+        n += image_done.to(tl.int64)
 
-        partial = tl.sum(tl.sum(acc, axis=0), axis=0)
+    for i in tl.static_range(TAPS):
+        tap = first_tap + i
+        partial = tl.sum(tl.sum(accs[i], axis=0), axis=0)
         dw_offs = f_vec.to(tl.int64) * taps + tap
+        ok = f_vec < tl.where(tap < taps, F, 0)  # no channel of a tap past the kernel
         if ATOMIC:
-            tl.atomic_add(dw_ptr + dw_offs, partial, mask=f_vec < F)
+            tl.atomic_add(dw_ptr + dw_offs, partial, mask=ok)
         else:
-            tl.store(dw_ptr + split.to(tl.int64) * F * taps + dw_offs, partial, mask=f_vec < F)
+            tl.store(dw_ptr + split.to(tl.int64) * F * taps + dw_offs, partial, mask=ok)

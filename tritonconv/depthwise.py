@@ -31,6 +31,11 @@ from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_in
 _CHANNELS_LAST_TILES = (4096, (("BLOCK_C", 64), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 _NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
+# The weight gradient keeps one accumulator tile per tap of its group: tiles of 1024 elements (8 float32
+# per thread of 4 warps; 512 for NCHW, whose scalar loads hold a pointer per element) and groups of at most
+# 10 taps hold up to 80 accumulators per thread.
+_WEIGHT_GRAD_TILE = {True: 1024, False: 512}
+_WEIGHT_GRAD_TAPS = 10
 def _channel_block(channels: int, cap: int) -> int:
     """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
     (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
@@ -38,14 +43,16 @@ def _channel_block(channels: int, cap: int) -> int:
     return min(blocks, key=lambda b: (cdiv(channels, b) * b, -b))
 
 
-def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
-    """BLOCK_H, BLOCK_W, BLOCK_C for a plane of problem.extra's height x width and problem.n channels."""
+def _tile(problem: dispatch.Problem, interpreter: bool, elements: int | None = None) -> dict[str, int]:
+    """BLOCK_H, BLOCK_W, BLOCK_C for a plane of problem.extra's height x width and problem.n channels, in
+    the layout's element budget (or `elements` on a GPU)."""
     extra = dict(problem.extra)
     extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
     if interpreter:
         budget, order = _INTERPRETER_TILES
     else:
         budget, order = _CHANNELS_LAST_TILES if problem.channels_last else _NCHW_TILES
+        budget = elements or budget
     blocks = {}
     for name, cap in order:
         if name == "BLOCK_C" and problem.channels_last and not interpreter:
@@ -68,21 +75,24 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
-    neighbours take the other taps of the same pixels, which then come from L2) and SPLIT_K programs share
-    each (tap, channel block) until the GPU holds 8 * TARGET_PROGRAMS of them (two waves of 8 resident per
-    SM: several programs per SM hide each one's load latency, a second wave evens out their finishing
-    times), each keeping at least 4 tiles of work. The
-    interpreter pays per program and per operation, so one program walks every tap; it splits in two
-    whenever there are two tiles, so the tests exercise the split paths (atomic and deterministic)."""
-    blocks = _tile(problem, interpreter)
+    """Weight gradient: the tile is one reduction step. On a GPU each program takes a group of up to
+    _WEIGHT_GRAD_TAPS taps (a 3x3 kernel in one group, so x and dy are read once; larger kernels in groups
+    of even size, neighbouring programs that read the same pixels from L2), and SPLIT_K programs share each
+    (tap group, channel block) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: two waves or more
+    of the few that the accumulators' registers let in; several programs per SM hide each one's load
+    latency, later waves even out their finishing times), each keeping at least 4 tiles of work. The interpreter pays per program and per operation, so
+    one program takes every tap; it splits in two whenever there are two tiles, so the tests exercise the
+    split paths (atomic and deterministic)."""
+    blocks = _tile(problem, interpreter, _WEIGHT_GRAD_TILE[problem.channels_last])
     tiles = _plane_tiles(blocks, problem)
     if interpreter:
         split, taps = (2 if tiles > 1 else 1), problem.k
     else:
-        programs = problem.k * cdiv(problem.n, blocks["BLOCK_C"])
-        split, taps = max(1, min(8 * heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
-    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
+        taps = cdiv(problem.k, cdiv(problem.k, _WEIGHT_GRAD_TAPS))
+        programs = cdiv(problem.k, taps) * cdiv(problem.n, blocks["BLOCK_C"])
+        split = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4))
+    warps = _warps(blocks) if interpreter else 4  # 4 warps even for the 512-element NCHW tile: 4 per thread
+    return dispatch.Config.of(num_warps=warps, num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
 
 def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -100,8 +110,10 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """The tile space, split 1 to 64 ways, with groups of 1, 3 or 9 taps (at most 9216 accumulators)."""
     return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT_K=split, TAPS=taps, **dict(cfg.meta))
-            for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3)]
+            for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3, 9)
+            if taps * cfg["BLOCK_H"] * cfg["BLOCK_W"] * cfg["BLOCK_C"] <= 9 * _WEIGHT_GRAD_TILE[True]]
 
 
 def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.Problem) -> int:
@@ -138,9 +150,9 @@ def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
                        args: Mapping[str, object]) -> tuple[float, ...]:
-    """The program's TAPS taps, then one split's share of the N * (output tiles per image) tiles."""
+    """One split's share of the N * (output tiles per image) tiles (the taps are unrolled)."""
     tiles = args["N"] * cdiv(args["OH"], config["BLOCK_H"]) * cdiv(args["OW"], config["BLOCK_W"])
-    return (min(config["TAPS"], args["KH"] * args["KW"]), cdiv(tiles, config["SPLIT_K"]))
+    return (cdiv(tiles, config["SPLIT_K"]),)
 
 
 dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space,
