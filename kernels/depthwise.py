@@ -36,7 +36,7 @@ def depthwise_tap(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sx
     iw = iw0 + kw * dil_w
     ok = x_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     # Moving one tap moves every pointer by the same amount: a scalar int64 added to x_base.
-    step = (kh * dil_h).to(tl.int64) * sxh + (kw * dil_w).to(tl.int64) * sxw
+    step = tl.cast(kh * dil_h, tl.int64) * sxh + tl.cast(kw * dil_w, tl.int64) * sxw
     xv = tl.load(x_base + step, mask=ok, other=0.0)
     wv = tl.load(w_base + kh * swh + kw * sww, mask=w_valid, other=0.0)
     return acc + xv.to(tl.float32) * wv.to(tl.float32)
@@ -88,6 +88,25 @@ def depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sx
 
 
 @triton.jit
+def depthwise_window_row(accs, x_row, row_ok, col_ok, w_row, f_valid, sxw, sww, stride_w: tl.constexpr,
+                         dil_w: tl.constexpr, TAPS_W: tl.constexpr, OUT_W: tl.constexpr):
+    """accs[p] + sum_{j < TAPS_W} x_row[p*sw + j*dw] * w_row[j] for each of a thread's OUT_W neighbouring
+    outputs p along the row: one kernel row of `depthwise_forward_kernel`'s sliding window. Each input
+    column q of the row is loaded and converted once (masked by row_ok & col_ok[q]) and serves every
+    (output, tap) pair that reads it; one tap's weights (one vector load) serve all OUT_W outputs."""
+    xs = ()
+    for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
+        xs = xs + (tl.load(x_row + q * sxw, mask=row_ok & col_ok[q], other=0.0).to(tl.float32),)
+    for j in tl.static_range(TAPS_W):
+        wv = tl.load(w_row + j * sww, mask=f_valid, other=0.0).to(tl.float32)
+        stepped = ()
+        for p in tl.static_range(OUT_W):
+            stepped = stepped + (accs[p] + xs[p * stride_w + j * dil_w] * wv,)
+        accs = stepped
+    return accs
+
+
+@triton.jit
 def depthwise_forward_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     z_ptr,  # pre-activation output (strides of y), written only when STORE_PRE
@@ -95,7 +114,8 @@ def depthwise_forward_kernel(
     # batch size is implied by the grid.
     H, W, OH, OW, F, MULT,
     # Geometry. kh/kw ranges are the live taps (see module docstring).
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # (The column stride and dilation are constexpr: they place the sliding window's taps, see OUT_W.)
+    stride_h, stride_w: tl.constexpr, pad_h, pad_w, dil_h, dil_w: tl.constexpr,
     kh_start, kh_end, kw_start, kw_end,
     # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW) (the
     # launcher passes tap-major weights: 1, KW * F, F).
@@ -107,34 +127,67 @@ def depthwise_forward_kernel(
     ACTIVATION: tl.constexpr,  # "none", "relu", "relu6", "silu" or "gelu" (kernels/activations.py)
     STORE_PRE: tl.constexpr,   # also store z = conv + bias, the activation's input, for its backward
     BLOCK_H: tl.constexpr,     # output rows per program
-    BLOCK_W: tl.constexpr,     # output columns per program
+    BLOCK_W: tl.constexpr,     # groups of OUT_W output columns per program
     BLOCK_C: tl.constexpr,     # output channels per program
     TAPS_H: tl.constexpr,      # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
     TAPS_W: tl.constexpr,
+    OUT_W: tl.constexpr,       # neighbouring output columns per thread, > 1 only with TAPS_W > 0
 ):
     """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
 
-    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H) * cdiv(OW, BLOCK_W),), one flat axis because
+    With OUT_W > 1, each thread computes OUT_W neighbouring outputs of a row, as OUT_W accumulator tiles
+    (a tuple), and reads each input row once for all of them (`depthwise_window_row`): a KW-tap row costs
+    (OUT_W - 1) * sw + (KW - 1) * dw + 1 loads and conversions per thread instead of OUT_W * KW.
+
+    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H) * cdiv(OW, BLOCK_W * OUT_W),), one flat axis because
     N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
     neighbouring spatial tiles of one channel block, so the halo they share is still in cache.
     """
     n, pid_f, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(F, BLOCK_C),
-                                           tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W))
-    oh, ow = plane_tile(tile, OH, OW, BLOCK_H, BLOCK_W)
+                                           tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W * OUT_W))
+    oh, ow = plane_tile(tile, OH, tl.cdiv(OW, OUT_W), BLOCK_H, BLOCK_W)
+    ow = ow * OUT_W  # each thread's first output column
     f = pid_f * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     f_valid = f < F
 
     # Output pixel (oh, ow) of channel f reads input channel f // MULT from row oh*sh - ph + kh*dh.
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
-    x_base = x_ptr + n * sxn + (f // MULT).to(tl.int64) * sxc + ih0 * sxh + iw0 * sxw
-    acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
-    acc = depthwise_taps(acc, x_base, f_valid, ih0, iw0, w_ptr + f.to(tl.int64) * swf, f_valid,
-                         H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
+    x_chan = x_ptr + n * sxn + (f // MULT).to(tl.int64) * sxc
+    w_chan = w_ptr + f.to(tl.int64) * swf
+    if OUT_W == 1:
+        acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+        accs = (depthwise_taps(acc, x_chan + ih0 * sxh + iw0 * sxw, f_valid, ih0, iw0, w_chan, f_valid, H, W, sxh,
+                               sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W),)
+    else:
+        # The window's input columns start at the first live tap's; whether each exists is the same for
+        # every kernel row.
+        iw_first = iw0 + kw_start * dil_w
+        col_ok = ()
+        accs = ()
+        for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
+            col_ok = col_ok + ((iw_first + q >= 0) & (iw_first + q < W),)
+        for p in tl.static_range(OUT_W):
+            accs = accs + (tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32),)
+        x_first = x_chan + ih0 * sxh + iw_first * sxw
+        w_first = w_chan + kw_start * sww
+        if TAPS_H > 0:
+            for i in tl.static_range(TAPS_H):
+                ih = ih0 + (kh_start + i) * dil_h
+                accs = depthwise_window_row(accs, x_first + ((kh_start + i) * dil_h).to(tl.int64) * sxh,
+                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + (kh_start + i) * swh,
+                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
+        else:
+            for kh in range(kh_start, kh_end):
+                ih = ih0 + kh * dil_h
+                accs = depthwise_window_row(accs, x_first + (kh * dil_h).to(tl.int64) * sxh,
+                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + kh * swh,
+                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
 
-    y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + ow * syw
-    store_epilogue(acc, bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs, (oh < OH) & (ow < OW) & f_valid,
-                   HAS_BIAS, ACTIVATION, STORE_PRE)
+    for p in tl.static_range(OUT_W):
+        y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + (ow + p) * syw
+        store_epilogue(accs[p], bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs,
+                       (oh < OH) & (ow + p < OW) & f_valid, HAS_BIAS, ACTIVATION, STORE_PRE)
 
 
 @triton.jit

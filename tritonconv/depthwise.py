@@ -3,6 +3,7 @@ autograd, public op."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -69,9 +70,45 @@ def _warps(blocks: dict[str, int]) -> int:
 
 
 def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Forward and input gradient: one tile of the plane per program, no reduction across programs."""
+    """Input gradient: one tile of the plane per program, no reduction across programs."""
     blocks = _tile(problem, interpreter)
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, **blocks)
+
+
+# The forward's sliding window (OUT_W outputs per thread along a row) on a GPU: channels_last only (an
+# NCHW row's neighbours are its contiguous elements, which the threads of a warp already share), 4 outputs
+# per thread, in tiles of 512 column groups: one 16-byte vector of channels per thread and output (8
+# 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90).
+_WINDOW_OUT_W = 4
+_WINDOW_TILE = 512
+
+
+def _window_columns(problem: dispatch.Problem, out_w: int) -> dispatch.Problem:
+    """`problem` with its plane's columns counted in groups of `out_w` (what the forward's BLOCK_W tiles)."""
+    extra = dict(problem.extra)
+    extra["width"] = cdiv(extra["width"], out_w)
+    return dataclasses.replace(problem, extra=tuple(extra.items()))
+
+
+def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Forward: one tile of the plane per program. The launcher marks problem.extra "window" when the
+    kernel's columns unroll with dilation 1 and at least `stride` taps (then every input column of the
+    window serves some tap); the sliding window then takes _WINDOW_OUT_W outputs per thread (2 in the
+    interpreter, so the tests run it)."""
+    window = dict(problem.extra).get("window", 0)
+    out_w = 1 if not window else 2 if interpreter else _WINDOW_OUT_W if problem.channels_last else 1
+    blocks = _tile(_window_columns(problem, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
+    warps = _warps(blocks)
+    if out_w > 1 and not interpreter:
+        warps = heuristics.pow2_clamp(_WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
+    return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, **blocks)
+
+
+def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """The tile space, with 1, 2 or 4 outputs per thread along a row where the window applies."""
+    widths = (1, 2, 4) if dict(problem.extra).get("window", 0) else (1,)
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, **dict(cfg.meta))
+            for out_w in widths for cfg in _tile_space(_window_columns(problem, out_w))]
 
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -123,7 +160,7 @@ def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
     images = problem.m // max(1, rows * cols * extra.get("phases", 1))
-    return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"])
+    return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
 
 
 def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
@@ -155,7 +192,7 @@ def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
     return (cdiv(tiles, config["SPLIT_K"]),)
 
 
-dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space,
+dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _forward_config, _forward_space,
                   programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space,
                   programs=_tile_programs, trips=_tap_trips)
@@ -164,9 +201,11 @@ dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_ke
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
-             cl: bool, phases: int = 1) -> dispatch.Problem:
-    """The Problem of a launch tiling `plane` (`phases` of them per image: the input gradient's stride phases)."""
-    extra = (("height", plane[0]), ("width", plane[1])) + ((("phases", phases),) if phases > 1 else ())
+             cl: bool, phases: int = 1, window: bool = False) -> dispatch.Problem:
+    """The Problem of a launch tiling `plane` (`phases` of them per image: the input gradient's stride
+    phases; `window`: the forward may slide a window along rows, see `_forward_config`)."""
+    extra = (("height", plane[0]), ("width", plane[1])) + ((("phases", phases),) if phases > 1 else ()) + (
+        (("window", 1),) if window else ())
     return dispatch.Problem(kernel, m=geo.batch * phases * plane[0] * plane[1], n=channels,
                             k=geo.kernel[0] * geo.kernel[1], dtype=x.dtype, channels_last=cl, extra=extra)
 
@@ -187,7 +226,9 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
         return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
-    problem = _problem("depthwise_forward", geo, f, plane, x, cl)
+    taps = unrolled_taps(geo)
+    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=taps["TAPS_W"] > 0
+                       and geo.dilation[1] == 1 and taps["TAPS_W"] >= geo.stride[1])
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
             *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
             bias.stride(0) if bias is not None else 0)
@@ -195,7 +236,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
                                  HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
-                                 **unrolled_taps(geo), **cfg.launch_kwargs())
+                                 **taps, **cfg.launch_kwargs())
 
         def run(x, w, bias):
             y = alloc()
