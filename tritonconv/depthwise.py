@@ -10,7 +10,7 @@ import torch
 
 from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
-from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
+from tritonconv._shared import (MAX_UNROLLED_TAPS, ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
                                 register_epilogue_op, register_gradient_ops, tap_major, unrolled_taps)
 from tritonconv.heuristics import cdiv, next_power_of_2
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
@@ -70,8 +70,11 @@ def _warps(blocks: dict[str, int]) -> int:
 
 
 def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Input gradient: one tile of the plane per program, no reduction across programs."""
-    blocks = _tile(problem, interpreter)
+    """Input gradient: one tile of the plane per program, no reduction across programs; channels_last
+    tiles of a quarter of the forward's for kernels of 10 to MAX_UNROLLED_TAPS^2 taps (their unrolled
+    taps spill 16 float32 per thread on sm_90; larger kernels loop over both axes and do not)."""
+    unrolled = 9 < problem.k <= MAX_UNROLLED_TAPS**2
+    blocks = _tile(problem, interpreter, 1024 if problem.channels_last and unrolled else None)
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, **blocks)
 
 
