@@ -79,7 +79,7 @@ NAMED = [
     Mutant("kernels/conv.py", "tw = iw + pad_w - kw * dil_w", "dil_w", "dil_h"),             # input gradient
     Mutant("kernels/depthwise.py", "iw = iw0 + kw * dil_w", "dil_w", "dil_h"),
     Mutant("kernels/depthwise.py", "iw = ow * stride_w - pad_w + kw * dil_w", "dil_w", "dil_h"),
-    Mutant("kernels/depthwise.py", "tw = iw + pad_w - kw * dil_w", "dil_w", "dil_h"),
+    Mutant("kernels/depthwise.py", "tw = rw + pad_w - kw * dil_w", "dil_w", "dil_h"),
     Mutant("kernels/pooling.py", "tw = iw + pad_w - (t % KW) * dil_w", "dil_w", "dil_h"),
     Mutant("kernels/pointwise.py", "+ ((pix % OW) * stride_w).to(tl.int64) * sxw", "stride_w", "stride_h"),
 ]

@@ -163,6 +163,10 @@ PROBES = [
     Probe("depthwise_conv2d", "mobilenetv2 128x144x56x56 3x3 s2 nhwc",
           _depthwise(128, 144, 56, 3, 2, channels_last=True)),
     Probe("depthwise_conv2d", "convnext 8x384x14x14 7x7 nchw", _depthwise(8, 384, 14, 7)),
+    # issue 14's targets, channels_last (after the first nhwc probe, so --quick compiles none of them)
+    Probe("depthwise_conv2d", "efficientnet-b0 128x240x28x28 5x5 nhwc", _depthwise(128, 240, 28, 5, channels_last=True)),
+    Probe("depthwise_conv2d", "convnext 32x192x28x28 7x7 nhwc", _depthwise(32, 192, 28, 7, channels_last=True)),
+    Probe("depthwise_conv2d", "replknet 8x128x56x56 31x31 nhwc", _depthwise(8, 128, 56, 31, channels_last=True)),
     Probe("pointwise_conv2d", "32x256x28x28 ->256 relu6 nhwc",
           _pointwise(32, 256, 256, 28, "relu6", channels_last=True)),
     Probe("pointwise_conv2d", "8x672x14x14 ->112 silu nchw", _pointwise(8, 672, 112, 14, "silu")),

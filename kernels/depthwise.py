@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.common import inverse_stride, plane_tile, sample_channel_blocks, tile_pixels
+from tritonconv.kernels.common import plane_tile, sample_channel_blocks, tile_pixels
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def depthwise_tap(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sx
     iw = iw0 + kw * dil_w
     ok = x_valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     # Moving one tap moves every pointer by the same amount: a scalar int64 added to x_base.
-    step = (kh * dil_h).to(tl.int64) * sxh + (kw * dil_w).to(tl.int64) * sxw
+    step = tl.cast(kh * dil_h, tl.int64) * sxh + tl.cast(kw * dil_w, tl.int64) * sxw
     xv = tl.load(x_base + step, mask=ok, other=0.0)
     wv = tl.load(w_base + kh * swh + kw * sww, mask=w_valid, other=0.0)
     return acc + xv.to(tl.float32) * wv.to(tl.float32)
@@ -88,6 +88,25 @@ def depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sx
 
 
 @triton.jit
+def depthwise_window_row(accs, x_row, row_ok, col_ok, w_row, f_valid, sxw, sww, stride_w: tl.constexpr,
+                         dil_w: tl.constexpr, TAPS_W: tl.constexpr, OUT_W: tl.constexpr):
+    """accs[p] + sum_{j < TAPS_W} x_row[p*sw + j*dw] * w_row[j] for each of a thread's OUT_W neighbouring
+    outputs p along the row: one kernel row of `depthwise_forward_kernel`'s sliding window. Each input
+    column q of the row is loaded and converted once (masked by row_ok & col_ok[q]) and serves every
+    (output, tap) pair that reads it; one tap's weights (one vector load) serve all OUT_W outputs."""
+    xs = ()
+    for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
+        xs = xs + (tl.load(x_row + q * sxw, mask=row_ok & col_ok[q], other=0.0).to(tl.float32),)
+    for j in tl.static_range(TAPS_W):
+        wv = tl.load(w_row + j * sww, mask=f_valid, other=0.0).to(tl.float32)
+        stepped = ()
+        for p in tl.static_range(OUT_W):
+            stepped = stepped + (accs[p] + xs[p * stride_w + j * dil_w] * wv,)
+        accs = stepped
+    return accs
+
+
+@triton.jit
 def depthwise_forward_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     z_ptr,  # pre-activation output (strides of y), written only when STORE_PRE
@@ -95,7 +114,8 @@ def depthwise_forward_kernel(
     # batch size is implied by the grid.
     H, W, OH, OW, F, MULT,
     # Geometry. kh/kw ranges are the live taps (see module docstring).
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # (The column stride and dilation are constexpr: they place the sliding window's taps, see OUT_W.)
+    stride_h, stride_w: tl.constexpr, pad_h, pad_w, dil_h, dil_w: tl.constexpr,
     kh_start, kh_end, kw_start, kw_end,
     # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW) (the
     # launcher passes tap-major weights: 1, KW * F, F).
@@ -107,34 +127,106 @@ def depthwise_forward_kernel(
     ACTIVATION: tl.constexpr,  # "none", "relu", "relu6", "silu" or "gelu" (kernels/activations.py)
     STORE_PRE: tl.constexpr,   # also store z = conv + bias, the activation's input, for its backward
     BLOCK_H: tl.constexpr,     # output rows per program
-    BLOCK_W: tl.constexpr,     # output columns per program
+    BLOCK_W: tl.constexpr,     # groups of OUT_W output columns per program
     BLOCK_C: tl.constexpr,     # output channels per program
     TAPS_H: tl.constexpr,      # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
     TAPS_W: tl.constexpr,
+    OUT_W: tl.constexpr,       # neighbouring output columns per thread, > 1 only with TAPS_W > 0
 ):
     """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
 
-    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H) * cdiv(OW, BLOCK_W),), one flat axis because
+    With OUT_W > 1, each thread computes OUT_W neighbouring outputs of a row, as OUT_W accumulator tiles
+    (a tuple), and reads each input row once for all of them (`depthwise_window_row`): a KW-tap row costs
+    (OUT_W - 1) * sw + (KW - 1) * dw + 1 loads and conversions per thread instead of OUT_W * KW.
+
+    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H) * cdiv(OW, BLOCK_W * OUT_W),), one flat axis because
     N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
     neighbouring spatial tiles of one channel block, so the halo they share is still in cache.
     """
     n, pid_f, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(F, BLOCK_C),
-                                           tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W))
-    oh, ow = plane_tile(tile, OH, OW, BLOCK_H, BLOCK_W)
+                                           tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W * OUT_W))
+    oh, ow = plane_tile(tile, OH, tl.cdiv(OW, OUT_W), BLOCK_H, BLOCK_W)
+    ow = ow * OUT_W  # each thread's first output column
     f = pid_f * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     f_valid = f < F
 
     # Output pixel (oh, ow) of channel f reads input channel f // MULT from row oh*sh - ph + kh*dh.
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
-    x_base = x_ptr + n * sxn + (f // MULT).to(tl.int64) * sxc + ih0 * sxh + iw0 * sxw
-    acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
-    acc = depthwise_taps(acc, x_base, f_valid, ih0, iw0, w_ptr + f.to(tl.int64) * swf, f_valid,
-                         H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
+    x_chan = x_ptr + n * sxn + (f // MULT).to(tl.int64) * sxc
+    w_chan = w_ptr + f.to(tl.int64) * swf
+    if OUT_W == 1:
+        acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+        accs = (depthwise_taps(acc, x_chan + ih0 * sxh + iw0 * sxw, f_valid, ih0, iw0, w_chan, f_valid, H, W, sxh,
+                               sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W),)
+    else:
+        # The window's input columns start at the first live tap's; whether each exists is the same for
+        # every kernel row.
+        iw_first = iw0 + kw_start * dil_w
+        col_ok = ()
+        accs = ()
+        for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
+            col_ok = col_ok + ((iw_first + q >= 0) & (iw_first + q < W),)
+        for p in tl.static_range(OUT_W):
+            accs = accs + (tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32),)
+        x_first = x_chan + ih0 * sxh + iw_first * sxw
+        w_first = w_chan + kw_start * sww
+        if TAPS_H > 0:
+            for i in tl.static_range(TAPS_H):
+                ih = ih0 + (kh_start + i) * dil_h
+                accs = depthwise_window_row(accs, x_first + ((kh_start + i) * dil_h).to(tl.int64) * sxh,
+                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + (kh_start + i) * swh,
+                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
+        else:
+            for kh in range(kh_start, kh_end):
+                ih = ih0 + kh * dil_h
+                accs = depthwise_window_row(accs, x_first + (kh * dil_h).to(tl.int64) * sxh,
+                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + kh * swh,
+                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
 
-    y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + ow * syw
-    store_epilogue(acc, bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs, (oh < OH) & (ow < OW) & f_valid,
-                   HAS_BIAS, ACTIVATION, STORE_PRE)
+    for p in tl.static_range(OUT_W):
+        y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + (ow + p) * syw
+        store_epilogue(accs[p], bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs,
+                       (oh < OH) & (ow + p < OW) & f_valid, HAS_BIAS, ACTIVATION, STORE_PRE)
+
+
+@triton.jit
+def input_grad_tap(acc, dy_chan, w_chan, c_valid, oh, row_ok, j, rw, OW, syh, syw, swh, sww,
+                   stride_w: tl.constexpr, pad_w: tl.constexpr, dil_w: tl.constexpr, kh, kw):
+    """acc + dy[oh, ow] * w[kh, kw] for the columns rw + stride_w * j of one stride phase, where tap kw
+    reaches them (`depthwise_input_grad_kernel`); a tap that reaches no column of the phase is skipped."""
+    tw = rw + pad_w - kw * dil_w
+    # Constexpr for unrolled taps (the test then costs nothing), a uniform scalar branch in a runtime loop.
+    if tw % stride_w == 0:
+        ow = j + tw // stride_w
+        ok = row_ok & (ow >= 0) & (ow < OW)
+        g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
+        wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
+        # Not g * w where the tap misses: 0 * w is NaN for a non-finite weight (torch adds nothing).
+        acc += tl.where(ok, g.to(tl.float32) * wv.to(tl.float32), 0.0)
+    return acc
+
+
+@triton.jit
+def input_grad_row(acc, dy_chan, w_chan, c_valid, i, j, rh, rw, OH, OW, syh, syw, swh, sww,
+                   stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h: tl.constexpr, pad_w: tl.constexpr,
+                   dil_h: tl.constexpr, dil_w: tl.constexpr, kh, kw_start: tl.constexpr, kw_end,
+                   TAPS_W: tl.constexpr):
+    """The taps (kh, kw_start <= kw < kw_end) of one stride phase (rh, rw) of the input gradient, unrolled
+    when TAPS_W > 0; kernel row kh reaches the phase's rows only when rh + ph - kh*dh is a multiple of sh."""
+    th = rh + pad_h - kh * dil_h
+    if th % stride_h == 0:
+        oh = i + th // stride_h
+        row_ok = c_valid & (oh >= 0) & (oh < OH)
+        if TAPS_W > 0:
+            for t in tl.static_range(TAPS_W):
+                acc = input_grad_tap(acc, dy_chan, w_chan, c_valid, oh, row_ok, j, rw, OW, syh, syw, swh, sww,
+                                     stride_w, pad_w, dil_w, kh, kw_start + t)
+        else:
+            for kw in range(kw_start, kw_end):
+                acc = input_grad_tap(acc, dy_chan, w_chan, c_valid, oh, row_ok, j, rw, OW, syh, syw, swh, sww,
+                                     stride_w, pad_w, dil_w, kh, kw)
+    return acc
 
 
 @triton.jit
@@ -143,67 +235,79 @@ def depthwise_input_grad_kernel(
     # Sizes: input (N, C, H, W), weight (C * MULT, 1, KH, KW), output (N, C * MULT, OH, OW); the batch
     # size is implied by the grid.
     H, W, OH, OW, C, MULT,
-    # The strides are constexpr, so finding the output a tap reaches (`inverse_stride`) divides by a
-    # constant (a shift for stride 2), not by a runtime value in the tap loop.
-    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h, pad_w, dil_h, dil_w,
-    kh_start, kh_end, kw_start, kw_end,
+    kh_end, kw_end,  # ends of the live tap ranges (see kh_start below), used only by runtime tap loops
     # Element strides of dy and dx in (N, C, H, W) order; of w in (F, KH, KW) (the launcher passes
     # tap-major weights: 1, KW * F, F).
     syn, syc, syh, syw,
     swf, swh, sww,
     sxn, sxc, sxh, sxw,
-    BLOCK_H: tl.constexpr,  # input rows per program
-    BLOCK_W: tl.constexpr,  # input columns per program
+    # The geometry is constexpr, so which taps reach a stride phase is decided when compiling (layers
+    # repeat few geometries); the live taps start at kh_start, kw_start.
+    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h: tl.constexpr, pad_w: tl.constexpr,
+    dil_h: tl.constexpr, dil_w: tl.constexpr, kh_start: tl.constexpr, kw_start: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # rows per program of each stride phase
+    BLOCK_W: tl.constexpr,  # columns per program of each stride phase
     BLOCK_C: tl.constexpr,  # input channels per program
+    TAPS_H: tl.constexpr,   # live tap counts, unrolled, or 0 for runtime loops (as the forward's)
+    TAPS_W: tl.constexpr,
 ):
-    """Input gradient, gathered per input pixel (no atomics):
+    """Input gradient, gathered per input pixel (no atomics), one stride phase at a time:
 
         dx[n, c, ih, iw] = sum_{j < MULT} sum_{kh, kw} dy[n, c*MULT + j, oh, ow] * w[c*MULT + j, 0, kh, kw]
         where oh = (ih + ph - kh*dh) / sh exactly (likewise ow), and 0 <= oh < OH.
 
-    A tap reaches input row ih only when ih + ph - kh*dh is a non-negative multiple of the stride; the
-    others are masked (with stride s, a fraction 1 - 1/s^2 of the taps). Grid: as the forward kernel's,
-    over input pixels and input channels.
+    Input row ih = rh + sh * i is in stride phase rh < sh; tap kh reaches it when t = rh + ph - kh*dh is a
+    multiple of sh, from output row oh = i + t / sh, whatever i is. So each program takes the tile
+    (i, j) of the cdiv(H, sh) x cdiv(W, sw) phase grid and, for every phase (rh, rw) in turn, gathers only
+    the taps that reach that phase: no masked-away taps, no division by the stride per element (with
+    stride s, a gather over every tap would mask 1 - 1/s^2 of them). Grid: as the forward kernel's, over
+    phase-grid pixels and input channels.
     """
+    rows = tl.cdiv(H, stride_h)
+    cols = tl.cdiv(W, stride_w)
     n, pid_c, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C),
-                                           tl.cdiv(H, BLOCK_H) * tl.cdiv(W, BLOCK_W))
-    ih, iw = plane_tile(tile, H, W, BLOCK_H, BLOCK_W)
+                                           tl.cdiv(rows, BLOCK_H) * tl.cdiv(cols, BLOCK_W))
+    i, j = plane_tile(tile, rows, cols, BLOCK_H, BLOCK_W)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     c_valid = c < C
 
-    acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
-    for j in range(MULT):
-        # Output channel f = c*MULT + j is the j-th filter applied to input channel c.
-        f = (c * MULT + j).to(tl.int64)
-        dy_chan = dy_ptr + n * syn + f * syc
-        w_chan = w_ptr + f * swf
-        for kh in range(kh_start, kh_end):
-            oh, oh_ok = inverse_stride(ih + pad_h - kh * dil_h, stride_h, OH)
-            row_ok = c_valid & oh_ok
-            for kw in range(kw_start, kw_end):
-                ow, ow_ok = inverse_stride(iw + pad_w - kw * dil_w, stride_w, OW)
-                ok = row_ok & ow_ok
-                g = tl.load(dy_chan + oh * syh + ow * syw, mask=ok, other=0.0)
-                wv = tl.load(w_chan + kh * swh + kw * sww, mask=c_valid, other=0.0)
-                # Not g * w where the tap misses: 0 * w is NaN for a non-finite weight (torch adds nothing).
-                acc += tl.where(ok, g.to(tl.float32) * wv.to(tl.float32), 0.0)
-
-    dx_offs = n * sxn + c.to(tl.int64) * sxc + ih * sxh + iw * sxw
-    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=(ih < H) & (iw < W) & c_valid)
+    for rh in tl.static_range(stride_h):
+        for rw in tl.static_range(stride_w):
+            acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+            for m in range(MULT):
+                # Output channel f = c*MULT + m is the m-th filter applied to input channel c.
+                f = (c * MULT + m).to(tl.int64)
+                dy_chan = dy_ptr + n * syn + f * syc
+                w_chan = w_ptr + f * swf
+                if TAPS_H > 0:
+                    for t in tl.static_range(TAPS_H):
+                        acc = input_grad_row(acc, dy_chan, w_chan, c_valid, i, j, rh, rw, OH, OW, syh, syw, swh,
+                                             sww, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh_start + t,
+                                             kw_start, kw_end, TAPS_W)
+                else:
+                    for kh in range(kh_start, kh_end):
+                        acc = input_grad_row(acc, dy_chan, w_chan, c_valid, i, j, rh, rw, OH, OW, syh, syw, swh,
+                                             sww, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, kh,
+                                             kw_start, kw_end, TAPS_W)
+            ih = rh + stride_h * i
+            iw = rw + stride_w * j
+            dx_offs = n * sxn + c.to(tl.int64) * sxc + ih * sxh + iw * sxw
+            tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=(ih < H) & (iw < W) & c_valid)
 
 
 @triton.jit
 def depthwise_weight_grad_kernel(
     x_ptr, dy_ptr,
-    dw_ptr,  # result: contiguous float32 (F, KH * KW); zero-filled by the caller when SPLIT_K > 1
+    dw_ptr,  # result: contiguous float32, (F, KH * KW) zero-filled when ATOMIC, else (SPLIT_K, F, KH * KW)
     # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW).
     N, H, W, OH, OW, F, MULT, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # Element strides of x and dy in (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
-    SPLIT_K: tl.constexpr,    # programs sharing one (tap, channel block)'s reduction, summed with atomics
-    TAPS: tl.constexpr,     # taps per program, reduced one after another
+    SPLIT_K: tl.constexpr,    # programs sharing one (tap group, channel block)'s reduction
+    ATOMIC: tl.constexpr,     # add the SPLIT_K partial sums with atomics, or store each in its own slice
+    TAPS: tl.constexpr,     # taps per program, accumulated side by side (unrolled)
     BLOCK_H: tl.constexpr,  # output rows per reduction step
     BLOCK_W: tl.constexpr,  # output columns per reduction step
     BLOCK_C: tl.constexpr,  # channels per program
@@ -212,12 +316,15 @@ def depthwise_weight_grad_kernel(
 
         dw[f, 0, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, f // MULT, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
 
-    Each program owns a group of TAPS consecutive taps (row-major over KH x KW) and one channel block, and
-    for each of its taps reduces a contiguous run of the N * (output tiles per image) pixel tiles; SPLIT_K
-    programs share the run and add their float32 partial sums with atomics (SPLIT_K == 1 stores).
-    Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest. With TAPS == 1
-    the programs of every tap over one run are neighbours, run together and re-read dy and x from L2;
-    larger groups re-read them from their own cache and launch fewer programs.
+    Each program owns a group of TAPS consecutive taps (row-major over KH x KW; the last group may run past
+    the kernel) and one channel block, and walks a contiguous run of the N * (output tiles per image) pixel
+    tiles once: each step loads the dy tile once and, for every tap of the group, the x tile under it,
+    keeping one float32 accumulator tile per tap (so a kernel of at most TAPS taps reads x and dy in one
+    pass). SPLIT_K programs share the run. Their float32 partial sums are added with atomics (ATOMIC: in
+    no fixed order), or each stored in split `split`'s slice of dw for the caller to add in a fixed order
+    (bitwise reproducible, for torch.use_deterministic_algorithms; with SPLIT_K == 1 that slice is the
+    result). Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest, so
+    the groups of one run are neighbours and share its dy and x from L2.
     """
     pid = tl.program_id(0)
     taps = KH * KW
@@ -239,37 +346,56 @@ def depthwise_weight_grad_kernel(
     t_begin = split * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tiles)
 
-    for tap in range(first_tap, tl.minimum(first_tap + TAPS, taps)):
-        kh = tap // KW
-        kw = tap % KW
-        acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
-        # Tile t is tile (tile_row, tile_col) of image n. The loop steps them along (a carry from column
-        # to row to image) rather than dividing t in every iteration.
-        n = (t_begin // plane_tiles).to(tl.int64)
-        tile_row = t_begin % plane_tiles // tiles_w
-        tile_col = t_begin % tiles_w
-        for t in range(t_begin, t_end):
-            oh, ow = tile_pixels(tile_row, tile_col, BLOCK_H, BLOCK_W)
-            ih = oh * stride_h - pad_h + kh * dil_h
-            iw = ow * stride_w - pad_w + kw * dil_w
-            out_ok = (oh < OH) & (ow < OW) & f_valid
-            g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=out_ok, other=0.0)
+    # A tuple of TAPS accumulator tiles (a tuple, not a tensor with a tap axis: each tap's x tile is its
+    # own load, and a tap axis would pad TAPS to a power of two).
+    # Each tap's input offset (kh*dh, kw*dw), and the rows it may read: H, or none for a tap past the
+    # kernel (the last group's tail). Found once, here: a division inside the pixel loop would stay there
+    # (the compiler does not move a division that could trap out of a loop that might not run).
+    accs = ()
+    tap_dh = ()
+    tap_dw = ()
+    tap_rows = ()
+    for i in tl.static_range(TAPS):
+        accs = accs + (tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32),)
+        tap_dh = tap_dh + ((first_tap + i) // KW * dil_h,)
+        tap_dw = tap_dw + ((first_tap + i) % KW * dil_w,)
+        tap_rows = tap_rows + (tl.where(first_tap + i < taps, H, 0),)
+    # Tile t is tile (tile_row, tile_col) of image n. The loop steps them along (a carry from column to row
+    # to image) rather than dividing t in every iteration.
+    n = (t_begin // plane_tiles).to(tl.int64)
+    tile_row = t_begin % plane_tiles // tiles_w
+    tile_col = t_begin % tiles_w
+    for t in range(t_begin, t_end):
+        oh, ow = tile_pixels(tile_row, tile_col, BLOCK_H, BLOCK_W)
+        out_ok = (oh < OH) & (ow < OW) & f_valid
+        g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=out_ok, other=0.0).to(tl.float32)
+        ih0 = oh * stride_h - pad_h
+        iw0 = ow * stride_w - pad_w
+        x_tile = x_chan + n * sxn + ih0 * sxh + iw0 * sxw
+        stepped = ()
+        for i in tl.static_range(TAPS):
+            ih = ih0 + tap_dh[i]
+            iw = iw0 + tap_dw[i]
             # x is read only under outputs that exist: lanes past the output's edge may reach real input
             # pixels no output reads, and an inf there times their zero dy would be NaN.
-            xv = tl.load(x_chan + n * sxn + ih * sxh + iw * sxw,
-                         mask=(ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & out_ok, other=0.0)
-            acc += g.to(tl.float32) * xv.to(tl.float32)
-            tile_col += 1
-            row_done = tile_col == tiles_w
-            tile_col = tl.where(row_done, 0, tile_col)
-            tile_row += row_done.to(tl.int32)
-            image_done = tile_row == tiles_h
-            tile_row = tl.where(image_done, 0, tile_row)
-            n += image_done.to(tl.int64)
+            ok = (ih >= 0) & (ih < tap_rows[i]) & (iw >= 0) & (iw < W) & out_ok
+            xv = tl.load(x_tile + tap_dh[i].to(tl.int64) * sxh + tap_dw[i].to(tl.int64) * sxw, mask=ok, other=0.0)
+            stepped = stepped + (accs[i] + g * xv.to(tl.float32),)
+        accs = stepped
+        tile_col += 1
+        row_done = tile_col == tiles_w
+        tile_col = tl.where(row_done, 0, tile_col)
+        tile_row += row_done.to(tl.int32)
+        image_done = tile_row == tiles_h
+        tile_row = tl.where(image_done, 0, tile_row)
+        n += image_done.to(tl.int64)
 
-        partial = tl.sum(tl.sum(acc, axis=0), axis=0)
+    for i in tl.static_range(TAPS):
+        tap = first_tap + i
+        partial = tl.sum(tl.sum(accs[i], axis=0), axis=0)
         dw_offs = f_vec.to(tl.int64) * taps + tap
-        if SPLIT_K == 1:
-            tl.store(dw_ptr + dw_offs, partial, mask=f_vec < F)
+        ok = f_vec < tl.where(tap < taps, F, 0)  # no channel of a tap past the kernel
+        if ATOMIC:
+            tl.atomic_add(dw_ptr + dw_offs, partial, mask=ok)
         else:
-            tl.atomic_add(dw_ptr + dw_offs, partial, mask=f_vec < F)
+            tl.store(dw_ptr + split.to(tl.int64) * F * taps + dw_offs, partial, mask=ok)

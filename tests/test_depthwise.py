@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
-from tritonconv import dispatch
+from tritonconv import _plans, dispatch
 from tritonconv._shared import conv_geometry, tap_major, unrolled_taps
+from tritonconv.kernels.depthwise import depthwise_weight_grad_kernel
 
 # (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, even and non-square kernels, "same"/"valid", and planes and channel counts that need
@@ -77,6 +78,34 @@ def test_unrolled_and_looping_taps(i):
     assert_close(y, _reference(x, w, b, 1, padding, 1), dtype, f"{kh}x{kw} C={c} x{mult}")
 
 
+# The input gradient's stride phases: (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation). Stride
+# and dilation sharing a factor (a phase no tap reaches, stored as zeros), stride 3, sizes that no stride
+# divides, a 9x9 kernel whose taps loop at runtime (the branch over taps missing a phase) and a 7x5 one with
+# looping rows and unrolled columns; through non-contiguous views of x and dy in alternating layouts/dtypes.
+PHASE_CASES = [
+    (1, 5, 9, 10, 1, (3, 3), 2, 2, 2),
+    (2, 3, 11, 8, 2, (5, 5), 3, 1, 2),
+    (1, 4, 12, 13, 1, (9, 9), 2, 4, 1),
+    (1, 17, 9, 19, 2, (7, 5), (2, 3), (3, 2), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("i", range(len(PHASE_CASES)))
+def test_input_grad_stride_phases(i):
+    n, c, h, w_, mult, k, stride, padding, dilation = PHASE_CASES[i]
+    dtype, cl = DTYPES[i % 3], i % 2 == 1
+    # Every other column of a wider tensor: no axis of x or dy is contiguous.
+    x = rand(n, c, h, 2 * w_, dtype=dtype, channels_last=cl)[..., ::2].requires_grad_()
+    w = rand(c * mult, 1, *k, dtype=dtype)
+    y = tc.depthwise_conv2d(x, w, None, stride, padding, dilation)
+    xr = x.detach().double().requires_grad_()
+    ref = _reference(xr, w, None, stride, padding, dilation)
+    dy = rand(*ref.shape[:3], 2 * ref.shape[3], dtype=dtype)[..., ::2]
+    (dx,) = torch.autograd.grad(y, x, dy)
+    ref.backward(dy.double())
+    assert_close(dx, xr.grad, dtype, f"input grad {k} s{stride} d{dilation}")
+
+
 def test_weight_grad_steps_across_tile_rows_and_images():
     """The weight gradient walks its share of the tiles by carrying column -> row -> image: two images of
     3 x 2 interpreter tiles (17 x 17 outputs), split between two programs, so each run crosses a tile row
@@ -90,6 +119,32 @@ def test_weight_grad_steps_across_tile_rows_and_images():
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])
+def test_weight_grad_split_is_deterministic_when_asked(monkeypatch, deterministic):
+    """The weight gradient's split reduction (two programs per tap and channel block in the interpreter,
+    more on a GPU): under torch.use_deterministic_algorithms each split stores its partial sums, added in a
+    fixed order (the same bits on every run), otherwise the splits add with atomics. The flag is read per
+    call, so it flips on a plan made before (the launches' ATOMIC switch is recorded)."""
+    launches = []
+    run = depthwise_weight_grad_kernel.run
+    monkeypatch.setattr(depthwise_weight_grad_kernel, "run",
+                        lambda *a, **k: launches.append(k["ATOMIC"]) or run(*a, **k))
+    _plans.clear()
+    x = rand(2, 5, 17, 17, dtype=torch.bfloat16, channels_last=True, requires_grad=True)
+    w = rand(10, 1, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, None, 1, 1)  # the plan, made with deterministic algorithms on (conftest)
+    dy = rand(*y.shape, dtype=torch.bfloat16)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    grads = [torch.autograd.grad(tc.depthwise_conv2d(x, w, None, 1, 1), w, dy)[0] for _ in range(2)]
+    _plans.clear()  # the plans hold the recording launch
+    wr = w.detach().double().requires_grad_()
+    _reference(x.detach(), wr, None, 1, 1, 1).backward(dy.double())
+    assert_close(grads[0], wr.grad, torch.bfloat16, "weight grad")
+    assert launches == [not deterministic] * 2
+    if deterministic:
+        assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("op", ["depthwise", "separable"])

@@ -177,3 +177,13 @@ def test_group_m_order_across_groups_and_split_k(gpu_configs):
     configs = dict(gpu_configs)
     assert configs["conv2d_forward"]["GROUP_M"] == 8 and configs["conv2d_forward"]["BLOCK_M"] == 64
     assert configs["conv2d_weight_grad"]["SPLIT_K"] == 2
+
+
+@pytest.mark.parametrize("gpu_configs", ["heuristic"], indirect=True)
+def test_depthwise_weight_grad_tap_groups(gpu_configs):
+    """A 5x5 depthwise kernel's 25 taps in the GPU heuristic's groups of 9: the last group (taps 18-26) runs
+    past the kernel, and its two phantom taps must neither read nor write."""
+    leaves = [_leaf(1, C, H, W, dtype=torch.float32, channels_last=True), _leaf(C, 1, 5, 5, dtype=torch.float32)]
+    _run(lambda x, w: tc.depthwise_conv2d(x, w, None, 1, 2), lambda x, w: F.conv2d(x, w, None, 1, 2, 1, C), leaves,
+         torch.float32)
+    assert dict(gpu_configs)["depthwise_weight_grad"]["TAPS"] == 9

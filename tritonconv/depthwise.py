@@ -3,14 +3,14 @@ autograd, public op."""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
-from tritonconv._shared import (ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
+from tritonconv._shared import (MAX_UNROLLED_TAPS, ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
                                 register_epilogue_op, register_gradient_ops, tap_major, unrolled_taps)
 from tritonconv.heuristics import cdiv, next_power_of_2
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
@@ -32,6 +32,11 @@ from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_in
 _CHANNELS_LAST_TILES = (4096, (("BLOCK_C", 64), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 _NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
+# The weight gradient keeps one accumulator tile per tap of its group: tiles of 1024 elements (8 float32
+# per thread of 4 warps; 512 for NCHW, whose scalar loads hold a pointer per element) and groups of at most
+# 10 taps hold up to 80 accumulators per thread.
+_WEIGHT_GRAD_TILE = {True: 1024, False: 512}
+_WEIGHT_GRAD_TAPS = 10
 def _channel_block(channels: int, cap: int) -> int:
     """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
     (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
@@ -39,14 +44,16 @@ def _channel_block(channels: int, cap: int) -> int:
     return min(blocks, key=lambda b: (cdiv(channels, b) * b, -b))
 
 
-def _tile(problem: dispatch.Problem, interpreter: bool) -> dict[str, int]:
-    """BLOCK_H, BLOCK_W, BLOCK_C for a plane of problem.extra's height x width and problem.n channels."""
+def _tile(problem: dispatch.Problem, interpreter: bool, elements: int | None = None) -> dict[str, int]:
+    """BLOCK_H, BLOCK_W, BLOCK_C for a plane of problem.extra's height x width and problem.n channels, in
+    the layout's element budget (or `elements` on a GPU)."""
     extra = dict(problem.extra)
     extents = {"BLOCK_H": extra["height"], "BLOCK_W": extra["width"], "BLOCK_C": problem.n}
     if interpreter:
         budget, order = _INTERPRETER_TILES
     else:
         budget, order = _CHANNELS_LAST_TILES if problem.channels_last else _NCHW_TILES
+        budget = elements or budget
     blocks = {}
     for name, cap in order:
         if name == "BLOCK_C" and problem.channels_last and not interpreter:
@@ -63,26 +70,69 @@ def _warps(blocks: dict[str, int]) -> int:
 
 
 def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Forward and input gradient: one tile of the plane per program, no reduction across programs."""
-    blocks = _tile(problem, interpreter)
+    """Input gradient: one tile of the plane per program, no reduction across programs; channels_last
+    tiles of a quarter of the forward's for kernels of 10 to MAX_UNROLLED_TAPS^2 taps (their unrolled
+    taps spill 16 float32 per thread on sm_90; larger kernels loop over both axes and do not)."""
+    unrolled = 9 < problem.k <= MAX_UNROLLED_TAPS**2
+    blocks = _tile(problem, interpreter, 1024 if problem.channels_last and unrolled else None)
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, **blocks)
 
 
+# The forward's sliding window (OUT_W outputs per thread along a row) on a GPU: channels_last only (an
+# NCHW row's neighbours are its contiguous elements, which the threads of a warp already share), 4 outputs
+# per thread, in tiles of 512 column groups: one 16-byte vector of channels per thread and output (8
+# 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90).
+_WINDOW_OUT_W = 4
+_WINDOW_TILE = 512
+
+
+def _window_columns(problem: dispatch.Problem, out_w: int) -> dispatch.Problem:
+    """`problem` with its plane's columns counted in groups of `out_w` (what the forward's BLOCK_W tiles)."""
+    extra = dict(problem.extra)
+    extra["width"] = cdiv(extra["width"], out_w)
+    return dataclasses.replace(problem, extra=tuple(extra.items()))
+
+
+def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Forward: one tile of the plane per program. The launcher marks problem.extra "window" when the
+    kernel's columns unroll with dilation 1 and at least `stride` taps (then every input column of the
+    window serves some tap); the sliding window then takes _WINDOW_OUT_W outputs per thread (2 in the
+    interpreter, so the tests run it)."""
+    window = dict(problem.extra).get("window", 0)
+    out_w = 1 if not window else 2 if interpreter else _WINDOW_OUT_W if problem.channels_last else 1
+    blocks = _tile(_window_columns(problem, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
+    warps = _warps(blocks)
+    if out_w > 1 and not interpreter:
+        warps = heuristics.pow2_clamp(_WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
+    return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, **blocks)
+
+
+def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """The tile space, with 1, 2 or 4 outputs per thread along a row where the window applies."""
+    widths = (1, 2, 4) if dict(problem.extra).get("window", 0) else (1,)
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, **dict(cfg.meta))
+            for out_w in widths for cfg in _tile_space(_window_columns(problem, out_w))]
+
+
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Weight gradient: the tile is one reduction step. On a GPU each program takes one tap (its
-    neighbours take the other taps of the same pixels, which then come from L2) and SPLIT_K programs share
-    each (tap, channel block) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: several programs
-    per SM hide each one's load latency), each keeping at least 4 tiles of work. The
-    interpreter pays per program and per operation, so one program walks every tap; it splits in two
-    whenever there are two tiles, so the tests exercise the atomic path."""
-    blocks = _tile(problem, interpreter)
+    """Weight gradient: the tile is one reduction step. On a GPU each program takes a group of up to
+    _WEIGHT_GRAD_TAPS taps (a 3x3 kernel in one group, so x and dy are read once; larger kernels in groups
+    of even size, neighbouring programs that read the same pixels from L2), and SPLIT_K programs share each
+    (tap group, channel block) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: two waves or more
+    of the few that the accumulators' registers let in; several programs per SM hide each one's load
+    latency, later waves even out their finishing times), each keeping at least 4 tiles of work. The interpreter pays per program and per operation, so
+    one program takes every tap; it splits in two whenever there are two tiles, so the tests exercise the
+    split paths (atomic and deterministic)."""
+    blocks = _tile(problem, interpreter, _WEIGHT_GRAD_TILE[problem.channels_last])
     tiles = _plane_tiles(blocks, problem)
     if interpreter:
         split, taps = (2 if tiles > 1 else 1), problem.k
     else:
-        programs = problem.k * cdiv(problem.n, blocks["BLOCK_C"])
-        split, taps = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4)), 1
-    return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
+        taps = cdiv(problem.k, cdiv(problem.k, _WEIGHT_GRAD_TAPS))
+        programs = cdiv(problem.k, taps) * cdiv(problem.n, blocks["BLOCK_C"])
+        split = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4))
+    warps = _warps(blocks) if interpreter else 4  # 4 warps even for the 512-element NCHW tile: 4 per thread
+    return dispatch.Config.of(num_warps=warps, num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
 
 
 def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -100,17 +150,20 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """The tile space, split 1 to 64 ways, with groups of 1, 3 or 9 taps (at most 9216 accumulators)."""
     return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT_K=split, TAPS=taps, **dict(cfg.meta))
-            for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3)]
+            for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3, 9)
+            if taps * cfg["BLOCK_H"] * cfg["BLOCK_W"] * cfg["BLOCK_C"] <= 9 * _WEIGHT_GRAD_TILE[True]]
 
 
 def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.Problem) -> int:
     """(BLOCK_H, BLOCK_W) tiles of the N planes of `problem`: per channel block, the programs of the
-    forward and input gradient, and the reduction steps of the weight gradient."""
+    forward and input gradient (one program covers a tile of every stride phase), and the reduction steps
+    of the weight gradient."""
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
-    images = problem.m // max(1, rows * cols)
-    return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"])
+    images = problem.m // max(1, rows * cols * extra.get("phases", 1))
+    return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
 
 
 def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
@@ -124,22 +177,25 @@ def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 
 def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
-    """Forward: the live kh and kw taps of the axes not unrolled (the input gradient unrolls none): the
-    input gradient loops over the MULT filters of a channel first."""
+    """Forward: the live kh and kw taps of the axes not unrolled. The input gradient loops over the MULT
+    filters of a channel, then over those taps, once per stride phase (an unrolled copy each); with a
+    stride, the taps that do not reach a phase are branched over, which these counts ignore."""
     taps = tuple(args[end] - args[start] for start, end, unrolled in (("kh_start", "kh_end", "TAPS_H"),
                                                                       ("kw_start", "kw_end", "TAPS_W"))
                  if not args.get(unrolled))
-    return taps if problem.kernel == "depthwise_forward" else (args["MULT"], *taps)
+    if problem.kernel == "depthwise_forward":
+        return taps
+    return (args["MULT"], *taps) * (args["stride_h"] * args["stride_w"])
 
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
                        args: Mapping[str, object]) -> tuple[float, ...]:
-    """The program's TAPS taps, then one split's share of the N * (output tiles per image) tiles."""
+    """One split's share of the N * (output tiles per image) tiles (the taps are unrolled)."""
     tiles = args["N"] * cdiv(args["OH"], config["BLOCK_H"]) * cdiv(args["OW"], config["BLOCK_W"])
-    return (min(config["TAPS"], args["KH"] * args["KW"]), cdiv(tiles, config["SPLIT_K"]))
+    return (cdiv(tiles, config["SPLIT_K"]),)
 
 
-dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _tile_config, _tile_space,
+dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _forward_config, _forward_space,
                   programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space,
                   programs=_tile_programs, trips=_tap_trips)
@@ -148,9 +204,13 @@ dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_ke
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
-             cl: bool) -> dispatch.Problem:
-    return dispatch.Problem(kernel, m=geo.batch * plane[0] * plane[1], n=channels, k=geo.kernel[0] * geo.kernel[1],
-                            dtype=x.dtype, channels_last=cl, extra=(("height", plane[0]), ("width", plane[1])))
+             cl: bool, phases: int = 1, window: bool = False) -> dispatch.Problem:
+    """The Problem of a launch tiling `plane` (`phases` of them per image: the input gradient's stride
+    phases; `window`: the forward may slide a window along rows, see `_forward_config`)."""
+    extra = (("height", plane[0]), ("width", plane[1])) + ((("phases", phases),) if phases > 1 else ()) + (
+        (("window", 1),) if window else ())
+    return dispatch.Problem(kernel, m=geo.batch * phases * plane[0] * plane[1], n=channels,
+                            k=geo.kernel[0] * geo.kernel[1], dtype=x.dtype, channels_last=cl, extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -169,7 +229,9 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
         return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
-    problem = _problem("depthwise_forward", geo, f, plane, x, cl)
+    taps = unrolled_taps(geo)
+    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=taps["TAPS_W"] > 0
+                       and geo.dilation[1] == 1 and taps["TAPS_W"] >= geo.stride[1])
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
             *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
             bias.stride(0) if bias is not None else 0)
@@ -177,7 +239,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
                                  HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
-                                 **unrolled_taps(geo), **cfg.launch_kwargs())
+                                 **taps, **cfg.launch_kwargs())
 
         def run(x, w, bias):
             y = alloc()
@@ -200,13 +262,18 @@ def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, l
     alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
         return lambda dy, w: alloc()
-    problem = _problem("depthwise_input_grad", geo, c, plane, dy, cl)
-    args = (*plane, geo.out_height, geo.out_width, c, geo.out_channels // c, *geo.stride, *geo.pad, *geo.dilation,
-            *geo.live_taps(0), *geo.live_taps(1), *dy.stride(), 1, geo.kernel[1] * geo.out_channels,
-            geo.out_channels, *dx.stride())
+    # The kernel tiles the grid of stride phases (each program covers every phase of its tile).
+    (sh, sw), (kh0, kh1), (kw0, kw1) = geo.stride, geo.live_taps(0), geo.live_taps(1)
+    problem = _problem("depthwise_input_grad", geo, c, (cdiv(plane[0], sh), cdiv(plane[1], sw)), dy, cl,
+                       phases=sh * sw)
+    args = (*plane, geo.out_height, geo.out_width, c, geo.out_channels // c, kh1, kw1, *dy.stride(), 1,
+            geo.kernel[1] * geo.out_channels, geo.out_channels, *dx.stride())
+    geometry = dict(zip(("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w", "kh_start", "kw_start"),
+                        (*geo.stride, *geo.pad, *geo.dilation, kh0, kw0)))
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        kernel = _plans.launcher(depthwise_input_grad_kernel, (dispatch.programs(cfg, problem),), **cfg.launch_kwargs())
+        kernel = _plans.launcher(depthwise_input_grad_kernel, (dispatch.programs(cfg, problem),), **geometry,
+                                 **unrolled_taps(geo), **cfg.launch_kwargs())
 
         def run(dy, w):
             dx = alloc()
@@ -235,16 +302,23 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
             *geo.dilation, *x.stride(), *dy.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        # SPLIT_K programs add into one float32 result, which must start at zero.
-        alloc = functools.partial(torch.zeros if cfg["SPLIT_K"] > 1 else torch.empty, (f, kh * kw),
-                                  dtype=torch.float32, device=x.device)
-        kernel = _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
-                                 **cfg.launch_kwargs())
+        split = cfg["SPLIT_K"]
+        kernels = {atomic: _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
+                                           ATOMIC=atomic, **cfg.launch_kwargs())
+                   for atomic in ((False, True) if split > 1 else (False,))}
 
         def run(x, dy):
-            dw = alloc()
-            kernel(x, dy, dw, *args)
-            return finish(dw)
+            # Asked on every call, not when the plan is made: the flag may change between calls.
+            if split > 1 and not torch.are_deterministic_algorithms_enabled():
+                # The SPLIT_K programs add into one float32 result, which must start at zero.
+                dw = torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device)
+                kernels[True](x, dy, dw, *args)
+                return finish(dw)
+            # Each split stores its partial sums, which torch's sum over the split axis adds in an order
+            # fixed by the shape alone: the same bits on every run.
+            parts = torch.empty((split, f, kh * kw), dtype=torch.float32, device=x.device)
+            kernels[False](x, dy, parts, *args)
+            return finish(parts.sum(dim=0) if split > 1 else parts[0])
         return run
 
     return dispatch.runner(problem, prepare, x, dy)
