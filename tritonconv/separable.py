@@ -23,17 +23,19 @@ from tritonconv.kernels.separable import separable_forward_kernel
 
 
 def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """On a GPU: 64-pixel tiles and every output channel up to 128 in one tile, so that the depthwise
-    block (the costly part of a K-step when F is small) is recomputed for as few N-tiles as possible;
-    32 intermediate channels per step keep the float32 depthwise block at 16 registers a thread. A
-    128-column tile needs 8 warps: with 4 the NCHW epilogue spills on sm_90; NCHW steps 16
-    intermediate channels, since with unrolled depthwise taps 32 spill on sm_80
-    (`python -m bench.static --kernel separable_forward --space full`)."""
+    """On a GPU: every output channel up to 128 in one tile, so that the depthwise block (the costly part
+    of a K-step when F is small) is recomputed for as few N-tiles as possible, and 16 intermediate
+    channels per step (16 divides the usual channel counts, so no step is half empty; channels_last
+    issues more per element at 32 or 64, NCHW spills at 32 on sm_80 with unrolled depthwise taps).
+    channels_last tiles 128 pixels while the N-tile is narrow (256 spill on sm_90); NCHW, and wide
+    N-tiles, 64 (NCHW spills at 128 on sm_90). A 128-column tile needs 8 warps: with 4 the NCHW
+    epilogue spills on sm_90 (`python -m bench.static --kernel separable_forward --space full`)."""
     if interpreter:
         return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
     block_n = heuristics.pow2_clamp(problem.n, 16, 128)
-    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=2, BLOCK_M=64, BLOCK_N=block_n,
-                              BLOCK_K=heuristics.pow2_clamp(problem.k, 16, 32 if problem.channels_last else 16))
+    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=2,
+                              BLOCK_M=128 if problem.channels_last and block_n < 128 else 64, BLOCK_N=block_n,
+                              BLOCK_K=16)
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
