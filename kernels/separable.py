@@ -37,7 +37,7 @@ def separable_forward_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     kh_start, kh_end, kw_start, kw_end,
     # Element strides: x and y in (N, C, H, W) order (any memory format), wd in (K, KH, KW) (the launcher
-    # passes tap-major weights: 1, KW * K, K), wp in (F, K).
+    # passes tap-major float32 weights: 1, KW * K, K, so no tap converts them), wp in (F, K).
     sxn, sxc, sxh, sxw,
     swdk, swdh, swdw,
     swpf, swpk,

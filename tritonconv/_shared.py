@@ -151,32 +151,36 @@ def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
     return {"TAPS_H": taps_h, "TAPS_W": taps_w}
 
 
-# Tap-major copies of depthwise weights, by id() of the weight tensor: (weak reference to it, the key it
-# was made under, the copy). The key holds the weight's storage address and version counter, so a weight
-# changed in place (optimizer step, load_state_dict, copy_) is repacked; an entry dies with its tensor.
-_TAP_MAJOR: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+# Tap-major copies of depthwise weights, by id() of the weight tensor and the copy's dtype: (weak reference
+# to the weight, the key it was made under, the copy). The key holds the weight's storage address and
+# version counter, so a weight changed in place (optimizer step, load_state_dict, copy_) is repacked; an
+# entry dies with its tensor.
+_TAP_MAJOR: dict[tuple[int, torch.dtype], tuple[weakref.ref, tuple, torch.Tensor]] = {}
 
 
-def _repack(w: torch.Tensor) -> torch.Tensor:
-    """(F, 1, KH, KW) -> contiguous (KH * KW, F)."""
-    return w.reshape(w.shape[0], -1).t().contiguous()
+def _repack(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(F, 1, KH, KW) -> contiguous (KH * KW, F) in `dtype`."""
+    return w.reshape(w.shape[0], -1).t().to(dtype).contiguous()
 
 
-def tap_major(w: torch.Tensor) -> torch.Tensor:
+def tap_major(w: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
     channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
+    `dtype`: the copy's dtype, w's own when None (the fused separable kernel takes float32 weights, so that
+    no tap converts them again for every K-step).
 
     Made once per weight version and reused while the weight is neither freed nor changed in place.
     Inference tensors keep no version counter, so theirs is made on every call.
     """
+    dtype = dtype or w.dtype
     if w.is_inference():
-        return _repack(w)
+        return _repack(w, dtype)
     key = (w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape), w.stride())
-    entry = _TAP_MAJOR.get(id(w))
+    ident = (id(w), dtype)
+    entry = _TAP_MAJOR.get(ident)
     if entry is not None and entry[0]() is w and entry[1] == key:
         return entry[2]
-    packed = _repack(w)
-    ident = id(w)
+    packed = _repack(w, dtype)
     _TAP_MAJOR[ident] = (weakref.ref(w, lambda _ref: _TAP_MAJOR.pop(ident, None)), key, packed)
     return packed
 

@@ -89,7 +89,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
 
         def run(x, wd, bd, wp, bp):
             y = alloc()
-            packed = tap_major(wd)  # the depthwise weight's tap-major copy, remade only when wd changes
+            packed = tap_major(wd, torch.float32)  # its tap-major float32 copy, remade only when wd changes
             for part, kernel, args in launches:
                 xs, ys = (x, y) if part is None else (x[part], y[part])
                 kernel(xs, packed, wd if bd is None else bd, wp, wp if bp is None else bp, ys, *args)
