@@ -33,7 +33,7 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     if interpreter:
         return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
     block_n = heuristics.pow2_clamp(problem.n, 16, 128)
-    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=2,
+    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=3 if problem.channels_last else 2,
                               BLOCK_M=128 if problem.channels_last and block_n < 128 else 64, BLOCK_N=block_n,
                               BLOCK_K=16)
 
@@ -70,21 +70,27 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
         return lambda x, wd, bd, wp, bp: alloc()
-    parts = int32_batches(geo.batch, plane[0] * plane[1])
+    taps = unrolled_taps(geo)
+    # Outputs in pairs along W where neighbours share input columns (kernels/separable.py's `pair_row`);
+    # the GEMM then has an even number of rows per output row.
+    paired = geo.stride[1] == 1 and geo.dilation[1] == 1 and taps["TAPS_W"] > 1
+    row_width = cdiv(plane[1], 2) * 2 if paired else plane[1]
+    parts = int32_batches(geo.batch, plane[0] * row_width)
     geometry_and_strides = (geo.height, geo.width, *plane, k, f, k // geo.in_channels, *geo.stride, *geo.pad,
                             *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1,
                             geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(),
                             bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0)
     flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
-             **unrolled_taps(geo), **dot_flags(x.dtype)}
+             "PAIRED": paired, **taps, **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # A part is None when it is the whole batch (almost always), which then needs no slicing.
         launches = []
         for part in parts:
             images = part.stop - part.start
-            grid = (cdiv(images * plane[0] * plane[1], cfg["BLOCK_M"]) * cdiv(f, cfg["BLOCK_N"]),)
-            kernel = _plans.launcher(separable_forward_kernel, grid, **flags, **cfg.launch_kwargs())
+            grid = (cdiv(images * plane[0] * row_width, cfg["BLOCK_M"]) * cdiv(f, cfg["BLOCK_N"]),)
+            kernel = _plans.launcher(separable_forward_kernel, grid, **flags, EVEN_K=k % cfg["BLOCK_K"] == 0,
+                                     **cfg.launch_kwargs())
             launches.append((None if len(parts) == 1 else part, kernel, (images, *geometry_and_strides)))
 
         def run(x, wd, bd, wp, bp):
