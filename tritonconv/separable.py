@@ -26,14 +26,16 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     """On a GPU: every output channel up to 128 in one tile, so that the depthwise block (the costly part
     of a K-step when F is small) is recomputed for as few N-tiles as possible, and 16 intermediate
     channels per step (16 divides the usual channel counts, so no step is half empty; channels_last
-    issues more per element at 32 or 64, NCHW spills at 32 on sm_80 with unrolled depthwise taps).
+    issues more per element at 32 or 64; NCHW spills at 32 on other shapes than its probe).
     channels_last tiles 128 pixels while the N-tile is narrow (256 spill on sm_90); NCHW, and wide
-    N-tiles, 64 (NCHW spills at 128 on sm_90). A 128-column tile needs 8 warps: with 4 the NCHW
+    N-tiles, 64 (NCHW spills at 128 on sm_90). channels_last runs 3 stages in 16 bits (with 2 the x
+    copies drain every K-step; float32 spills at 3). A 128-column tile needs 8 warps: with 4 the NCHW
     epilogue spills on sm_90 (`python -m bench.static --kernel separable_forward --space full`)."""
     if interpreter:
         return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
     block_n = heuristics.pow2_clamp(problem.n, 16, 128)
-    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=3 if problem.channels_last else 2,
+    stages = 3 if problem.channels_last and problem.dtype != torch.float32 else 2
+    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=stages,
                               BLOCK_M=128 if problem.channels_last and block_n < 128 else 64, BLOCK_N=block_n,
                               BLOCK_K=16)
 
@@ -71,6 +73,10 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     if y.numel() == 0:
         return lambda x, wd, bd, wp, bp: alloc()
     taps = unrolled_taps(geo)
+    if not cl and taps["TAPS_H"] * taps["TAPS_W"] > 9:
+        # NCHW loads are one element each, every element with its own pointer: unrolled rows of a kernel
+        # over 3x3 hold too many in flight and spill (`python -m bench.static`); rows loop at run time.
+        taps["TAPS_H"] = 0
     # Outputs in pairs along W where neighbours share input columns (kernels/separable.py's `pair_row`);
     # the GEMM then has an even number of rows per output row.
     paired = geo.stride[1] == 1 and geo.dilation[1] == 1 and taps["TAPS_W"] > 1
