@@ -26,7 +26,8 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     """On a GPU: every output channel up to 128 in one tile, so that the depthwise block (the costly part
     of a K-step when F is small) is recomputed for as few N-tiles as possible, and 16 intermediate
     channels per step (16 divides the usual channel counts, so no step is half empty; channels_last
-    issues more per element at 32 or 64; NCHW spills at 32 on other shapes than its probe).
+    issues more per element at 32 or 64). NCHW at 8 warps steps 32 channels, half the K-steps that each
+    wait on their one-element loads; at 4 warps 32 spill.
     channels_last tiles 128 pixels while the N-tile is narrow (256 spill on sm_90); NCHW, and wide
     N-tiles, 64 (NCHW spills at 128 on sm_90). channels_last runs 3 stages in 16 bits (with 2 the x
     copies drain every K-step; float32 spills at 3). A 128-column tile needs 8 warps: with 4 the NCHW
@@ -37,7 +38,7 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     stages = 3 if problem.channels_last and problem.dtype != torch.float32 else 2
     return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=stages,
                               BLOCK_M=128 if problem.channels_last and block_n < 128 else 64, BLOCK_N=block_n,
-                              BLOCK_K=16)
+                              BLOCK_K=32 if not problem.channels_last and block_n >= 128 else 16)
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
