@@ -65,8 +65,10 @@ import pandas as pd
 import torch
 import triton
 
+import tritonconv
 from tritonconv import dispatch, heuristics
 from tritonconv._progress import progress
+from tritonconv._shared import conv_geometry, geometry_args
 
 from . import OUT, report, sass, static
 from .adapters import live_pairs
@@ -628,6 +630,82 @@ def markdown(df: pd.DataFrame, quick: bool, machine: Machine = MACHINE) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The fused separable convolution against our own unfused pair (issue 14: the fusion must pay).
+# ---------------------------------------------------------------------------------------------------------
+
+SEPARABLE_OP = "depthwise_separable_conv2d"
+# Fused time / unfused time that issue 14 asks for: the forward at most 0.6x, the backward no slower.
+SEPARABLE_TARGETS = {"fwd": 0.6, "bwd": 1.0}
+
+
+def unfused_separable(training: bool) -> Callable:
+    """An op with depthwise_separable_conv2d's signature that runs our depthwise op (the activation in
+    its epilogue) then our pointwise op, as a model without the fused kernel would. `training`: the
+    depthwise op keeps its pre-activation for the backward, as the public ops do when a gradient is
+    needed; otherwise the backward stops at the pointwise op (only the forward is compared)."""
+    def op(input, depthwise_weight, pointwise_weight, depthwise_bias=None, pointwise_bias=None, stride=1,
+           padding=0, dilation=1, activation=None):
+        geo = conv_geometry(input, depthwise_weight, depthwise_bias, stride, padding, dilation, input.shape[1])
+        act = activation or "none"
+        t, _ = torch.ops.tritonconv.depthwise_conv2d(input, depthwise_weight, depthwise_bias, *geometry_args(geo),
+                                                     act, training and act != "none")
+        return tritonconv.pointwise_conv2d(t if training else t.detach(), pointwise_weight, pointwise_bias)
+    return op
+
+
+def separable_comparison(dtypes: Sequence[str], jobs: int) -> pd.DataFrame:
+    """Per separable probe, dtype and direction: the fused op's predicted time (every launch of that
+    direction summed) beside our depthwise op then pointwise op at the same shape, and their ratio.
+    The unfused forward is the inference pair (no pre-activation stored), its backward the training pair's."""
+    runs = {"fused": (tritonconv.depthwise_separable_conv2d, ("fwd", "bwd")),
+            "unfused": (unfused_separable(False), ("fwd",)), "unfused training": (unfused_separable(True), ("bwd",))}
+    tagged: list[tuple[str, str, str, static.Launch]] = []  # (probe, dtype, run, launch)
+    with static._gpu_world(False) as recorder:
+        for p in static.PROBES:
+            if p.op != SEPARABLE_OP:
+                continue
+            for dtype in dtypes:
+                for name, (op, _) in runs.items():
+                    recorder.start(p.shape)
+                    first = len(recorder.launches)
+                    p.run(op, static.DTYPES[dtype])
+                    tagged += [(p.shape, dtype, name, launch) for launch in recorder.launches[first:]]
+    compiled = compile_all(list(dict.fromkeys(launch for *_, launch in tagged)), jobs)
+    predicted: dict[static.Launch, float] = {}
+    for *_, launch in tagged:
+        if launch not in predicted:
+            trips = dispatch.spec(launch.kernel).trips(launch.problem, launch.config, dict(launch.values))
+            predicted[launch] = row(launch, compiled[launch], trips)[0].get("predicted_us", math.nan)
+    sums: dict[tuple, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
+    for shape, dtype, name, launch in tagged:
+        direction = "bwd" if launch.backward else "fwd"
+        if direction not in runs[name][1]:
+            continue
+        part = "fused" if name == "fused" else ("depthwise" if family(launch.kernel) == "depthwise" else "pointwise")
+        sums[shape, dtype, direction][part] += predicted[launch]
+    out = []
+    for (shape, dtype, direction), parts in sums.items():
+        unfused = parts["depthwise"] + parts["pointwise"]
+        out.append({"probe": shape, "dtype": dtype, "direction": direction, "fused_us": parts["fused"],
+                    "depthwise_us": parts["depthwise"], "pointwise_us": parts["pointwise"], "unfused_us": unfused,
+                    "fused / unfused": parts["fused"] / unfused, "target": SEPARABLE_TARGETS[direction]})
+    return pd.DataFrame(out)
+
+
+def separable_markdown(comparison: pd.DataFrame) -> str:
+    """The comparison's section of cost.md."""
+    return "\n".join([
+        "## Fused separable against our depthwise then pointwise", "",
+        "Predicted microseconds of every launch of the fused op in that direction, beside our depthwise op "
+        "(activation in its epilogue) followed by our pointwise op at the same shape; pointwise_us counts every "
+        "launch of the unfused pair that is not a depthwise kernel (1x1 GEMMs, activation backward, bias sums). "
+        "Issue 14's target: fused / unfused at most the target column.", "",
+        report.markdown_table(comparison, {c: _fmt(1) for c in ("fused_us", "depthwise_us", "pointwise_us",
+                                                                "unfused_us")}
+                              | {"fused / unfused": _fmt(2), "target": _fmt(1)}), ""])
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The budget.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -756,9 +834,13 @@ def main(argv: list[str] | None = None) -> int:
     df = df.sort_values(["kernel", "dtype", "layout", "direction", "probe"], kind="stable")
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "cost.csv", index=False)
-    (args.out / "cost.md").write_text(markdown(df, args.quick))
+    # The fused separable kernel's section: whenever it is among the kernels modelled.
+    comparison = (separable_markdown(separable_comparison(args.dtype, args.jobs))
+                  if "separable_forward" in kernels else "")
+    (args.out / "cost.md").write_text(markdown(df, args.quick) + ("\n" + comparison if comparison else ""))
     print(f"wrote {args.out / 'cost.csv'} and {args.out / 'cost.md'}: {len(df)} rows")
     print(report.markdown_table(kernel_summary(df)))
+    print(comparison, end="")
     errors += [f"{k}: {e}" for k, e in zip(df["key"], df["error"]) if isinstance(e, str) and e]
     problems = []
     if args.quick:

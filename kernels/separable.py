@@ -28,6 +28,53 @@ from tritonconv.kernels.depthwise import depthwise_taps
 
 
 @triton.jit
+def pair_row(t0, t1, x_row, row_valid, iw0, w_row, w_valid, W, sxw, sww, kw_start, TAPS_W: tl.constexpr):
+    """One kernel row of two horizontally adjacent outputs, at stride 1 and dilation 1 along W: input
+    column iw0 + kw_start + j (0 <= j <= TAPS_W) is tap j of the left output (t0) and tap j - 1 of the
+    right one (t1), so the row's TAPS_W + 1 columns are loaded and converted once for 2 * TAPS_W taps.
+    x_row points at column iw0 of the row; the weights are float32."""
+    for j in tl.static_range(TAPS_W + 1):
+        kw = kw_start + j
+        iw = iw0 + kw
+        xv = tl.load(x_row + kw.to(tl.int64) * sxw, mask=row_valid & (iw >= 0) & (iw < W), other=0.0).to(tl.float32)
+        if j < TAPS_W:
+            t0 += xv * tl.load(w_row + kw * sww, mask=w_valid, other=0.0)
+        if j > 0:
+            t1 += xv * tl.load(w_row + (kw - 1) * sww, mask=w_valid, other=0.0)
+    return t0, t1
+
+
+@triton.jit
+def pair_taps(t0, t1, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww, dil_h,
+              kh_start, kh_end, kw_start, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr):
+    """`depthwise_taps` (kernels/depthwise.py, same arguments) for two horizontally adjacent outputs at
+    once, whose windows start at (ih0, iw0) and (ih0, iw0 + 1): every kernel row through `pair_row`.
+    Needs TAPS_W > 0; rows unrolled when TAPS_H > 0, else a runtime loop."""
+    if TAPS_H > 0:
+        for i in tl.static_range(TAPS_H):
+            ih = ih0 + (kh_start + i) * dil_h
+            t0, t1 = pair_row(t0, t1, x_base + ((kh_start + i) * dil_h).to(tl.int64) * sxh,
+                              x_valid & (ih >= 0) & (ih < H), iw0, w_base + (kh_start + i) * swh, w_valid, W, sxw,
+                              sww, kw_start, TAPS_W)
+    else:
+        for kh in range(kh_start, kh_end):
+            ih = ih0 + kh * dil_h
+            t0, t1 = pair_row(t0, t1, x_base + (kh * dil_h).to(tl.int64) * sxh, x_valid & (ih >= 0) & (ih < H),
+                              iw0, w_base + kh * swh, w_valid, W, sxw, sww, kw_start, TAPS_W)
+    return t0, t1
+
+
+@triton.jit
+def finish_intermediate(t, bd_ptr, offs_k, k_valid, sbd, dtype: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
+                        ACTIVATION: tl.constexpr):
+    """activation(t + bd) rounded to `dtype`, as the unfused pair would store the intermediate. Channels
+    k >= K hold activation(0) = 0 for every supported activation, and meet zero pointwise weights."""
+    if HAS_DW_BIAS:
+        t += tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :]
+    return activate(t, ACTIVATION).to(dtype)
+
+
+@triton.jit
 def separable_forward_kernel(
     x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr,
     # Sizes: input (N, C, H, W), depthwise weight (K, 1, KH, KW) with K = C * MULT, pointwise weight
@@ -37,7 +84,7 @@ def separable_forward_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     kh_start, kh_end, kw_start, kw_end,
     # Element strides: x and y in (N, C, H, W) order (any memory format), wd in (K, KH, KW) (the launcher
-    # passes tap-major weights: 1, KW * K, K), wp in (F, K).
+    # passes tap-major float32 weights: 1, KW * K, K, so no tap converts them), wp in (F, K).
     sxn, sxc, sxh, sxw,
     swdk, swdh, swdw,
     swpf, swpk,
@@ -48,30 +95,53 @@ def separable_forward_kernel(
     ACTIVATION: tl.constexpr,  # between the two convolutions: "none", "relu", "relu6", "silu", "gelu"
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr,  # output pixels (n, oh, ow) per program
+    BLOCK_M: tl.constexpr,  # GEMM rows (output pixels) per program
     BLOCK_N: tl.constexpr,  # output channels per program
     BLOCK_K: tl.constexpr,  # intermediate (depthwise output) channels per step
+    EVEN_K: tl.constexpr,   # K % BLOCK_K == 0: every step's channels exist
     TAPS_H: tl.constexpr,   # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
     TAPS_W: tl.constexpr,
+    PAIRED: tl.constexpr,   # stride and dilation 1 along W, TAPS_W > 1: outputs computed in pairs (`pair_row`)
 ):
-    """y = pointwise(activation(depthwise(x))). Grid: (cdiv(N*OH*OW, BLOCK_M) * cdiv(F, BLOCK_N),)."""
+    """y = pointwise(activation(depthwise(x))).
+
+    Grid: (cdiv(N*OH*OWR, BLOCK_M) * cdiv(F, BLOCK_N),): the GEMM's rows are the output pixels, OWR per
+    output row: OW, or with PAIRED OW rounded up to even, so that rows 2g and 2g + 1 are the two outputs
+    of pair g (the last pair of an odd row has a right output past the edge, computed and not stored).
+    """
     pid = tl.program_id(0)
     num_n = tl.cdiv(F, BLOCK_N)
     pid_m = pid // num_n
     pid_n = pid % num_n
+    if PAIRED:
+        OWR = tl.cdiv(OW, 2) * 2
+    else:
+        OWR = OW
 
-    # Row m of the GEMM is output pixel (n, oh, ow); its depthwise window starts at input (ih0, iw0).
-    # Pixel indices are int32 (the launcher keeps N*OH*OW below 2^31): int64 division is a branchy
-    # subroutine that, rematerialised in the epilogue's layout, spilled registers. Offsets are int64.
+    # Row m of the GEMM is output pixel (n, oh, ow). Pixel indices are int32 (the launcher keeps N*OH*OWR
+    # below 2^31): int64 division is a branchy subroutine that, rematerialised in the epilogue's layout,
+    # spilled registers. Offsets are int64.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_valid = offs_m < N * OH * OW
-    n_img = (offs_m // (OH * OW)).to(tl.int64)
-    pix = offs_m % (OH * OW)
-    oh = pix // OW
-    ow = pix % OW
-    ih0 = (oh * stride_h - pad_h)[:, None]
-    iw0 = (ow * stride_w - pad_w)[:, None]
-    x_rows = x_ptr + n_img[:, None] * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
+    n_img = (offs_m // (OH * OWR)).to(tl.int64)
+    pix = offs_m % (OH * OWR)
+    oh = pix // OWR
+    ow = pix % OWR
+    m_valid = (offs_m < N * OH * OWR) & (ow < OW)
+    # The depthwise windows: one per row, or with PAIRED one per pair of rows (its left output's), each
+    # starting at input (ih0, iw0).
+    if PAIRED:
+        offs_p = pid_m * (BLOCK_M // 2) + tl.arange(0, BLOCK_M // 2)
+        p_valid = offs_p < N * OH * (OWR // 2)
+        p_img = (offs_p // (OH * (OWR // 2))).to(tl.int64)
+        p_pix = offs_p % (OH * (OWR // 2))
+        ih0 = (p_pix // (OWR // 2) * stride_h - pad_h)[:, None]
+        iw0 = (p_pix % (OWR // 2) * 2 - pad_w)[:, None]
+    else:
+        p_valid = m_valid
+        p_img = n_img
+        ih0 = (oh * stride_h - pad_h)[:, None]
+        iw0 = (ow * stride_w - pad_w)[:, None]
+    x_rows = x_ptr + p_img[:, None] * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
 
     offs_f = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     f_valid = offs_f < F
@@ -80,17 +150,31 @@ def separable_forward_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_valid = offs_k < K
+        if EVEN_K:
+            # A constant mask folds away: no channel compare per element and tap.
+            k_valid = tl.full((BLOCK_K,), True, tl.int1)
+        else:
+            k_valid = offs_k < K
         # Intermediate channel k is the (k % MULT)-th filter of input channel k // MULT.
         x_base = x_rows + (offs_k // MULT).to(tl.int64)[None, :] * sxc
-        t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        t = depthwise_taps(t, x_base, m_valid[:, None] & k_valid[None, :], ih0, iw0,
-                           wd_ptr + offs_k.to(tl.int64)[None, :] * swdk, k_valid[None, :],
-                           H, W, sxh, sxw, swdh, swdw, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
-        if HAS_DW_BIAS:
-            t += tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :]
-        # Channels k >= K hold activation(0) = 0 for every supported activation, and meet zero weights.
-        a = activate(t, ACTIVATION).to(x_ptr.dtype.element_ty)
+        wd_cols = wd_ptr + offs_k.to(tl.int64)[None, :] * swdk
+        x_valid = p_valid[:, None] & k_valid[None, :]
+        if PAIRED:
+            t0 = tl.zeros((BLOCK_M // 2, BLOCK_K), dtype=tl.float32)
+            t0, t1 = pair_taps(t0, t0, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw,
+                               swdh, swdw, dil_h, kh_start, kh_end, kw_start, TAPS_H, TAPS_W)
+            a0 = finish_intermediate(t0, bd_ptr, offs_k, k_valid, sbd, x_ptr.dtype.element_ty, HAS_DW_BIAS,
+                                     ACTIVATION)
+            a1 = finish_intermediate(t1, bd_ptr, offs_k, k_valid, sbd, x_ptr.dtype.element_ty, HAS_DW_BIAS,
+                                     ACTIVATION)
+            # Rows 2g and 2g + 1: pair g's left and right outputs.
+            a = tl.reshape(tl.permute(tl.join(a0, a1), (0, 2, 1)), (BLOCK_M, BLOCK_K))
+        else:
+            t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+            t = depthwise_taps(t, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw, swdh, swdw,
+                               dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
+            a = finish_intermediate(t, bd_ptr, offs_k, k_valid, sbd, x_ptr.dtype.element_ty, HAS_DW_BIAS,
+                                    ACTIVATION)
         b = tl.load(wp_cols + offs_k.to(tl.int64)[:, None] * swpk,
                     mask=k_valid[:, None] & f_valid[None, :], other=0.0)
         acc = dot(a, b, acc, DOT_PRECISION, UPCAST)

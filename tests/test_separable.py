@@ -13,13 +13,16 @@ from tritonconv import dispatch
 
 # (N, C, H, W, multiplier, (KH, KW), F, stride, padding, dilation): K = 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over one
-# column tile of the interpreter's configuration. Each runs in every dtype and layout, with the
-# activations taking turns.
+# column tile of the interpreter's configuration; 32 intermediate channels (whole steps, EVEN_K). Outputs
+# go in pairs along W (PAIRED) at stride and dilation 1: an odd output width (case 0), kernel rows in a
+# runtime loop (7x7, case 3), a 1x3 kernel on an even width (case 4). Each runs in every dtype and layout,
+# with the activations taking turns.
 CASES = [
     (2, 5, 6, 7, 1, (3, 3), 6, 1, 1, 1),
     (1, 6, 9, 8, 2, (5, 5), 20, 2, 2, 1),
     (1, 20, 6, 7, 2, (3, 3), 70, 1, "same", 2),
     (2, 3, 7, 6, 1, (7, 7), 4, 1, 3, 1),
+    (2, 16, 5, 4, 2, (1, 3), 9, 1, (0, 1), 1),
 ]
 PARAMS = [pytest.param(case, dtype, cl, act, id=f"case{i}-{act}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
           for i, case in enumerate(CASES) for dtype in DTYPES for j, cl in enumerate((False, True))

@@ -23,17 +23,22 @@ from tritonconv.kernels.separable import separable_forward_kernel
 
 
 def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """On a GPU: 64-pixel tiles and every output channel up to 128 in one tile, so that the depthwise
-    block (the costly part of a K-step when F is small) is recomputed for as few N-tiles as possible;
-    32 intermediate channels per step keep the float32 depthwise block at 16 registers a thread. A
-    128-column tile needs 8 warps: with 4 the NCHW epilogue spills on sm_90; NCHW steps 16
-    intermediate channels, since with unrolled depthwise taps 32 spill on sm_80
-    (`python -m bench.static --kernel separable_forward --space full`)."""
+    """On a GPU: every output channel up to 128 in one tile, so that the depthwise block (the costly part
+    of a K-step when F is small) is recomputed for as few N-tiles as possible, and 16 intermediate
+    channels per step (16 divides the usual channel counts, so no step is half empty; channels_last
+    issues more per element at 32 or 64). NCHW at 8 warps steps 32 channels, half the K-steps that each
+    wait on their one-element loads; at 4 warps 32 spill.
+    channels_last tiles 128 pixels while the N-tile is narrow (256 spill on sm_90); NCHW, and wide
+    N-tiles, 64 (NCHW spills at 128 on sm_90). channels_last runs 3 stages in 16 bits (with 2 the x
+    copies drain every K-step; float32 spills at 3). A 128-column tile needs 8 warps: with 4 the NCHW
+    epilogue spills on sm_90 (`python -m bench.static --kernel separable_forward --space full`)."""
     if interpreter:
         return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
     block_n = heuristics.pow2_clamp(problem.n, 16, 128)
-    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=2, BLOCK_M=64, BLOCK_N=block_n,
-                              BLOCK_K=heuristics.pow2_clamp(problem.k, 16, 32 if problem.channels_last else 16))
+    stages = 3 if problem.channels_last and problem.dtype != torch.float32 else 2
+    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=stages,
+                              BLOCK_M=128 if problem.channels_last and block_n < 128 else 64, BLOCK_N=block_n,
+                              BLOCK_K=32 if not problem.channels_last and block_n >= 128 else 16)
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -68,26 +73,36 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
         return lambda x, wd, bd, wp, bp: alloc()
-    parts = int32_batches(geo.batch, plane[0] * plane[1])
+    taps = unrolled_taps(geo)
+    if not cl and taps["TAPS_H"] * taps["TAPS_W"] > 9:
+        # NCHW loads are one element each, every element with its own pointer: unrolled rows of a kernel
+        # over 3x3 hold too many in flight and spill (`python -m bench.static`); rows loop at run time.
+        taps["TAPS_H"] = 0
+    # Outputs in pairs along W where neighbours share input columns (kernels/separable.py's `pair_row`);
+    # the GEMM then has an even number of rows per output row.
+    paired = geo.stride[1] == 1 and geo.dilation[1] == 1 and taps["TAPS_W"] > 1
+    row_width = cdiv(plane[1], 2) * 2 if paired else plane[1]
+    parts = int32_batches(geo.batch, plane[0] * row_width)
     geometry_and_strides = (geo.height, geo.width, *plane, k, f, k // geo.in_channels, *geo.stride, *geo.pad,
                             *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1,
                             geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(),
                             bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0)
     flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
-             **unrolled_taps(geo), **dot_flags(x.dtype)}
+             "PAIRED": paired, **taps, **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # A part is None when it is the whole batch (almost always), which then needs no slicing.
         launches = []
         for part in parts:
             images = part.stop - part.start
-            grid = (cdiv(images * plane[0] * plane[1], cfg["BLOCK_M"]) * cdiv(f, cfg["BLOCK_N"]),)
-            kernel = _plans.launcher(separable_forward_kernel, grid, **flags, **cfg.launch_kwargs())
+            grid = (cdiv(images * plane[0] * row_width, cfg["BLOCK_M"]) * cdiv(f, cfg["BLOCK_N"]),)
+            kernel = _plans.launcher(separable_forward_kernel, grid, **flags, EVEN_K=k % cfg["BLOCK_K"] == 0,
+                                     **cfg.launch_kwargs())
             launches.append((None if len(parts) == 1 else part, kernel, (images, *geometry_and_strides)))
 
         def run(x, wd, bd, wp, bp):
             y = alloc()
-            packed = tap_major(wd)
+            packed = tap_major(wd, torch.float32)
             for part, kernel, args in launches:
                 xs, ys = (x, y) if part is None else (x[part], y[part])
                 kernel(xs, packed, wd if bd is None else bd, wp, wp if bp is None else bp, ys, *args)
