@@ -175,6 +175,8 @@ PROBES = [
     Probe("depthwise_separable_conv2d", "8x512x14x14 3x3 ->512 relu nchw", _separable(8, 512, 512, 14, 3, "relu")),
     Probe("dropout", "16x256x65x65 p0.1 nhwc", _map(16, 256, 65, 0.1, channels_last=True)),
     Probe("spatial_dropout2d", "16x256x65x65 p0.1 nchw", _map(16, 256, 65, 0.1)),
+    # issue 15's dropout target in NCHW (after spatial dropout's NCHW probe, so --quick compiles it not)
+    Probe("dropout", "16x256x65x65 p0.1 elementwise nchw", _map(16, 256, 65, 0.1)),
     Probe("drop_block2d", "16x256x65x65 p0.1 bs7 nhwc", _map(16, 256, 65, 0.1, 7, channels_last=True)),
     Probe("cutout2d", "16x256x65x65 16 nchw", _map(16, 256, 65, 16)),
     Probe("max_pool2d", "resnet 32x64x112x112 3x3 s2 nhwc", _map(32, 64, 112, 3, 2, 1, channels_last=True)),
