@@ -6,7 +6,7 @@ import torch
 
 import tritonconv as tc
 from bench import host
-from conftest import deterministic_algorithms, rand
+from conftest import assert_close, deterministic_algorithms, rand
 from tritonconv import _checks, _plans, dispatch
 
 # Cached eager call, launches stubbed, as a multiple of an empty autograd.Function's forward call in the
@@ -157,6 +157,26 @@ def test_cuda_graph_replays_the_eager_calls():
         expected = block(x)
         assert not expected.isnan().any()
         assert torch.equal(static_y, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_replays_a_training_step():
+    """Backward passes run plans too (eager, no create_graph): a graphed forward and backward of a small
+    block (torch.cuda.make_graphed_callables: warm-up, capture, replay) gives the gradients the same eager
+    step gives, so the backward plans' launches and workspaces are capturable."""
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(tc.nn.Conv2d(16, 32, 3, padding=2, dilation=2),
+                                tc.nn.DepthwiseSeparableConv2d(32, 32, 3, padding=1), tc.nn.MaxPool2d(2)).cuda()
+    x = rand(2, 16, 14, 14, requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(block, (x,))
+    for _ in range(2):
+        x = rand(2, 16, 14, 14, requires_grad=True)
+        dy = rand(2, 32, 7, 7)
+        grads = torch.autograd.grad(graphed(x), (x, *block.parameters()), dy)
+        expected = torch.autograd.grad(block(x), (x, *block.parameters()), dy)
+        for got, want in zip(grads, expected):
+            assert not want.isnan().any()
+            assert_close(got, want, torch.float32, "graphed training step")
 
 
 @pytest.mark.parametrize("strict", [False, True])
