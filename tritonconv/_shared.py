@@ -321,16 +321,18 @@ def weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
                                   BLOCK_N=(32, 64, 128), BLOCK_K=(32, 64), SPLIT_K=(1, 4, 16, 64, 256))
 
 
-def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype,
-                     device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], bool]:
+def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype, device: torch.device,
+                     memory_format: torch.memory_format) -> tuple[Callable[[], torch.Tensor],
+                                                                 Callable[[torch.Tensor], torch.Tensor], bool]:
     """How `splits` programs that each reduce one slice of a sum of `shape` (a weight gradient) combine
     their float32 partial sums: (alloc, total, workspace).
 
-    alloc() makes the float32 buffer the kernel writes and total(buffer) returns the sum in `dtype`. With
-    one split the kernel stores the result. Under `torch.use_deterministic_algorithms(True)` the splits
-    store into their own slices of a (splits, *shape) workspace (workspace is True), which total() adds
-    in a fixed order (kernels/common.py `split_sum_kernel`): the same bits on every run. Otherwise the
-    splits add into a zero-filled result with atomics, whose order changes from run to run.
+    alloc() makes the float32 buffer the kernel writes and total(buffer) returns the sum in `dtype` and
+    `memory_format` (one copy at most). With one split the kernel stores the result. Under
+    `torch.use_deterministic_algorithms(True)` the splits store into their own slices of a (splits, *shape)
+    workspace (workspace is True), which total() adds in a fixed order (kernels/common.py
+    `split_sum_kernel`): the same bits on every run. Otherwise the splits add into a zero-filled result
+    with atomics, whose order changes from run to run.
     """
     f32 = functools.partial(torch.empty, dtype=torch.float32, device=device)
     if splits > 1 and torch.are_deterministic_algorithms_enabled():
@@ -341,13 +343,13 @@ def split_k_partials(shape: tuple[int, ...], splits: int, dtype: torch.dtype,
                                  **cfg.launch_kwargs())
 
         def total(parts: torch.Tensor) -> torch.Tensor:
-            out = torch.empty(shape, dtype=dtype, device=device)
+            out = torch.empty(shape, dtype=dtype, device=device)  # split_sum writes the logical order
             kernel(parts, out, numel)
-            return out
+            return out.contiguous(memory_format=memory_format)
         return functools.partial(f32, (splits, *shape)), total, True
     alloc = functools.partial(torch.zeros, shape, dtype=torch.float32, device=device) if splits > 1 \
         else functools.partial(f32, shape)
-    return alloc, lambda result: result.to(dtype), False
+    return alloc, lambda result: result.to(dtype=dtype, memory_format=memory_format), False
 
 
 @dispatch.on_inputs_device

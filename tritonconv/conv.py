@@ -241,7 +241,7 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
     deterministic = torch.are_deterministic_algorithms_enabled()
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device)
+        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device, fmt)
         tiles = cdiv(geo.out_channels // g, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"])
         grid = (tiles * cfg["SPLIT_K"], kh * kw, g)
         kernel = _plans.launcher(conv2d_weight_grad_kernel, grid, WORKSPACE=workspace, **flags,
@@ -250,7 +250,7 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
         def run(x, dy):
             dw = alloc()
             kernel(gemm_operand(x), even_pixels(dy), dw, *args)
-            return total(dw).contiguous(memory_format=fmt)
+            return total(dw)
         return run
 
     return dispatch.runner(dispatch.Problem(

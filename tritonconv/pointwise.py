@@ -193,7 +193,7 @@ def pointwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
     deterministic = torch.are_deterministic_algorithms_enabled()
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device)
+        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device, fmt)
         grid = (cdiv(f, cfg["BLOCK_M"]) * cdiv(c, cfg["BLOCK_N"]) * cfg["SPLIT_K"],)
         kernel = _plans.launcher(pointwise_weight_grad_kernel, grid, WORKSPACE=workspace, **dot_flags(x.dtype),
                                  **cfg.launch_kwargs())
@@ -201,7 +201,7 @@ def pointwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
         def run(x, dy):
             dw = alloc()
             kernel(_sampled(x, geo), _runs(dy), dw, *args)
-            return total(dw).contiguous(memory_format=fmt)
+            return total(dw)
         return run
 
     return dispatch.runner(dispatch.Problem(
