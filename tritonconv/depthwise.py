@@ -11,7 +11,8 @@ import torch
 from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
 from tritonconv._shared import (MAX_UNROLLED_TAPS, ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
-                                register_epilogue_op, register_gradient_ops, tap_major, unrolled_taps)
+                                register_epilogue_op, register_gradient_ops, split_k_partials, tap_major,
+                                unrolled_taps)
 from tritonconv.heuristics import cdiv, next_power_of_2
 from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_input_grad_kernel,
                                           depthwise_weight_grad_kernel)
@@ -291,34 +292,23 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
     f, (kh, kw) = geo.out_channels, geo.kernel
     plane = (geo.out_height, geo.out_width)
     fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
-
-    def finish(dw: torch.Tensor) -> torch.Tensor:
-        return dw.view(f, 1, kh, kw).to(like.dtype).contiguous(memory_format=fmt)
-
+    shape = (f, 1, kh, kw)  # the kernel's (F, KH * KW) result, contiguous
     if geo.batch == 0:
-        return lambda x, dy: finish(torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device))
+        return lambda x, dy: torch.zeros(shape, dtype=like.dtype, device=x.device).contiguous(memory_format=fmt)
     problem = _problem("depthwise_weight_grad", geo, f, plane, x, channels_last(x))
     args = (geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw, *geo.stride, *geo.pad,
             *geo.dilation, *x.stride(), *dy.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        split = cfg["SPLIT_K"]
-        kernels = {atomic: _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
-                                           ATOMIC=atomic, **cfg.launch_kwargs())
-                   for atomic in ((False, True) if split > 1 else (False,))}
+        # Deterministic algorithms: each split stores its partial sums, added in a fixed order; else atomics.
+        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device, fmt)
+        kernel = _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
+                                 ATOMIC=cfg["SPLIT_K"] > 1 and not workspace, **cfg.launch_kwargs())
 
         def run(x, dy):
-            # Asked on every call, not when the plan is made: the flag may change between calls.
-            if split > 1 and not torch.are_deterministic_algorithms_enabled():
-                # The SPLIT_K programs add into one float32 result, which must start at zero.
-                dw = torch.zeros((f, kh * kw), dtype=torch.float32, device=x.device)
-                kernels[True](x, dy, dw, *args)
-                return finish(dw)
-            # Each split stores its partial sums, which torch's sum over the split axis adds in an order
-            # fixed by the shape alone: the same bits on every run.
-            parts = torch.empty((split, f, kh * kw), dtype=torch.float32, device=x.device)
-            kernels[False](x, dy, parts, *args)
-            return finish(parts.sum(dim=0) if split > 1 else parts[0])
+            dw = alloc()
+            kernel(x, dy, dw, *args)
+            return total(dw)
         return run
 
     return dispatch.runner(problem, prepare, x, dy)
