@@ -185,6 +185,11 @@ DDP_SCRIPT = textwrap.dedent("""
         dist.destroy_process_group()
     if rank == 0:
         torch.save([p.grad for p in net.parameters()], out)
+    # Leave without running C++ static destructors: a gloo thread still joinable at interpreter teardown
+    # aborts the process ("terminate called without an active exception", about 1 run in 5 on 2 loaded
+    # cores) after all the work above is done.
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 
