@@ -9,7 +9,8 @@ tile of output pixels (the GEMM's M) and output channels (N), and walks the inte
 steps of BLOCK_K: it computes the depthwise outputs of that [BLOCK_M pixels, BLOCK_K channels] block in
 float32 registers (kernels/depthwise.py's `depthwise_taps`), applies bias and activation, rounds to the
 input dtype as the unfused pair would store it, and feeds the block straight to `tl.dot` against the
-[BLOCK_K, BLOCK_N] pointwise weights. The intermediate never reaches memory.
+[BLOCK_K, BLOCK_N] pointwise weights. The intermediate reaches memory only when a backward will need it
+(STORE_MID: one more store of the intermediate, instead of the backward recomputing it from x).
 
 When F needs more than one N-tile, each N-tile recomputes the depthwise block (K*KH*KW multiply-adds
 per pixel against K*BLOCK_N for its share of the GEMM); the N-tiles of one M-tile are neighbouring
@@ -65,18 +66,24 @@ def pair_taps(t0, t1, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw
 
 
 @triton.jit
-def finish_intermediate(t, bd_ptr, offs_k, k_valid, sbd, dtype: tl.constexpr, HAS_DW_BIAS: tl.constexpr,
-                        ACTIVATION: tl.constexpr):
-    """activation(t + bd) rounded to `dtype`, as the unfused pair would store the intermediate. Channels
-    k >= K hold activation(0) = 0 for every supported activation, and meet zero pointwise weights."""
+def with_bias(t, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS: tl.constexpr):
+    """t + bd[k] (the depthwise bias, broadcast over the rows)."""
     if HAS_DW_BIAS:
         t += tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :]
-    return activate(t, ACTIVATION).to(dtype)
+    return t
+
+
+@triton.jit
+def pairs_to_rows(v0, v1, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [BLOCK_M, BLOCK_K] tile whose rows 2g and 2g + 1 are row g of v0 (pair g's left outputs) and of
+    v1 (its right ones)."""
+    return tl.reshape(tl.permute(tl.join(v0, v1), (0, 2, 1)), (BLOCK_M, BLOCK_K))
 
 
 @triton.jit
 def separable_forward_kernel(
     x_ptr, wd_ptr, bd_ptr, wp_ptr, bp_ptr, y_ptr,
+    a_ptr, z_ptr,  # with STORE_MID: the intermediate activation(t) and (STORE_Z) t, (N, K, OH, OW), else unused
     # Sizes: input (N, C, H, W), depthwise weight (K, 1, KH, KW) with K = C * MULT, pointwise weight
     # (F, K, 1, 1), output (N, F, OH, OW).
     N, H, W, OH, OW, K, F, MULT,
@@ -89,6 +96,7 @@ def separable_forward_kernel(
     swdk, swdh, swdw,
     swpf, swpk,
     syn, syc, syh, syw,
+    smn, smc, smh, smw,  # a and z (one layout), in (N, K, OH, OW) order
     sbd, sbp,   # element strides of bd and bp
     HAS_DW_BIAS: tl.constexpr,
     HAS_PW_BIAS: tl.constexpr,
@@ -102,6 +110,8 @@ def separable_forward_kernel(
     TAPS_H: tl.constexpr,   # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
     TAPS_W: tl.constexpr,
     PAIRED: tl.constexpr,   # stride and dilation 1 along W, TAPS_W > 1: outputs computed in pairs (`pair_row`)
+    STORE_MID: tl.constexpr,  # also store a = activation(t) rounded, for the backward
+    STORE_Z: tl.constexpr,    # ... and t itself (an activation whose derivative is not a function of a)
 ):
     """y = pointwise(activation(depthwise(x))).
 
@@ -147,6 +157,12 @@ def separable_forward_kernel(
     f_valid = offs_f < F
     wp_cols = wp_ptr + offs_f.to(tl.int64)[None, :] * swpf
 
+    if STORE_MID:
+        mid_rows = n_img * smn + oh.to(tl.int64) * smh + ow.to(tl.int64) * smw
+
+    # The intermediate as the unfused pair would store it: activation(t + bd) rounded to x's dtype. Channels
+    # k >= K hold activation(0) = 0 for every supported activation, and meet zero pointwise weights.
+    dtype = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -163,18 +179,28 @@ def separable_forward_kernel(
             t0 = tl.zeros((BLOCK_M // 2, BLOCK_K), dtype=tl.float32)
             t0, t1 = pair_taps(t0, t0, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw,
                                swdh, swdw, dil_h, kh_start, kh_end, kw_start, TAPS_H, TAPS_W)
-            a0 = finish_intermediate(t0, bd_ptr, offs_k, k_valid, sbd, x_ptr.dtype.element_ty, HAS_DW_BIAS,
-                                     ACTIVATION)
-            a1 = finish_intermediate(t1, bd_ptr, offs_k, k_valid, sbd, x_ptr.dtype.element_ty, HAS_DW_BIAS,
-                                     ACTIVATION)
-            # Rows 2g and 2g + 1: pair g's left and right outputs.
-            a = tl.reshape(tl.permute(tl.join(a0, a1), (0, 2, 1)), (BLOCK_M, BLOCK_K))
+            t0 = with_bias(t0, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS)
+            t1 = with_bias(t1, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS)
+            a = pairs_to_rows(activate(t0, ACTIVATION).to(dtype), activate(t1, ACTIVATION).to(dtype), BLOCK_M,
+                              BLOCK_K)
+            if STORE_Z:
+                z = pairs_to_rows(t0.to(dtype), t1.to(dtype), BLOCK_M, BLOCK_K)
         else:
             t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
             t = depthwise_taps(t, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw, swdh, swdw,
                                dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
-            a = finish_intermediate(t, bd_ptr, offs_k, k_valid, sbd, x_ptr.dtype.element_ty, HAS_DW_BIAS,
-                                    ACTIVATION)
+            t = with_bias(t, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS)
+            a = activate(t, ACTIVATION).to(dtype)
+            if STORE_Z:
+                z = t.to(dtype)
+        # Only the first column of programs stores the intermediate; the others computed the same values.
+        if STORE_MID:
+            if pid_n == 0:
+                mid_offs = mid_rows[:, None] + offs_k.to(tl.int64)[None, :] * smc
+                mid_mask = m_valid[:, None] & k_valid[None, :]
+                tl.store(a_ptr + mid_offs, a, mask=mid_mask)
+                if STORE_Z:
+                    tl.store(z_ptr + mid_offs, z, mask=mid_mask)
         b = tl.load(wp_cols + offs_k.to(tl.int64)[:, None] * swpk,
                     mask=k_valid[:, None] & f_valid[None, :], other=0.0)
         acc = dot(a, b, acc, DOT_PRECISION, UPCAST)

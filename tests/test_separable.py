@@ -12,8 +12,8 @@ from tritonconv import dispatch
 
 
 # (N, C, H, W, multiplier, (KH, KW), F, stride, padding, dilation): K = 3, 5, 7, multipliers 1 and 2,
-# stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over one
-# column tile of the interpreter's configuration; 32 intermediate channels (whole steps, EVEN_K). Outputs
+# stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over 32 (case
+# 2: our depthwise op then our pointwise op); 32 intermediate channels (whole steps, EVEN_K). Outputs
 # go in pairs along W (PAIRED) at stride and dilation 1: an odd output width (case 0), kernel rows in a
 # runtime loop (7x7, case 3), a 1x3 kernel on an even width (case 4). Each runs in every dtype and layout,
 # with the activations taking turns.
@@ -71,14 +71,58 @@ def test_every_activation_against_two_step(activation):
     _check((2, 4, 5, 6, 2, (3, 3), 7, 1, 1, 1), torch.float32, True, activation, scale=4.0)
 
 
-def test_forward_is_one_kernel():
-    """The fused forward launches only the separable kernel: the intermediate never reaches memory."""
-    x, wd, wp = rand(1, 4, 6, 6), rand(4, 1, 3, 3), rand(5, 4, 1, 1)
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("f,kernels", [(32, ["separable_forward"]), (33, ["depthwise_forward", "pointwise_forward"])])
+def test_forward_kernels(f, kernels, channels_last):
+    """Up to 32 output channels the fused kernel runs alone (the intermediate never reaches memory); over
+    32, our depthwise op then our pointwise op (tritonconv.separable.MAX_FUSED_CHANNELS)."""
+    x, wd, wp = rand(1, 4, 6, 6, channels_last=channels_last), rand(4, 1, 3, 3), rand(f, 4, 1, 1)
     with torch.no_grad(), dispatch.recording() as decisions:
         y = tc.depthwise_separable_conv2d(x, wd, wp, padding=1, activation="relu")
-    assert [d.problem.kernel for d in decisions] == ["separable_forward"]
+    assert [d.problem.kernel for d in decisions] == kernels
     assert_close(y, _two_step(x.double(), wd.double(), None, wp.double(), None, 1, 1, 1, "relu"), torch.float32,
                  "forward")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("activation", ["relu6", "gelu", None])
+def test_stored_intermediate(activation, channels_last, dtype):
+    """With store_mid the op also returns the intermediate a = act(t) and, for silu and gelu, t itself (for
+    relu and relu6 the backward takes a in t's place), as our depthwise op would store them: an odd output
+    width (the last pair's right output is not stored) and K over one step."""
+    x = rand(2, 20, 5, 7, dtype=dtype, channels_last=channels_last)
+    wd, bd, wp = rand(40, 1, 3, 3, dtype=dtype), rand(40, dtype=dtype), rand(6, 40, 1, 1, dtype=dtype)
+    act = activation or "none"
+    y, a, z = torch.ops.tritonconv.depthwise_separable_conv2d(x, wd, bd, wp, None, [1, 1], [1, 1], [1, 1], 20,
+                                                              [5, 7], act, True)
+    t = F.conv2d(x.double(), wd.double(), bd.double(), 1, 1, 1, 20)
+    assert_close(a, ACTIVATIONS[activation](t), dtype, "a")
+    assert a.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if act == "gelu":
+        assert_close(z, t, dtype, "z")
+    else:
+        assert z.numel() == 0
+    assert_close(y, F.conv2d(ACTIVATIONS[activation](t), wp.double()), dtype, "y")
+
+
+def test_backward_reuses_the_stored_intermediate():
+    """The backward runs no depthwise forward: the forward kept the intermediate."""
+    x = rand(1, 4, 6, 6, channels_last=True, requires_grad=True)
+    wd, wp = rand(4, 1, 3, 3, requires_grad=True), rand(5, 4, 1, 1, requires_grad=True)
+    y = tc.depthwise_separable_conv2d(x, wd, wp, padding=1, activation="relu6")
+    with dispatch.recording() as decisions:
+        y.backward(torch.ones_like(y))
+    assert not {"depthwise_forward", "separable_forward"} & {d.problem.kernel for d in decisions}
+
+
+def test_backward_without_stored_intermediate_says_so():
+    x = rand(1, 4, 6, 6, channels_last=True, requires_grad=True)
+    wd, wp = rand(4, 1, 3, 3), rand(5, 4, 1, 1)
+    y, _, _ = torch.ops.tritonconv.depthwise_separable_conv2d(x, wd, None, wp, None, [1, 1], [1, 1], [1, 1], 4,
+                                                              [6, 6], "relu", False)
+    with pytest.raises(RuntimeError, match="pass store_mid=True when a gradient is needed"):
+        y.sum().backward()
 
 
 def test_only_pointwise_weight_needs_grad():

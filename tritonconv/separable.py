@@ -60,19 +60,63 @@ dispatch.register("separable_forward", "separable", separable_forward_kernel, _f
 # Launcher.
 # ---------------------------------------------------------------------------------------------------------
 
+def _stores_pre_activation(activation: str) -> bool:
+    """Whether a backward needs the intermediate's pre-activation t besides a = activation(t): relu's and
+    relu6's derivatives are functions of a ([a > 0] = [t > 0], [0 < a < 6] = [0 < t < 6], since rounding
+    is monotone and 0 and 6 are exact), so `activation_backward` takes a in t's place; silu's and gelu's
+    are not."""
+    return activation in ("silu", "gelu")
+
+
+# The most output channels for which the fused kernel runs (`_fuses`).
+MAX_FUSED_CHANNELS = 32
+
+
+def _fuses(f: int) -> bool:
+    """Whether the fused kernel runs, else our depthwise op then our pointwise op. The fused kernel's
+    K-steps compute the depthwise block in registers at a cost of instructions (it is issue-bound) that is
+    paid again for every N-tile, and with F over 32 its tiles grow without more outputs per depthwise
+    tap; what it saves is the intermediate's round trip, which outweighs the 1x1 GEMM only while F is
+    small. bench.cost's separable table predicts fused / unfused 0.83-0.96 at F <= 32 (channels_last,
+    16-bit, MobileNetV2's projections) and 1.4-4.4 at F >= 64 in both layouts."""
+    return f <= MAX_FUSED_CHANNELS
+
+
 @dispatch.on_inputs_device
 def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor,
-                      bp: torch.Tensor | None, geo: ConvGeometry, activation: str) -> Callable:
-    """The launch of y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp in one kernel on tensors like
-    these: run(x, wd, bd, wp, bp) -> y; `geo` is the depthwise convolution's geometry. The output takes the
-    memory format torch's two convolutions would give."""
+                      bp: torch.Tensor | None, geo: ConvGeometry, activation: str, store_mid: bool) -> Callable:
+    """The launch of y = pointwise(activation(depthwise(x, wd) + bd), wp) + bp on tensors like these:
+    run(x, wd, bd, wp, bp) -> (y, a, z); `geo` is the depthwise convolution's geometry. The output takes
+    the memory format torch's two convolutions would give. With `store_mid` (a backward will follow), a is
+    the intermediate activation(t) as the pointwise GEMM took it, and z its pre-activation t when the
+    activation's backward needs it (`_stores_pre_activation`); otherwise (and z then) empty tensors."""
     k, f = wd.shape[0], wp.shape[0]
     plane = (geo.out_height, geo.out_width)
     cl = channels_last(x, wd, wp)
+    store_z = store_mid and _stores_pre_activation(activation)
+    if not _fuses(f):
+        # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's size.
+        pw_geometry = ([1, 1], [0, 0], [1, 1], 1, list(plane))
+
+        def unfused(x, wd, bd, wp, bp):
+            a, z = _plans.call("depthwise_conv2d", x, wd, bd, *geometry_args(geo), activation, store_z)
+            y, _ = _plans.call("pointwise_conv2d", a, wp, bp, *pw_geometry, "none", False)
+            return y, a if store_mid else x.new_empty(0), z
+        return unfused
+
     y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, "meta")
     alloc = _plans.allocator(y, x.device)
+    # The intermediate in the layout our depthwise op would give it.
+    mid = empty_like_layout((geo.batch, k, *plane), channels_last(x, wd), x.dtype, "meta")
+    mid_alloc = _plans.allocator(mid, x.device)
+
+    def mids() -> tuple[torch.Tensor, torch.Tensor]:
+        # Two distinct empty tensors: a custom op's outputs may not alias each other.
+        return tuple(mid_alloc() if stored else torch.empty(0, dtype=x.dtype, device=x.device)
+                     for stored in (store_mid, store_z))
+
     if y.numel() == 0:
-        return lambda x, wd, bd, wp, bp: alloc()
+        return lambda x, wd, bd, wp, bp: (alloc(), *mids())
     taps = unrolled_taps(geo)
     if not cl and taps["TAPS_H"] * taps["TAPS_W"] > 9:
         # NCHW loads are one element each, every element with its own pointer: unrolled rows of a kernel
@@ -85,10 +129,10 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     parts = int32_batches(geo.batch, plane[0] * row_width)
     geometry_and_strides = (geo.height, geo.width, *plane, k, f, k // geo.in_channels, *geo.stride, *geo.pad,
                             *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1,
-                            geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(),
+                            geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(), *mid.stride(),
                             bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0)
     flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
-             "PAIRED": paired, **taps, **dot_flags(x.dtype)}
+             "PAIRED": paired, "STORE_MID": store_mid, "STORE_Z": store_z, **taps, **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # A part is None when it is the whole batch (almost always), which then needs no slicing.
@@ -102,11 +146,14 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
 
         def run(x, wd, bd, wp, bp):
             y = alloc()
+            a, z = mids()
             packed = tap_major(wd, torch.float32)
+            # y stands in for an intermediate not stored (the kernel never touches it).
+            tensors = (x, y, a if store_mid else y, z if store_z else y)
             for part, kernel, args in launches:
-                xs, ys = (x, y) if part is None else (x[part], y[part])
-                kernel(xs, packed, wd if bd is None else bd, wp, wp if bp is None else bp, ys, *args)
-            return y
+                xs, ys, as_, zs = tensors if part is None else (t[part] for t in tensors)
+                kernel(xs, packed, wd if bd is None else bd, wp, wp if bp is None else bp, ys, as_, zs, *args)
+            return y, a, z
         return run
 
     return dispatch.runner(dispatch.Problem(
@@ -121,41 +168,48 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
 
 @torch.library.custom_op("tritonconv::depthwise_separable_conv2d", mutates_args=(),
                          schema=f"(Tensor x, Tensor wd, Tensor? bd, Tensor wp, Tensor? bp, {GEOMETRY_SCHEMA}, "
-                                "str activation) -> Tensor")
+                                "str activation, bool store_mid) -> (Tensor, Tensor, Tensor)")
 @dispatch.on_inputs_device  # the launch runs under its tensors\' device
-def _separable_op(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation):
+def _separable_op(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation, store_mid):
     geo = geometry(x.shape, wd.shape, stride, padding, dilation, groups, output_size)
-    return separable_forward(x, wd, bd, wp, bp, geo, activation)(x, wd, bd, wp, bp)
+    return separable_forward(x, wd, bd, wp, bp, geo, activation, store_mid)(x, wd, bd, wp, bp)
 
 
 @_separable_op.register_fake
-def _(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation):
-    return empty_like_layout((x.shape[0], wp.shape[0], *output_size), channels_last(x, wd, wp), x.dtype, x.device)
+def _(x, wd, bd, wp, bp, stride, padding, dilation, groups, output_size, activation, store_mid):
+    mid = empty_like_layout((x.shape[0], wd.shape[0], *output_size), channels_last(x, wd), x.dtype, x.device)
+    return (empty_like_layout((x.shape[0], wp.shape[0], *output_size), channels_last(x, wd, wp), x.dtype, x.device),
+            mid if store_mid else x.new_empty(0),
+            torch.empty_like(mid) if store_mid and _stores_pre_activation(activation) else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    x, wd, bd, wp, _bp, *geo_args, activation = inputs
-    ctx.save_for_backward(x, wd, bd, wp)
+    x, wd, _bd, wp, _bp, *geo_args, activation, _store_mid = inputs
+    _, a, z = output
+    ctx.save_for_backward(x, wd, wp, a, z)
+    ctx.mark_non_differentiable(a, z)
     ctx.geometry = geo_args
     ctx.activation = activation
 
 
-def _backward(ctx, dy):
-    """Recompute the intermediate with the depthwise kernel (a = activation(t), t = depthwise + bd, t
-    written only when an activation needs it), then run the unfused backward: the pointwise GEMMs give
-    da and dwp, our elementwise kernel dt = da * activation'(t), the depthwise kernels dx and dwd."""
-    x, wd, bd, wp = ctx.saved_tensors
+def _backward(ctx, dy, _da, _dz):
+    """The unfused backward on the intermediate the forward stored (a = activation(t), and t when the
+    activation's derivative needs it): the pointwise GEMMs give da and dwp, our elementwise kernel
+    dt = da * activation'(t), the depthwise kernels dx and dwd."""
+    x, wd, wp, a, z = ctx.saved_tensors
     act, needs = ctx.activation, ctx.needs_input_grad
-    needs_mid = any(needs[:3])
-    a, t = _plans.call("depthwise_conv2d", x, wd, bd, *ctx.geometry, act, needs_mid and act != "none")
+    if a.dim() != 4:
+        raise RuntimeError("tritonconv::depthwise_separable_conv2d was called with store_mid=False, so it kept "
+                           "no intermediate for a backward; pass store_mid=True when a gradient is needed")
     # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's size.
     pw_geometry = ([1, 1], [0, 0], [1, 1], 1, ctx.geometry[-1])
     dwp = _plans.call("pointwise_weight_grad", a, dy, wp, *pw_geometry) if needs[3] else None
     dbp = channel_sum(dy) if needs[4] else None
     dx = dwd = dbd = None
-    if needs_mid:
+    if any(needs[:3]):
         da = _plans.call("pointwise_input_grad", dy, wp, a, *pw_geometry)
-        dt = da if act == "none" else _plans.call("activation_backward", da, t, act)
+        dt = da if act == "none" else _plans.call("activation_backward", da,
+                                                  z if _stores_pre_activation(act) else a, act)
         dx = _plans.call("depthwise_conv2d_input_grad", dt, wd, x, *ctx.geometry) if needs[0] else None
         dwd = _plans.call("depthwise_conv2d_weight_grad", x, dt, wd, *ctx.geometry) if needs[1] else None
         dbd = channel_sum(dt) if needs[2] else None
@@ -182,11 +236,12 @@ def _checked(input: torch.Tensor, depthwise_weight: torch.Tensor, pointwise_weig
 
 
 def _plan(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None, wp: torch.Tensor, bp: torch.Tensor | None,
-          args: tuple) -> _plans.Plan:
-    """Check a call and plan it (see tritonconv._plans); `args` are (stride, padding, dilation, activation)."""
+          args: tuple, store_mid: bool) -> _plans.Plan:
+    """Check a call and plan it (see tritonconv._plans); `args` are (stride, padding, dilation, activation),
+    `store_mid`: autograd records the call, so the forward keeps the intermediate."""
     geo, act = _checked(x, wd, wp, bd, bp, *args)
-    return _plans.Plan(separable_forward(x, wd, bd, wp, bp, geo, act), (*geometry_args(geo), act), _AUTOGRAD,
-                       device=x.device)
+    return _plans.Plan(separable_forward(x, wd, bd, wp, bp, geo, act, store_mid),
+                       (*geometry_args(geo), act, store_mid), _AUTOGRAD, first=True, device=x.device)
 
 
 @accepts_unbatched
@@ -195,15 +250,17 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
                                pointwise_bias: torch.Tensor | None = None, stride: int | Sequence[int] = 1,
                                padding: int | Sequence[int] | str = 0, dilation: int | Sequence[int] = 1,
                                activation: str | None = None) -> torch.Tensor:
-    """Depthwise-separable convolution: depthwise, then `activation`, then pointwise, in one kernel.
+    """Depthwise-separable convolution: depthwise, then `activation`, then pointwise.
 
     t[n, k, i, j] = bd[k] + sum_{u, v} x[n, k // m, i*s_h - p_h + u*d_h, j*s_w - p_w + v*d_w] * wd[k, 0, u, v]
     y[n, f, i, j] = bp[f] + sum_k act(t[n, k, i, j]) * wp[f, k, 0, 0]
 
     i.e. `F.conv2d(act(F.conv2d(input, wd, bd, stride, padding, dilation, groups=C)), wp, bp)` with
-    multiplier m = wd.shape[0] / C. The intermediate t is computed in float32 registers, rounded to the
-    input dtype (as the two-op pair would store it) and fed to the pointwise matrix product on chip: it
-    never goes to memory. Backward recomputes t and uses the unfused backward kernels.
+    multiplier m = wd.shape[0] / C. Up to 32 output channels one kernel computes the intermediate t in
+    float32 registers, rounds act(t) to the input dtype (as the two-op pair would store it) and feeds it to
+    the pointwise matrix product on chip; over 32 (where fusing does not pay) our depthwise op then our
+    pointwise op run. When autograd records the call, the forward keeps act(t) (and t for silu and gelu)
+    and the backward runs the unfused backward kernels on it.
 
     Args:
         input: (N, C, H, W), NCHW or channels_last; the output takes the same memory format; or (C, H, W).
@@ -216,9 +273,10 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
     eager = _plans.eager(*tensors)
     tensors = autocast(*tensors)
     args = (stride, padding, dilation, activation)
+    grad = _plans.needs_grad(*tensors)
     if eager:
-        key = ("depthwise_separable_conv2d", *map(_plans.meta, tensors), *args, tf32())
-        return _plans.plan(key, lambda: _plan(*tensors, args))(_plans.needs_grad(*tensors), *tensors)
+        key = ("depthwise_separable_conv2d", *map(_plans.meta, tensors), *args, grad, tf32())
+        return _plans.plan(key, lambda: _plan(*tensors, args, grad))(grad, *tensors)
     x, wd, bd, wp, bp = tensors
     geo, act = _checked(x, wd, wp, bd, bp, *args)
-    return torch.ops.tritonconv.depthwise_separable_conv2d(x, wd, bd, wp, bp, *geometry_args(geo), act)
+    return torch.ops.tritonconv.depthwise_separable_conv2d(x, wd, bd, wp, bp, *geometry_args(geo), act, grad)[0]
