@@ -66,10 +66,14 @@ def pair_taps(t0, t1, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw
 
 
 @triton.jit
-def with_bias(t, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS: tl.constexpr):
-    """t + bd[k] (the depthwise bias, broadcast over the rows)."""
+def bias_rows(bd_ptr, offs_k, k_valid, sbd, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_DW_BIAS: tl.constexpr):
+    """[ROWS, BLOCK_K] float32 rows of the depthwise bias bd[k] (zeros without one): the taps' sums start
+    from it, one add fewer per output than adding it after them."""
     if HAS_DW_BIAS:
-        t += tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :]
+        t = tl.broadcast_to(tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :],
+                            (ROWS, BLOCK_K))
+    else:
+        t = tl.zeros((ROWS, BLOCK_K), dtype=tl.float32)
     return t
 
 
@@ -112,6 +116,7 @@ def separable_forward_kernel(
     PAIRED: tl.constexpr,   # stride and dilation 1 along W, TAPS_W > 1: outputs computed in pairs (`pair_row`)
     STORE_MID: tl.constexpr,  # also store a = activation(t) rounded, for the backward
     STORE_Z: tl.constexpr,    # ... and t itself (an activation whose derivative is not a function of a)
+    DENSE_ROWS: tl.constexpr,  # OWR == OW, and y (a, z) channels_last and dense: pixel m at m * syw (smw)
 ):
     """y = pointwise(activation(depthwise(x))).
 
@@ -136,7 +141,16 @@ def separable_forward_kernel(
     pix = offs_m % (OH * OWR)
     oh = pix // OWR
     ow = pix % OWR
-    m_valid = (offs_m < N * OH * OWR) & (ow < OW)
+    if DENSE_ROWS:
+        # Row m is the m-th pixel of y (and a, z): its offset needs no division, whose per-element code in
+        # the accumulator's layout was a quarter of the kernel's instructions.
+        m_valid = offs_m < N * OH * OW
+        y_rows = offs_m.to(tl.int64) * syw
+        mid_rows = offs_m.to(tl.int64) * smw
+    else:
+        m_valid = (offs_m < N * OH * OWR) & (ow < OW)
+        y_rows = n_img * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+        mid_rows = n_img * smn + oh.to(tl.int64) * smh + ow.to(tl.int64) * smw
     # The depthwise windows: one per row, or with PAIRED one per pair of rows (its left output's), each
     # starting at input (ih0, iw0).
     if PAIRED:
@@ -157,8 +171,6 @@ def separable_forward_kernel(
     f_valid = offs_f < F
     wp_cols = wp_ptr + offs_f.to(tl.int64)[None, :] * swpf
 
-    if STORE_MID:
-        mid_rows = n_img * smn + oh.to(tl.int64) * smh + ow.to(tl.int64) * smw
 
     # The intermediate as the unfused pair would store it: activation(t + bd) rounded to x's dtype. Channels
     # k >= K hold activation(0) = 0 for every supported activation, and meet zero pointwise weights.
@@ -176,20 +188,17 @@ def separable_forward_kernel(
         wd_cols = wd_ptr + offs_k.to(tl.int64)[None, :] * swdk
         x_valid = p_valid[:, None] & k_valid[None, :]
         if PAIRED:
-            t0 = tl.zeros((BLOCK_M // 2, BLOCK_K), dtype=tl.float32)
+            t0 = bias_rows(bd_ptr, offs_k, k_valid, sbd, BLOCK_M // 2, BLOCK_K, HAS_DW_BIAS)
             t0, t1 = pair_taps(t0, t0, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw,
                                swdh, swdw, dil_h, kh_start, kh_end, kw_start, TAPS_H, TAPS_W)
-            t0 = with_bias(t0, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS)
-            t1 = with_bias(t1, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS)
             a = pairs_to_rows(activate(t0, ACTIVATION).to(dtype), activate(t1, ACTIVATION).to(dtype), BLOCK_M,
                               BLOCK_K)
             if STORE_Z:
                 z = pairs_to_rows(t0.to(dtype), t1.to(dtype), BLOCK_M, BLOCK_K)
         else:
-            t = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+            t = bias_rows(bd_ptr, offs_k, k_valid, sbd, BLOCK_M, BLOCK_K, HAS_DW_BIAS)
             t = depthwise_taps(t, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw, swdh, swdw,
                                dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W)
-            t = with_bias(t, bd_ptr, offs_k, k_valid, sbd, HAS_DW_BIAS)
             a = activate(t, ACTIVATION).to(dtype)
             if STORE_Z:
                 z = t.to(dtype)
@@ -207,6 +216,5 @@ def separable_forward_kernel(
 
     if HAS_PW_BIAS:
         acc += tl.load(bp_ptr + offs_f * sbp, mask=f_valid, other=0.0).to(tl.float32)[None, :]
-    y_offs = (n_img * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] \
-        + offs_f.to(tl.int64)[None, :] * syc
+    y_offs = y_rows[:, None] + offs_f.to(tl.int64)[None, :] * syc
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=m_valid[:, None] & f_valid[None, :])

@@ -85,17 +85,18 @@ def test_forward_kernels(f, kernels, channels_last):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("channels_last,width", [(True, 7), (True, 8), (False, 7)])
 @pytest.mark.parametrize("activation", ["relu6", "gelu", None])
-def test_stored_intermediate(activation, channels_last, dtype):
+def test_stored_intermediate(activation, channels_last, width, dtype):
     """With store_mid the op also returns the intermediate a = act(t) and, for silu and gelu, t itself (for
     relu and relu6 the backward takes a in t's place), as our depthwise op would store them: an odd output
-    width (the last pair's right output is not stored) and K over one step."""
-    x = rand(2, 20, 5, 7, dtype=dtype, channels_last=channels_last)
+    width (the last pair's right output is not stored), an even one (channels_last: rows addressed as
+    pixels, DENSE_ROWS), and K over one step."""
+    x = rand(2, 20, 5, width, dtype=dtype, channels_last=channels_last)
     wd, bd, wp = rand(40, 1, 3, 3, dtype=dtype), rand(40, dtype=dtype), rand(6, 40, 1, 1, dtype=dtype)
     act = activation or "none"
     y, a, z = torch.ops.tritonconv.depthwise_separable_conv2d(x, wd, bd, wp, None, [1, 1], [1, 1], [1, 1], 20,
-                                                              [5, 7], act, True)
+                                                              [5, width], act, True)
     t = F.conv2d(x.double(), wd.double(), bd.double(), 1, 1, 1, 20)
     assert_close(a, ACTIVATIONS[activation](t), dtype, "a")
     assert a.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

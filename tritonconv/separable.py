@@ -131,8 +131,12 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
                             *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1,
                             geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(), *mid.stride(),
                             bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0)
+    # y, and the intermediate when stored, are dense channels_last with one GEMM row per pixel: the kernel
+    # addresses row m as pixel m.
+    dense = cl and row_width == plane[1] and (channels_last(x, wd) or not store_mid)
     flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
-             "PAIRED": paired, "STORE_MID": store_mid, "STORE_Z": store_z, **taps, **dot_flags(x.dtype)}
+             "PAIRED": paired, "STORE_MID": store_mid, "STORE_Z": store_z, "DENSE_ROWS": dense, **taps,
+             **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # A part is None when it is the whole batch (almost always), which then needs no slicing.
