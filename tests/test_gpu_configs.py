@@ -104,7 +104,7 @@ def pointwise(dtype, cl):
 
 
 def separable(dtype, cl):
-    # 24 output channels: the op fuses up to tritonconv.separable.MAX_FUSED_CHANNELS (32).
+    # 24 output channels: the op fuses up to tritonconv.separable.MAX_FUSED_CHANNELS (64).
     leaves = [_leaf(N, C, H, W, dtype=dtype, channels_last=cl), _leaf(2 * C, 1, 3, 3, dtype=dtype),
               _leaf(24, 2 * C, 1, 1, dtype=dtype)]
     _run(lambda x, wd, wp: tc.depthwise_separable_conv2d(x, wd, wp, None, None, 1, 1, 1, "relu"),

@@ -12,7 +12,7 @@ from tritonconv import dispatch
 
 
 # (N, C, H, W, multiplier, (KH, KW), F, stride, padding, dilation): K = 3, 5, 7, multipliers 1 and 2,
-# stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over 32 (case
+# stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over 64 (case
 # 2: our depthwise op then our pointwise op); 32 intermediate channels (whole steps, EVEN_K). Outputs
 # go in pairs along W (PAIRED) at stride and dilation 1: an odd output width (case 0), kernel rows in a
 # runtime loop (7x7, case 3), a 1x3 kernel on an even width (case 4). Each runs in every dtype and layout,
@@ -72,14 +72,26 @@ def test_every_activation_against_two_step(activation):
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
-@pytest.mark.parametrize("f,kernels", [(32, ["separable_forward"]), (33, ["depthwise_forward", "pointwise_forward"])])
+@pytest.mark.parametrize("f,kernels", [(64, ["separable_forward"]), (65, ["depthwise_forward", "pointwise_forward"])])
 def test_forward_kernels(f, kernels, channels_last):
-    """Up to 32 output channels the fused kernel runs alone (the intermediate never reaches memory); over
-    32, our depthwise op then our pointwise op (tritonconv.separable.MAX_FUSED_CHANNELS)."""
+    """Up to 64 output channels the fused kernel runs alone (the intermediate never reaches memory); over
+    64, our depthwise op then our pointwise op (tritonconv.separable.MAX_FUSED_CHANNELS)."""
     x, wd, wp = rand(1, 4, 6, 6, channels_last=channels_last), rand(4, 1, 3, 3), rand(f, 4, 1, 1)
     with torch.no_grad(), dispatch.recording() as decisions:
         y = tc.depthwise_separable_conv2d(x, wd, wp, padding=1, activation="relu")
     assert [d.problem.kernel for d in decisions] == kernels
+    assert_close(y, _two_step(x.double(), wd.double(), None, wp.double(), None, 1, 1, 1, "relu"), torch.float32,
+                 "forward")
+
+
+def test_small_maps_run_unfused_on_a_gpu(monkeypatch):
+    """On a GPU a map with fewer 128-pixel tiles than SMs runs our depthwise then pointwise ops (the fused
+    kernel would leave SMs idle); the interpreter decides by F alone."""
+    monkeypatch.setattr(tc.separable, "interpreting", lambda: False)
+    x, wd, wp = rand(1, 4, 6, 6, channels_last=True), rand(4, 1, 3, 3), rand(5, 4, 1, 1)
+    with torch.no_grad(), dispatch.recording() as decisions:
+        y = tc.depthwise_separable_conv2d(x, wd, wp, padding=1, activation="relu")
+    assert [d.problem.kernel for d in decisions] == ["depthwise_forward", "pointwise_forward"]
     assert_close(y, _two_step(x.double(), wd.double(), None, wp.double(), None, 1, 1, 1, "relu"), torch.float32,
                  "forward")
 

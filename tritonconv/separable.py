@@ -9,7 +9,7 @@ import torch
 
 from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias, check_tensor,
-                                empty_like_layout, int32_batches)
+                                empty_like_layout, int32_batches, interpreting)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
                                 input_grads, tap_major, tf32, unrolled_taps)
@@ -69,17 +69,20 @@ def _stores_pre_activation(activation: str) -> bool:
 
 
 # The most output channels for which the fused kernel runs (`_fuses`).
-MAX_FUSED_CHANNELS = 32
+MAX_FUSED_CHANNELS = 64
 
 
-def _fuses(f: int) -> bool:
-    """Whether the fused kernel runs, else our depthwise op then our pointwise op. The fused kernel's
-    K-steps compute the depthwise block in registers at a cost of instructions (it is issue-bound) that is
-    paid again for every N-tile, and with F over 32 its tiles grow without more outputs per depthwise
-    tap; what it saves is the intermediate's round trip, which outweighs the 1x1 GEMM only while F is
-    small. bench.cost's separable table predicts fused / unfused 0.83-0.96 at F <= 32 (channels_last,
-    16-bit, MobileNetV2's projections) and 1.4-4.4 at F >= 64 in both layouts."""
-    return f <= MAX_FUSED_CHANNELS
+def _fuses(f: int, pixels: int) -> bool:
+    """Whether the fused kernel runs (F output channels, `pixels` output pixels in all), else our depthwise
+    op then our pointwise op. The fused kernel is issue-bound: its K-steps compute the depthwise block in
+    registers, again for every N-tile, and what it saves is the intermediate's round trip. It pays with
+    one N-tile of up to 64 columns (4 warps) and at least one 128-pixel program per SM: its programs walk
+    every K-step in turn, so a small map leaves SMs idle where the unfused pair spreads out. bench.cost's
+    separable table (float16, fused / unfused forward, autograd recording): F <= 64 at >= 196 programs
+    0.70-0.93 (32x144x56x56 ->24, 32x384x28x28 ->64, 128x96x14x14 ->24, 8x144x56x56 ->24, 32x240x28x28
+    ->40); 32x384x14x14 ->64 (49 programs) 1.62; F = 80-512 1.4-4.4, both layouts. In the interpreter
+    (the tests' tiny maps) only F decides, so that the tests check the fused kernel."""
+    return f <= MAX_FUSED_CHANNELS and (pixels >= 128 * heuristics.SM_COUNT or interpreting())
 
 
 @dispatch.on_inputs_device
@@ -94,7 +97,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     plane = (geo.out_height, geo.out_width)
     cl = channels_last(x, wd, wp)
     store_z = store_mid and _stores_pre_activation(activation)
-    if not _fuses(f):
+    if not _fuses(f, geo.batch * plane[0] * plane[1]):
         # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's size.
         pw_geometry = ([1, 1], [0, 0], [1, 1], 1, list(plane))
 
@@ -260,10 +263,10 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
     y[n, f, i, j] = bp[f] + sum_k act(t[n, k, i, j]) * wp[f, k, 0, 0]
 
     i.e. `F.conv2d(act(F.conv2d(input, wd, bd, stride, padding, dilation, groups=C)), wp, bp)` with
-    multiplier m = wd.shape[0] / C. Up to 32 output channels one kernel computes the intermediate t in
-    float32 registers, rounds act(t) to the input dtype (as the two-op pair would store it) and feeds it to
-    the pointwise matrix product on chip; over 32 (where fusing does not pay) our depthwise op then our
-    pointwise op run. When autograd records the call, the forward keeps act(t) (and t for silu and gelu)
+    multiplier m = wd.shape[0] / C. Up to 64 output channels on maps large enough to fill the GPU, one
+    kernel computes the intermediate t in float32 registers, rounds act(t) to the input dtype (as the
+    two-op pair would store it) and feeds it to the pointwise matrix product on chip; elsewhere (where
+    fusing does not pay) our depthwise op then our pointwise op run. When autograd records the call, the forward keeps act(t) (and t for silu and gelu)
     and the backward runs the unfused backward kernels on it.
 
     Args:
