@@ -84,18 +84,6 @@ def test_forward_kernels(f, kernels, channels_last):
                  "forward")
 
 
-def test_small_maps_run_unfused_on_a_gpu(monkeypatch):
-    """On a GPU a map with fewer 128-pixel tiles than SMs runs our depthwise then pointwise ops (the fused
-    kernel would leave SMs idle); the interpreter decides by F alone."""
-    monkeypatch.setattr(tc.separable, "interpreting", lambda: False)
-    x, wd, wp = rand(1, 4, 6, 6, channels_last=True), rand(4, 1, 3, 3), rand(5, 4, 1, 1)
-    with torch.no_grad(), dispatch.recording() as decisions:
-        y = tc.depthwise_separable_conv2d(x, wd, wp, padding=1, activation="relu")
-    assert [d.problem.kernel for d in decisions] == ["depthwise_forward", "pointwise_forward"]
-    assert_close(y, _two_step(x.double(), wd.double(), None, wp.double(), None, 1, 1, 1, "relu"), torch.float32,
-                 "forward")
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last,width", [(True, 7), (True, 8), (False, 7)])
 @pytest.mark.parametrize("activation", ["relu6", "gelu", None])

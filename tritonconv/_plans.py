@@ -200,6 +200,13 @@ def call(name: str, *args: object) -> torch.Tensor:
     return found(False, *tensors)
 
 
+def planned(name: str, *args: object) -> Callable:
+    """The launch `call` would plan for these arguments of `tritonconv::{name}`, as run(*tensors), for a
+    plan that runs another op's launches on every call: it holds this, keyed by its own key, instead of
+    building `call`'s key per call."""
+    return _PLANNERS[name][1](*args)
+
+
 def register_autograd(op, backward: Callable, setup_context: Callable) -> Autograd:
     """Register a custom op's autograd and return it for the op's plans, so that both paths run the same
     setup_context and backward."""

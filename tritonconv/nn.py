@@ -42,8 +42,7 @@ class Conv2d(nn.Conv2d):
 
 class DepthwiseSeparableConv2d(nn.Module):
     """KxK depthwise conv, optional activation, then 1x1 pointwise conv (`tritonconv.depthwise_separable_conv2d`:
-    one fused kernel up to 64 output channels on large maps, the intermediate kept on chip unless autograd
-    needs it).
+    one fused kernel up to 64 output channels, the intermediate kept on chip unless autograd needs it).
 
     Parameters: `depthwise_weight` (C, 1, K, K), `pointwise_weight` (F, C, 1, 1) and, with bias=True,
     `depthwise_bias` (C,) and `pointwise_bias` (F,), initialised as nn.Conv2d initialises them.

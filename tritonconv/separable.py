@@ -9,7 +9,7 @@ import torch
 
 from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias, check_tensor,
-                                empty_like_layout, int32_batches, interpreting)
+                                empty_like_layout, int32_batches)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
                                 input_grads, tap_major, tf32, unrolled_taps)
@@ -72,17 +72,16 @@ def _stores_pre_activation(activation: str) -> bool:
 MAX_FUSED_CHANNELS = 64
 
 
-def _fuses(f: int, pixels: int) -> bool:
-    """Whether the fused kernel runs (F output channels, `pixels` output pixels in all), else our depthwise
-    op then our pointwise op. The fused kernel is issue-bound: its K-steps compute the depthwise block in
-    registers, again for every N-tile, and what it saves is the intermediate's round trip. It pays with
-    one N-tile of up to 64 columns (4 warps) and at least one 128-pixel program per SM: its programs walk
-    every K-step in turn, so a small map leaves SMs idle where the unfused pair spreads out. bench.cost's
-    separable table (float16, fused / unfused forward, autograd recording): F <= 64 at >= 196 programs
-    0.70-0.93 (32x144x56x56 ->24, 32x384x28x28 ->64, 128x96x14x14 ->24, 8x144x56x56 ->24, 32x240x28x28
-    ->40); 32x384x14x14 ->64 (49 programs) 1.62; F = 80-512 1.4-4.4, both layouts. In the interpreter
-    (the tests' tiny maps) only F decides, so that the tests check the fused kernel."""
-    return f <= MAX_FUSED_CHANNELS and (pixels >= 128 * heuristics.SM_COUNT or interpreting())
+def _fuses(f: int) -> bool:
+    """Whether the fused kernel runs (F output channels), else our depthwise op then our pointwise op. The
+    fused kernel is issue-bound: its K-steps compute the depthwise block in registers, again for every
+    N-tile, and what it saves is the intermediate's round trip; it pays with one N-tile of up to 64
+    columns (4 warps). bench.cost's separable table (float16, fused / unfused forward, autograd
+    recording): F <= 64 0.70-0.93 (32x144x56x56 ->24, 32x384x28x28 ->64, 128x96x14x14 ->24, 8x144x56x56
+    ->24, 32x240x28x28 ->40) but 1.62 on a small map (32x384x14x14 ->64: 49 programs for 132 SMs, each
+    walking every K-step); F = 80-512 1.4-4.4, both layouts. (Deciding small maps by size too would run
+    two ops' host paths on them, over the host-time bound of tests/test_host.py.)"""
+    return f <= MAX_FUSED_CHANNELS
 
 
 @dispatch.on_inputs_device
@@ -97,14 +96,22 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     plane = (geo.out_height, geo.out_width)
     cl = channels_last(x, wd, wp)
     store_z = store_mid and _stores_pre_activation(activation)
-    if not _fuses(f, geo.batch * plane[0] * plane[1]):
-        # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's size.
-        pw_geometry = ([1, 1], [0, 0], [1, 1], 1, list(plane))
+    # What the op returns for an intermediate not stored: made once for the plan (an allocation per call
+    # costs host time); two tensors, since a custom op's outputs may not alias each other.
+    no_a, no_z = (torch.empty(0, dtype=x.dtype, device=x.device) for _ in range(2))
+    if not _fuses(f):
+        depthwise = _plans.planned("depthwise_conv2d", x, wd, bd, *geometry_args(geo), activation, store_z)
+        pointwise = []  # planned on the first call, when there is an intermediate to plan it on
 
         def unfused(x, wd, bd, wp, bp):
-            a, z = _plans.call("depthwise_conv2d", x, wd, bd, *geometry_args(geo), activation, store_z)
-            y, _ = _plans.call("pointwise_conv2d", a, wp, bp, *pw_geometry, "none", False)
-            return y, a if store_mid else x.new_empty(0), z
+            a, z = depthwise(x, wd, bd)
+            if not pointwise:
+                # The 1x1 convolution over the intermediate: unit stride, no padding, the depthwise output's
+                # size.
+                pointwise.append(_plans.planned("pointwise_conv2d", a, wp, bp, [1, 1], [0, 0], [1, 1], 1,
+                                                list(plane), "none", False))
+            y, _ = pointwise[0](a, wp, bp)
+            return y, a if store_mid else no_a, z if store_z else no_z
         return unfused
 
     y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, "meta")
@@ -114,9 +121,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     mid_alloc = _plans.allocator(mid, x.device)
 
     def mids() -> tuple[torch.Tensor, torch.Tensor]:
-        # Two distinct empty tensors: a custom op's outputs may not alias each other.
-        return tuple(mid_alloc() if stored else torch.empty(0, dtype=x.dtype, device=x.device)
-                     for stored in (store_mid, store_z))
+        return mid_alloc() if store_mid else no_a, mid_alloc() if store_z else no_z
 
     if y.numel() == 0:
         return lambda x, wd, bd, wp, bp: (alloc(), *mids())
@@ -263,10 +268,10 @@ def depthwise_separable_conv2d(input: torch.Tensor, depthwise_weight: torch.Tens
     y[n, f, i, j] = bp[f] + sum_k act(t[n, k, i, j]) * wp[f, k, 0, 0]
 
     i.e. `F.conv2d(act(F.conv2d(input, wd, bd, stride, padding, dilation, groups=C)), wp, bp)` with
-    multiplier m = wd.shape[0] / C. Up to 64 output channels on maps large enough to fill the GPU, one
-    kernel computes the intermediate t in float32 registers, rounds act(t) to the input dtype (as the
-    two-op pair would store it) and feeds it to the pointwise matrix product on chip; elsewhere (where
-    fusing does not pay) our depthwise op then our pointwise op run. When autograd records the call, the forward keeps act(t) (and t for silu and gelu)
+    multiplier m = wd.shape[0] / C. Up to 64 output channels one kernel computes the intermediate t in
+    float32 registers, rounds act(t) to the input dtype (as the two-op pair would store it) and feeds it to
+    the pointwise matrix product on chip; over 64 (where fusing does not pay) our depthwise op then our
+    pointwise op run. When autograd records the call, the forward keeps act(t) (and t for silu and gelu)
     and the backward runs the unfused backward kernels on it.
 
     Args:
