@@ -59,10 +59,27 @@ def inside(coord, size):
 
 
 @triton.jit
-def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, A_H, A_W, sah, saw, sak,
+def row_tap_bits(a_h, a_w, A_H, A_W, taps, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr):
+    """Each row's word for `tap_reduction` (when TAPS_H, TAPS_W are not 0): bit ti*TAPS_W + tj says the
+    row reads inside the A_H x A_W plane at tap (i_lo + ti, j_lo + tj) of `taps` (as there), for the
+    TAPS_H x TAPS_W <= 32 taps from there on (a superset of those visited). Unrolled, with no loop: the
+    words stay elementwise functions of the rows, which the compiler lays out as the loads' masks need
+    (a loop-carried word would be moved through shared memory at every step)."""
+    i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step = taps
+    w_bits = tl.zeros_like(a_w)
+    for tj in tl.static_range(TAPS_W):
+        w_bits |= tl.where(inside(a_w + ow0 + (j_lo + tj) * ow_step, A_W), 1, 0) << tj
+    row_taps = tl.zeros_like(a_h)
+    for ti in tl.static_range(TAPS_H):
+        row_taps |= tl.where(inside(a_h + oh0 + (i_lo + ti) * oh_step, A_H), w_bits, 0) << (ti * TAPS_W)
+    return row_taps
+
+
+@triton.jit
+def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, row_taps, A_H, A_W, sah, saw, sak,
                   b_ptr, b_offs, b_n_in, sbh, sbw, sbk, K, taps,
-                  EXACT: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                  INT64: tl.constexpr, BLOCK_K: tl.constexpr):
+                  EXACT: tl.constexpr, EVEN_K: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + the implicit GEMM of one tile: one pipelined loop over (tap, K block), K blocks fastest.
 
     taps = (i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step): the loop visits
@@ -74,24 +91,28 @@ def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, A_H, A_W, sah, saw, sak,
     its columns masked by b_n_in (a constant True, which compiles away, where a caller needs no mask).
 
     Every position and offset but the scalar one is loop-invariant, so a step costs one address add per
-    16-byte vector and two unsigned comparisons per row; K blocks need no mask when EVEN_K (K is a
-    multiple of BLOCK_K). With EXACT, rows outside the plane also keep acc unchanged instead of adding
-    0 * B (NaN for a non-finite B): that waits for every MMA, so only a rare recomputation uses it.
+    16-byte vector and, per row, one bit test of its row_taps word (`row_tap_bits`) when TAPS_H, TAPS_W
+    are set, else two unsigned comparisons; K blocks need no mask when EVEN_K (K is a multiple of BLOCK_K). With EXACT,
+    rows outside the plane also keep acc unchanged instead of adding 0 * B (NaN for a non-finite B): that
+    waits for every MMA, so only a rare recomputation uses it.
     """
     i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step = taps
     i, j, k0 = i_lo, j_lo, tl.zeros((), dtype=tl.int32)
     for _ in tl.range(0, (i_hi - i_lo) * (j_hi - j_lo) * tl.cdiv(K, BLOCK_K), num_stages=1 if EXACT else None):
         dh = oh0 + i * oh_step
         dw = ow0 + j * ow_step
-        rows_in = inside(a_h + dh, A_H) & inside(a_w + dw, A_W)
+        if TAPS_H * TAPS_W:
+            rows_in = ((row_taps & (1 << ((i - i_lo) * TAPS_W + j - j_lo))) != 0)[:, None]
+        else:
+            rows_in = (inside(a_h + dh, A_H) & inside(a_w + dw, A_W))[:, None]
         a_at = a_ptr + (as_index(dh, INT64) * sah + as_index(dw, INT64) * saw + as_index(k0, INT64) * sak)
         b_at = b_ptr + (as_index(kh0 + i * kh_step, INT64) * sbh + as_index(kw0 + j * kw_step, INT64) * sbw
                         + as_index(k0, INT64) * sbk)
         k_in = (k0 + tl.arange(0, BLOCK_K) < K) | EVEN_K  # constant True when EVEN_K: no mask is compiled
-        a = tl.load(a_at + a_offs, mask=rows_in[:, None] & k_in[None, :], other=0.0)
+        a = tl.load(a_at + a_offs, mask=rows_in & k_in[None, :], other=0.0)
         b = tl.load(b_at + b_offs, mask=k_in[:, None] & b_n_in[None, :], other=0.0)
         if EXACT:
-            acc = tl.where(rows_in[:, None], dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
+            acc = tl.where(rows_in, dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
         else:
             acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
         i, j, k0 = next_step(i, j, k0, j_lo, j_hi, K, BLOCK_K)
@@ -113,6 +134,8 @@ def conv2d_forward_kernel(
     sb,     # element stride of bias (a slice or an expanded view need not be contiguous)
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,   # C_g is a multiple of BLOCK_K: no channel masks
+    TAPS_H: tl.constexpr,   # live tap rows and columns when at most 32 taps (row masks are bit tests,
+    TAPS_W: tl.constexpr,   # see tap_reduction), else 0
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
@@ -150,10 +173,11 @@ def conv2d_forward_kernel(
     # row oh reads input row oh*sh - ph + kh*dh, which lies in [0, H) for kh*dh in [ph - oh*sh, H-1+ph - oh*sh].
     kh_lo, kh_hi = tile_taps(-tl.max(ih0, axis=0), H - 1 - tl.min(ih0, axis=0), dil_h, kh_start, kh_end)
     kw_lo, kw_hi = tile_taps(-tl.max(iw0, axis=0), W - 1 - tl.min(iw0, axis=0), dil_w, kw_start, kw_end)
-    acc = tap_reduction(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, a_offs, ih0, iw0, H, W, sxh, sxw, sxc,
-                        w_ptr, b_offs, tl.full((BLOCK_N,), True, tl.int1), swh, sww, swc, C_PER_GROUP,
-                        (kh_lo, kh_hi, kw_lo, kw_hi, 0, 1, 0, dil_h, 0, 1, 0, dil_w),
-                        False, EVEN_K, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+    taps = (kh_lo, kh_hi, kw_lo, kw_hi, 0, 1, 0, dil_h, 0, 1, 0, dil_w)
+    acc = tap_reduction(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, a_offs, ih0, iw0,
+                        row_tap_bits(ih0, iw0, H, W, taps, TAPS_H, TAPS_W), H, W, sxh, sxw, sxc,
+                        w_ptr, b_offs, tl.full((BLOCK_N,), True, tl.int1), swh, sww, swc, C_PER_GROUP, taps,
+                        False, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
 
     offs_f = as_index(offs_f, INT64)
     f_valid = offs_f < F_PER_GROUP
@@ -198,6 +222,8 @@ def conv2d_input_grad_kernel(
     sxn, sxc, sxh, sxw,
     EVEN_K: tl.constexpr,   # F_g is a multiple of BLOCK_K: no output-channel masks
     EVEN_N: tl.constexpr,   # C_g is a multiple of BLOCK_N: no input-channel masks on w
+    TAPS_H: tl.constexpr,   # live tap rows and columns when at most 32 taps (row masks are bit tests,
+    TAPS_W: tl.constexpr,   # see tap_reduction), else 0
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
@@ -253,11 +279,12 @@ def conv2d_input_grad_kernel(
     i_lo, i_hi = tile_taps(-oh_last - tl.max(q_h, axis=0), OH - 1 - oh_last - tl.min(q_h, axis=0), oh_step, 0, count_h)
     j_lo, j_hi = tile_taps(-ow_last - tl.max(q_w, axis=0), OW - 1 - ow_last - tl.min(q_w, axis=0), ow_step, 0, count_w)
     taps = (i_lo, i_hi, j_lo, j_hi, kh_last, -step_h, oh_last, oh_step, kw_last, -step_w, ow_last, ow_step)
-    tile = (dy_ptr, a_offs, q_h, q_w, w_ptr, dx_ptr, dx_rows, offs_m < M, group)
+    row_taps = row_tap_bits(q_h, q_w, OH, OW, taps, TAPS_H, TAPS_W)
+    tile = (dy_ptr, a_offs, q_h, q_w, row_taps, w_ptr, dx_ptr, dx_rows, offs_m < M, group)
     sizes = (OH, OW, C_PER_GROUP, F_PER_GROUP)
     strides = (syh, syw, syc, swf, swc, swh, sww, sxc)
     total = input_grad_columns(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), tile, sizes, strides, taps,
-                               False, EVEN_K, EVEN_N, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+                               False, EVEN_K, EVEN_N, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
     if total != total:
         # A NaN (or inf - inf) in the tile: computed again exactly, over it (after a barrier, so that each
         # element's last store is the exact one), in parts of the columns, so that the accumulator and the
@@ -266,25 +293,25 @@ def conv2d_input_grad_kernel(
         EXACT_N: tl.constexpr = BLOCK_N // 4 if BLOCK_N >= 64 else BLOCK_N
         for part in tl.range(0, BLOCK_N // EXACT_N):
             input_grad_columns(pid_n * BLOCK_N + part * EXACT_N + tl.arange(0, EXACT_N), tile, sizes, strides, taps,
-                               True, EVEN_K, EVEN_N, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+                               True, EVEN_K, EVEN_N, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
 
 
 @triton.jit
 def input_grad_columns(offs_c, tile, sizes, strides, taps, EXACT: tl.constexpr, EVEN_K: tl.constexpr,
-                       EVEN_N: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+                       EVEN_N: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """Store the input gradient of one tile's rows at input channels offs_c (conv2d_input_grad_kernel's
     tuples of arguments) and return the sum of the float32 results. Channels are w's contiguous axis:
     clamping them would cost the vector loads, so they are masked, unless C_g is a multiple of BLOCK_N."""
-    dy_ptr, a_offs, q_h, q_w, w_ptr, dx_ptr, dx_rows, rows_in, group = tile
+    dy_ptr, a_offs, q_h, q_w, row_taps, w_ptr, dx_ptr, dx_rows, rows_in, group = tile
     OH, OW, C_PER_GROUP, F_PER_GROUP = sizes
     syh, syw, syc, swf, swc, swh, sww, sxc = strides
     offs_c = as_index(offs_c, INT64)
     c_in = (offs_c < C_PER_GROUP) | EVEN_N  # constant True when EVEN_N: no mask is compiled
     b_offs = (as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc)[None, :] + tl.arange(0, BLOCK_K)[:, None] * swf
     acc = tl.zeros((a_offs.shape[0], offs_c.shape[0]), dtype=tl.float32)
-    acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww, swf,
-                        F_PER_GROUP, taps, EXACT, EVEN_K, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+    acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, row_taps, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww, swf,
+                        F_PER_GROUP, taps, EXACT, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
     dx_offs = dx_rows[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=rows_in[:, None] & (offs_c < C_PER_GROUP)[None, :])
     return tl.sum(tl.sum(acc, axis=1), axis=0)

@@ -136,6 +136,14 @@ dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kern
                   weight_grad_space, trips=_weight_grad_trips)
 
 
+def _tap_bits(geo: ConvGeometry) -> dict[str, int]:
+    """TAPS_H and TAPS_W: the live taps per axis when they fit the 32 bits of tap_reduction's per-row word
+    (a program visits at most those, the input gradient a phase's share of them), else 0."""
+    (h0, h1), (w0, w1) = geo.live_taps(0), geo.live_taps(1)
+    fits = (h1 - h0) * (w1 - w0) <= 32
+    return {"TAPS_H": (h1 - h0) * fits, "TAPS_W": (w1 - w0) * fits}
+
+
 @dispatch.on_inputs_device
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> Callable:
     """The forward kernel's launch on tensors like these: run(x, w, bias) -> y. The output takes
@@ -150,7 +158,8 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     m = geo.batch * geo.out_height * geo.out_width
     args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *xg.stride(), *wg.stride(), *y.stride(),
             bias.stride(0) if bias is not None else 0)
-    flags = {"HAS_BIAS": bias is not None, "INT64": needs_int64(xg, wg, y), **dot_flags(x.dtype)}
+    flags = {"HAS_BIAS": bias is not None, "INT64": needs_int64(xg, wg, y), **_tap_bits(geo),
+             **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
@@ -197,7 +206,7 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
     rows = geo.batch * cdiv(geo.height, geo.stride[0]) * cdiv(geo.width, geo.stride[1])
     args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *_phase_constants(geo), *dyg.stride(),
             *wg.stride(), *dx.stride())
-    flags = {"INT64": needs_int64(dyg, wg, dx), **dot_flags(dy.dtype)}
+    flags = {"INT64": needs_int64(dyg, wg, dx), **_tap_bits(geo), **dot_flags(dy.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g, phases)
