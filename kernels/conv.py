@@ -92,9 +92,9 @@ def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, row_taps, A_H, A_W, sah, saw, sa
 
     Every position and offset but the scalar one is loop-invariant, so a step costs one address add per
     16-byte vector and, per row, one bit test of its row_taps word (`row_tap_bits`) when TAPS_H, TAPS_W
-    are set, else two unsigned comparisons; K blocks need no mask when EVEN_K (K is a multiple of BLOCK_K). With EXACT,
-    rows outside the plane also keep acc unchanged instead of adding 0 * B (NaN for a non-finite B): that
-    waits for every MMA, so only a rare recomputation uses it.
+    are set, else two unsigned comparisons; K blocks need no mask when EVEN_K (K is a multiple of BLOCK_K).
+    With EXACT, rows outside the plane also keep acc unchanged instead of adding 0 * B (NaN for a non-finite
+    B): that waits for every MMA, so only a rare recomputation uses it.
     """
     i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step = taps
     i, j, k0 = i_lo, j_lo, tl.zeros((), dtype=tl.int32)
@@ -298,8 +298,8 @@ def conv2d_input_grad_kernel(
 
 @triton.jit
 def input_grad_columns(offs_c, tile, sizes, strides, taps, EXACT: tl.constexpr, EVEN_K: tl.constexpr,
-                       EVEN_N: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       EVEN_N: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       UPCAST: tl.constexpr, INT64: tl.constexpr, BLOCK_K: tl.constexpr):
     """Store the input gradient of one tile's rows at input channels offs_c (conv2d_input_grad_kernel's
     tuples of arguments) and return the sum of the float32 results. Channels are w's contiguous axis:
     clamping them would cost the vector loads, so they are masked, unless C_g is a multiple of BLOCK_N."""
@@ -310,8 +310,8 @@ def input_grad_columns(offs_c, tile, sizes, strides, taps, EXACT: tl.constexpr, 
     c_in = (offs_c < C_PER_GROUP) | EVEN_N  # constant True when EVEN_N: no mask is compiled
     b_offs = (as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc)[None, :] + tl.arange(0, BLOCK_K)[:, None] * swf
     acc = tl.zeros((a_offs.shape[0], offs_c.shape[0]), dtype=tl.float32)
-    acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, row_taps, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww, swf,
-                        F_PER_GROUP, taps, EXACT, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+    acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, row_taps, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww,
+                        swf, F_PER_GROUP, taps, EXACT, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
     dx_offs = dx_rows[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=rows_in[:, None] & (offs_c < C_PER_GROUP)[None, :])
     return tl.sum(tl.sum(acc, axis=1), axis=0)
@@ -368,7 +368,7 @@ def conv2d_weight_grad_kernel(
     steps = tl.cdiv(P, BLOCK_K)
     steps_per_split = tl.cdiv(steps, SPLIT_K)
     p_begin = split * steps_per_split * BLOCK_K
-    p_end = min(p_begin + steps_per_split * BLOCK_K, P)
+    pixels = max(min(steps_per_split * BLOCK_K, P - p_begin), 0)  # none for a split past the end
 
     # Output row oh reads input row oh*sh - ph + kh*dh, inside [0, H) for oh in [oh_lo, oh_hi); the
     # same for columns. Computed once, so a step only compares coordinates with bounds: one unsigned
@@ -398,26 +398,22 @@ def conv2d_weight_grad_kernel(
     sxq = as_index(stride_w, INT64) * sxw  # and from output column to output column
     x_tap = x_ptr + as_index(group * C_PER_GROUP, INT64) * sxc + as_index(kh * dil_h - pad_h, INT64) * sxh \
         + as_index(kw * dil_w - pad_w, INT64) * sxw
-    x_chan = offs_c * sxc
-    dy_chan = (group * F_PER_GROUP + offs_f) * syc
+    # dy's pixels are evenly spaced: a step's tile is a scalar offset from one loop-invariant tile of offsets.
+    # Only the last step of the last split can be ragged: the first loop runs the whole steps with no pixel
+    # mask, the second that one step, if any, masked (unpipelined: it runs in one program of SPLIT_K).
+    x_at = (x_tap, offs_c * sxc, c_valid, sxn, sxr, sxq)
+    dy_at = (dy_ptr + ((group * F_PER_GROUP + offs_f) * syc)[:, None] + (tl.arange(0, BLOCK_K) * syp)[None, :],
+             f_valid, as_index(syp, INT64))
+    bounds = (oh_lo, oh_span, ow_lo, ow_span, OH, OW)
+    moves = (n_step, oh_step, ow_step)
+    pixel = (p_begin, n_img, oh, ow)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(p_begin, p_end, BLOCK_K):
-        p_valid = offs_p < p_end
-        x_valid = p_valid & ((oh - oh_lo).to(tl.uint32, bitcast=True) < oh_span) \
-            & ((ow - ow_lo).to(tl.uint32, bitcast=True) < ow_span)
-        a = tl.load(dy_ptr + dy_chan[:, None] + (offs_p * syp)[None, :], mask=f_valid[:, None] & p_valid[None, :],
-                    other=0.0)
-        b = tl.load(x_tap + (n_img * sxn + oh * sxr + ow * sxq)[:, None] + x_chan[None, :],
-                    mask=x_valid[:, None] & c_valid[None, :], other=0.0)
-        acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
-        offs_p += BLOCK_K
-        ow += ow_step
-        ow_carry = ow >= OW
-        ow = tl.where(ow_carry, ow - OW, ow)
-        oh += oh_step + ow_carry.to(oh.dtype)
-        oh_carry = oh >= OH
-        oh = tl.where(oh_carry, oh - OH, oh)
-        n_img += n_step + oh_carry.to(n_img.dtype)
+    for _ in range(0, pixels // BLOCK_K):
+        acc, pixel = weight_grad_step(acc, dy_at, x_at, pixel, tl.full((BLOCK_K,), True, tl.int1), bounds, moves,
+                                      DOT_PRECISION, UPCAST, BLOCK_K)
+    for _ in tl.range(pixels // BLOCK_K, tl.cdiv(pixels, BLOCK_K), num_stages=1):
+        acc, pixel = weight_grad_step(acc, dy_at, x_at, pixel, tl.arange(0, BLOCK_K) < pixels % BLOCK_K, bounds,
+                                      moves, DOT_PRECISION, UPCAST, BLOCK_K)
 
     # dw is contiguous (F, C_g, KH, KW): element (f, c, kh, kw) sits at ((f*C_g + c)*KH*KW + tap).
     KHKW = tl.num_programs(1)
@@ -431,3 +427,31 @@ def conv2d_weight_grad_kernel(
         tl.store(dw_ptr + split * dw_size + dw_offs, acc, mask=mask)
     else:
         tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask)
+
+
+@triton.jit
+def weight_grad_step(acc, dy_at, x_at, pixel, p_in, bounds, moves, DOT_PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One BLOCK_K-pixel step of conv2d_weight_grad_kernel (its tuples of arguments): acc + dy tile @ x tile
+    over the pixels p_in (a constant True, which compiles away, for a whole step), and the pixels (first p,
+    then each one's n, oh, ow) moved on by BLOCK_K with no division: BLOCK_K = n_step*OH*OW + oh_step*OW +
+    ow_step, with ow_step < OW and oh_step < OH, so each coordinate carries at most once."""
+    dy_tile, f_valid, syp = dy_at
+    x_tap, x_chan, c_valid, sxn, sxr, sxq = x_at
+    p0, n_img, oh, ow = pixel
+    oh_lo, oh_span, ow_lo, ow_span, OH, OW = bounds
+    n_step, oh_step, ow_step = moves
+    x_valid = p_in & ((oh - oh_lo).to(tl.uint32, bitcast=True) < oh_span) \
+        & ((ow - ow_lo).to(tl.uint32, bitcast=True) < ow_span)
+    a = tl.load(dy_tile + p0 * syp, mask=f_valid[:, None] & p_in[None, :], other=0.0)
+    b = tl.load(x_tap + (n_img * sxn + oh * sxr + ow * sxq)[:, None] + x_chan[None, :],
+                mask=x_valid[:, None] & c_valid[None, :], other=0.0)
+    acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+    ow += ow_step
+    ow_carry = ow >= OW
+    ow = tl.where(ow_carry, ow - OW, ow)
+    oh += oh_step + ow_carry.to(oh.dtype)
+    oh_carry = oh >= OH
+    oh = tl.where(oh_carry, oh - OH, oh)
+    n_img += n_step + oh_carry.to(n_img.dtype)
+    return acc, (p0 + BLOCK_K, n_img, oh, ow)

@@ -123,9 +123,10 @@ def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mappin
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
                        args: Mapping[str, object]) -> tuple[float, ...]:
-    """Weight gradient: one split's share of the BLOCK_K-pixel steps over N*OH*OW."""
-    steps = cdiv(args["N"] * args["OH"] * args["OW"], config["BLOCK_K"])
-    return (cdiv(steps, config["SPLIT_K"]),)
+    """Weight gradient: one split's share of the whole BLOCK_K-pixel steps over N*OH*OW, then the ragged
+    last step, which only the last split runs (so 1/SPLIT_K of one per program)."""
+    pixels, splits = args["N"] * args["OH"] * args["OW"], config["SPLIT_K"]
+    return (cdiv(pixels // config["BLOCK_K"], splits), (pixels % config["BLOCK_K"] != 0) / splits)
 
 
 dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _forward_config, _gemm_space,
