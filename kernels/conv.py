@@ -371,8 +371,8 @@ def conv2d_weight_grad_kernel(
     pixels = max(min(steps_per_split * BLOCK_K, P - p_begin), 0)  # none for a split past the end
 
     # Output row oh reads input row oh*sh - ph + kh*dh, inside [0, H) for oh in [oh_lo, oh_hi); the
-    # same for columns. Computed once, so a step only compares coordinates with bounds: one unsigned
-    # comparison of oh - oh_lo with the span tests both ends.
+    # same for columns. Computed once, so a step only compares coordinates with bounds: the coordinates
+    # are kept relative to oh_lo (ow_lo), and one unsigned comparison with the span tests both ends.
     oh_lo = (max(pad_h - kh * dil_h, 0) + stride_h - 1) // stride_h
     last_h = H - 1 + pad_h - kh * dil_h
     oh_hi = tl.where(last_h >= 0, last_h // stride_h + 1, 0)
@@ -389,22 +389,23 @@ def conv2d_weight_grad_kernel(
     # pixel, but a loop-carried sum loses the divisibility of the strides and the loads go scalar.)
     offs_p = as_index(p_begin + tl.arange(0, BLOCK_K), INT64)
     n_img = offs_p // (OH * OW)
-    oh = (offs_p % (OH * OW) // OW).to(tl.int32)  # coordinates stay int32 (their products widen)
-    ow = (offs_p % OW).to(tl.int32)
+    # Relative to oh_lo and ow_lo (whose offsets x_tap holds), int32 (their products widen).
+    oh = (offs_p % (OH * OW) // OW).to(tl.int32) - oh_lo
+    ow = (offs_p % OW).to(tl.int32) - ow_lo
     n_step = BLOCK_K // (OH * OW)
     oh_step = BLOCK_K % (OH * OW) // OW
     ow_step = BLOCK_K % OW
     sxr = as_index(stride_h, INT64) * sxh  # x offset from output row to output row
     sxq = as_index(stride_w, INT64) * sxw  # and from output column to output column
     x_tap = x_ptr + as_index(group * C_PER_GROUP, INT64) * sxc + as_index(kh * dil_h - pad_h, INT64) * sxh \
-        + as_index(kw * dil_w - pad_w, INT64) * sxw
+        + as_index(kw * dil_w - pad_w, INT64) * sxw + oh_lo * sxr + ow_lo * sxq
     # dy's pixels are evenly spaced: a step's tile is a scalar offset from one loop-invariant tile of offsets.
     # Only the last step of the last split can be ragged: the first loop runs the whole steps with no pixel
     # mask, the second that one step, if any, masked (unpipelined: it runs in one program of SPLIT_K).
     x_at = (x_tap, offs_c * sxc, c_valid, sxn, sxr, sxq)
     dy_at = (dy_ptr + ((group * F_PER_GROUP + offs_f) * syc)[:, None] + (tl.arange(0, BLOCK_K) * syp)[None, :],
              f_valid, as_index(syp, INT64))
-    bounds = (oh_lo, oh_span, ow_lo, ow_span, OH, OW)
+    bounds = (oh_span, ow_span, OH, OW, OH - oh_lo, OW - ow_lo)
     moves = (n_step, oh_step, ow_step)
     pixel = (p_begin, n_img, oh, ow)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -439,19 +440,18 @@ def weight_grad_step(acc, dy_at, x_at, pixel, p_in, bounds, moves, DOT_PRECISION
     dy_tile, f_valid, syp = dy_at
     x_tap, x_chan, c_valid, sxn, sxr, sxq = x_at
     p0, n_img, oh, ow = pixel
-    oh_lo, oh_span, ow_lo, ow_span, OH, OW = bounds
+    oh_span, ow_span, OH, OW, oh_end, ow_end = bounds
     n_step, oh_step, ow_step = moves
-    x_valid = p_in & ((oh - oh_lo).to(tl.uint32, bitcast=True) < oh_span) \
-        & ((ow - ow_lo).to(tl.uint32, bitcast=True) < ow_span)
+    x_valid = p_in & (oh.to(tl.uint32, bitcast=True) < oh_span) & (ow.to(tl.uint32, bitcast=True) < ow_span)
     a = tl.load(dy_tile + p0 * syp, mask=f_valid[:, None] & p_in[None, :], other=0.0)
     b = tl.load(x_tap + (n_img * sxn + oh * sxr + ow * sxq)[:, None] + x_chan[None, :],
                 mask=x_valid[:, None] & c_valid[None, :], other=0.0)
     acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
     ow += ow_step
-    ow_carry = ow >= OW
+    ow_carry = ow >= ow_end
     ow = tl.where(ow_carry, ow - OW, ow)
     oh += oh_step + ow_carry.to(oh.dtype)
-    oh_carry = oh >= OH
+    oh_carry = oh >= oh_end
     oh = tl.where(oh_carry, oh - OH, oh)
     n_img += n_step + oh_carry.to(n_img.dtype)
     return acc, (p0 + BLOCK_K, n_img, oh, ow)
