@@ -59,10 +59,27 @@ def inside(coord, size):
 
 
 @triton.jit
-def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, A_H, A_W, sah, saw, sak,
+def row_tap_bits(a_h, a_w, A_H, A_W, taps, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr):
+    """Each row's word for `tap_reduction` (when TAPS_H, TAPS_W are not 0): bit ti*TAPS_W + tj says the
+    row reads inside the A_H x A_W plane at tap (i_lo + ti, j_lo + tj) of `taps` (as there), for the
+    TAPS_H x TAPS_W <= 32 taps from there on (a superset of those visited). Unrolled, with no loop: the
+    words stay elementwise functions of the rows, which the compiler lays out as the loads' masks need
+    (a loop-carried word would be moved through shared memory at every step)."""
+    i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step = taps
+    w_bits = tl.zeros_like(a_w)
+    for tj in tl.static_range(TAPS_W):
+        w_bits |= tl.where(inside(a_w + ow0 + (j_lo + tj) * ow_step, A_W), 1, 0) << tj
+    row_taps = tl.zeros_like(a_h)
+    for ti in tl.static_range(TAPS_H):
+        row_taps |= tl.where(inside(a_h + oh0 + (i_lo + ti) * oh_step, A_H), w_bits, 0) << (ti * TAPS_W)
+    return row_taps
+
+
+@triton.jit
+def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, row_taps, A_H, A_W, sah, saw, sak,
                   b_ptr, b_offs, b_n_in, sbh, sbw, sbk, K, taps,
-                  EXACT: tl.constexpr, EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                  INT64: tl.constexpr, BLOCK_K: tl.constexpr):
+                  EXACT: tl.constexpr, EVEN_K: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + the implicit GEMM of one tile: one pipelined loop over (tap, K block), K blocks fastest.
 
     taps = (i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step): the loop visits
@@ -74,24 +91,28 @@ def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, A_H, A_W, sah, saw, sak,
     its columns masked by b_n_in (a constant True, which compiles away, where a caller needs no mask).
 
     Every position and offset but the scalar one is loop-invariant, so a step costs one address add per
-    16-byte vector and two unsigned comparisons per row; K blocks need no mask when EVEN_K (K is a
-    multiple of BLOCK_K). With EXACT, rows outside the plane also keep acc unchanged instead of adding
-    0 * B (NaN for a non-finite B): that waits for every MMA, so only a rare recomputation uses it.
+    16-byte vector and, per row, one bit test of its row_taps word (`row_tap_bits`) when TAPS_H, TAPS_W
+    are set, else two unsigned comparisons; K blocks need no mask when EVEN_K (K is a multiple of BLOCK_K).
+    With EXACT, rows outside the plane also keep acc unchanged instead of adding 0 * B (NaN for a non-finite
+    B): that waits for every MMA, so only a rare recomputation uses it.
     """
     i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step = taps
     i, j, k0 = i_lo, j_lo, tl.zeros((), dtype=tl.int32)
     for _ in tl.range(0, (i_hi - i_lo) * (j_hi - j_lo) * tl.cdiv(K, BLOCK_K), num_stages=1 if EXACT else None):
         dh = oh0 + i * oh_step
         dw = ow0 + j * ow_step
-        rows_in = inside(a_h + dh, A_H) & inside(a_w + dw, A_W)
+        if TAPS_H * TAPS_W:
+            rows_in = ((row_taps & (1 << ((i - i_lo) * TAPS_W + j - j_lo))) != 0)[:, None]
+        else:
+            rows_in = (inside(a_h + dh, A_H) & inside(a_w + dw, A_W))[:, None]
         a_at = a_ptr + (as_index(dh, INT64) * sah + as_index(dw, INT64) * saw + as_index(k0, INT64) * sak)
         b_at = b_ptr + (as_index(kh0 + i * kh_step, INT64) * sbh + as_index(kw0 + j * kw_step, INT64) * sbw
                         + as_index(k0, INT64) * sbk)
         k_in = (k0 + tl.arange(0, BLOCK_K) < K) | EVEN_K  # constant True when EVEN_K: no mask is compiled
-        a = tl.load(a_at + a_offs, mask=rows_in[:, None] & k_in[None, :], other=0.0)
+        a = tl.load(a_at + a_offs, mask=rows_in & k_in[None, :], other=0.0)
         b = tl.load(b_at + b_offs, mask=k_in[:, None] & b_n_in[None, :], other=0.0)
         if EXACT:
-            acc = tl.where(rows_in[:, None], dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
+            acc = tl.where(rows_in, dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
         else:
             acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
         i, j, k0 = next_step(i, j, k0, j_lo, j_hi, K, BLOCK_K)
@@ -113,6 +134,8 @@ def conv2d_forward_kernel(
     sb,     # element stride of bias (a slice or an expanded view need not be contiguous)
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,   # C_g is a multiple of BLOCK_K: no channel masks
+    TAPS_H: tl.constexpr,   # live tap rows and columns when at most 32 taps (row masks are bit tests,
+    TAPS_W: tl.constexpr,   # see tap_reduction), else 0
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
@@ -150,10 +173,11 @@ def conv2d_forward_kernel(
     # row oh reads input row oh*sh - ph + kh*dh, which lies in [0, H) for kh*dh in [ph - oh*sh, H-1+ph - oh*sh].
     kh_lo, kh_hi = tile_taps(-tl.max(ih0, axis=0), H - 1 - tl.min(ih0, axis=0), dil_h, kh_start, kh_end)
     kw_lo, kw_hi = tile_taps(-tl.max(iw0, axis=0), W - 1 - tl.min(iw0, axis=0), dil_w, kw_start, kw_end)
-    acc = tap_reduction(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, a_offs, ih0, iw0, H, W, sxh, sxw, sxc,
-                        w_ptr, b_offs, tl.full((BLOCK_N,), True, tl.int1), swh, sww, swc, C_PER_GROUP,
-                        (kh_lo, kh_hi, kw_lo, kw_hi, 0, 1, 0, dil_h, 0, 1, 0, dil_w),
-                        False, EVEN_K, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+    taps = (kh_lo, kh_hi, kw_lo, kw_hi, 0, 1, 0, dil_h, 0, 1, 0, dil_w)
+    acc = tap_reduction(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, a_offs, ih0, iw0,
+                        row_tap_bits(ih0, iw0, H, W, taps, TAPS_H, TAPS_W), H, W, sxh, sxw, sxc,
+                        w_ptr, b_offs, tl.full((BLOCK_N,), True, tl.int1), swh, sww, swc, C_PER_GROUP, taps,
+                        False, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
 
     offs_f = as_index(offs_f, INT64)
     f_valid = offs_f < F_PER_GROUP
@@ -198,6 +222,8 @@ def conv2d_input_grad_kernel(
     sxn, sxc, sxh, sxw,
     EVEN_K: tl.constexpr,   # F_g is a multiple of BLOCK_K: no output-channel masks
     EVEN_N: tl.constexpr,   # C_g is a multiple of BLOCK_N: no input-channel masks on w
+    TAPS_H: tl.constexpr,   # live tap rows and columns when at most 32 taps (row masks are bit tests,
+    TAPS_W: tl.constexpr,   # see tap_reduction), else 0
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
@@ -253,11 +279,12 @@ def conv2d_input_grad_kernel(
     i_lo, i_hi = tile_taps(-oh_last - tl.max(q_h, axis=0), OH - 1 - oh_last - tl.min(q_h, axis=0), oh_step, 0, count_h)
     j_lo, j_hi = tile_taps(-ow_last - tl.max(q_w, axis=0), OW - 1 - ow_last - tl.min(q_w, axis=0), ow_step, 0, count_w)
     taps = (i_lo, i_hi, j_lo, j_hi, kh_last, -step_h, oh_last, oh_step, kw_last, -step_w, ow_last, ow_step)
-    tile = (dy_ptr, a_offs, q_h, q_w, w_ptr, dx_ptr, dx_rows, offs_m < M, group)
+    row_taps = row_tap_bits(q_h, q_w, OH, OW, taps, TAPS_H, TAPS_W)
+    tile = (dy_ptr, a_offs, q_h, q_w, row_taps, w_ptr, dx_ptr, dx_rows, offs_m < M, group)
     sizes = (OH, OW, C_PER_GROUP, F_PER_GROUP)
     strides = (syh, syw, syc, swf, swc, swh, sww, sxc)
     total = input_grad_columns(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), tile, sizes, strides, taps,
-                               False, EVEN_K, EVEN_N, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+                               False, EVEN_K, EVEN_N, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
     if total != total:
         # A NaN (or inf - inf) in the tile: computed again exactly, over it (after a barrier, so that each
         # element's last store is the exact one), in parts of the columns, so that the accumulator and the
@@ -266,25 +293,25 @@ def conv2d_input_grad_kernel(
         EXACT_N: tl.constexpr = BLOCK_N // 4 if BLOCK_N >= 64 else BLOCK_N
         for part in tl.range(0, BLOCK_N // EXACT_N):
             input_grad_columns(pid_n * BLOCK_N + part * EXACT_N + tl.arange(0, EXACT_N), tile, sizes, strides, taps,
-                               True, EVEN_K, EVEN_N, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+                               True, EVEN_K, EVEN_N, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
 
 
 @triton.jit
 def input_grad_columns(offs_c, tile, sizes, strides, taps, EXACT: tl.constexpr, EVEN_K: tl.constexpr,
-                       EVEN_N: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       EVEN_N: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       UPCAST: tl.constexpr, INT64: tl.constexpr, BLOCK_K: tl.constexpr):
     """Store the input gradient of one tile's rows at input channels offs_c (conv2d_input_grad_kernel's
     tuples of arguments) and return the sum of the float32 results. Channels are w's contiguous axis:
     clamping them would cost the vector loads, so they are masked, unless C_g is a multiple of BLOCK_N."""
-    dy_ptr, a_offs, q_h, q_w, w_ptr, dx_ptr, dx_rows, rows_in, group = tile
+    dy_ptr, a_offs, q_h, q_w, row_taps, w_ptr, dx_ptr, dx_rows, rows_in, group = tile
     OH, OW, C_PER_GROUP, F_PER_GROUP = sizes
     syh, syw, syc, swf, swc, swh, sww, sxc = strides
     offs_c = as_index(offs_c, INT64)
     c_in = (offs_c < C_PER_GROUP) | EVEN_N  # constant True when EVEN_N: no mask is compiled
     b_offs = (as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc)[None, :] + tl.arange(0, BLOCK_K)[:, None] * swf
     acc = tl.zeros((a_offs.shape[0], offs_c.shape[0]), dtype=tl.float32)
-    acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww, swf,
-                        F_PER_GROUP, taps, EXACT, EVEN_K, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+    acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, row_taps, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww,
+                        swf, F_PER_GROUP, taps, EXACT, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
     dx_offs = dx_rows[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=rows_in[:, None] & (offs_c < C_PER_GROUP)[None, :])
     return tl.sum(tl.sum(acc, axis=1), axis=0)
@@ -341,11 +368,11 @@ def conv2d_weight_grad_kernel(
     steps = tl.cdiv(P, BLOCK_K)
     steps_per_split = tl.cdiv(steps, SPLIT_K)
     p_begin = split * steps_per_split * BLOCK_K
-    p_end = min(p_begin + steps_per_split * BLOCK_K, P)
+    pixels = max(min(steps_per_split * BLOCK_K, P - p_begin), 0)  # none for a split past the end
 
     # Output row oh reads input row oh*sh - ph + kh*dh, inside [0, H) for oh in [oh_lo, oh_hi); the
-    # same for columns. Computed once, so a step only compares coordinates with bounds: one unsigned
-    # comparison of oh - oh_lo with the span tests both ends.
+    # same for columns. Computed once, so a step only compares coordinates with bounds: the coordinates
+    # are kept relative to oh_lo (ow_lo), and one unsigned comparison with the span tests both ends.
     oh_lo = (max(pad_h - kh * dil_h, 0) + stride_h - 1) // stride_h
     last_h = H - 1 + pad_h - kh * dil_h
     oh_hi = tl.where(last_h >= 0, last_h // stride_h + 1, 0)
@@ -362,35 +389,32 @@ def conv2d_weight_grad_kernel(
     # pixel, but a loop-carried sum loses the divisibility of the strides and the loads go scalar.)
     offs_p = as_index(p_begin + tl.arange(0, BLOCK_K), INT64)
     n_img = offs_p // (OH * OW)
-    oh = (offs_p % (OH * OW) // OW).to(tl.int32)  # coordinates stay int32 (their products widen)
-    ow = (offs_p % OW).to(tl.int32)
+    # Relative to oh_lo and ow_lo (whose offsets x_tap holds), int32 (their products widen).
+    oh = (offs_p % (OH * OW) // OW).to(tl.int32) - oh_lo
+    ow = (offs_p % OW).to(tl.int32) - ow_lo
     n_step = BLOCK_K // (OH * OW)
     oh_step = BLOCK_K % (OH * OW) // OW
     ow_step = BLOCK_K % OW
     sxr = as_index(stride_h, INT64) * sxh  # x offset from output row to output row
     sxq = as_index(stride_w, INT64) * sxw  # and from output column to output column
     x_tap = x_ptr + as_index(group * C_PER_GROUP, INT64) * sxc + as_index(kh * dil_h - pad_h, INT64) * sxh \
-        + as_index(kw * dil_w - pad_w, INT64) * sxw
-    x_chan = offs_c * sxc
-    dy_chan = (group * F_PER_GROUP + offs_f) * syc
+        + as_index(kw * dil_w - pad_w, INT64) * sxw + oh_lo * sxr + ow_lo * sxq
+    # dy's pixels are evenly spaced: a step's tile is a scalar offset from one loop-invariant tile of offsets.
+    # Only the last step of the last split can be ragged: the first loop runs the whole steps with no pixel
+    # mask, the second that one step, if any, masked (unpipelined: it runs in one program of SPLIT_K).
+    x_at = (x_tap, offs_c * sxc, c_valid, sxn, sxr, sxq)
+    dy_at = (dy_ptr + ((group * F_PER_GROUP + offs_f) * syc)[:, None] + (tl.arange(0, BLOCK_K) * syp)[None, :],
+             f_valid, as_index(syp, INT64))
+    bounds = (oh_span, ow_span, OH, OW, OH - oh_lo, OW - ow_lo)
+    moves = (n_step, oh_step, ow_step)
+    pixel = (p_begin, n_img, oh, ow)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(p_begin, p_end, BLOCK_K):
-        p_valid = offs_p < p_end
-        x_valid = p_valid & ((oh - oh_lo).to(tl.uint32, bitcast=True) < oh_span) \
-            & ((ow - ow_lo).to(tl.uint32, bitcast=True) < ow_span)
-        a = tl.load(dy_ptr + dy_chan[:, None] + (offs_p * syp)[None, :], mask=f_valid[:, None] & p_valid[None, :],
-                    other=0.0)
-        b = tl.load(x_tap + (n_img * sxn + oh * sxr + ow * sxq)[:, None] + x_chan[None, :],
-                    mask=x_valid[:, None] & c_valid[None, :], other=0.0)
-        acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
-        offs_p += BLOCK_K
-        ow += ow_step
-        ow_carry = ow >= OW
-        ow = tl.where(ow_carry, ow - OW, ow)
-        oh += oh_step + ow_carry.to(oh.dtype)
-        oh_carry = oh >= OH
-        oh = tl.where(oh_carry, oh - OH, oh)
-        n_img += n_step + oh_carry.to(n_img.dtype)
+    for _ in range(0, pixels // BLOCK_K):
+        acc, pixel = weight_grad_step(acc, dy_at, x_at, pixel, tl.full((BLOCK_K,), True, tl.int1), bounds, moves,
+                                      DOT_PRECISION, UPCAST, BLOCK_K)
+    for _ in tl.range(pixels // BLOCK_K, tl.cdiv(pixels, BLOCK_K), num_stages=1):
+        acc, pixel = weight_grad_step(acc, dy_at, x_at, pixel, tl.arange(0, BLOCK_K) < pixels % BLOCK_K, bounds,
+                                      moves, DOT_PRECISION, UPCAST, BLOCK_K)
 
     # dw is contiguous (F, C_g, KH, KW): element (f, c, kh, kw) sits at ((f*C_g + c)*KH*KW + tap).
     KHKW = tl.num_programs(1)
@@ -404,3 +428,30 @@ def conv2d_weight_grad_kernel(
         tl.store(dw_ptr + split * dw_size + dw_offs, acc, mask=mask)
     else:
         tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask)
+
+
+@triton.jit
+def weight_grad_step(acc, dy_at, x_at, pixel, p_in, bounds, moves, DOT_PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One BLOCK_K-pixel step of conv2d_weight_grad_kernel (its tuples of arguments): acc + dy tile @ x tile
+    over the pixels p_in (a constant True, which compiles away, for a whole step), and the pixels (first p,
+    then each one's n, oh, ow) moved on by BLOCK_K with no division: BLOCK_K = n_step*OH*OW + oh_step*OW +
+    ow_step, with ow_step < OW and oh_step < OH, so each coordinate carries at most once."""
+    dy_tile, f_valid, syp = dy_at
+    x_tap, x_chan, c_valid, sxn, sxr, sxq = x_at
+    p0, n_img, oh, ow = pixel
+    oh_span, ow_span, OH, OW, oh_end, ow_end = bounds
+    n_step, oh_step, ow_step = moves
+    x_valid = p_in & (oh.to(tl.uint32, bitcast=True) < oh_span) & (ow.to(tl.uint32, bitcast=True) < ow_span)
+    a = tl.load(dy_tile + p0 * syp, mask=f_valid[:, None] & p_in[None, :], other=0.0)
+    b = tl.load(x_tap + (n_img * sxn + oh * sxr + ow * sxq)[:, None] + x_chan[None, :],
+                mask=x_valid[:, None] & c_valid[None, :], other=0.0)
+    acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
+    ow += ow_step
+    ow_carry = ow >= ow_end
+    ow = tl.where(ow_carry, ow - OW, ow)
+    oh += oh_step + ow_carry.to(oh.dtype)
+    oh_carry = oh >= oh_end
+    oh = tl.where(oh_carry, oh - OH, oh)
+    n_img += n_step + oh_carry.to(n_img.dtype)
+    return acc, (p0 + BLOCK_K, n_img, oh, ow)

@@ -114,6 +114,14 @@ def test_flattened_reduction_ragged_tiles(stride, channels_last):
                    rand(36, 40, 3, 3, requires_grad=True), stride, (8, 4), (8, 4))
 
 
+@pytest.mark.parametrize("kernel,channels_last", [((8, 4), False), ((7, 5), True)], ids=["32taps", "35taps"])
+def test_many_taps(kernel, channels_last):
+    """Row masks as bit tests of one word per row up to 32 live taps (the last one in the sign bit), and
+    as coordinate comparisons beyond (see kernels/conv.py tap_reduction)."""
+    _check_float32(rand(1, 3, 10, 9, channels_last=channels_last, requires_grad=True),
+                   rand(4, 3, *kernel, requires_grad=True), 1, (4, 2), 1)
+
+
 def test_live_taps_cut_padding_only_taps():
     x, w = rand(1, 2, 9, 9), rand(2, 2, 3, 3)
     geo = tc.conv.conv_geometry(x, w, None, 1, 36, 36, 1)

@@ -123,9 +123,10 @@ def _gemm_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mappin
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
                        args: Mapping[str, object]) -> tuple[float, ...]:
-    """Weight gradient: one split's share of the BLOCK_K-pixel steps over N*OH*OW."""
-    steps = cdiv(args["N"] * args["OH"] * args["OW"], config["BLOCK_K"])
-    return (cdiv(steps, config["SPLIT_K"]),)
+    """Weight gradient: one split's share of the whole BLOCK_K-pixel steps over N*OH*OW, then the ragged
+    last step, which only the last split runs (so 1/SPLIT_K of one per program)."""
+    pixels, splits = args["N"] * args["OH"] * args["OW"], config["SPLIT_K"]
+    return (cdiv(pixels // config["BLOCK_K"], splits), (pixels % config["BLOCK_K"] != 0) / splits)
 
 
 dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _forward_config, _gemm_space,
@@ -134,6 +135,14 @@ dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel
                   trips=_gemm_trips)
 dispatch.register("conv2d_weight_grad", "implicit_gemm", conv2d_weight_grad_kernel, weight_grad_config,
                   weight_grad_space, trips=_weight_grad_trips)
+
+
+def _tap_bits(geo: ConvGeometry) -> dict[str, int]:
+    """TAPS_H and TAPS_W: the live taps per axis when they fit the 32 bits of tap_reduction's per-row word
+    (a program visits at most those, the input gradient a phase's share of them), else 0."""
+    (h0, h1), (w0, w1) = geo.live_taps(0), geo.live_taps(1)
+    fits = (h1 - h0) * (w1 - w0) <= 32
+    return {"TAPS_H": (h1 - h0) * fits, "TAPS_W": (w1 - w0) * fits}
 
 
 @dispatch.on_inputs_device
@@ -150,7 +159,8 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     m = geo.batch * geo.out_height * geo.out_width
     args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *xg.stride(), *wg.stride(), *y.stride(),
             bias.stride(0) if bias is not None else 0)
-    flags = {"HAS_BIAS": bias is not None, "INT64": needs_int64(xg, wg, y), **dot_flags(x.dtype)}
+    flags = {"HAS_BIAS": bias is not None, "INT64": needs_int64(xg, wg, y), **_tap_bits(geo),
+             **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
@@ -201,8 +211,11 @@ def conv2d_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like
 
     def prepare(cfg: dispatch.Config) -> Callable:
         grid = (cdiv(rows, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"]), g, phases)
+        # Steps of 128 channels keep no register for the rows' tap words: the tile then spills on sm_80.
+        taps = _tap_bits(geo) if cfg["BLOCK_K"] < 128 else {"TAPS_H": 0, "TAPS_W": 0}
         kernel = _plans.launcher(conv2d_input_grad_kernel, grid, EVEN_K=geo.out_channels // g % cfg["BLOCK_K"] == 0,
-                                 EVEN_N=geo.in_channels // g % cfg["BLOCK_N"] == 0, **flags, **cfg.launch_kwargs())
+                                 EVEN_N=geo.in_channels // g % cfg["BLOCK_N"] == 0, **taps, **flags,
+                                 **cfg.launch_kwargs())
 
         def run(dy, w):
             dx = alloc()
