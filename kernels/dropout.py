@@ -8,10 +8,12 @@ gradient can arrive in a different layout from the input.
 
 Keys, with r = n*C + c the index of a feature map (a "row"):
 
-    element dropout   counter r * ceil(HW/8) + hw // 8, 16-bit half hw % 8 of the call's four words
-                      (hw = h*W + w): one Philox call serves eight neighbouring elements of a map,
-                      since one call costs many integer instructions and a memory-bound kernel cannot
-                      afford one per element.
+    element dropout   counter e // 8, 16-bit half e % 8 of the call's four words, with e = r*HW + hw
+                      (hw = h*W + w) the flat NCHW index: one Philox call serves eight consecutive
+                      logical elements, since one call costs many integer instructions and a
+                      memory-bound kernel cannot afford one per element. A contiguous NCHW tensor is
+                      then one flat run of whole calls (vector loads whatever HW is); a channels_last
+                      tile gathers each row's halves when HW is not a multiple of 8.
     spatial dropout   counter r, word 0: one draw per feature map.
     cutout            counter r, words 0 and 1: the square's centre row and column.
     DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
@@ -44,11 +46,49 @@ CUTOUT = tl.constexpr(2)    # one size x size square per (n, c) map, clipped at 
 @triton.jit
 def _halves_kept(r0, r1, r2, r3, threshold, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Interleave four [ROWS, COLS // 8] blocks of Philox words into one [ROWS, COLS] block of keep bits:
-    the eight 16-bit halves of column q's call serve columns 8q..8q+7 (in the fixed order that the
-    joins below lay them out), and a half u is kept when u >= threshold."""
+    the eight 16-bit halves of column q's call serve columns 8q..8q+7 in the order that the joins below
+    lay them out (words r0, r2, r1, r3, each low half first), and a half u is kept when u >= threshold."""
     words = tl.join(tl.join(r0, r1), tl.join(r2, r3))
     halves = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (ROWS, COLS))
     return halves.to(tl.int32) >= threshold
+
+
+@triton.jit
+def _word_bits(word, threshold):
+    """Keep bits of one Philox word's two 16-bit halves: bit 0 the low half, bit 1 the high half."""
+    return ((word & 0xFFFF).to(tl.int32) >= threshold).to(tl.int32) \
+        | (((word >> 16).to(tl.int32) >= threshold).to(tl.int32) << 1)
+
+
+@triton.jit
+def _call_bits(r0, r1, r2, r3, threshold):
+    """Keep bits of Philox calls (words r0..r3) as 8-bit masks, half j as bit j in `_halves_kept`'s order."""
+    return _word_bits(r0, threshold) | (_word_bits(r2, threshold) << 2) \
+        | (_word_bits(r1, threshold) << 4) | (_word_bits(r3, threshold) << 6)
+
+
+@triton.jit
+def _element_kept(seed, first, threshold, ROWS: tl.constexpr, COLS: tl.constexpr, ALIGNED: tl.constexpr):
+    """ELEMENT's keep bits of a [ROWS, COLS] tile whose row i holds the logical elements first[i] + t
+    (int64 flat NCHW indices): element e takes half e % 8 of Philox call e // 8.
+
+    ALIGNED: every first[i] is a multiple of 8, so the row's COLS // 8 calls serve it in order. Otherwise
+    (COLS <= 64) row i starts at half s = first[i] % 8 of its first call, and its COLS // 8 calls serve
+    only its first COLS - 8 elements (the caller masks the rest): the row's COLS keep bits are packed
+    into one int64 (call q's byte at bit 8q) and shifted down by s, and each element reads its bit.
+    Moving one integer per row costs far less than moving every element's bit along the row (a gather),
+    and a ninth call per row would be computed in the load's layout, many times over."""
+    calls = first // 8
+    q = tl.arange(0, COLS // 8)
+    r0, r1, r2, r3 = tl.randint4x(seed, calls[:, None] + q[None, :])
+    if ALIGNED:
+        kept = _halves_kept(r0, r1, r2, r3, threshold, ROWS, COLS)
+    else:
+        # Disjoint bit fields: their sum is their OR.
+        row = tl.sum(_call_bits(r0, r1, r2, r3, threshold).to(tl.int64) << (8 * q.to(tl.int64))[None, :], axis=1)
+        row >>= first % 8
+        kept = ((row[:, None] >> tl.arange(0, COLS).to(tl.int64)[None, :]) & 1) != 0
+    return kept
 
 
 @triton.jit
@@ -68,30 +108,29 @@ def dropout_mask_kernel(
     MODE: tl.constexpr,       # ELEMENT, CHANNEL or CUTOUT
     BLOCK_C: tl.constexpr,    # feature maps (channels of one sample) per program
     BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 8
+    ALIGNED: tl.constexpr,    # ELEMENT: HW % 8 == 0 or one map (N*C == 1), so rows start on a Philox call;
+                              # otherwise BLOCK_P <= 64 and a program covers BLOCK_P - 8 positions
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
     The backward of every mode is this kernel applied to dy with the same seed. Grid:
-    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_P),), position blocks fastest so that consecutive programs
-    cover consecutive memory of an NCHW map.
+    (N * cdiv(C, BLOCK_C) * cdiv(HW, STEP),), STEP = BLOCK_P (BLOCK_P - 8 for an unaligned ELEMENT),
+    position blocks fastest so that consecutive programs cover consecutive memory of an NCHW map.
     """
-    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, BLOCK_P))
+    # Positions per program: all of the tile's, or (unaligned ELEMENT) those its rows' calls cover.
+    STEP: tl.constexpr = BLOCK_P if ALIGNED else BLOCK_P - 8
+    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, STEP))
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     # int64: a tensor of another rank is one flattened map, which may hold more than 2^31 elements.
-    hw_start = pid_hw.to(tl.int64) * BLOCK_P
+    hw_start = pid_hw.to(tl.int64) * STEP
     offs_hw = hw_start + tl.arange(0, BLOCK_P)
-    in_bounds = (offs_c < C)[:, None] & (offs_hw < HW)[None, :]
+    in_bounds = (offs_c < C)[:, None] & ((offs_hw < HW) & (tl.arange(0, BLOCK_P) < STEP))[None, :]
     rows = n * C + offs_c.to(tl.int64)   # r = n*C + c, the map's index in the Philox keys
     seed = tl.load(seed_ptr)
 
     if MODE == ELEMENT:
-        # Call q of this block covers positions 8q..8q+7 (BLOCK_P is a multiple of 8 and so is every
-        # block start); rows are padded to ceil(HW/8) calls so that each map owns its own counters.
-        calls = hw_start // 8 + tl.arange(0, BLOCK_P // 8)
-        counter = rows[:, None] * tl.cdiv(HW, 8) + calls[None, :]
-        r0, r1, r2, r3 = tl.randint4x(seed, counter)
-        keep = _halves_kept(r0, r1, r2, r3, threshold, BLOCK_C, BLOCK_P)
+        keep = _element_kept(seed, rows * HW + hw_start, threshold, BLOCK_C, BLOCK_P, ALIGNED)
     elif MODE == CHANNEL:
         keep = (tl.rand(seed, rows) >= p)[:, None]
     else:

@@ -30,11 +30,18 @@ from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kern
 # ---------------------------------------------------------------------------------------------------------
 
 def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """About 2048 elements per program (16384 in the interpreter, which pays per program). NCHW widens the
-    positions of a map (contiguous), channels_last the channels (contiguous: 64 channels make 128-byte
-    runs in 16-bit), then fills the rest of the tile with the other axis."""
+    """About 2048 elements per program (16384 in the interpreter, which pays per program), eight times that
+    for element dropout's unaligned rows. NCHW widens the positions of a map (contiguous), channels_last
+    the channels (contiguous: 64 channels make 128-byte runs in 16-bit), then fills the rest of the tile
+    with the other axis. (A contiguous tensor's element dropout is one flat map.)"""
     budget = 16384 if interpreter else 2048
-    if problem.channels_last and not interpreter:
+    if not _rows_aligned(problem):
+        # Element dropout packs each row's keep bits into one int64 (kernels/dropout.py): 64 lanes, 56
+        # positions, per row, and 16384 lanes per program, since packing the rows and moving them into
+        # the loads' layout costs the same per program whatever the tile's size.
+        block_p = heuristics.pow2_clamp(problem.n + 8, 16, 64)
+        block_c = heuristics.pow2_clamp(problem.m, 1, max(1, 8 * budget // block_p))
+    elif problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
         block_p = heuristics.pow2_clamp(problem.n, 8, budget // block_c)
     else:
@@ -48,12 +55,22 @@ def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
 
 
+def _rows_aligned(problem: dispatch.Problem) -> bool:
+    """Whether every map of an element dropout starts on a Philox call (kernels/dropout.py, ALIGNED): its
+    positions are a multiple of 8, or it is the only map. The other modes key on whole maps."""
+    return dict(problem.extra)["mode"] != ELEMENT.value or problem.n % 8 == 0 or problem.m * problem.batch == 1
+
+
 def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only)."""
-    fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128) if v <= max(1, 2 * problem.m)],
-            "BLOCK_P": [v for v in (8, 16, 64, 256, 1024, 2048, 4096) if v <= max(8, 2 * problem.n)]}
+    """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only); 16 to 64
+    positions and up to 16384 elements where element dropout packs rows into integers."""
+    if _rows_aligned(problem):
+        widths, largest = [v for v in (8, 16, 64, 256, 1024, 2048, 4096) if v <= max(8, 2 * problem.n)], 8192
+    else:
+        widths, largest = [v for v in (16, 32, 64) if v <= max(16, 2 * (problem.n + 8))], 16384
+    fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128, 256) if v <= max(1, 2 * problem.m)], "BLOCK_P": widths}
     return [cfg for cfg in dispatch.product_space(num_warps=(2, 4, 8), num_stages=(1,), **fits)
-            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 8192]
+            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= largest]
 
 
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -108,8 +125,15 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
     return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), sum(rows) / n)
 
 
+def _mask_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
+    """One program per (sample, BLOCK_C maps, positions) tile: BLOCK_P positions, or BLOCK_P - 8 where
+    element dropout's rows start inside a Philox call."""
+    step = config["BLOCK_P"] if _rows_aligned(problem) else config["BLOCK_P"] - 8
+    return problem.batch * cdiv(problem.m, config["BLOCK_C"]) * cdiv(problem.n, step)
+
+
 dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space,
-                  programs=dispatch.channel_pixel_programs, trips=lambda problem, config, args: ())  # no loop
+                  programs=_mask_programs, trips=lambda problem, config, args: ())  # no loop
 dispatch.register("drop_block_count", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
                   programs=_drop_block_programs, trips=_drop_block_trips)
 dispatch.register("drop_block_apply", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
@@ -153,23 +177,28 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     scale is 1/(1-p) for ELEMENT and CHANNEL (0 for p = 1, where nothing is kept) and 1 for CUTOUT. The
     output is channels_last when `out_channels_last` (a 4-D x only).
     """
-    src, (n, c, hw), x_strides = _as_maps(_plans.meta_like(x))
-    copy = src.stride() != x.stride()  # _as_maps copies x whose plane is not dense
     y = _empty_output(x, out_channels_last, "meta")
+    # Element dropout keys on the flat NCHW index alone: x and y both in that order are one flat map,
+    # whose tiles are aligned runs of whole Philox calls and vector loads, whatever the maps' size.
+    flat = mode == ELEMENT.value and x.is_contiguous() and y.is_contiguous()
+    like = _plans.meta_like(x).reshape(-1) if flat else _plans.meta_like(x)
+    src, (n, c, hw), x_strides = _as_maps(like)
+    copy = src.stride() != like.stride()  # _as_maps copies x whose plane is not dense
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
         return lambda x, seed: alloc()
-    _, _, y_strides = _as_maps(y)
-    h, w = x.shape[2:] if x.dim() == 4 else (1, hw)
+    _, _, y_strides = _as_maps(y.reshape(-1) if flat else y)
+    h, w = x.shape[2:] if x.dim() == 4 and not flat else (1, hw)
     scale = 1.0 if mode == CUTOUT.value else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
     threshold = round(p * 2**16)   # ELEMENT's 16-bit drop threshold (kernels/dropout.py)
     args = (c, hw, h, w, p, threshold, scale, size, *x_strides, *y_strides)
-    problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype, channels_last=channels_last(x),
+    problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype,
+                               channels_last=channels_last(x) and not flat,
                                extra=(("mode", mode),))
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(dropout_mask_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
-                                 **cfg.launch_kwargs())
+                                 ALIGNED=_rows_aligned(problem), **cfg.launch_kwargs())
 
         def run(x, seed):
             y = alloc()
