@@ -92,6 +92,17 @@ def _element_kept(seed, first, threshold, ROWS: tl.constexpr, COLS: tl.constexpr
 
 
 @triton.jit
+def _cut_square(seed, r, H, W, cut_size):
+    """CUTOUT's square of map r: its top row and left column. A centre (cy, cx) uniform over the map: the
+    high word of u * H is floor(u * H / 2^32), uniform on [0, H) up to a bias of H / 2^32. The square
+    spans rows [cy - size//2, cy - size//2 + size), centred for odd sizes."""
+    u_h, u_w, _, _ = tl.randint4x(seed, r)
+    top = tl.umulhi(u_h, tl.cast(H, tl.uint32)).to(tl.int32) - cut_size // 2
+    left = tl.umulhi(u_w, tl.cast(W, tl.uint32)).to(tl.int32) - cut_size // 2
+    return top, left
+
+
+@triton.jit
 def dropout_mask_kernel(
     x_ptr, y_ptr,   # input and output (or dy and dx: the backward applies the same mask)
     seed_ptr,       # one int64, the Philox seed
@@ -102,6 +113,7 @@ def dropout_mask_kernel(
     threshold,      # ELEMENT: round(p * 2^16); a 16-bit draw u keeps its element when u >= threshold
     scale,          # factor for kept elements: 1/(1-p) for ELEMENT and CHANNEL (0 when p = 1), 1 for CUTOUT
     cut_size,       # side of the cutout square (CUTOUT)
+    w_magic, w_shift,   # CUTOUT: W's multiplier and shift, so that pos // W needs no division
     # Element strides of x and y over (n, c, hw).
     sxn, sxc, sxhw,
     syn, syc, syhw,
@@ -110,6 +122,8 @@ def dropout_mask_kernel(
     BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 8
     ALIGNED: tl.constexpr,    # ELEMENT: HW % 8 == 0 or one map (N*C == 1), so rows start on a Philox call;
                               # otherwise BLOCK_P <= 64 and a program covers BLOCK_P - 8 positions
+    FLAT: tl.constexpr,       # CUTOUT: x and y are one dense run (N = C = 1, HW = their size) of maps of
+                              # H x W positions, with BLOCK_P <= H*W
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
@@ -134,19 +148,34 @@ def dropout_mask_kernel(
     elif MODE == CHANNEL:
         keep = (tl.rand(seed, rows) >= p)[:, None]
     else:
-        # A centre (cy, cx) uniform over the map: the high word of u * H is floor(u * H / 2^32), uniform on
-        # [0, H) up to a bias of H / 2^32. The square spans rows [cy - size//2, cy - size//2 + size), which
-        # is centred for odd sizes; clipping at the border happens by itself, since only real positions
-        # are compared.
-        u_h, u_w, _, _ = tl.randint4x(seed, rows)
-        top = tl.umulhi(u_h, tl.cast(H, tl.uint32)).to(tl.int32) - cut_size // 2
-        left = tl.umulhi(u_w, tl.cast(W, tl.uint32)).to(tl.int32) - cut_size // 2
-        # One map of a 4-D tensor holds fewer than 2^31 positions: split hw in int32, which is cheaper.
-        h = offs_hw.to(tl.int32) // W
-        w = offs_hw.to(tl.int32) % W
-        inside_h = (h[None, :] >= top[:, None]) & (h[None, :] < top[:, None] + cut_size)
-        inside_w = (w[None, :] >= left[:, None]) & (w[None, :] < left[:, None] + cut_size)
-        keep = ~(inside_h & inside_w)
+        if FLAT:
+            # One run of maps of H*W positions, BLOCK_P <= H*W: the tile lies in the map of its first
+            # element and, past that map's end, in the next one; each element's position in its map
+            # follows from the tile's start without a division per element.
+            map_size = H * W
+            first = hw_start // map_size
+            start = (hw_start - first * map_size).to(tl.int32)
+            t = tl.arange(0, BLOCK_P)
+            second = t >= map_size - start
+            pos = (start + t - tl.where(second, map_size, 0))[None, :]
+            top0, left0 = _cut_square(seed, first, H, W, cut_size)
+            top1, left1 = _cut_square(seed, first + 1, H, W, cut_size)
+            top = tl.where(second, top1, top0)[None, :]
+            left = tl.where(second, left1, left0)[None, :]
+        else:
+            pos = offs_hw.to(tl.int32)[None, :]   # a 4-D tensor's map holds fewer than 2^31 positions
+            top, left = _cut_square(seed, rows, H, W, cut_size)
+            top = top[:, None]
+            left = left[:, None]
+        # h = pos // W by W's multiplier (Granlund-Montgomery, exact for pos < 2^31): floor(2 pos m / 2^32)
+        # >> shift, m = ceil(2^(31 + shift) / W), shift = ceil(log2 W); a runtime division costs ~20
+        # instructions per element.
+        h = (tl.umulhi(pos.to(tl.uint32) << 1, tl.cast(w_magic, tl.uint32)) >> w_shift).to(tl.int32)
+        w = pos - h * W
+        # 0 <= h - top < size as one unsigned comparison (clipping at the border happens by itself,
+        # since only real positions are compared).
+        inside = ((h - top).to(tl.uint32) < cut_size) & ((w - left).to(tl.uint32) < cut_size)
+        keep = ~inside
 
     # The load is masked by bounds only, so that it stays a vector load: a per-element mask makes every
     # element its own scalar load. CHANNEL's keep is constant along a map's positions, so it can mask the

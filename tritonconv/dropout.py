@@ -29,18 +29,27 @@ from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kern
 # per map), batch = N; a DropBlock Problem has m = C, n = W, k = H, batch = N and extra = block size.
 # ---------------------------------------------------------------------------------------------------------
 
+_FLAT_MAP = 1024   # cutout runs NCHW maps of at least this many positions as one flat run
+
+
 def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """About 2048 elements per program (16384 in the interpreter, which pays per program), eight times that
-    for element dropout's unaligned rows. NCHW widens the positions of a map (contiguous), channels_last
+    """About 2048 elements per program (16384 in the interpreter, which pays per program), 32 KiB of x for
+    element dropout's unaligned rows, twice that for cutout's flat runs. NCHW widens the positions of a map (contiguous), channels_last
     the channels (contiguous: 64 channels make 128-byte runs in 16-bit), then fills the rest of the tile
     with the other axis. (A contiguous tensor's element dropout is one flat map.)"""
     budget = 16384 if interpreter else 2048
+    flat_map = dict(problem.extra).get("map")
+    if flat_map:
+        # Cutout over a flat run of maps: a tile within two maps, each of whose two squares every thread
+        # draws, so twice the budget to share those draws.
+        return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=1,
+                                  BLOCK_P=min(1 << (flat_map.bit_length() - 1), 2 * budget))
     if not _rows_aligned(problem):
         # Element dropout packs each row's keep bits into one int64 (kernels/dropout.py): 64 lanes, 56
-        # positions, per row, and 16384 lanes per program, since packing the rows and moving them into
-        # the loads' layout costs the same per program whatever the tile's size.
+        # positions, per row, and 32 KiB of x per program (16384 16-bit lanes), since packing the rows
+        # and moving them into the loads' layout costs the same per program whatever the tile's size.
         block_p = heuristics.pow2_clamp(problem.n + 8, 16, 64)
-        block_c = heuristics.pow2_clamp(problem.m, 1, max(1, 8 * budget // block_p))
+        block_c = heuristics.pow2_clamp(problem.m, 1, max(1, 16 * budget // (block_p * problem.dtype.itemsize)))
     elif problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
         block_p = heuristics.pow2_clamp(problem.n, 8, budget // block_c)
@@ -65,7 +74,8 @@ def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only); 16 to 64
     positions and up to 16384 elements where element dropout packs rows into integers."""
     if _rows_aligned(problem):
-        widths, largest = [v for v in (8, 16, 64, 256, 1024, 2048, 4096) if v <= max(8, 2 * problem.n)], 8192
+        widest = dict(problem.extra).get("map", max(8, 2 * problem.n))  # a cutout's flat tile: within two maps
+        widths, largest = [v for v in (8, 16, 64, 256, 1024, 2048, 4096) if v <= widest], 8192
     else:
         widths, largest = [v for v in (16, 32, 64) if v <= max(16, 2 * (problem.n + 8))], 16384
     fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128, 256) if v <= max(1, 2 * problem.m)], "BLOCK_P": widths}
@@ -178,9 +188,12 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     output is channels_last when `out_channels_last` (a 4-D x only).
     """
     y = _empty_output(x, out_channels_last, "meta")
-    # Element dropout keys on the flat NCHW index alone: x and y both in that order are one flat map,
-    # whose tiles are aligned runs of whole Philox calls and vector loads, whatever the maps' size.
-    flat = mode == ELEMENT.value and x.is_contiguous() and y.is_contiguous()
+    # x and y both in NCHW order are one flat run, tiled by vector loads whatever the maps' size: element
+    # dropout keys on the flat index alone, and cutout finds each element's map from the tile's start
+    # (a tile of its maps of at least _FLAT_MAP positions spans at most two).
+    h, w = x.shape[2:] if x.dim() == 4 else (1, x.numel())
+    flat = x.is_contiguous() and y.is_contiguous() and (
+        mode == ELEMENT.value or (mode == CUTOUT.value and h * w >= _FLAT_MAP))
     like = _plans.meta_like(x).reshape(-1) if flat else _plans.meta_like(x)
     src, (n, c, hw), x_strides = _as_maps(like)
     copy = src.stride() != like.stride()  # _as_maps copies x whose plane is not dense
@@ -188,17 +201,19 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     if y.numel() == 0:
         return lambda x, seed: alloc()
     _, _, y_strides = _as_maps(y.reshape(-1) if flat else y)
-    h, w = x.shape[2:] if x.dim() == 4 and not flat else (1, hw)
     scale = 1.0 if mode == CUTOUT.value else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
     threshold = round(p * 2**16)   # ELEMENT's 16-bit drop threshold (kernels/dropout.py)
-    args = (c, hw, h, w, p, threshold, scale, size, *x_strides, *y_strides)
+    # W's multiplier for pos // W (kernels/dropout.py, CUTOUT): exact for every pos < 2^31.
+    w_shift = (w - 1).bit_length()
+    w_magic = -(-2**(31 + w_shift) // w)
+    args = (c, hw, h, w, p, threshold, scale, size, w_magic, w_shift, *x_strides, *y_strides)
+    flat_maps = (("map", h * w),) if flat and mode == CUTOUT.value else ()
     problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype,
-                               channels_last=channels_last(x) and not flat,
-                               extra=(("mode", mode),))
+                               channels_last=channels_last(x) and not flat, extra=(("mode", mode), *flat_maps))
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(dropout_mask_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
-                                 ALIGNED=_rows_aligned(problem), **cfg.launch_kwargs())
+                                 ALIGNED=_rows_aligned(problem), FLAT=bool(flat_maps), **cfg.launch_kwargs())
 
         def run(x, seed):
             y = alloc()
