@@ -19,10 +19,11 @@ Keys, with r = n*C + c the index of a feature map (a "row"):
     DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
                       (r * ceil(Hs/4) + i // 4) * Ws + j, word i % 4 (four seed rows per call).
 
-A word u (uint32) becomes a uniform float in [0, 1) by `tl.uint_to_uniform_float`; an element is kept
-when that float is >= p, so p = 0 keeps everything and p = 1 drops everything. Element dropout draws 16
-bits per element instead: it keeps a half u when u >= round(p * 2^16), so its drop probability is p
-rounded to a multiple of 2^-16 (still exactly 0 for p = 0 and 1 for p = 1).
+Spatial dropout turns a word u (uint32) into a uniform float in [0, 1) by `tl.uint_to_uniform_float` and
+keeps the map when that float is >= p, so p = 0 keeps everything and p = 1 drops everything. Element
+dropout draws 16 bits per element instead: it keeps a half u when u >= round(p * 2^16), so its drop
+probability is p rounded to a multiple of 2^-16 (still exactly 0 for p = 0 and 1 for p = 1). DropBlock
+seeds a position when its word u < round(gamma * 2^32): gamma rounded to a multiple of 2^-32.
 
 Dropped elements are written as exact zeros, selected rather than multiplied, so a dropped inf or NaN
 gives 0, where torch's multiply-by-mask gives NaN (a NaN that is kept stays NaN). Element dropout and
@@ -212,7 +213,8 @@ def drop_block_kernel(
     count_ptr,      # one int64: the kept elements, added to by COUNT, read by APPLY
     # Sizes: x and y (N, C, H, W); block side bs; seed grid Hs x Ws = (H - bs + 1) x (W - bs + 1).
     C, H, W, bs, Hs, Ws,
-    gamma,          # probability that a seed-grid position starts a block
+    gamma_bits,     # a seed-grid position starts a block when its 32-bit draw u < gamma_bits =
+                    # round(gamma * 2^32) (an int64 up to 2^32: gamma = 1 seeds every position)
     numel,          # N*C*H*W as a float, the numerator of the scale (APPLY only)
     eps,            # added to the kept count in the scale's denominator, as torchvision does
     # Element strides of x and y in (N, C, H, W) order.
@@ -282,10 +284,11 @@ def drop_block_kernel(
         for g in range(g0, tl.minimum(g0 + 8, g_seeds)):
             counter = (rows[:, None] * tl.cdiv(Hs, 4) + g) * Ws + w.to(tl.int64)[None, :]
             r0, r1, r2, r3 = tl.randint4x(seed, counter)
-            four = (tl.uint_to_uniform_float(r0) < gamma).to(tl.int32) \
-                | ((tl.uint_to_uniform_float(r1) < gamma).to(tl.int32) << 1) \
-                | ((tl.uint_to_uniform_float(r2) < gamma).to(tl.int32) << 2) \
-                | ((tl.uint_to_uniform_float(r3) < gamma).to(tl.int32) << 3)
+            # Integer comparisons: a float conversion per word costs several instructions.
+            four = (r0.to(tl.int64) < gamma_bits).to(tl.int32) \
+                | ((r1.to(tl.int64) < gamma_bits).to(tl.int32) << 1) \
+                | ((r2.to(tl.int64) < gamma_bits).to(tl.int32) << 2) \
+                | ((r3.to(tl.int64) < gamma_bits).to(tl.int32) << 3)
             # Rows Hs and below of the last call hold no seeds.
             four &= (1 << tl.minimum(Hs - 4 * g, 4)) - 1
             bits |= four << (4 * (g - g0))

@@ -84,17 +84,21 @@ def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """One row of lanes spans the map's width plus the bs - 1 halo columns when it fits in 128 lanes (64 in
-    channels_last, whose contiguous channels want 16 or more per tile); channels fill the tile to 1024
-    lanes (8192 in the interpreter, which pays per program), 4 per thread: each lane carries Philox
-    words, a running count and row state, so 8 lanes a thread leave room for one block per SM and 4 for
-    two (`python -m bench.static --kernel drop_block_count drop_block_apply --space full` shows the
-    registers). Rows: up to 64 per program on a GPU (the halo costs bs - 1 extra seed rows per program),
-    the whole map in the interpreter."""
+    """One row of lanes: the width (at most 128 lanes, 64 in channels_last, whose contiguous channels want 16
+    or more per tile) whose column blocks, each with its bs - 1 halo columns, cover the map's width in the
+    fewest lanes. Channels fill the tile to 512 lanes on 4 warps (8192 in the interpreter, which pays per
+    program), 4 per thread: each lane carries Philox words, a running count and row state, and a row's
+    loads wait on the memory, so more, smaller programs keep more rows in flight (`python -m bench.static
+    --kernel drop_block_count drop_block_apply --space full` shows the registers). Rows: up to 64 per
+    program on a GPU (the halo costs bs - 1 extra seed rows per program), the whole map in the
+    interpreter."""
     block = dict(problem.extra)["block"]
-    widest = 64 if problem.channels_last and not interpreter else 128
-    block_w = heuristics.pow2_clamp(problem.n + block - 1, 4, max(widest, next_power_of_2(2 * block)))
-    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
+    widest = max(64 if problem.channels_last and not interpreter else 128, next_power_of_2(2 * block))
+    # The fewest lanes per map row, halos and the last block's unused columns included (65 columns and
+    # bs = 7: 3 blocks of 32 lanes, where 2 of 64 hold 128), the wider on a tie.
+    block_w = min((v for v in (4, 8, 16, 32, 64, 128, 256) if block < v <= widest),
+                  key=lambda v: (cdiv(problem.n, v - block + 1) * v, -v))
+    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 512) // block_w))
     block_h = problem.k if interpreter else min(problem.k, 64)
     warps = heuristics.pow2_clamp(block_c * block_w // 128, 1, 8)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
@@ -224,6 +228,11 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     return dispatch.runner(problem, prepare, x, seed)
 
 
+def _gamma_bits(gamma: float) -> int:
+    """DropBlock's seed threshold for 32-bit draws (kernels/dropout.py): round(gamma * 2^32), at most 2^32."""
+    return min(round(gamma * 2**32), 2**32)
+
+
 def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Problem:
     n, c, h, w = t.shape
     return dispatch.Problem(kernel, m=c, n=w, k=h, batch=n, dtype=t.dtype, channels_last=channels_last(t),
@@ -240,7 +249,7 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
     if x.numel() == 0:
         return lambda x, seed: zeros()
     problem = _drop_block_problem("drop_block_count", x, block)
-    args = (c, h, w, block, h - block + 1, w - block + 1, gamma, 0.0, 0.0, *x.stride(), *x.stride())
+    args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), 0.0, 0.0, *x.stride(), *x.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=True,
@@ -266,7 +275,8 @@ def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, b
     if y.numel() == 0:
         return lambda x, seed, count: alloc()
     problem = _drop_block_problem("drop_block_apply", x, block)
-    args = (c, h, w, block, h - block + 1, w - block + 1, gamma, float(x.numel()), 1e-6, *x.stride(), *y.stride())
+    args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), float(x.numel()), 1e-6, *x.stride(),
+            *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=False,
