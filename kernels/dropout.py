@@ -207,6 +207,13 @@ def _spread_lanes(bits, lane, width):
 
 
 @triton.jit
+def _row(ptr, c_offs, w_offs, i, stride_h):
+    """Pointers to row i of a [channels, columns] tile: per-channel and per-column offsets, the row's
+    added once per row (a whole tile of int64 offsets held across the loop costs 4 registers a lane)."""
+    return ptr + (c_offs + i.to(tl.int64) * stride_h)[:, None] + w_offs[None, :]
+
+
+@triton.jit
 def drop_block_kernel(
     x_ptr, y_ptr,   # input and output (APPLY only)
     seed_ptr,       # one int64, the Philox seed
@@ -264,8 +271,7 @@ def drop_block_kernel(
     if not COUNT:
         kept_total = tl.load(count_ptr).to(tl.float32)
         scale = numel / (eps + kept_total)
-        # Offsets kept per channel and per column, added per row: a full [BLOCK_C, BLOCK_W] tile of int64
-        # offsets held across the loop costs 4 registers a lane.
+        # Offsets kept per channel and per column, added per row (`_row`).
         x_c = n * sxn + offs_c.to(tl.int64) * sxc
         x_w = w.to(tl.int64) * sxw
         y_c = n * syn + offs_c.to(tl.int64) * syc
@@ -294,23 +300,31 @@ def drop_block_kernel(
             bits |= four << (4 * (g - g0))
         # Bit k: a seed in row 4*g0 + k and in one of the lane's bs columns [t-bs+1, t].
         bits = _spread_lanes(tl.where(seed_col[None, :], bits, 0), lane2d, bs)
-        for k in range(tl.minimum(32, h_end - 4 * g0)):
+        # Two rows per iteration: both rows' loads go out before either row's mask is worked out, so one
+        # memory round trip serves two rows (the second is masked off past the block's last row).
+        for k in range(0, tl.minimum(32, h_end - 4 * g0), 2):
             i = 4 * g0 + k
             # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
             # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
+            # Seed row i is also output row i: every seed row <= i that reaches it has been seen there.
             i_lanes = lane2d * 0 + i
-            last_hit = tl.where(((bits >> k) & 1) != 0, i, last_hit)
-            # Seed row i is also output row i: every seed row <= i that reaches it has been seen.
-            out = out_lane & (i_lanes >= h0)
-            keep = last_hit <= i - bs
-            if COUNT:
-                kept += (out & keep).to(tl.int32)
-            else:
-                # Masked by bounds only, so that the load stays a vector load; the keep decision is a
+            out0 = out_lane & (i_lanes >= h0)
+            out1 = out_lane & (i_lanes + 1 >= h0) & (i_lanes + 1 < h_end)
+            if not COUNT:
+                # Masked by bounds only, so that the loads stay vector loads; the keep decision is a
                 # select, so a dropped element comes out as an exact zero whatever it holds.
-                x_row = x_ptr + (x_c + i.to(tl.int64) * sxh)[:, None] + x_w[None, :]
-                x = tl.load(x_row, mask=out, other=0.0).to(tl.float32)
-                y_row = y_ptr + (y_c + i.to(tl.int64) * syh)[:, None] + y_w[None, :]
-                tl.store(y_row, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out)
+                x0 = tl.load(_row(x_ptr, x_c, x_w, i, sxh), mask=out0, other=0.0).to(tl.float32)
+                x1 = tl.load(_row(x_ptr, x_c, x_w, i + 1, sxh), mask=out1, other=0.0).to(tl.float32)
+            last_hit = tl.where(((bits >> k) & 1) != 0, i, last_hit)
+            keep0 = last_hit <= i - bs
+            last_hit = tl.where(((bits >> (k + 1)) & 1) != 0, i + 1, last_hit)
+            keep1 = last_hit <= i + 1 - bs
+            if COUNT:
+                kept += (out0 & keep0).to(tl.int32) + (out1 & keep1).to(tl.int32)
+            else:
+                tl.store(_row(y_ptr, y_c, y_w, i, syh), tl.where(keep0, x0 * scale, 0.0).to(y_ptr.dtype.element_ty),
+                         mask=out0)
+                tl.store(_row(y_ptr, y_c, y_w, i + 1, syh),
+                         tl.where(keep1, x1 * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out1)
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))

@@ -126,17 +126,18 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
                       args: Mapping[str, object]) -> tuple[float, ...]:
     """Averaged over a program's row blocks: its chunks of 32 seed rows (from its first halo row, rounded
     down to a Philox call's four), then per chunk the Philox calls that draw seeds, the doubling steps
-    that spread them along the lanes (ceil(log2(bs))), and the rows walked."""
+    that spread them along the lanes (ceil(log2(bs))), and the pairs of rows walked."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
-    chunks, calls, rows = [], [], []
+    chunks, calls, pairs = [], [], 0
     for h0 in range(0, h, block_h):
         h_end = min(h0 + block_h, h)
         first = max(h0 - bs + 1, 0) // 4
-        chunks.append(len(range(first, cdiv(h_end, 4), 8)))
+        starts = range(first, cdiv(h_end, 4), 8)
+        chunks.append(len(starts))
         calls.append(max(0, cdiv(min(h_end, h - bs + 1), 4) - first))
-        rows.append(h_end - 4 * first)
+        pairs += sum(cdiv(min(32, h_end - 4 * g0), 2) for g0 in starts)
     n = sum(chunks)
-    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), sum(rows) / n)
+    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), pairs / n)
 
 
 def _mask_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
