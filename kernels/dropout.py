@@ -169,8 +169,8 @@ def dropout_mask_kernel(
             top = top[:, None]
             left = left[:, None]
         # h = pos // W by W's multiplier (Granlund-Montgomery, exact for pos < 2^31): floor(2 pos m / 2^32)
-        # >> shift, m = ceil(2^(31 + shift) / W), shift = ceil(log2 W); a runtime division costs ~20
-        # instructions per element.
+        # >> shift, m = ceil(2^(31 + shift) / W), shift = ceil(log2 W): a multiply and a shift, where a
+        # runtime division is a long integer sequence per element.
         h = (tl.umulhi(pos.to(tl.uint32) << 1, tl.cast(w_magic, tl.uint32)) >> w_shift).to(tl.int32)
         w = pos - h * W
         # 0 <= h - top < size as one unsigned comparison (clipping at the border happens by itself,
@@ -233,7 +233,7 @@ def drop_block_kernel(
     BLOCK_W: tl.constexpr,   # lanes per row: bs - 1 halo columns, then BLOCK_W - bs + 1 output columns
     BLOCK_H: tl.constexpr,   # output rows per program, walked one at a time
 ):
-    """DropBlock's mask, one row at a time, without a stored mask; one kernel for both passes.
+    """DropBlock's mask, two rows at a time, without a stored mask; one kernel for both passes.
 
     A seed at grid position (i, j) drops the bs x bs square of rows [i, i+bs) and columns [j, j+bs), so
     element (h, w) is dropped when some seed lies in rows [h-bs+1, h] and columns [w-bs+1, w]. Each
