@@ -34,9 +34,10 @@ _FLAT_MAP = 1024   # cutout runs NCHW maps of at least this many positions as on
 
 def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """About 2048 elements per program (16384 in the interpreter, which pays per program), 32 KiB of x for
-    element dropout's unaligned rows, twice that for cutout's flat runs. NCHW widens the positions of a map (contiguous), channels_last
-    the channels (contiguous: 64 channels make 128-byte runs in 16-bit), then fills the rest of the tile
-    with the other axis. (A contiguous tensor's element dropout is one flat map.)"""
+    element dropout's unaligned rows, twice the elements for cutout's flat runs. NCHW widens the positions
+    of a map (contiguous), channels_last the channels (contiguous: 64 channels make 128-byte runs in
+    16-bit), then fills the rest of the tile with the other axis. (A contiguous tensor's element dropout
+    is one flat map.)"""
     budget = 16384 if interpreter else 2048
     flat_map = dict(problem.extra).get("map")
     if flat_map:
