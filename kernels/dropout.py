@@ -8,19 +8,22 @@ gradient can arrive in a different layout from the input.
 
 Keys, with r = n*C + c the index of a feature map (a "row"):
 
-    element dropout   counter r * ceil(HW/8) + hw // 8, 16-bit half hw % 8 of the call's four words
-                      (hw = h*W + w): one Philox call serves eight neighbouring elements of a map,
-                      since one call costs many integer instructions and a memory-bound kernel cannot
-                      afford one per element.
+    element dropout   counter e // 8, 16-bit half e % 8 of the call's four words, with e = r*HW + hw
+                      (hw = h*W + w) the flat NCHW index: one Philox call serves eight consecutive
+                      logical elements, since one call costs many integer instructions and a
+                      memory-bound kernel cannot afford one per element. A contiguous NCHW tensor is
+                      then one flat run of whole calls (vector loads whatever HW is); a channels_last
+                      tile gathers each row's halves when HW is not a multiple of 8.
     spatial dropout   counter r, word 0: one draw per feature map.
     cutout            counter r, words 0 and 1: the square's centre row and column.
     DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
                       (r * ceil(Hs/4) + i // 4) * Ws + j, word i % 4 (four seed rows per call).
 
-A word u (uint32) becomes a uniform float in [0, 1) by `tl.uint_to_uniform_float`; an element is kept
-when that float is >= p, so p = 0 keeps everything and p = 1 drops everything. Element dropout draws 16
-bits per element instead: it keeps a half u when u >= round(p * 2^16), so its drop probability is p
-rounded to a multiple of 2^-16 (still exactly 0 for p = 0 and 1 for p = 1).
+Spatial dropout turns a word u (uint32) into a uniform float in [0, 1) by `tl.uint_to_uniform_float` and
+keeps the map when that float is >= p, so p = 0 keeps everything and p = 1 drops everything. Element
+dropout draws 16 bits per element instead: it keeps a half u when u >= round(p * 2^16), so its drop
+probability is p rounded to a multiple of 2^-16 (still exactly 0 for p = 0 and 1 for p = 1). DropBlock
+seeds a position when its word u < round(gamma * 2^32): gamma rounded to a multiple of 2^-32.
 
 Dropped elements are written as exact zeros, selected rather than multiplied, so a dropped inf or NaN
 gives 0, where torch's multiply-by-mask gives NaN (a NaN that is kept stays NaN). Element dropout and
@@ -44,11 +47,60 @@ CUTOUT = tl.constexpr(2)    # one size x size square per (n, c) map, clipped at 
 @triton.jit
 def _halves_kept(r0, r1, r2, r3, threshold, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Interleave four [ROWS, COLS // 8] blocks of Philox words into one [ROWS, COLS] block of keep bits:
-    the eight 16-bit halves of column q's call serve columns 8q..8q+7 (in the fixed order that the
-    joins below lay them out), and a half u is kept when u >= threshold."""
+    the eight 16-bit halves of column q's call serve columns 8q..8q+7 in the order that the joins below
+    lay them out (words r0, r2, r1, r3, each low half first), and a half u is kept when u >= threshold."""
     words = tl.join(tl.join(r0, r1), tl.join(r2, r3))
     halves = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (ROWS, COLS))
     return halves.to(tl.int32) >= threshold
+
+
+@triton.jit
+def _word_bits(word, threshold):
+    """Keep bits of one Philox word's two 16-bit halves: bit 0 the low half, bit 1 the high half."""
+    return ((word & 0xFFFF).to(tl.int32) >= threshold).to(tl.int32) \
+        | (((word >> 16).to(tl.int32) >= threshold).to(tl.int32) << 1)
+
+
+@triton.jit
+def _call_bits(r0, r1, r2, r3, threshold):
+    """Keep bits of Philox calls (words r0..r3) as 8-bit masks, half j as bit j in `_halves_kept`'s order."""
+    return _word_bits(r0, threshold) | (_word_bits(r2, threshold) << 2) \
+        | (_word_bits(r1, threshold) << 4) | (_word_bits(r3, threshold) << 6)
+
+
+@triton.jit
+def _element_kept(seed, first, threshold, ROWS: tl.constexpr, COLS: tl.constexpr, ALIGNED: tl.constexpr):
+    """ELEMENT's keep bits of a [ROWS, COLS] tile whose row i holds the logical elements first[i] + t
+    (int64 flat NCHW indices): element e takes half e % 8 of Philox call e // 8.
+
+    ALIGNED: every first[i] is a multiple of 8, so the row's COLS // 8 calls serve it in order. Otherwise
+    (COLS <= 64) row i starts at half s = first[i] % 8 of its first call, and its COLS // 8 calls serve
+    only its first COLS - 8 elements (the caller masks the rest): the row's COLS keep bits are packed
+    into one int64 (call q's byte at bit 8q) and shifted down by s, and each element reads its bit.
+    Moving one integer per row costs far less than moving every element's bit along the row (a gather),
+    and a ninth call per row would be computed in the load's layout, many times over."""
+    calls = first // 8
+    q = tl.arange(0, COLS // 8)
+    r0, r1, r2, r3 = tl.randint4x(seed, calls[:, None] + q[None, :])
+    if ALIGNED:
+        kept = _halves_kept(r0, r1, r2, r3, threshold, ROWS, COLS)
+    else:
+        # Disjoint bit fields: their sum is their OR.
+        row = tl.sum(_call_bits(r0, r1, r2, r3, threshold).to(tl.int64) << (8 * q.to(tl.int64))[None, :], axis=1)
+        row >>= first % 8
+        kept = ((row[:, None] >> tl.arange(0, COLS).to(tl.int64)[None, :]) & 1) != 0
+    return kept
+
+
+@triton.jit
+def _cut_square(seed, r, H, W, cut_size):
+    """CUTOUT's square of map r: its top row and left column. A centre (cy, cx) uniform over the map: the
+    high word of u * H is floor(u * H / 2^32), uniform on [0, H) up to a bias of H / 2^32. The square
+    spans rows [cy - size//2, cy - size//2 + size), centred for odd sizes."""
+    u_h, u_w, _, _ = tl.randint4x(seed, r)
+    top = tl.umulhi(u_h, tl.cast(H, tl.uint32)).to(tl.int32) - cut_size // 2
+    left = tl.umulhi(u_w, tl.cast(W, tl.uint32)).to(tl.int32) - cut_size // 2
+    return top, left
 
 
 @triton.jit
@@ -62,52 +114,69 @@ def dropout_mask_kernel(
     threshold,      # ELEMENT: round(p * 2^16); a 16-bit draw u keeps its element when u >= threshold
     scale,          # factor for kept elements: 1/(1-p) for ELEMENT and CHANNEL (0 when p = 1), 1 for CUTOUT
     cut_size,       # side of the cutout square (CUTOUT)
+    w_magic, w_shift,   # CUTOUT: W's multiplier and shift, so that pos // W needs no division
     # Element strides of x and y over (n, c, hw).
     sxn, sxc, sxhw,
     syn, syc, syhw,
     MODE: tl.constexpr,       # ELEMENT, CHANNEL or CUTOUT
     BLOCK_C: tl.constexpr,    # feature maps (channels of one sample) per program
     BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 8
+    ALIGNED: tl.constexpr,    # ELEMENT: HW % 8 == 0 or one map (N*C == 1), so rows start on a Philox call;
+                              # otherwise BLOCK_P <= 64 and a program covers BLOCK_P - 8 positions
+    FLAT: tl.constexpr,       # CUTOUT: x and y are one dense run (N = C = 1, HW = their size) of maps of
+                              # H x W positions, with BLOCK_P <= H*W
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
     The backward of every mode is this kernel applied to dy with the same seed. Grid:
-    (N * cdiv(C, BLOCK_C) * cdiv(HW, BLOCK_P),), position blocks fastest so that consecutive programs
-    cover consecutive memory of an NCHW map.
+    (N * cdiv(C, BLOCK_C) * cdiv(HW, STEP),), STEP = BLOCK_P (BLOCK_P - 8 for an unaligned ELEMENT),
+    position blocks fastest so that consecutive programs cover consecutive memory of an NCHW map.
     """
-    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, BLOCK_P))
+    # Positions per program: all of the tile's, or (unaligned ELEMENT) those its rows' calls cover.
+    STEP: tl.constexpr = BLOCK_P if ALIGNED else BLOCK_P - 8
+    n, pid_c, pid_hw = sample_channel_blocks(tl.program_id(0), tl.cdiv(C, BLOCK_C), tl.cdiv(HW, STEP))
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     # int64: a tensor of another rank is one flattened map, which may hold more than 2^31 elements.
-    hw_start = pid_hw.to(tl.int64) * BLOCK_P
+    hw_start = pid_hw.to(tl.int64) * STEP
     offs_hw = hw_start + tl.arange(0, BLOCK_P)
-    in_bounds = (offs_c < C)[:, None] & (offs_hw < HW)[None, :]
+    in_bounds = (offs_c < C)[:, None] & ((offs_hw < HW) & (tl.arange(0, BLOCK_P) < STEP))[None, :]
     rows = n * C + offs_c.to(tl.int64)   # r = n*C + c, the map's index in the Philox keys
     seed = tl.load(seed_ptr)
 
     if MODE == ELEMENT:
-        # Call q of this block covers positions 8q..8q+7 (BLOCK_P is a multiple of 8 and so is every
-        # block start); rows are padded to ceil(HW/8) calls so that each map owns its own counters.
-        calls = hw_start // 8 + tl.arange(0, BLOCK_P // 8)
-        counter = rows[:, None] * tl.cdiv(HW, 8) + calls[None, :]
-        r0, r1, r2, r3 = tl.randint4x(seed, counter)
-        keep = _halves_kept(r0, r1, r2, r3, threshold, BLOCK_C, BLOCK_P)
+        keep = _element_kept(seed, rows * HW + hw_start, threshold, BLOCK_C, BLOCK_P, ALIGNED)
     elif MODE == CHANNEL:
         keep = (tl.rand(seed, rows) >= p)[:, None]
     else:
-        # A centre (cy, cx) uniform over the map: the high word of u * H is floor(u * H / 2^32), uniform on
-        # [0, H) up to a bias of H / 2^32. The square spans rows [cy - size//2, cy - size//2 + size), which
-        # is centred for odd sizes; clipping at the border happens by itself, since only real positions
-        # are compared.
-        u_h, u_w, _, _ = tl.randint4x(seed, rows)
-        top = tl.umulhi(u_h, tl.cast(H, tl.uint32)).to(tl.int32) - cut_size // 2
-        left = tl.umulhi(u_w, tl.cast(W, tl.uint32)).to(tl.int32) - cut_size // 2
-        # One map of a 4-D tensor holds fewer than 2^31 positions: split hw in int32, which is cheaper.
-        h = offs_hw.to(tl.int32) // W
-        w = offs_hw.to(tl.int32) % W
-        inside_h = (h[None, :] >= top[:, None]) & (h[None, :] < top[:, None] + cut_size)
-        inside_w = (w[None, :] >= left[:, None]) & (w[None, :] < left[:, None] + cut_size)
-        keep = ~(inside_h & inside_w)
+        if FLAT:
+            # One run of maps of H*W positions, BLOCK_P <= H*W: the tile lies in the map of its first
+            # element and, past that map's end, in the next one; each element's position in its map
+            # follows from the tile's start without a division per element.
+            map_size = H * W
+            first = hw_start // map_size
+            start = (hw_start - first * map_size).to(tl.int32)
+            t = tl.arange(0, BLOCK_P)
+            second = t >= map_size - start
+            pos = (start + t - tl.where(second, map_size, 0))[None, :]
+            top0, left0 = _cut_square(seed, first, H, W, cut_size)
+            top1, left1 = _cut_square(seed, first + 1, H, W, cut_size)
+            top = tl.where(second, top1, top0)[None, :]
+            left = tl.where(second, left1, left0)[None, :]
+        else:
+            pos = offs_hw.to(tl.int32)[None, :]   # a 4-D tensor's map holds fewer than 2^31 positions
+            top, left = _cut_square(seed, rows, H, W, cut_size)
+            top = top[:, None]
+            left = left[:, None]
+        # h = pos // W by W's multiplier (Granlund-Montgomery, exact for pos < 2^31): floor(2 pos m / 2^32)
+        # >> shift, m = ceil(2^(31 + shift) / W), shift = ceil(log2 W): a multiply and a shift, where a
+        # runtime division is a long integer sequence per element.
+        h = (tl.umulhi(pos.to(tl.uint32) << 1, tl.cast(w_magic, tl.uint32)) >> w_shift).to(tl.int32)
+        w = pos - h * W
+        # 0 <= h - top < size as one unsigned comparison (clipping at the border happens by itself,
+        # since only real positions are compared).
+        inside = ((h - top).to(tl.uint32) < cut_size) & ((w - left).to(tl.uint32) < cut_size)
+        keep = ~inside
 
     # The load is masked by bounds only, so that it stays a vector load: a per-element mask makes every
     # element its own scalar load. CHANNEL's keep is constant along a map's positions, so it can mask the
@@ -138,13 +207,21 @@ def _spread_lanes(bits, lane, width):
 
 
 @triton.jit
+def _row(ptr, c_offs, w_offs, i, stride_h):
+    """Pointers to row i of a [channels, columns] tile: per-channel and per-column offsets, the row's
+    added once per row (a whole tile of int64 offsets held across the loop costs 4 registers a lane)."""
+    return ptr + (c_offs + i.to(tl.int64) * stride_h)[:, None] + w_offs[None, :]
+
+
+@triton.jit
 def drop_block_kernel(
     x_ptr, y_ptr,   # input and output (APPLY only)
     seed_ptr,       # one int64, the Philox seed
     count_ptr,      # one int64: the kept elements, added to by COUNT, read by APPLY
     # Sizes: x and y (N, C, H, W); block side bs; seed grid Hs x Ws = (H - bs + 1) x (W - bs + 1).
     C, H, W, bs, Hs, Ws,
-    gamma,          # probability that a seed-grid position starts a block
+    gamma_bits,     # a seed-grid position starts a block when its 32-bit draw u < gamma_bits =
+                    # round(gamma * 2^32) (an int64 up to 2^32: gamma = 1 seeds every position)
     numel,          # N*C*H*W as a float, the numerator of the scale (APPLY only)
     eps,            # added to the kept count in the scale's denominator, as torchvision does
     # Element strides of x and y in (N, C, H, W) order.
@@ -156,7 +233,7 @@ def drop_block_kernel(
     BLOCK_W: tl.constexpr,   # lanes per row: bs - 1 halo columns, then BLOCK_W - bs + 1 output columns
     BLOCK_H: tl.constexpr,   # output rows per program, walked one at a time
 ):
-    """DropBlock's mask, one row at a time, without a stored mask; one kernel for both passes.
+    """DropBlock's mask, two rows at a time, without a stored mask; one kernel for both passes.
 
     A seed at grid position (i, j) drops the bs x bs square of rows [i, i+bs) and columns [j, j+bs), so
     element (h, w) is dropped when some seed lies in rows [h-bs+1, h] and columns [w-bs+1, w]. Each
@@ -194,8 +271,7 @@ def drop_block_kernel(
     if not COUNT:
         kept_total = tl.load(count_ptr).to(tl.float32)
         scale = numel / (eps + kept_total)
-        # Offsets kept per channel and per column, added per row: a full [BLOCK_C, BLOCK_W] tile of int64
-        # offsets held across the loop costs 4 registers a lane.
+        # Offsets kept per channel and per column, added per row (`_row`).
         x_c = n * sxn + offs_c.to(tl.int64) * sxc
         x_w = w.to(tl.int64) * sxw
         y_c = n * syn + offs_c.to(tl.int64) * syc
@@ -214,32 +290,41 @@ def drop_block_kernel(
         for g in range(g0, tl.minimum(g0 + 8, g_seeds)):
             counter = (rows[:, None] * tl.cdiv(Hs, 4) + g) * Ws + w.to(tl.int64)[None, :]
             r0, r1, r2, r3 = tl.randint4x(seed, counter)
-            four = (tl.uint_to_uniform_float(r0) < gamma).to(tl.int32) \
-                | ((tl.uint_to_uniform_float(r1) < gamma).to(tl.int32) << 1) \
-                | ((tl.uint_to_uniform_float(r2) < gamma).to(tl.int32) << 2) \
-                | ((tl.uint_to_uniform_float(r3) < gamma).to(tl.int32) << 3)
+            # Integer comparisons: a float conversion per word costs several instructions.
+            four = (r0.to(tl.int64) < gamma_bits).to(tl.int32) \
+                | ((r1.to(tl.int64) < gamma_bits).to(tl.int32) << 1) \
+                | ((r2.to(tl.int64) < gamma_bits).to(tl.int32) << 2) \
+                | ((r3.to(tl.int64) < gamma_bits).to(tl.int32) << 3)
             # Rows Hs and below of the last call hold no seeds.
             four &= (1 << tl.minimum(Hs - 4 * g, 4)) - 1
             bits |= four << (4 * (g - g0))
         # Bit k: a seed in row 4*g0 + k and in one of the lane's bs columns [t-bs+1, t].
         bits = _spread_lanes(tl.where(seed_col[None, :], bits, 0), lane2d, bs)
-        for k in range(tl.minimum(32, h_end - 4 * g0)):
+        # Two rows per iteration: both rows' loads go out before either row's mask is worked out, so one
+        # memory round trip serves two rows (the second is masked off past the block's last row).
+        for k in range(0, tl.minimum(32, h_end - 4 * g0), 2):
             i = 4 * g0 + k
             # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
             # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
+            # Seed row i is also output row i: every seed row <= i that reaches it has been seen there.
             i_lanes = lane2d * 0 + i
-            last_hit = tl.where(((bits >> k) & 1) != 0, i, last_hit)
-            # Seed row i is also output row i: every seed row <= i that reaches it has been seen.
-            out = out_lane & (i_lanes >= h0)
-            keep = last_hit <= i - bs
-            if COUNT:
-                kept += (out & keep).to(tl.int32)
-            else:
-                # Masked by bounds only, so that the load stays a vector load; the keep decision is a
+            out0 = out_lane & (i_lanes >= h0)
+            out1 = out_lane & (i_lanes + 1 >= h0) & (i_lanes + 1 < h_end)
+            if not COUNT:
+                # Masked by bounds only, so that the loads stay vector loads; the keep decision is a
                 # select, so a dropped element comes out as an exact zero whatever it holds.
-                x_row = x_ptr + (x_c + i.to(tl.int64) * sxh)[:, None] + x_w[None, :]
-                x = tl.load(x_row, mask=out, other=0.0).to(tl.float32)
-                y_row = y_ptr + (y_c + i.to(tl.int64) * syh)[:, None] + y_w[None, :]
-                tl.store(y_row, tl.where(keep, x * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out)
+                x0 = tl.load(_row(x_ptr, x_c, x_w, i, sxh), mask=out0, other=0.0).to(tl.float32)
+                x1 = tl.load(_row(x_ptr, x_c, x_w, i + 1, sxh), mask=out1, other=0.0).to(tl.float32)
+            last_hit = tl.where(((bits >> k) & 1) != 0, i, last_hit)
+            keep0 = last_hit <= i - bs
+            last_hit = tl.where(((bits >> (k + 1)) & 1) != 0, i + 1, last_hit)
+            keep1 = last_hit <= i + 1 - bs
+            if COUNT:
+                kept += (out0 & keep0).to(tl.int32) + (out1 & keep1).to(tl.int32)
+            else:
+                tl.store(_row(y_ptr, y_c, y_w, i, syh), tl.where(keep0, x0 * scale, 0.0).to(y_ptr.dtype.element_ty),
+                         mask=out0)
+                tl.store(_row(y_ptr, y_c, y_w, i + 1, syh),
+                         tl.where(keep1, x1 * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out1)
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))

@@ -200,11 +200,12 @@ def test_drop_block_whole_map_block():
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("size", [3, 4])
-def test_cutout(size, dtype, channels_last):
+@pytest.mark.parametrize("size,h,w", [(3, 9, 10), (4, 9, 10), (5, 33, 35)])
+def test_cutout(size, h, w, dtype, channels_last):
     """One clipped size x size square per map, centre uniform; nothing else changes; the gradient is the
-    same mask."""
-    n, c, h, w = 2, 181, 9, 10
+    same mask. (NCHW maps of 33x35 run as one flat run of maps, each tile within two of them; fewer of
+    them keep the interpreter's time down.)"""
+    n, c = 2, 181 if h * w < 1024 else 31
     x = (rand(n, c, h, w, dtype=dtype, channels_last=channels_last).abs() + 1).requires_grad_()
     y = tc.cutout2d(x, size)
     dropped = y == 0
@@ -263,22 +264,27 @@ def test_reproducible_under_manual_seed_and_seed(op):
 def test_mask_independent_of_layout_and_dtype(op):
     """The key is the logical element index: every layout and dtype of one tensor gets one mask."""
     call = OPS[op]
-    x = rand(2, 7, 9, 10).abs() + 1
-    masks = [call(x.to(dtype).contiguous(memory_format=fmt), seed=7) == 0
-             for dtype in DTYPES for fmt in (torch.contiguous_format, torch.channels_last)]
-    assert all(torch.equal(m, masks[0]) for m in masks[1:])
+    for shape in ((2, 7, 9, 10), (1, 3, 33, 35)):   # cutout: the larger maps run NCHW as one flat run
+        x = rand(*shape).abs() + 1
+        masks = [call(x.to(dtype).contiguous(memory_format=fmt), seed=7) == 0
+                 for dtype in DTYPES for fmt in (torch.contiguous_format, torch.channels_last)]
+        assert all(torch.equal(m, masks[0]) for m in masks[1:])
 
 
-@pytest.mark.parametrize("op,kernels", [("dropout", ["dropout_mask"]), ("cutout", ["dropout_mask"]),
-                                        ("drop_block", ["drop_block_count", "drop_block_apply"])])
-def test_mask_independent_of_tiling(op, kernels, monkeypatch):
-    """Autotuning may launch any configuration: the mask must not depend on the tile shape."""
+@pytest.mark.parametrize("op,kernels,channels_last,shape", [
+    ("dropout", ["dropout_mask"], False, (2, 7, 9, 10)), ("dropout", ["dropout_mask"], True, (2, 7, 9, 10)),
+    ("cutout", ["dropout_mask"], False, (2, 7, 9, 10)), ("cutout", ["dropout_mask"], False, (1, 3, 33, 35)),
+    ("drop_block", ["drop_block_count", "drop_block_apply"], False, (2, 7, 9, 10))])
+def test_mask_independent_of_tiling(op, kernels, channels_last, shape, monkeypatch):
+    """Autotuning may launch any configuration: the mask must not depend on the tile shape (channels_last
+    element dropout: 9x10 maps start inside Philox calls, and a program covers 8 positions; cutout's
+    33x35 maps run as one flat run)."""
     call = OPS[op]
-    x = rand(2, 7, 9, 10).abs() + 1
+    x = rand(*shape, channels_last=channels_last).abs() + 1
     reference = call(x, seed=3)
     for name in kernels:
         spec = dispatch.spec(name)
-        small = {"dropout_mask": dict(BLOCK_C=2, BLOCK_P=8),
+        small = {"dropout_mask": dict(BLOCK_C=2, BLOCK_P=16),
                  "drop_block_count": dict(BLOCK_C=4, BLOCK_W=8, BLOCK_H=2),
                  "drop_block_apply": dict(BLOCK_C=2, BLOCK_W=16, BLOCK_H=3)}[name]
         monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(

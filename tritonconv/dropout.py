@@ -29,12 +29,29 @@ from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kern
 # per map), batch = N; a DropBlock Problem has m = C, n = W, k = H, batch = N and extra = block size.
 # ---------------------------------------------------------------------------------------------------------
 
+_FLAT_MAP = 1024   # cutout runs NCHW maps of at least this many positions as one flat run
+
+
 def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """About 2048 elements per program (16384 in the interpreter, which pays per program). NCHW widens the
-    positions of a map (contiguous), channels_last the channels (contiguous: 64 channels make 128-byte
-    runs in 16-bit), then fills the rest of the tile with the other axis."""
+    """About 2048 elements per program (16384 in the interpreter, which pays per program), 32 KiB of x for
+    element dropout's unaligned rows, twice the elements for cutout's flat runs. NCHW widens the positions
+    of a map (contiguous), channels_last the channels (contiguous: 64 channels make 128-byte runs in
+    16-bit), then fills the rest of the tile with the other axis. (A contiguous tensor's element dropout
+    is one flat map.)"""
     budget = 16384 if interpreter else 2048
-    if problem.channels_last and not interpreter:
+    flat_map = dict(problem.extra).get("map")
+    if flat_map:
+        # Cutout over a flat run of maps: a tile within two maps, each of whose two squares every thread
+        # draws, so twice the budget to share those draws.
+        return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=1,
+                                  BLOCK_P=min(1 << (flat_map.bit_length() - 1), 2 * budget))
+    if not _rows_aligned(problem):
+        # Element dropout packs each row's keep bits into one int64 (kernels/dropout.py): 64 lanes, 56
+        # positions, per row, and 32 KiB of x per program (16384 16-bit lanes), since packing the rows
+        # and moving them into the loads' layout costs the same per program whatever the tile's size.
+        block_p = heuristics.pow2_clamp(problem.n + 8, 16, 64)
+        block_c = heuristics.pow2_clamp(problem.m, 1, max(1, 16 * budget // (block_p * problem.dtype.itemsize)))
+    elif problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
         block_p = heuristics.pow2_clamp(problem.n, 8, budget // block_c)
     else:
@@ -48,26 +65,41 @@ def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
 
 
+def _rows_aligned(problem: dispatch.Problem) -> bool:
+    """Whether every map of an element dropout starts on a Philox call (kernels/dropout.py, ALIGNED): its
+    positions are a multiple of 8, or it is the only map. The other modes key on whole maps."""
+    return dict(problem.extra)["mode"] != ELEMENT.value or problem.n % 8 == 0 or problem.m * problem.batch == 1
+
+
 def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only)."""
-    fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128) if v <= max(1, 2 * problem.m)],
-            "BLOCK_P": [v for v in (8, 16, 64, 256, 1024, 2048, 4096) if v <= max(8, 2 * problem.n)]}
+    """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only); 16 to 64
+    positions and up to 16384 elements where element dropout packs rows into integers."""
+    if _rows_aligned(problem):
+        widest = dict(problem.extra).get("map", max(8, 2 * problem.n))  # a cutout's flat tile: within two maps
+        widths, largest = [v for v in (8, 16, 64, 256, 1024, 2048, 4096) if v <= widest], 8192
+    else:
+        widths, largest = [v for v in (16, 32, 64) if v <= max(16, 2 * (problem.n + 8))], 16384
+    fits = {"BLOCK_C": [v for v in (1, 4, 16, 32, 64, 128, 256) if v <= max(1, 2 * problem.m)], "BLOCK_P": widths}
     return [cfg for cfg in dispatch.product_space(num_warps=(2, 4, 8), num_stages=(1,), **fits)
-            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 8192]
+            if 512 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= largest]
 
 
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """One row of lanes spans the map's width plus the bs - 1 halo columns when it fits in 128 lanes (64 in
-    channels_last, whose contiguous channels want 16 or more per tile); channels fill the tile to 1024
-    lanes (8192 in the interpreter, which pays per program), 4 per thread: each lane carries Philox
-    words, a running count and row state, so 8 lanes a thread leave room for one block per SM and 4 for
-    two (`python -m bench.static --kernel drop_block_count drop_block_apply --space full` shows the
-    registers). Rows: up to 64 per program on a GPU (the halo costs bs - 1 extra seed rows per program),
-    the whole map in the interpreter."""
+    """One row of lanes: the width (at most 128 lanes, 64 in channels_last, whose contiguous channels want 16
+    or more per tile) whose column blocks, each with its bs - 1 halo columns, cover the map's width in the
+    fewest lanes. Channels fill the tile to 512 lanes on 4 warps (8192 in the interpreter, which pays per
+    program), 4 per thread: each lane carries Philox words, a running count and row state, and a row's
+    loads wait on the memory, so more, smaller programs keep more rows in flight (`python -m bench.static
+    --kernel drop_block_count drop_block_apply --space full` shows the registers). Rows: up to 64 per
+    program on a GPU (the halo costs bs - 1 extra seed rows per program), the whole map in the
+    interpreter."""
     block = dict(problem.extra)["block"]
-    widest = 64 if problem.channels_last and not interpreter else 128
-    block_w = heuristics.pow2_clamp(problem.n + block - 1, 4, max(widest, next_power_of_2(2 * block)))
-    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
+    widest = max(64 if problem.channels_last and not interpreter else 128, next_power_of_2(2 * block))
+    # The fewest lanes per map row, halos and the last block's unused columns included (65 columns and
+    # bs = 7: 3 blocks of 32 lanes, where 2 of 64 hold 128), the wider on a tie.
+    block_w = min((v for v in (4, 8, 16, 32, 64, 128, 256) if block < v <= widest),
+                  key=lambda v: (cdiv(problem.n, v - block + 1) * v, -v))
+    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 512) // block_w))
     block_h = problem.k if interpreter else min(problem.k, 64)
     warps = heuristics.pow2_clamp(block_c * block_w // 128, 1, 8)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
@@ -95,21 +127,29 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
                       args: Mapping[str, object]) -> tuple[float, ...]:
     """Averaged over a program's row blocks: its chunks of 32 seed rows (from its first halo row, rounded
     down to a Philox call's four), then per chunk the Philox calls that draw seeds, the doubling steps
-    that spread them along the lanes (ceil(log2(bs))), and the rows walked."""
+    that spread them along the lanes (ceil(log2(bs))), and the pairs of rows walked."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
-    chunks, calls, rows = [], [], []
+    chunks, calls, pairs = [], [], 0
     for h0 in range(0, h, block_h):
         h_end = min(h0 + block_h, h)
         first = max(h0 - bs + 1, 0) // 4
-        chunks.append(len(range(first, cdiv(h_end, 4), 8)))
+        starts = range(first, cdiv(h_end, 4), 8)
+        chunks.append(len(starts))
         calls.append(max(0, cdiv(min(h_end, h - bs + 1), 4) - first))
-        rows.append(h_end - 4 * first)
+        pairs += sum(cdiv(min(32, h_end - 4 * g0), 2) for g0 in starts)
     n = sum(chunks)
-    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), sum(rows) / n)
+    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), pairs / n)
+
+
+def _mask_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
+    """One program per (sample, BLOCK_C maps, positions) tile: BLOCK_P positions, or BLOCK_P - 8 where
+    element dropout's rows start inside a Philox call."""
+    step = config["BLOCK_P"] if _rows_aligned(problem) else config["BLOCK_P"] - 8
+    return problem.batch * cdiv(problem.m, config["BLOCK_C"]) * cdiv(problem.n, step)
 
 
 dispatch.register("dropout_mask", "dropout", dropout_mask_kernel, _mask_config, _mask_space,
-                  programs=dispatch.channel_pixel_programs, trips=lambda problem, config, args: ())  # no loop
+                  programs=_mask_programs, trips=lambda problem, config, args: ())  # no loop
 dispatch.register("drop_block_count", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
                   programs=_drop_block_programs, trips=_drop_block_trips)
 dispatch.register("drop_block_apply", "dropout", drop_block_kernel, _drop_block_config, _drop_block_space,
@@ -153,23 +193,33 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     scale is 1/(1-p) for ELEMENT and CHANNEL (0 for p = 1, where nothing is kept) and 1 for CUTOUT. The
     output is channels_last when `out_channels_last` (a 4-D x only).
     """
-    src, (n, c, hw), x_strides = _as_maps(_plans.meta_like(x))
-    copy = src.stride() != x.stride()  # _as_maps copies x whose plane is not dense
     y = _empty_output(x, out_channels_last, "meta")
+    # x and y both in NCHW order are one flat run, tiled by vector loads whatever the maps' size: element
+    # dropout keys on the flat index alone, and cutout finds each element's map from the tile's start
+    # (a tile of its maps of at least _FLAT_MAP positions spans at most two).
+    h, w = x.shape[2:] if x.dim() == 4 else (1, x.numel())
+    flat = x.is_contiguous() and y.is_contiguous() and (
+        mode == ELEMENT.value or (mode == CUTOUT.value and h * w >= _FLAT_MAP))
+    like = _plans.meta_like(x).reshape(-1) if flat else _plans.meta_like(x)
+    src, (n, c, hw), x_strides = _as_maps(like)
+    copy = src.stride() != like.stride()  # _as_maps copies x whose plane is not dense
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
         return lambda x, seed: alloc()
-    _, _, y_strides = _as_maps(y)
-    h, w = x.shape[2:] if x.dim() == 4 else (1, hw)
+    _, _, y_strides = _as_maps(y.reshape(-1) if flat else y)
     scale = 1.0 if mode == CUTOUT.value else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
     threshold = round(p * 2**16)   # ELEMENT's 16-bit drop threshold (kernels/dropout.py)
-    args = (c, hw, h, w, p, threshold, scale, size, *x_strides, *y_strides)
-    problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype, channels_last=channels_last(x),
-                               extra=(("mode", mode),))
+    # W's multiplier for pos // W (kernels/dropout.py, CUTOUT): exact for every pos < 2^31.
+    w_shift = (w - 1).bit_length()
+    w_magic = -(-2**(31 + w_shift) // w)
+    args = (c, hw, h, w, p, threshold, scale, size, w_magic, w_shift, *x_strides, *y_strides)
+    flat_maps = (("map", h * w),) if flat and mode == CUTOUT.value else ()
+    problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype,
+                               channels_last=channels_last(x) and not flat, extra=(("mode", mode), *flat_maps))
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(dropout_mask_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
-                                 **cfg.launch_kwargs())
+                                 ALIGNED=_rows_aligned(problem), FLAT=bool(flat_maps), **cfg.launch_kwargs())
 
         def run(x, seed):
             y = alloc()
@@ -178,6 +228,11 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
         return run
 
     return dispatch.runner(problem, prepare, x, seed)
+
+
+def _gamma_bits(gamma: float) -> int:
+    """DropBlock's seed threshold for 32-bit draws (kernels/dropout.py): round(gamma * 2^32), at most 2^32."""
+    return min(round(gamma * 2**32), 2**32)
 
 
 def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Problem:
@@ -196,7 +251,7 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
     if x.numel() == 0:
         return lambda x, seed: zeros()
     problem = _drop_block_problem("drop_block_count", x, block)
-    args = (c, h, w, block, h - block + 1, w - block + 1, gamma, 0.0, 0.0, *x.stride(), *x.stride())
+    args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), 0.0, 0.0, *x.stride(), *x.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=True,
@@ -222,7 +277,8 @@ def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, b
     if y.numel() == 0:
         return lambda x, seed, count: alloc()
     problem = _drop_block_problem("drop_block_apply", x, block)
-    args = (c, h, w, block, h - block + 1, w - block + 1, gamma, float(x.numel()), 1e-6, *x.stride(), *y.stride())
+    args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), float(x.numel()), 1e-6, *x.stride(),
+            *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=False,
