@@ -17,7 +17,8 @@ Backward without an int64 index tensor. The forward stores, per output, the winn
 (uint8; int32 for windows of more than 254 taps) instead of torch's int64 input offset, and KH*KW where
 no unit was kept. The input gradient is then a gather: each input pixel visits the windows that contain
 it (only the ((K-1)*d)//s + 1 per axis that can, not one per tap), and adds dy where that
-window's byte names the pixel's tap. No atomics, deterministic.
+window's byte names the pixel's tap. No atomics, deterministic. For the common windows (2x2, 3x3 at
+strides 1-3) a lane takes a cell of pixels that share their windows, and loads each window once.
 
 Max-pooling dropout. Every input unit is kept by one 16-bit Philox draw, shared by all the windows that
 contain it: the units form blocks of 2 rows x 4 columns, block (bh, bw) = (ih//2, iw//4) of map r is
@@ -350,11 +351,14 @@ def max_pool2d_backward_kernel(
     GATHER_H: tl.constexpr,   # windows down the rows that can hold one input row: ((KH-1)*dil_h) // stride_h + 1
     GATHER_W: tl.constexpr,   # ... and along the columns
     DILATED: tl.constexpr,    # dil_h > 1 or dil_w > 1: a tap offset must be divided by the dilation
-    STRIDE: tl.constexpr,     # a common square stride (2, 3) as a constant, so dividing by it is a multiply; 0: the
+    STRIDE: tl.constexpr,     # a common square stride (1, 2, 3) as a constant, so dividing by it is a multiply; 0: the
                               # runtime stride_h, stride_w (a stride of 1 is specialised by Triton itself)
     SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both
+    CELL: tl.constexpr,       # not WEIGHTED, a TAPS x TAPS window at a STRIDE (1, 2, 3), no dilation: each lane
+                              # takes CELL x CELL pixels (`_backward_cells`); 0: one pixel a lane
+    TAPS: tl.constexpr,       # CELL: the window's side
     BLOCK_C: tl.constexpr,    # channels of one sample per program
-    BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program
+    BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program (CELL: cells)
 ):
     """dx[n, c, ih, iw] = sum over the windows (oh, ow) holding (ih, iw) as tap t of dy[n, c, oh, ow] * g,
     with g = [idx[n, c, oh, ow] == t] (max) or g = (1-p) p^rank (weighted).
@@ -362,8 +366,88 @@ def max_pool2d_backward_kernel(
     Each pixel visits only the GATHER_H x GATHER_W windows that can contain it (`_containing_window`),
     an unrolled loop with no division: the pixel's last window along each axis is found once, by one
     division per pixel. Each dx element is written once: no atomics, deterministic.
-    Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),).
+    Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),); CELL: cdiv(H + pad_h, CELL) * cdiv(W + pad_w, CELL)
+    cells instead of H*W pixels.
     """
+    if CELL:
+        _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn, sdyc, sdyh, sdyw,
+                        sidxn, sidxc, sidxh, sidxw, sdxn, sdxc, sdxh, sdxw, TAPS, STRIDE, CELL, SAME_STRIDES,
+                        BLOCK_C, BLOCK_P)
+    else:
+        _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
+                         dil_h, dil_w, p, sdyn, sdyc, sdyh, sdyw, sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw,
+                         sdxn, sdxc, sdxh, sdxw, WEIGHTED, GATHER_H, GATHER_W, DILATED, STRIDE, SAME_STRIDES,
+                         BLOCK_C, BLOCK_P)
+
+
+@triton.jit
+def _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn, sdyc, sdyh, sdyw,
+                    sidxn, sidxc, sidxh, sidxw, sdxn, sdxc, sdxh, sdxw, TAPS: tl.constexpr, STRIDE: tl.constexpr,
+                    CELL: tl.constexpr, SAME_STRIDES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_backward_kernel (not WEIGHTED) for a TAPS x TAPS window at stride STRIDE, undilated: each
+    lane takes a cell of CELL x CELL input pixels (CELL a multiple of STRIDE), a = (ih + pad_h, iw + pad_w)
+    in [CELL*u, CELL*u + CELL) per axis. All of a cell's pixels lie in the windows o = u*CELL/STRIDE - j,
+    j = GATHER-1-w, w in [0, NW), with GATHER = (TAPS-1)//STRIDE + 1 and NW = GATHER + CELL/STRIDE - 1 per
+    axis: the lane loads each of those windows' dy and tap once (not once per pixel that may sit in it),
+    and pixel r of the cell sits in window w at tap k = r + (GATHER-1-w)*STRIDE, a constant: the tap
+    compare is unrolled, and a (pixel, window) pair that is no tap costs nothing."""
+    GATHER: tl.constexpr = (TAPS - 1) // STRIDE + 1
+    NW: tl.constexpr = GATHER + CELL // STRIDE - 1
+    cells_w = tl.cdiv(W + pad_w, CELL)
+    cells = tl.cdiv(H + pad_h, CELL) * cells_w
+    n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
+    uh = offs_u // cells_w
+    uw = offs_u % cells_w
+    lane_ok = (offs_c < C)[:, None] & (offs_u < cells)[None, :]
+    c64 = offs_c.to(tl.int64)[:, None]
+    dy_map = dy_ptr + n * sdyn + c64 * sdyc
+    idx_map = idx_ptr + n * sidxn + c64 * sidxc
+    oh0 = uh * (CELL // STRIDE) - (GATHER - 1)
+    ow0 = uw * (CELL // STRIDE) - (GATHER - 1)
+    grads = ()
+    taps = ()
+    for w in tl.static_range(NW * NW):
+        oh = oh0 + w // NW
+        ow = ow0 + w % NW
+        ok = lane_ok & ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW))[None, :]
+        dy_offs = (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :]
+        if SAME_STRIDES:
+            idx_offs = dy_offs
+        else:
+            idx_offs = (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :]
+        grads += (tl.load(dy_map + dy_offs, mask=ok, other=0.0).to(tl.float32),)
+        # Outside `ok` the record reads as TAPS*TAPS, which names no tap.
+        taps += (tl.load(idx_map + idx_offs, mask=ok, other=TAPS * TAPS).to(tl.int32),)
+
+    dx_map = dx_ptr + n * sdxn + c64 * sdxc
+    for r in tl.static_range(CELL * CELL):
+        acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+        for w in tl.static_range(NW * NW):
+            # Pixel r's tap in window w, along each axis (compile-time constants).
+            if _is_tap(r // CELL, w // NW, GATHER, STRIDE, TAPS) and _is_tap(r % CELL, w % NW, GATHER, STRIDE, TAPS):
+                t = (r // CELL + (GATHER - 1 - w // NW) * STRIDE) * TAPS + r % CELL + (GATHER - 1 - w % NW) * STRIDE
+                acc += tl.where(taps[w] == t, grads[w], 0.0)
+        ih = uh * CELL + r // CELL - pad_h
+        iw = uw * CELL + r % CELL - pad_w
+        ok = lane_ok & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
+        dx_offs = (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
+        tl.store(dx_map + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.constexpr_function
+def _is_tap(r, w, gather, stride, taps):
+    """Whether cell position r sits in cell window w at a tap of a `taps`-wide window (`_backward_cells`)."""
+    return 0 <= r + (gather - 1 - w) * stride < taps
+
+
+@triton.jit
+def _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
+                     dil_h, dil_w, p, sdyn, sdyc, sdyh, sdyw, sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw,
+                     sdxn, sdxc, sdxh, sdxw, WEIGHTED: tl.constexpr, GATHER_H: tl.constexpr, GATHER_W: tl.constexpr,
+                     DILATED: tl.constexpr, STRIDE: tl.constexpr, SAME_STRIDES: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_backward_kernel for any window: each lane one input pixel, visiting its candidate
+    windows."""
     n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, H * W, BLOCK_C, BLOCK_P)
     ih = offs_p // W
     iw = offs_p % W
