@@ -32,8 +32,10 @@ units, 0 when none is kept.
 VGG's 2x2 stride-2 windows (PAIRS): one 2x4 block holds exactly the windows of the output pair
 (oh, 2q) and (oh, 2q+1), so the program's lanes are output pairs: one call per pair draws each unit
 of its patch once, and each of the block's two rows is one contiguous 4-unit load along W. Other
-geometries walk the blocks their window overlaps (SPAN_H x SPAN_W of them), each unit offered to the
-window by `_dropout_unit`.
+common windows (2x2, 3x3 at strides 1-3, `_dropout_cells`) give each lane a cell of outputs whose
+patch it draws and loads once; only the blocks of the halo between neighbouring cells are drawn twice.
+Any other geometry walks the blocks its window overlaps (SPAN_H x SPAN_W of them), each unit offered to
+the window by `_dropout_unit`.
 
 Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... >= v_n, the training
 output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
@@ -188,6 +190,115 @@ def _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
         tl.store(idx_ptr + y_offs, taps.to(idx_ptr.dtype.element_ty), mask=out_ok)
 
 
+@triton.constexpr_function
+def _cell_blocks(first, stride, cell, taps, size):
+    """Blocks of `size` units along an axis that hold a cell's patch: its `cell` windows at `stride`
+    start `first` units into the first block and span (cell-1)*stride + taps units (`_dropout_cells`)."""
+    return (first + (cell - 1) * stride + taps + size - 1) // size
+
+
+@triton.constexpr_function
+def _cell_unit(row, col, blocks_w):
+    """Where unit (row, col) of a cell's patch sits in the tuple of its draws: block (row // 2, col // 4)
+    of a patch blocks_w blocks wide, unit 4*(row % 2) + col % 4 of that block (the block's Philox half)."""
+    return ((row // 2) * blocks_w + col // 4) * 8 + 4 * (row % 2) + col % 4
+
+
+@triton.jit
+def _scan_unit(values, kept, U: tl.constexpr, t, best, best_tap, KK):
+    """`_scan_tap` of unit U of a patch held as tuples of values and keep flags (U a compile-time index)."""
+    return _scan_tap(values[U], kept[U], t, best, best_tap, KK)
+
+
+@triton.jit
+def _along_c(v, CELLS_FIRST: tl.constexpr):
+    """A per-channel vector as a column of the lane tile: (1, BLOCK_C) when CELLS_FIRST, else (BLOCK_C, 1)."""
+    if CELLS_FIRST:
+        out = v[None, :]
+    else:
+        out = v[:, None]
+    return out
+
+
+@triton.jit
+def _along_p(v, CELLS_FIRST: tl.constexpr):
+    """A per-cell vector as a row of the lane tile: (BLOCK_P, 1) when CELLS_FIRST, else (1, BLOCK_P)."""
+    if CELLS_FIRST:
+        out = v[:, None]
+    else:
+        out = v[None, :]
+    return out
+
+
+@triton.jit
+def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
+                   syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, STRIDE: tl.constexpr,
+                   PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr, CELLS_FIRST: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
+    each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under their windows
+    once (one Philox call per block, not one per window that overlaps it) and loads each unit once; then
+    every output scans its taps, all of them compile-time positions in the lane's patch.
+
+    CELL_H * STRIDE is even and CELL_W * STRIDE a multiple of 4, so every cell's patch starts at the same
+    offset into its first block, (-PAD) mod 2 rows and (-PAD) mod 4 columns.
+
+    CELLS_FIRST (channels_last): the lane tile is (cells, channels), channels along its fast axis as along
+    memory's, so that the loads keep the layout the keep flags are computed in (transposed, every masked
+    load's flag went through shared memory)."""
+    FIRST_H: tl.constexpr = (2 - PAD % 2) % 2
+    FIRST_W: tl.constexpr = (4 - PAD % 4) % 4
+    BLOCKS_H: tl.constexpr = _cell_blocks(FIRST_H, STRIDE, CELL_H, TAPS, 2)
+    BLOCKS_W: tl.constexpr = _cell_blocks(FIRST_W, STRIDE, CELL_W, TAPS, 4)
+    KK: tl.constexpr = TAPS * TAPS
+    cells_w = tl.cdiv(OW, CELL_W)
+    cells = tl.cdiv(OH, CELL_H) * cells_w
+    n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
+    uh = offs_u // cells_w
+    uw = offs_u % cells_w
+    lane_ok = _along_c(offs_c < C, CELLS_FIRST) & _along_p(offs_u < cells, CELLS_FIRST)
+    x_map = x_ptr + n * sxn + _along_c(offs_c.to(tl.int64) * sxc, CELLS_FIRST)
+    rows = _along_c(n * C + offs_c.to(tl.int64), CELLS_FIRST)
+    seed = tl.load(seed_ptr)
+    # The cell's first block: its patch starts at input row uh*CELL_H*STRIDE - PAD, FIRST_H rows into it.
+    bh0 = uh * (CELL_H * STRIDE // 2) - (PAD + FIRST_H) // 2
+    bw0 = uw * (CELL_W * STRIDE // 4) - (PAD + FIRST_W) // 4
+
+    # Draw and load the patch, block by block: unit j of block (a, b) is half j of its call.
+    values = ()
+    kept = ()
+    for blk in tl.static_range(BLOCKS_H * BLOCKS_W):
+        bh = bh0 + blk // BLOCKS_W
+        bw = bw0 + blk % BLOCKS_W
+        r0, r1, r2, r3 = tl.randint4x(seed, (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4)
+                                      + _along_p(bw, CELLS_FIRST))
+        for j in tl.static_range(8):
+            ih = 2 * bh + j // 4
+            iw = 4 * bw + j % 4
+            ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
+            keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
+            v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST), mask=keep,
+                        other=0.0)
+            values += (v.to(tl.float32),)
+            kept += (keep,)
+
+    y_map = n * syn + _along_c(offs_c.to(tl.int64) * syc, CELLS_FIRST)   # each lane's map in y and idx
+    for r in tl.static_range(CELL_H * CELL_W):
+        best = tl.where(lane_ok, float("-inf"), float("-inf"))
+        best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
+        for t in tl.static_range(KK):
+            best, best_tap = _scan_unit(values, kept, _cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
+                                                                 FIRST_W + (r % CELL_W) * STRIDE + t % TAPS,
+                                                                 BLOCKS_W), t, best, best_tap, KK)
+        oh = uh * CELL_H + r // CELL_W
+        ow = uw * CELL_W + r % CELL_W
+        ok = lane_ok & _along_p((oh < OH) & (ow < OW), CELLS_FIRST)
+        y_offs = _along_p(oh.to(tl.int64) * syh + ow.to(tl.int64) * syw, CELLS_FIRST)
+        tl.store(y_ptr + y_map + y_offs, tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty), mask=ok)
+        if STORE_INDEX:
+            tl.store(idx_ptr + y_map + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=ok)
+
+
 @triton.jit
 def max_pool2d_forward_kernel(
     x_ptr, y_ptr,   # input and output
@@ -207,15 +318,24 @@ def max_pool2d_forward_kernel(
     TAPS: tl.constexpr,          # MAX: the side of a common square window (2, 3), unrolled; 0 walks KH x KW
     SPAN_H: tl.constexpr,        # DROPOUT otherwise: 2x4 blocks of units a window overlaps, at most, down its rows
     SPAN_W: tl.constexpr,        # ... and along its columns
+    CELL_H: tl.constexpr,        # DROPOUT, a TAPS x TAPS window at STRIDE with padding PAD: each lane takes
+    CELL_W: tl.constexpr,        # CELL_H x CELL_W outputs (`_dropout_cells`); 0: not this path
+    STRIDE: tl.constexpr,        # CELL_H: the stride and padding of both axes
+    PAD: tl.constexpr,
+    CELLS_FIRST: tl.constexpr,   # CELL_H: the lanes' tile is (cells, channels) (channels_last), not (channels, cells)
     BLOCK_C: tl.constexpr,       # channels of one sample per program
-    BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program (PAIRS: BLOCK_P // 2 pairs)
+    BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program (PAIRS: BLOCK_P // 2 pairs; CELL_H: cells)
 ):
     """One program computes BLOCK_C x BLOCK_P outputs of one sample. Grid:
     (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest (PAIRS: OH * 2*cdiv(OW, 2)
-    pixels, so that each pair is whole)."""
+    pixels, so that each pair is whole; CELL_H: cdiv(OH, CELL_H) * cdiv(OW, CELL_W) cells)."""
     if PAIRS:
         _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
                        syn, syc, syh, syw, STORE_INDEX, BLOCK_C, BLOCK_P)
+    elif CELL_H:
+        _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
+                       syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_FIRST,
+                       BLOCK_C, BLOCK_P)
     else:
         _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h,
                          pad_w, dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE,
