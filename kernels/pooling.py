@@ -94,6 +94,41 @@ def _window_rank(x_map, ih0, iw0, window_ok, v, tap, H, W, KH, KW, dil_h, dil_w,
 
 
 @triton.jit
+def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr):
+    """Weighted pooling of a TAPS x TAPS window whose tap (0, 0) sits at (ih0, iw0), unrolled: its units are
+    loaded once and ranked by comparing each pair once (a sort in registers), rank as `_window_rank`
+    (larger, or equal with a smaller tap; units outside the input do not count)."""
+    KK: tl.constexpr = TAPS * TAPS
+    values = ()
+    inside = ()
+    ranks = ()
+    for t in tl.static_range(KK):
+        ih = ih0 + (t // TAPS) * dil_h
+        iw = iw0 + (t % TAPS) * dil_w
+        ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        values += (tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=0.0).to(tl.float32),)
+        inside += (ok,)
+        ranks += (tl.zeros_like(ok.to(tl.int32)),)
+    for i in tl.static_range(KK):
+        for j in tl.static_range(i + 1, KK):
+            ranks = _rank_pair(values, inside, ranks, i, j)
+    out = tl.zeros_like(values[0])
+    for t in tl.static_range(KK):
+        out += tl.where(inside[t], _keep_weight(ranks[t], p) * values[t], 0.0)
+    return out
+
+
+@triton.jit
+def _rank_pair(values, inside, ranks, I: tl.constexpr, J: tl.constexpr):
+    """Ranks after comparing units I < J of a window (`_weighted_window`): J outranks I when larger, I
+    outranks J when larger or equal (the earlier tap). Two compares, not one and its negation, so that a
+    NaN outranks nothing and is outranked by nothing, as in `_window_rank`."""
+    j_above = (inside[J] & (values[J] > values[I])).to(tl.int32)
+    i_above = (inside[I] & (values[I] >= values[J])).to(tl.int32)
+    return ranks[:I] + (ranks[I] + j_above,) + ranks[I + 1:J] + (ranks[J] + i_above,) + ranks[J + 1:]
+
+
+@triton.jit
 def _dropout_unit(half, ih, iw, ih0, iw0, window_ok, best, best_tap, x_map, threshold,
                   H, W, KH, KW, dil_h, dil_w, sxh, sxw):
     """Offer input unit (ih, iw), whose 16-bit Philox draw is `half`, to each lane's window: it competes
@@ -358,7 +393,9 @@ def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, s
     x_map = x_ptr + n * sxn + offs_c.to(tl.int64)[:, None] * sxc
     KK = KH * KW
 
-    if MODE == WEIGHTED:
+    if MODE == WEIGHTED and TAPS:
+        out = _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS)
+    elif MODE == WEIGHTED:
         out = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
         for t in range(KK):
             ih = ih0 + (t // KW) * dil_h

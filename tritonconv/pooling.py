@@ -201,7 +201,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
         "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=x.dtype, channels_last=cl,
         extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w)))
-    taps = geo.fixed_taps() if mode == MAX.value or cell_h else 0
+    taps = geo.fixed_taps() if mode in (MAX.value, WEIGHTED.value) or cell_h else 0
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
     args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
