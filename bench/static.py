@@ -183,6 +183,11 @@ PROBES = [
     Probe("cutout2d", "16x256x65x65 16 nchw", _map(16, 256, 65, 16)),
     Probe("max_pool2d", "resnet 32x64x112x112 3x3 s2 nhwc", _map(32, 64, 112, 3, 2, 1, channels_last=True)),
     Probe("max_pool2d_dropout", "32x64x112x112 2x2 p0.3 nchw", _map(32, 64, 112, 2, p=0.3)),
+    # issue 15's overlapping windows and the eval mode (after the first probe of each layout, so --quick
+    # compiles none of them)
+    Probe("max_pool2d_dropout", "32x64x112x112 3x3 s2 p0.3 nhwc", _map(32, 64, 112, 3, 2, 1, p=0.3, channels_last=True)),
+    Probe("max_pool2d_dropout", "32x64x56x56 3x3 s1 p0.3 nchw", _map(32, 64, 56, 3, 1, 1, p=0.3)),
+    Probe("max_pool2d_dropout", "32x64x112x112 3x3 s2 p0.3 eval nchw", _map(32, 64, 112, 3, 2, 1, p=0.3, training=False)),
 ]
 
 # ---------------------------------------------------------------------------------------------------------

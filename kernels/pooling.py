@@ -17,7 +17,8 @@ Backward without an int64 index tensor. The forward stores, per output, the winn
 (uint8; int32 for windows of more than 254 taps) instead of torch's int64 input offset, and KH*KW where
 no unit was kept. The input gradient is then a gather: each input pixel visits the windows that contain
 it (only the ((K-1)*d)//s + 1 per axis that can, not one per tap), and adds dy where that
-window's byte names the pixel's tap. No atomics, deterministic.
+window's byte names the pixel's tap. No atomics, deterministic. For the common windows (2x2, 3x3 at
+strides 1-3) a lane takes a cell of pixels that share their windows, and loads each window once.
 
 Max-pooling dropout. Every input unit is kept by one 16-bit Philox draw, shared by all the windows that
 contain it: the units form blocks of 2 rows x 4 columns, block (bh, bw) = (ih//2, iw//4) of map r is
@@ -31,8 +32,10 @@ units, 0 when none is kept.
 VGG's 2x2 stride-2 windows (PAIRS): one 2x4 block holds exactly the windows of the output pair
 (oh, 2q) and (oh, 2q+1), so the program's lanes are output pairs: one call per pair draws each unit
 of its patch once, and each of the block's two rows is one contiguous 4-unit load along W. Other
-geometries walk the blocks their window overlaps (SPAN_H x SPAN_W of them), each unit offered to the
-window by `_dropout_unit`.
+common windows (2x2, 3x3 at strides 1-3, `_dropout_cells`) give each lane a cell of outputs whose
+patch it draws and loads once; only the blocks of the halo between neighbouring cells are drawn twice.
+Any other geometry walks the blocks its window overlaps (SPAN_H x SPAN_W of them), each unit offered to
+the window by `_dropout_unit`.
 
 Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... >= v_n, the training
 output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
@@ -88,6 +91,41 @@ def _window_rank(x_map, ih0, iw0, window_ok, v, tap, H, W, KH, KW, dil_h, dil_w,
         u = tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=0.0).to(tl.float32)
         rank += (ok & ((u > v) | ((u == v) & (t < tap)))).to(tl.int32)
     return rank
+
+
+@triton.jit
+def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr):
+    """Weighted pooling of a TAPS x TAPS window whose tap (0, 0) sits at (ih0, iw0), unrolled: its units are
+    loaded once and ranked by comparing each pair once (a sort in registers), rank as `_window_rank`
+    (larger, or equal with a smaller tap; units outside the input do not count)."""
+    KK: tl.constexpr = TAPS * TAPS
+    values = ()
+    inside = ()
+    ranks = ()
+    for t in tl.static_range(KK):
+        ih = ih0 + (t // TAPS) * dil_h
+        iw = iw0 + (t % TAPS) * dil_w
+        ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        values += (tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=0.0).to(tl.float32),)
+        inside += (ok,)
+        ranks += (tl.zeros_like(ok.to(tl.int32)),)
+    for i in tl.static_range(KK):
+        for j in tl.static_range(i + 1, KK):
+            ranks = _rank_pair(values, inside, ranks, i, j)
+    out = tl.zeros_like(values[0])
+    for t in tl.static_range(KK):
+        out += tl.where(inside[t], _keep_weight(ranks[t], p) * values[t], 0.0)
+    return out
+
+
+@triton.jit
+def _rank_pair(values, inside, ranks, I: tl.constexpr, J: tl.constexpr):
+    """Ranks after comparing units I < J of a window (`_weighted_window`): J outranks I when larger, I
+    outranks J when larger or equal (the earlier tap). Two compares, not one and its negation, so that a
+    NaN outranks nothing and is outranked by nothing, as in `_window_rank`."""
+    j_above = (inside[J] & (values[J] > values[I])).to(tl.int32)
+    i_above = (inside[I] & (values[I] >= values[J])).to(tl.int32)
+    return ranks[:I] + (ranks[I] + j_above,) + ranks[I + 1:J] + (ranks[J] + i_above,) + ranks[J + 1:]
 
 
 @triton.jit
@@ -187,6 +225,115 @@ def _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
         tl.store(idx_ptr + y_offs, taps.to(idx_ptr.dtype.element_ty), mask=out_ok)
 
 
+@triton.constexpr_function
+def _cell_blocks(first, stride, cell, taps, size):
+    """Blocks of `size` units along an axis that hold a cell's patch: its `cell` windows at `stride`
+    start `first` units into the first block and span (cell-1)*stride + taps units (`_dropout_cells`)."""
+    return (first + (cell - 1) * stride + taps + size - 1) // size
+
+
+@triton.constexpr_function
+def _cell_unit(row, col, blocks_w):
+    """Where unit (row, col) of a cell's patch sits in the tuple of its draws: block (row // 2, col // 4)
+    of a patch blocks_w blocks wide, unit 4*(row % 2) + col % 4 of that block (the block's Philox half)."""
+    return ((row // 2) * blocks_w + col // 4) * 8 + 4 * (row % 2) + col % 4
+
+
+@triton.jit
+def _scan_unit(values, kept, U: tl.constexpr, t, best, best_tap, KK):
+    """`_scan_tap` of unit U of a patch held as tuples of values and keep flags (U a compile-time index)."""
+    return _scan_tap(values[U], kept[U], t, best, best_tap, KK)
+
+
+@triton.jit
+def _along_c(v, CELLS_FIRST: tl.constexpr):
+    """A per-channel vector as a column of the lane tile: (1, BLOCK_C) when CELLS_FIRST, else (BLOCK_C, 1)."""
+    if CELLS_FIRST:
+        out = v[None, :]
+    else:
+        out = v[:, None]
+    return out
+
+
+@triton.jit
+def _along_p(v, CELLS_FIRST: tl.constexpr):
+    """A per-cell vector as a row of the lane tile: (BLOCK_P, 1) when CELLS_FIRST, else (1, BLOCK_P)."""
+    if CELLS_FIRST:
+        out = v[:, None]
+    else:
+        out = v[None, :]
+    return out
+
+
+@triton.jit
+def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
+                   syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, STRIDE: tl.constexpr,
+                   PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr, CELLS_FIRST: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
+    each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under their windows
+    once (one Philox call per block, not one per window that overlaps it) and loads each unit once; then
+    every output scans its taps, all of them compile-time positions in the lane's patch.
+
+    CELL_H * STRIDE is even and CELL_W * STRIDE a multiple of 4, so every cell's patch starts at the same
+    offset into its first block, (-PAD) mod 2 rows and (-PAD) mod 4 columns.
+
+    CELLS_FIRST (channels_last): the lane tile is (cells, channels), channels along its fast axis as along
+    memory's, so that the loads keep the layout the keep flags are computed in (transposed, every masked
+    load's flag went through shared memory)."""
+    FIRST_H: tl.constexpr = (2 - PAD % 2) % 2
+    FIRST_W: tl.constexpr = (4 - PAD % 4) % 4
+    BLOCKS_H: tl.constexpr = _cell_blocks(FIRST_H, STRIDE, CELL_H, TAPS, 2)
+    BLOCKS_W: tl.constexpr = _cell_blocks(FIRST_W, STRIDE, CELL_W, TAPS, 4)
+    KK: tl.constexpr = TAPS * TAPS
+    cells_w = tl.cdiv(OW, CELL_W)
+    cells = tl.cdiv(OH, CELL_H) * cells_w
+    n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
+    uh = offs_u // cells_w
+    uw = offs_u % cells_w
+    lane_ok = _along_c(offs_c < C, CELLS_FIRST) & _along_p(offs_u < cells, CELLS_FIRST)
+    x_map = x_ptr + n * sxn + _along_c(offs_c.to(tl.int64) * sxc, CELLS_FIRST)
+    rows = _along_c(n * C + offs_c.to(tl.int64), CELLS_FIRST)
+    seed = tl.load(seed_ptr)
+    # The cell's first block: its patch starts at input row uh*CELL_H*STRIDE - PAD, FIRST_H rows into it.
+    bh0 = uh * (CELL_H * STRIDE // 2) - (PAD + FIRST_H) // 2
+    bw0 = uw * (CELL_W * STRIDE // 4) - (PAD + FIRST_W) // 4
+
+    # Draw and load the patch, block by block: unit j of block (a, b) is half j of its call.
+    values = ()
+    kept = ()
+    for blk in tl.static_range(BLOCKS_H * BLOCKS_W):
+        bh = bh0 + blk // BLOCKS_W
+        bw = bw0 + blk % BLOCKS_W
+        r0, r1, r2, r3 = tl.randint4x(seed, (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4)
+                                      + _along_p(bw, CELLS_FIRST))
+        for j in tl.static_range(8):
+            ih = 2 * bh + j // 4
+            iw = 4 * bw + j % 4
+            ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
+            keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
+            v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST), mask=keep,
+                        other=0.0)
+            values += (v.to(tl.float32),)
+            kept += (keep,)
+
+    y_map = n * syn + _along_c(offs_c.to(tl.int64) * syc, CELLS_FIRST)   # each lane's map in y and idx
+    for r in tl.static_range(CELL_H * CELL_W):
+        best = tl.where(lane_ok, float("-inf"), float("-inf"))
+        best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
+        for t in tl.static_range(KK):
+            best, best_tap = _scan_unit(values, kept, _cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
+                                                                 FIRST_W + (r % CELL_W) * STRIDE + t % TAPS,
+                                                                 BLOCKS_W), t, best, best_tap, KK)
+        oh = uh * CELL_H + r // CELL_W
+        ow = uw * CELL_W + r % CELL_W
+        ok = lane_ok & _along_p((oh < OH) & (ow < OW), CELLS_FIRST)
+        y_offs = _along_p(oh.to(tl.int64) * syh + ow.to(tl.int64) * syw, CELLS_FIRST)
+        tl.store(y_ptr + y_map + y_offs, tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty), mask=ok)
+        if STORE_INDEX:
+            tl.store(idx_ptr + y_map + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=ok)
+
+
 @triton.jit
 def max_pool2d_forward_kernel(
     x_ptr, y_ptr,   # input and output
@@ -206,15 +353,24 @@ def max_pool2d_forward_kernel(
     TAPS: tl.constexpr,          # MAX: the side of a common square window (2, 3), unrolled; 0 walks KH x KW
     SPAN_H: tl.constexpr,        # DROPOUT otherwise: 2x4 blocks of units a window overlaps, at most, down its rows
     SPAN_W: tl.constexpr,        # ... and along its columns
+    CELL_H: tl.constexpr,        # DROPOUT, a TAPS x TAPS window at STRIDE with padding PAD: each lane takes
+    CELL_W: tl.constexpr,        # CELL_H x CELL_W outputs (`_dropout_cells`); 0: not this path
+    STRIDE: tl.constexpr,        # CELL_H: the stride and padding of both axes
+    PAD: tl.constexpr,
+    CELLS_FIRST: tl.constexpr,   # CELL_H: the lanes' tile is (cells, channels) (channels_last), not (channels, cells)
     BLOCK_C: tl.constexpr,       # channels of one sample per program
-    BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program (PAIRS: BLOCK_P // 2 pairs)
+    BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program (PAIRS: BLOCK_P // 2 pairs; CELL_H: cells)
 ):
     """One program computes BLOCK_C x BLOCK_P outputs of one sample. Grid:
     (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest (PAIRS: OH * 2*cdiv(OW, 2)
-    pixels, so that each pair is whole)."""
+    pixels, so that each pair is whole; CELL_H: cdiv(OH, CELL_H) * cdiv(OW, CELL_W) cells)."""
     if PAIRS:
         _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
                        syn, syc, syh, syw, STORE_INDEX, BLOCK_C, BLOCK_P)
+    elif CELL_H:
+        _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
+                       syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_FIRST,
+                       BLOCK_C, BLOCK_P)
     else:
         _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h,
                          pad_w, dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE,
@@ -237,7 +393,9 @@ def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, s
     x_map = x_ptr + n * sxn + offs_c.to(tl.int64)[:, None] * sxc
     KK = KH * KW
 
-    if MODE == WEIGHTED:
+    if MODE == WEIGHTED and TAPS:
+        out = _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS)
+    elif MODE == WEIGHTED:
         out = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
         for t in range(KK):
             ih = ih0 + (t // KW) * dil_h
@@ -350,11 +508,14 @@ def max_pool2d_backward_kernel(
     GATHER_H: tl.constexpr,   # windows down the rows that can hold one input row: ((KH-1)*dil_h) // stride_h + 1
     GATHER_W: tl.constexpr,   # ... and along the columns
     DILATED: tl.constexpr,    # dil_h > 1 or dil_w > 1: a tap offset must be divided by the dilation
-    STRIDE: tl.constexpr,     # a common square stride (2, 3) as a constant, so dividing by it is a multiply; 0: the
+    STRIDE: tl.constexpr,     # a common square stride (1, 2, 3) as a constant, so dividing by it is a multiply; 0: the
                               # runtime stride_h, stride_w (a stride of 1 is specialised by Triton itself)
     SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both
+    CELL: tl.constexpr,       # not WEIGHTED, a TAPS x TAPS window at a STRIDE (1, 2, 3), no dilation: each lane
+                              # takes CELL x CELL pixels (`_backward_cells`); 0: one pixel a lane
+    TAPS: tl.constexpr,       # CELL: the window's side
     BLOCK_C: tl.constexpr,    # channels of one sample per program
-    BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program
+    BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program (CELL: cells)
 ):
     """dx[n, c, ih, iw] = sum over the windows (oh, ow) holding (ih, iw) as tap t of dy[n, c, oh, ow] * g,
     with g = [idx[n, c, oh, ow] == t] (max) or g = (1-p) p^rank (weighted).
@@ -362,8 +523,88 @@ def max_pool2d_backward_kernel(
     Each pixel visits only the GATHER_H x GATHER_W windows that can contain it (`_containing_window`),
     an unrolled loop with no division: the pixel's last window along each axis is found once, by one
     division per pixel. Each dx element is written once: no atomics, deterministic.
-    Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),).
+    Grid: (N * cdiv(C, BLOCK_C) * cdiv(H*W, BLOCK_P),); CELL: cdiv(H + pad_h, CELL) * cdiv(W + pad_w, CELL)
+    cells instead of H*W pixels.
     """
+    if CELL:
+        _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn, sdyc, sdyh, sdyw,
+                        sidxn, sidxc, sidxh, sidxw, sdxn, sdxc, sdxh, sdxw, TAPS, STRIDE, CELL, SAME_STRIDES,
+                        BLOCK_C, BLOCK_P)
+    else:
+        _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
+                         dil_h, dil_w, p, sdyn, sdyc, sdyh, sdyw, sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw,
+                         sdxn, sdxc, sdxh, sdxw, WEIGHTED, GATHER_H, GATHER_W, DILATED, STRIDE, SAME_STRIDES,
+                         BLOCK_C, BLOCK_P)
+
+
+@triton.jit
+def _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn, sdyc, sdyh, sdyw,
+                    sidxn, sidxc, sidxh, sidxw, sdxn, sdxc, sdxh, sdxw, TAPS: tl.constexpr, STRIDE: tl.constexpr,
+                    CELL: tl.constexpr, SAME_STRIDES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_backward_kernel (not WEIGHTED) for a TAPS x TAPS window at stride STRIDE, undilated: each
+    lane takes a cell of CELL x CELL input pixels (CELL a multiple of STRIDE), a = (ih + pad_h, iw + pad_w)
+    in [CELL*u, CELL*u + CELL) per axis. All of a cell's pixels lie in the windows o = u*CELL/STRIDE - j,
+    j = GATHER-1-w, w in [0, NW), with GATHER = (TAPS-1)//STRIDE + 1 and NW = GATHER + CELL/STRIDE - 1 per
+    axis: the lane loads each of those windows' dy and tap once (not once per pixel that may sit in it),
+    and pixel r of the cell sits in window w at tap k = r + (GATHER-1-w)*STRIDE, a constant: the tap
+    compare is unrolled, and a (pixel, window) pair that is no tap costs nothing."""
+    GATHER: tl.constexpr = (TAPS - 1) // STRIDE + 1
+    NW: tl.constexpr = GATHER + CELL // STRIDE - 1
+    cells_w = tl.cdiv(W + pad_w, CELL)
+    cells = tl.cdiv(H + pad_h, CELL) * cells_w
+    n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
+    uh = offs_u // cells_w
+    uw = offs_u % cells_w
+    lane_ok = (offs_c < C)[:, None] & (offs_u < cells)[None, :]
+    c64 = offs_c.to(tl.int64)[:, None]
+    dy_map = dy_ptr + n * sdyn + c64 * sdyc
+    idx_map = idx_ptr + n * sidxn + c64 * sidxc
+    oh0 = uh * (CELL // STRIDE) - (GATHER - 1)
+    ow0 = uw * (CELL // STRIDE) - (GATHER - 1)
+    grads = ()
+    taps = ()
+    for w in tl.static_range(NW * NW):
+        oh = oh0 + w // NW
+        ow = ow0 + w % NW
+        ok = lane_ok & ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW))[None, :]
+        dy_offs = (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :]
+        if SAME_STRIDES:
+            idx_offs = dy_offs
+        else:
+            idx_offs = (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :]
+        grads += (tl.load(dy_map + dy_offs, mask=ok, other=0.0).to(tl.float32),)
+        # Outside `ok` the record reads as TAPS*TAPS, which names no tap.
+        taps += (tl.load(idx_map + idx_offs, mask=ok, other=TAPS * TAPS).to(tl.int32),)
+
+    dx_map = dx_ptr + n * sdxn + c64 * sdxc
+    for r in tl.static_range(CELL * CELL):
+        acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+        for w in tl.static_range(NW * NW):
+            # Pixel r's tap in window w, along each axis (compile-time constants).
+            if _is_tap(r // CELL, w // NW, GATHER, STRIDE, TAPS) and _is_tap(r % CELL, w % NW, GATHER, STRIDE, TAPS):
+                t = (r // CELL + (GATHER - 1 - w // NW) * STRIDE) * TAPS + r % CELL + (GATHER - 1 - w % NW) * STRIDE
+                acc += tl.where(taps[w] == t, grads[w], 0.0)
+        ih = uh * CELL + r // CELL - pad_h
+        iw = uw * CELL + r % CELL - pad_w
+        ok = lane_ok & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
+        dx_offs = (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
+        tl.store(dx_map + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.constexpr_function
+def _is_tap(r, w, gather, stride, taps):
+    """Whether cell position r sits in cell window w at a tap of a `taps`-wide window (`_backward_cells`)."""
+    return 0 <= r + (gather - 1 - w) * stride < taps
+
+
+@triton.jit
+def _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
+                     dil_h, dil_w, p, sdyn, sdyc, sdyh, sdyw, sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw,
+                     sdxn, sdxc, sdxh, sdxw, WEIGHTED: tl.constexpr, GATHER_H: tl.constexpr, GATHER_W: tl.constexpr,
+                     DILATED: tl.constexpr, STRIDE: tl.constexpr, SAME_STRIDES: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_backward_kernel for any window: each lane one input pixel, visiting its candidate
+    windows."""
     n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, H * W, BLOCK_C, BLOCK_P)
     ih = offs_p // W
     iw = offs_p % W

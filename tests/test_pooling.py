@@ -170,6 +170,31 @@ def test_pool_dropout_shares_one_draw_per_unit(geometry):
     assert_close(x.grad, xr.grad, torch.float32, "input grad")
 
 
+# The per-lane cell paths (2x2 and 3x3 windows at strides 1-3, undilated, square padding): forward lanes of
+# 4x8, 4x4 and 2x4 outputs drawing their patch once, backward lanes of 2x2 or 3x3 pixels.
+CELL_GEOMETRIES = [(3, 2, 1), (3, 1, 1), (2, 1, 0), (3, 3, 1), (2, 2, 1), (2, 3, 0)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("geometry", CELL_GEOMETRIES, ids=[f"k{k}s{s}p{p}" for k, s, p in CELL_GEOMETRIES])
+def test_pool_dropout_cells_share_each_units_draw(geometry, channels_last):
+    """Overlapping windows on maps several cells wide with partial last cells: every window sees the
+    1x1-window mask's draw of each unit (units in the halo between lanes' patches too), exactly; the
+    gradient, with dy a non-contiguous view (its strides differ from the saved taps'), reaches the
+    selected unit only."""
+    p, seed = 0.5, 13
+    x = rand(2, 3, 19, 42, channels_last=channels_last)[:, :, :, ::2].requires_grad_()   # 19 x 21, W stride 2
+    keep = _kept_units(x.detach(), p, seed)
+    y = tc.max_pool2d_dropout(x, *geometry, p=p, seed=seed)
+    xr = x.detach().double().requires_grad_()
+    ref = _masked_max_pool(xr, keep, *geometry, 1)
+    assert torch.equal(y.double(), ref)
+    dy = rand(*ref.shape[:2], ref.shape[3], ref.shape[2]).transpose(2, 3)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, torch.float32, "input grad")
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_pool_dropout_pairs_path_matches_window_walk(channels_last):
     """2x2 stride-2 windows take the pair path (one Philox call per output pair), every other window the

@@ -66,6 +66,27 @@ class PoolGeometry:
         no padding, no dilation."""
         return self.kernel == (2, 2) and self.stride == (2, 2) and self.pad == (0, 0) and self.dilation == (1, 1)
 
+    def dropout_cell(self) -> tuple[int, int]:
+        """The outputs (rows, columns) each lane of the max-pooling dropout forward takes (kernels.pooling
+        `_dropout_cells`): a common square window (2, 3) at a square stride of 1 to 3 with square padding,
+        undilated, and not the pair path; (0, 0) otherwise. A cell spans an even number of input rows and
+        a multiple of 4 columns (whole 2x4 blocks of draws)."""
+        common = (self.fixed_taps() and self.stride[0] == self.stride[1] in (1, 2, 3)
+                  and self.pad[0] == self.pad[1] and self.dilation == (1, 1) and not self.pairs())
+        return {1: (4, 8), 2: (4, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
+
+    def cell(self) -> int:
+        """The side of the pixel cell each lane of the max backward takes (kernels.pooling
+        `_backward_cells`): a common square window (2, 3) at a square stride of 1 to 3, undilated; the
+        stride, at least 2 (so that stride-1 lanes share windows too). 0: one pixel a lane."""
+        common = self.fixed_taps() and self.stride[0] == self.stride[1] in (1, 2, 3) and self.dilation == (1, 1)
+        return max(self.stride[0], 2) if common else 0
+
+    def cell_windows(self, cell: int) -> int:
+        """The windows a lane of `cell` x `cell` pixels loads (`_backward_cells`): the gather(axis) windows of
+        its first pixel and one more per stride of the cell, per axis."""
+        return (self.gather(0) + cell // self.stride[0] - 1) * (self.gather(1) + cell // self.stride[1] - 1)
+
     def gather(self, axis: int) -> int:
         """How many windows along `axis` can hold one input position as a tap, at most: the windows
         starting in the (k-1)*d + 1 positions at or before it, one every s."""
@@ -92,9 +113,14 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     warps = 4
     if problem.kernel == "max_pool2d_backward" and mode != WEIGHTED.value:
         # The backward's per-pixel work (its windows' coordinates, found by division) is shared by the
-        # tile's channels and its per-element work is a few instructions per window: 4096 outputs (32 a
-        # thread) amortise the first.
+        # tile's channels and its per-element work is a few instructions per window: 4096 pixels (32 a
+        # thread) amortise the first. A lane of a cell holds two values per window and a sum per pixel:
+        # as many cells a thread as fit about 192 registers (2x2 stride 2: 32; 3x3 stride 2: 16; 3x3
+        # stride 1: 4, where 8 spill).
         budget = 4096
+        if extra["cell"]:
+            per_thread = 192 // (2 * extra["windows"] + extra["cell"] ** 2)
+            budget = 128 << (per_thread.bit_length() - 1)
     if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value and not interpreter:
         # Its Philox calls make it issue-bound: more outputs a thread amortise the per-program and per-pair
         # work (`python -m bench.cost --kernel max_pool2d_forward`): the 2x2 stride-2 path (PAIRS) holds two
@@ -102,6 +128,9 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         # 3.6, the GPU machine's), the window walk 2048 at 8 warps (8 a thread).
         budget = 4096 if extra["pairs"] and problem.dtype != torch.float32 else 2048
         warps = 4 if extra["pairs"] else 8
+        if extra["cell"]:
+            # A lane of a cell holds its patch's units and keep flags (up to 9x9 of each): one cell a thread.
+            budget, warps = 128, 4
     if problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
         block_p = heuristics.pow2_clamp(problem.n, 1, budget // block_c)
@@ -163,19 +192,25 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     if y.numel() == 0:
         return lambda x, seed: (alloc_y(), alloc_idx())
     pairs = mode == DROPOUT.value and geo.pairs()
-    # PAIRS lanes are output pairs: its pixels are OH rows of whole pairs.
+    cell_h, cell_w = geo.dropout_cell() if mode == DROPOUT.value else (0, 0)
+    # PAIRS lanes are output pairs: its pixels are OH rows of whole pairs; CELL lanes are cells of outputs.
     pixels = geo.out_height * (2 * heuristics.cdiv(geo.out_width, 2) if pairs else geo.out_width)
+    if cell_h:
+        pixels = heuristics.cdiv(geo.out_height, cell_h) * heuristics.cdiv(geo.out_width, cell_w)
     problem = dispatch.Problem(
         "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
-        batch=geo.batch, dtype=x.dtype, channels_last=cl, extra=(("mode", mode), ("pairs", pairs)))
-    taps = geo.fixed_taps() if mode == MAX.value else 0
+        batch=geo.batch, dtype=x.dtype, channels_last=cl,
+        extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w)))
+    taps = geo.fixed_taps() if mode in (MAX.value, WEIGHTED.value) or cell_h else 0
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
     args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_forward_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
                                  STORE_INDEX=store_index, PAIRS=pairs, TAPS=taps, SPAN_H=geo.span(0),
-                                 SPAN_W=geo.span(1), **cfg.launch_kwargs())
+                                 SPAN_W=geo.span(1), CELL_H=cell_h, CELL_W=cell_w,
+                                 STRIDE=geo.stride[0] if cell_h else 0, PAD=geo.pad[0] if cell_h else 0,
+                                 CELLS_FIRST=bool(cell_h) and cl, **cfg.launch_kwargs())
 
         def run(x, seed):
             y, idx = alloc_y(), alloc_idx()
@@ -196,9 +231,14 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
         return lambda dy, saved: alloc()
+    cell = 0 if weighted else geo.cell()
+    # CELL lanes are cells of pixels, cell x cell each, starting at the top-left padding.
+    pixels = (heuristics.cdiv(geo.height + geo.pad[0], cell) * heuristics.cdiv(geo.width + geo.pad[1], cell) if cell
+              else geo.height * geo.width)
     problem = dispatch.Problem(
-        "max_pool2d_backward", m=geo.channels, n=geo.height * geo.width, k=geo.kernel[0] * geo.kernel[1],
-        batch=geo.batch, dtype=dy.dtype, channels_last=out_channels_last, extra=(("mode", mode),))
+        "max_pool2d_backward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
+        batch=geo.batch, dtype=dy.dtype, channels_last=out_channels_last,
+        extra=(("mode", mode), ("cell", cell), ("windows", geo.cell_windows(cell))))
     # Strides of the tensor the kernel does not read are placeholders.
     idx_strides = dy.stride() if weighted else saved.stride()
     x_strides = saved.stride() if weighted else dy.stride()
@@ -207,8 +247,9 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_backward_kernel, (dispatch.programs(cfg, problem),), WEIGHTED=weighted,
                                  GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
-                                 STRIDE=geo.stride[0] if geo.stride[0] == geo.stride[1] in (2, 3) else 0,
+                                 STRIDE=geo.stride[0] if geo.stride[0] == geo.stride[1] in (1, 2, 3) else 0,
                                  SAME_STRIDES=not weighted and dy.stride() == saved.stride(),
+                                 CELL=cell, TAPS=geo.fixed_taps(),
                                  **cfg.launch_kwargs())
 
         def run(dy, saved):
