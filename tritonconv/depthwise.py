@@ -79,10 +79,10 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, **blocks)
 
 
-# The forward's sliding window (OUT_W outputs per thread along a row) on a GPU: channels_last only (an
-# NCHW row's neighbours are its contiguous elements, which the threads of a warp already share), 4 outputs
-# per thread, in tiles of 512 column groups: one 16-byte vector of channels per thread and output (8
-# 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90).
+# The forward's sliding window (OUT_W outputs per thread along a row) on a GPU: 4 outputs per thread, in
+# tiles of 512 column groups: channels_last, one 16-byte vector of channels per thread and output (8
+# 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90); NCHW,
+# whose loads along a row are scalar, loads each input column once for every output and tap that reads it.
 _WINDOW_OUT_W = 4
 _WINDOW_TILE = 512
 
@@ -100,7 +100,7 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     window serves some tap); the sliding window then takes _WINDOW_OUT_W outputs per thread (2 in the
     interpreter, so the tests run it)."""
     window = dict(problem.extra).get("window", 0)
-    out_w = 1 if not window else 2 if interpreter else _WINDOW_OUT_W if problem.channels_last else 1
+    out_w = 1 if not window else 2 if interpreter else _WINDOW_OUT_W
     blocks = _tile(_window_columns(problem, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
@@ -245,7 +245,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         def run(x, w, bias):
             y = alloc()
             z = alloc() if store_pre else x.new_empty(0)
-            packed = tap_major(w)
+            packed = tap_major(w, torch.float32)  # converted once here, not per tap and thread
             kernel(x, packed, packed if bias is None else bias, y, z if store_pre else y, *args)
             return y, z
         return run
