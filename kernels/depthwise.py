@@ -88,21 +88,35 @@ def depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sx
 
 
 @triton.jit
+def window_columns(iw, W, COLUMNS: tl.constexpr):
+    """Whether each of the COLUMNS input columns iw, iw + 1, ... of a sliding window lies inside the input."""
+    col_ok = ()
+    for q in tl.static_range(COLUMNS):
+        col_ok = col_ok + ((iw + q >= 0) & (iw + q < W),)
+    return col_ok
+
+
+@triton.jit
 def depthwise_window_row(accs, x_row, row_ok, col_ok, w_row, f_valid, sxw, sww, stride_w: tl.constexpr,
-                         dil_w: tl.constexpr, TAPS_W: tl.constexpr, OUT_W: tl.constexpr):
-    """accs[p] + sum_{j < TAPS_W} x_row[p*sw + j*dw] * w_row[j] for each of a thread's OUT_W neighbouring
-    outputs p along the row: one kernel row of `depthwise_forward_kernel`'s sliding window. Each input
-    column q of the row is loaded and converted once (masked by row_ok & col_ok[q]) and serves every
-    (output, tap) pair that reads it; one tap's weights (one vector load) serve all OUT_W outputs."""
+                         dil_w: tl.constexpr, TAPS_W: tl.constexpr, OUT_W: tl.constexpr, taps):
+    """accs[p] + sum_{j < min(TAPS_W, taps)} x_row[p*sw + j*dw] * w_row[j] for each of a thread's OUT_W
+    neighbouring outputs p along the row: TAPS_W taps of one kernel row of `depthwise_forward_kernel`'s
+    sliding window. Each input column q of the row is loaded and converted once (masked by
+    row_ok & col_ok[q]) and serves every (output, tap) pair that reads it; one tap's weights (one vector
+    load) serve all OUT_W outputs. `taps`: TAPS_W itself (the test then compiles away), or the taps left in
+    a kernel row taken in chunks of TAPS_W at runtime, where the last chunk skips the taps past the row's
+    end (a branch: a zero weight would still turn an infinite input into NaN)."""
     xs = ()
     for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
         xs = xs + (tl.load(x_row + q * sxw, mask=row_ok & col_ok[q], other=0.0).to(tl.float32),)
     for j in tl.static_range(TAPS_W):
-        wv = tl.load(w_row + j * sww, mask=f_valid, other=0.0).to(tl.float32)
-        stepped = ()
-        for p in tl.static_range(OUT_W):
-            stepped = stepped + (accs[p] + xs[p * stride_w + j * dil_w] * wv,)
-        accs = stepped
+        if j < taps:
+            w_ptrs, _ = tl.broadcast(w_row + j * sww, x_row)
+            wv = tl.load(w_ptrs, mask=f_valid, other=0.0).to(tl.float32)
+            stepped = ()
+            for p in tl.static_range(OUT_W):
+                stepped = stepped + (accs[p] + xs[p * stride_w + j * dil_w] * wv,)
+            accs = stepped
     return accs
 
 
@@ -131,13 +145,14 @@ def depthwise_forward_kernel(
     BLOCK_C: tl.constexpr,     # output channels per program
     TAPS_H: tl.constexpr,      # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
     TAPS_W: tl.constexpr,
-    OUT_W: tl.constexpr,       # neighbouring output columns per thread, > 1 only with TAPS_W > 0
+    OUT_W: tl.constexpr,       # neighbouring output columns per thread (and taps per chunk of a runtime row)
 ):
     """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
 
     With OUT_W > 1, each thread computes OUT_W neighbouring outputs of a row, as OUT_W accumulator tiles
     (a tuple), and reads each input row once for all of them (`depthwise_window_row`): a KW-tap row costs
-    (OUT_W - 1) * sw + (KW - 1) * dw + 1 loads and conversions per thread instead of OUT_W * KW.
+    (OUT_W - 1) * sw + (KW - 1) * dw + 1 loads and conversions per thread instead of OUT_W * KW. Rows too
+    wide to unroll (TAPS_W == 0) slide the window over chunks of OUT_W taps.
 
     Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H) * cdiv(OW, BLOCK_W * OUT_W),), one flat axis because
     N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
@@ -160,29 +175,40 @@ def depthwise_forward_kernel(
         accs = (depthwise_taps(acc, x_chan + ih0 * sxh + iw0 * sxw, f_valid, ih0, iw0, w_chan, f_valid, H, W, sxh,
                                sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W),)
     else:
-        # The window's input columns start at the first live tap's; whether each exists is the same for
-        # every kernel row.
+        # The window's input columns start at the first live tap's.
         iw_first = iw0 + kw_start * dil_w
-        col_ok = ()
+        iw_cols = iw_first.to(tl.int32)  # compared with W only: int32 comparisons are half the instructions
         accs = ()
-        for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
-            col_ok = col_ok + ((iw_first + q >= 0) & (iw_first + q < W),)
         for p in tl.static_range(OUT_W):
             accs = accs + (tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32),)
         x_first = x_chan + ih0 * sxh + iw_first * sxw
         w_first = w_chan + kw_start * sww
-        if TAPS_H > 0:
-            for i in tl.static_range(TAPS_H):
-                ih = ih0 + (kh_start + i) * dil_h
-                accs = depthwise_window_row(accs, x_first + ((kh_start + i) * dil_h).to(tl.int64) * sxh,
-                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + (kh_start + i) * swh,
-                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
+        if TAPS_W > 0:
+            # Whether each window column exists is the same for every kernel row.
+            col_ok = window_columns(iw_cols, W, (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1)
+            if TAPS_H > 0:
+                for i in tl.static_range(TAPS_H):
+                    ih = ih0 + (kh_start + i) * dil_h
+                    accs = depthwise_window_row(accs, x_first + ((kh_start + i) * dil_h).to(tl.int64) * sxh,
+                                                f_valid & (ih >= 0) & (ih < H), col_ok, w_first + (kh_start + i) * swh,
+                                                f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W, TAPS_W)
+            else:
+                for kh in range(kh_start, kh_end):
+                    ih = ih0 + kh * dil_h
+                    accs = depthwise_window_row(accs, x_first + (kh * dil_h).to(tl.int64) * sxh,
+                                                f_valid & (ih >= 0) & (ih < H), col_ok, w_first + kh * swh,
+                                                f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W, TAPS_W)
         else:
+            # Rows too wide to unroll (large kernels): each kernel row's taps in runtime chunks of OUT_W, a
+            # window of (OUT_W - 1) * sw + (OUT_W - 1) * dw + 1 columns per chunk.
             for kh in range(kh_start, kh_end):
                 ih = ih0 + kh * dil_h
-                accs = depthwise_window_row(accs, x_first + (kh * dil_h).to(tl.int64) * sxh,
-                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + kh * swh,
-                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
+                row_ok = f_valid & (ih >= 0) & (ih < H)
+                for t in range(0, kw_end - kw_start, OUT_W):
+                    col_ok = window_columns(iw_cols + t * dil_w, W, (OUT_W - 1) * (stride_w + dil_w) + 1)
+                    accs = depthwise_window_row(accs, x_first + (kh * dil_h).to(tl.int64) * sxh + tl.cast(t * dil_w, tl.int64) * sxw,
+                                                row_ok, col_ok, w_first + kh * swh + t * sww, f_valid, sxw, sww,
+                                                stride_w, dil_w, OUT_W, OUT_W, kw_end - kw_start - t)
 
     for p in tl.static_range(OUT_W):
         y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + (ow + p) * syw

@@ -82,9 +82,15 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 # The forward's sliding window (OUT_W outputs per thread along a row) on a GPU: 4 outputs per thread, in
 # tiles of 512 column groups: channels_last, one 16-byte vector of channels per thread and output (8
 # 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90); NCHW,
-# whose loads along a row are scalar, loads each input column once for every output and tap that reads it.
+# whose loads along a row are scalar, loads each input column once for every output and tap that reads it
+# (on 4 warps: 2 spill the separable probe's 3x3 bf16 window on sm_90).
+# Rows too wide to unroll (problem.extra's "window" == _CHUNKS) take their taps in runtime chunks of OUT_W:
+# 8 outputs per thread on 4 warps (4 channels each), so a chunk's 2 * 8 - 1 window columns serve 64
+# multiply-adds per thread and tap, against 7 columns and 32 with 4 outputs of 8 channels.
 _WINDOW_OUT_W = 4
 _WINDOW_TILE = 512
+_CHUNKS = 2
+_CHUNK_OUT_W = 8
 
 
 def _window_columns(problem: dispatch.Problem, out_w: int) -> dispatch.Problem:
@@ -96,21 +102,24 @@ def _window_columns(problem: dispatch.Problem, out_w: int) -> dispatch.Problem:
 
 def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Forward: one tile of the plane per program. The launcher marks problem.extra "window" when the
-    kernel's columns unroll with dilation 1 and at least `stride` taps (then every input column of the
-    window serves some tap); the sliding window then takes _WINDOW_OUT_W outputs per thread (2 in the
-    interpreter, so the tests run it)."""
+    kernel's columns have dilation 1 and either unroll with at least `stride` taps (then every input column
+    of the window serves some tap) or loop (in chunks of OUT_W taps); the sliding window then takes
+    _WINDOW_OUT_W outputs per thread (2 in the interpreter, so the tests run it)."""
     window = dict(problem.extra).get("window", 0)
-    out_w = 1 if not window else 2 if interpreter else _WINDOW_OUT_W
+    out_w = 1 if not window else 2 if interpreter else _CHUNK_OUT_W if window == _CHUNKS else _WINDOW_OUT_W
     blocks = _tile(_window_columns(problem, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
-        warps = heuristics.pow2_clamp(_WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
+        warps = 4 if window == _CHUNKS or not problem.channels_last else heuristics.pow2_clamp(
+            _WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
     return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, **blocks)
 
 
 def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """The tile space, with 1, 2 or 4 outputs per thread along a row where the window applies."""
-    widths = (1, 2, 4) if dict(problem.extra).get("window", 0) else (1,)
+    """The tile space, with 1, 2 or 4 outputs per thread along a row where the window applies (also 8 for
+    rows taken in chunks)."""
+    window = dict(problem.extra).get("window", 0)
+    widths = (1, 2, 4, 8) if window == _CHUNKS else (1, 2, 4) if window else (1,)
     return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, **dict(cfg.meta))
             for out_w in widths for cfg in _tile_space(_window_columns(problem, out_w))]
 
@@ -185,7 +194,9 @@ def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping
                                                                       ("kw_start", "kw_end", "TAPS_W"))
                  if not args.get(unrolled))
     if problem.kernel == "depthwise_forward":
-        return taps
+        # A looping row with the sliding window takes its taps in chunks of OUT_W.
+        chunk = config.get("OUT_W", 1) if len(taps) == 2 else 1
+        return taps[:1] + tuple(cdiv(t, chunk) for t in taps[1:])
     return (args["MULT"], *taps) * (args["stride_h"] * args["stride_w"])
 
 
@@ -205,11 +216,11 @@ dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_ke
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
-             cl: bool, phases: int = 1, window: bool = False) -> dispatch.Problem:
+             cl: bool, phases: int = 1, window: int = 0) -> dispatch.Problem:
     """The Problem of a launch tiling `plane` (`phases` of them per image: the input gradient's stride
     phases; `window`: the forward may slide a window along rows, see `_forward_config`)."""
     extra = (("height", plane[0]), ("width", plane[1])) + ((("phases", phases),) if phases > 1 else ()) + (
-        (("window", 1),) if window else ())
+        (("window", window),) if window else ())
     return dispatch.Problem(kernel, m=geo.batch * phases * plane[0] * plane[1], n=channels,
                             k=geo.kernel[0] * geo.kernel[1], dtype=x.dtype, channels_last=cl, extra=extra)
 
@@ -231,8 +242,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     if y.numel() == 0:
         return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
     taps = unrolled_taps(geo)
-    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=taps["TAPS_W"] > 0
-                       and geo.dilation[1] == 1 and taps["TAPS_W"] >= geo.stride[1])
+    window = 0 if geo.dilation[1] != 1 else _CHUNKS if taps["TAPS_W"] == 0 else int(taps["TAPS_W"] >= geo.stride[1])
+    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=window)
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
             *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
             bias.stride(0) if bias is not None else 0)
