@@ -84,18 +84,25 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 # 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90); NCHW,
 # whose loads along a row are scalar, loads each input column once for every output and tap that reads it
 # (on 4 warps: 2 spill the separable probe's 3x3 bf16 window on sm_90).
-# Rows too wide to unroll (problem.extra's "window" == _CHUNKS) take their taps in runtime chunks of OUT_W:
-# 8 outputs per thread on 4 warps (4 channels each), so a chunk's 2 * 8 - 1 window columns serve 64
-# multiply-adds per thread and tap, against 7 columns and 32 with 4 outputs of 8 channels.
+# Where the kernel's rows unroll too, at stride 1 (problem.extra's "window" == _WINDOW_2D), each thread also
+# takes _WINDOW_OUT_H output rows, so each input row's window serves the taps of both: NCHW and float32 only
+# (16-bit channels_last threads hold 8 channels, a 16-byte vector: 2 x 4 outputs of 8 channels spill a 5x5
+# window on sm_90, and 4 channels per thread, on 4 warps, load more than the shared rows save).
+# Rows too wide to unroll ("window" == _CHUNKS) take their taps in runtime chunks of OUT_W: 8 outputs per
+# thread on 4 warps (4 channels each), so a chunk's 2 * 8 - 1 window columns serve 64 multiply-adds per
+# thread and tap, against 7 columns and 32 with 4 outputs of 8 channels.
+_WINDOW, _CHUNKS, _WINDOW_2D = 1, 2, 3
 _WINDOW_OUT_W = 4
+_WINDOW_OUT_H = 2
 _WINDOW_TILE = 512
-_CHUNKS = 2
 _CHUNK_OUT_W = 8
 
 
-def _window_columns(problem: dispatch.Problem, out_w: int) -> dispatch.Problem:
-    """`problem` with its plane's columns counted in groups of `out_w` (what the forward's BLOCK_W tiles)."""
+def _window_groups(problem: dispatch.Problem, out_h: int, out_w: int) -> dispatch.Problem:
+    """`problem` with its plane's rows counted in groups of `out_h` and its columns in groups of `out_w`
+    (what the forward's BLOCK_H and BLOCK_W tile)."""
     extra = dict(problem.extra)
+    extra["height"] = cdiv(extra["height"], out_h)
     extra["width"] = cdiv(extra["width"], out_w)
     return dataclasses.replace(problem, extra=tuple(extra.items()))
 
@@ -103,25 +110,32 @@ def _window_columns(problem: dispatch.Problem, out_w: int) -> dispatch.Problem:
 def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Forward: one tile of the plane per program. The launcher marks problem.extra "window" when the
     kernel's columns have dilation 1 and either unroll with at least `stride` taps (then every input column
-    of the window serves some tap) or loop (in chunks of OUT_W taps); the sliding window then takes
-    _WINDOW_OUT_W outputs per thread (2 in the interpreter, so the tests run it)."""
+    of the window serves some tap) or loop (in chunks of OUT_W taps), and _WINDOW_2D when its rows also
+    unroll, with stride and dilation 1; the sliding window then takes _WINDOW_OUT_W outputs
+    per thread along a row, and _WINDOW_OUT_H rows for _WINDOW_2D (2 and 2 in the interpreter, so the
+    tests run it)."""
     window = dict(problem.extra).get("window", 0)
     out_w = 1 if not window else 2 if interpreter else _CHUNK_OUT_W if window == _CHUNKS else _WINDOW_OUT_W
-    blocks = _tile(_window_columns(problem, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
+    out_h = (1 if window != _WINDOW_2D else 2 if interpreter
+             else _WINDOW_OUT_H if problem.dtype.itemsize == 4 or not problem.channels_last else 1)
+    blocks = _tile(_window_groups(problem, out_h, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
         warps = 4 if window == _CHUNKS or not problem.channels_last else heuristics.pow2_clamp(
             _WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
-    return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, **blocks)
+    return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, OUT_H=out_h, **blocks)
 
 
 def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """The tile space, with 1, 2 or 4 outputs per thread along a row where the window applies (also 8 for
-    rows taken in chunks)."""
+    rows taken in chunks), on 1 or 2 rows where rows unroll too."""
     window = dict(problem.extra).get("window", 0)
     widths = (1, 2, 4, 8) if window == _CHUNKS else (1, 2, 4) if window else (1,)
-    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, **dict(cfg.meta))
-            for out_w in widths for cfg in _tile_space(_window_columns(problem, out_w))]
+    heights = (1, 2) if window == _WINDOW_2D else (1,)
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, OUT_H=out_h, **dict(cfg.meta))
+            for out_w in widths for out_h in heights
+            for cfg in _tile_space(_window_groups(problem, out_h if out_w > 1 else 1, out_w))
+            if out_w > 1 or out_h == 1]
 
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -173,7 +187,8 @@ def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
     images = problem.m // max(1, rows * cols * extra.get("phases", 1))
-    return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
+    return images * cdiv(rows, blocks["BLOCK_H"] * blocks.get("OUT_H", 1)) * cdiv(
+        cols, blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
 
 
 def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
@@ -242,7 +257,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     if y.numel() == 0:
         return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
     taps = unrolled_taps(geo)
-    window = 0 if geo.dilation[1] != 1 else _CHUNKS if taps["TAPS_W"] == 0 else int(taps["TAPS_W"] >= geo.stride[1])
+    window = (0 if geo.dilation[1] != 1 else _CHUNKS if taps["TAPS_W"] == 0 else 0 if taps["TAPS_W"] < geo.stride[1]
+              else _WINDOW_2D if geo.dilation[0] == 1 and geo.stride[0] == 1 and taps["TAPS_H"] else _WINDOW)
     problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=window)
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
             *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
