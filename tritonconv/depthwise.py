@@ -92,10 +92,23 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 # thread on 4 warps (4 channels each), so a chunk's 2 * 8 - 1 window columns serve 64 multiply-adds per
 # thread and tap, against 7 columns and 32 with 4 outputs of 8 channels.
 _WINDOW, _CHUNKS, _WINDOW_2D = 1, 2, 3
+# _window_width widens rows to 7 outputs where 7 divides them: predicted for 16-bit channels_last
+# efficientnet 5x5 bf16 54.8 -> 46.7 us, convnext 7x7 21.0 -> 16.6 us; NCHW rows that loop keep 4 (the
+# convnext 14x14 7x7 NCHW probe went 5.4 -> 6.0 us).
 _WINDOW_OUT_W = 4
 _WINDOW_OUT_H = 2
 _WINDOW_TILE = 512
 _CHUNK_OUT_W = 8
+
+
+def _window_width(problem: dispatch.Problem) -> int:
+    """Outputs per thread along the forward's rows at stride 1: the widest of 7, 6, 5 that divides the
+    row (no idle column in the last tile, and a longer window to share its columns: 7 for every plane of
+    MobileNet, EfficientNet and ConvNeXt), else _WINDOW_OUT_W, also at stride 2 or more (7 outputs at
+    stride 2 span a 3x3 kernel's 15 columns: 16-bit channels_last spills on sm_90)."""
+    extra = dict(problem.extra)
+    widths = (7, 6, 5) if extra.get("stride", 1) == 1 else ()
+    return next((w for w in widths if extra["width"] % w == 0), _WINDOW_OUT_W)
 
 
 def _window_groups(problem: dispatch.Problem, out_h: int, out_w: int) -> dispatch.Problem:
@@ -115,7 +128,8 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     per thread along a row, and _WINDOW_OUT_H rows for _WINDOW_2D (2 and 2 in the interpreter, so the
     tests run it)."""
     window = dict(problem.extra).get("window", 0)
-    out_w = 1 if not window else 2 if interpreter else _CHUNK_OUT_W if window == _CHUNKS else _WINDOW_OUT_W
+    out_w = (1 if not window else 2 if interpreter else _CHUNK_OUT_W if window == _CHUNKS
+             else _window_width(problem) if window == _WINDOW_2D or problem.channels_last else _WINDOW_OUT_W)
     out_h = (1 if window != _WINDOW_2D else 2 if interpreter
              else _WINDOW_OUT_H if problem.dtype.itemsize == 4 or not problem.channels_last else 1)
     blocks = _tile(_window_groups(problem, out_h, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
@@ -127,10 +141,10 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
 
 
 def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """The tile space, with 1, 2 or 4 outputs per thread along a row where the window applies (also 8 for
-    rows taken in chunks), on 1 or 2 rows where rows unroll too."""
+    """The tile space, with 1, 2, 4 or `_window_width` outputs per thread along a row where the window
+    applies (1, 2, 4, 8 for rows taken in chunks), on 1 or 2 rows where rows unroll too."""
     window = dict(problem.extra).get("window", 0)
-    widths = (1, 2, 4, 8) if window == _CHUNKS else (1, 2, 4) if window else (1,)
+    widths = (1, 2, 4, 8) if window == _CHUNKS else sorted({1, 2, 4, _window_width(problem)}) if window else (1,)
     heights = (1, 2) if window == _WINDOW_2D else (1,)
     return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, OUT_H=out_h, **dict(cfg.meta))
             for out_w in widths for out_h in heights
@@ -231,11 +245,12 @@ dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_ke
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
-             cl: bool, phases: int = 1, window: int = 0) -> dispatch.Problem:
+             cl: bool, phases: int = 1, window: int = 0, stride: int = 1) -> dispatch.Problem:
     """The Problem of a launch tiling `plane` (`phases` of them per image: the input gradient's stride
-    phases; `window`: the forward may slide a window along rows, see `_forward_config`)."""
+    phases; `window`: the forward may slide a window along rows, see `_forward_config`, whose column
+    stride is `stride`)."""
     extra = (("height", plane[0]), ("width", plane[1])) + ((("phases", phases),) if phases > 1 else ()) + (
-        (("window", window),) if window else ())
+        (("window", window),) if window else ()) + ((("stride", stride),) if window and stride > 1 else ())
     return dispatch.Problem(kernel, m=geo.batch * phases * plane[0] * plane[1], n=channels,
                             k=geo.kernel[0] * geo.kernel[1], dtype=x.dtype, channels_last=cl, extra=extra)
 
@@ -259,7 +274,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     taps = unrolled_taps(geo)
     window = (0 if geo.dilation[1] != 1 else _CHUNKS if taps["TAPS_W"] == 0 else 0 if taps["TAPS_W"] < geo.stride[1]
               else _WINDOW_2D if geo.dilation[0] == 1 and geo.stride[0] == 1 and taps["TAPS_H"] else _WINDOW)
-    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=window)
+    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=window, stride=geo.stride[1])
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
             *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
             bias.stride(0) if bias is not None else 0)
