@@ -89,10 +89,11 @@ def depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sx
 
 @triton.jit
 def window_columns(iw, W, COLUMNS: tl.constexpr):
-    """Whether each of the COLUMNS input columns iw, iw + 1, ... of a sliding window lies inside the input."""
+    """Whether each of the COLUMNS input columns iw, iw + 1, ... of a sliding window lies inside the input
+    (0 <= iw + q < W as one unsigned comparison: a negative column wraps past W)."""
     col_ok = ()
     for q in tl.static_range(COLUMNS):
-        col_ok = col_ok + ((iw + q >= 0) & (iw + q < W),)
+        col_ok = col_ok + ((iw + q).to(tl.uint32, bitcast=True) < W,)
     return col_ok
 
 
