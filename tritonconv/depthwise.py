@@ -89,8 +89,9 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 # (16-bit channels_last threads hold 8 channels, a 16-byte vector: 2 x 4 outputs of 8 channels spill a 5x5
 # window on sm_90, and 4 channels per thread, on 4 warps, load more than the shared rows save).
 # Rows too wide to unroll ("window" == _CHUNKS) take their taps in runtime chunks of OUT_W: 8 outputs per
-# thread on 4 warps (4 channels each), so a chunk's 2 * 8 - 1 window columns serve 64 multiply-adds per
-# thread and tap, against 7 columns and 32 with 4 outputs of 8 channels.
+# thread, on 2 warps in every dtype (channels_last: 8 channels per thread), so a chunk's 2 * 8 - 1 window
+# columns serve 64 multiply-adds per thread and tap (replknet 31x31 bf16 predicted 238 us on 4 warps, 4
+# channels per thread, 203 on 2; 215 with chunks of 7 taps, 393 of 6).
 _WINDOW, _CHUNKS, _WINDOW_2D = 1, 2, 3
 # _window_width widens rows to 7 outputs where 7 divides them: predicted for 16-bit channels_last
 # efficientnet 5x5 bf16 54.8 -> 46.7 us, convnext 7x7 21.0 -> 16.6 us; NCHW rows that loop keep 4 (the
@@ -135,7 +136,7 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     blocks = _tile(_window_groups(problem, out_h, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
-        warps = 4 if window == _CHUNKS or not problem.channels_last else heuristics.pow2_clamp(
+        warps = 4 if not problem.channels_last else 2 if window == _CHUNKS else heuristics.pow2_clamp(
             _WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
     return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, OUT_H=out_h, **blocks)
 
