@@ -88,21 +88,48 @@ def depthwise_row(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sx
 
 
 @triton.jit
-def depthwise_window_row(accs, x_row, row_ok, col_ok, w_row, f_valid, sxw, sww, stride_w: tl.constexpr,
-                         dil_w: tl.constexpr, TAPS_W: tl.constexpr, OUT_W: tl.constexpr):
-    """accs[p] + sum_{j < TAPS_W} x_row[p*sw + j*dw] * w_row[j] for each of a thread's OUT_W neighbouring
-    outputs p along the row: one kernel row of `depthwise_forward_kernel`'s sliding window. Each input
-    column q of the row is loaded and converted once (masked by row_ok & col_ok[q]) and serves every
-    (output, tap) pair that reads it; one tap's weights (one vector load) serve all OUT_W outputs."""
+def window_columns(iw, W, COLUMNS: tl.constexpr):
+    """Whether each of the COLUMNS input columns iw, iw + 1, ... of a sliding window lies inside the input
+    (0 <= iw + q < W as one unsigned comparison: a negative column wraps past W)."""
+    col_ok = ()
+    for q in tl.static_range(COLUMNS):
+        col_ok = col_ok + ((iw + q).to(tl.uint32, bitcast=True) < W,)
+    return col_ok
+
+
+@triton.jit
+def window_load(x_row, row_ok, col_ok, sxw, COLUMNS: tl.constexpr):
+    """The COLUMNS input columns x_row[q], q < COLUMNS, of one input row of a sliding window, each loaded
+    and converted to float32 once (zero where row_ok & col_ok[q] is false: the padding)."""
     xs = ()
-    for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
+    for q in tl.static_range(COLUMNS):
         xs = xs + (tl.load(x_row + q * sxw, mask=row_ok & col_ok[q], other=0.0).to(tl.float32),)
+    return xs
+
+
+@triton.jit
+def depthwise_window_row(accs, xs, w_row, f_valid, like, sww, stride_w: tl.constexpr, dil_w: tl.constexpr,
+                         TAPS_W: tl.constexpr, OUT_W: tl.constexpr, OUT_H: tl.constexpr, ROW: tl.constexpr, taps):
+    """accs[ROW * OUT_W + p] + sum_{j < min(TAPS_W, taps)} xs[p*sw + j*dw] * w_row[j] for each of a thread's
+    OUT_W neighbouring outputs p along output row ROW (of OUT_H; the other accumulators pass through):
+    TAPS_W taps of one kernel row of `depthwise_forward_kernel`'s sliding window, on one input row's
+    window columns xs (`window_load`), so each input column serves every (output, tap) pair that reads it
+    and one tap's weights (one vector load, through pointers broadcast to `like`, the input tile, so that
+    they arrive in its layout) serve all OUT_W outputs. `taps`: TAPS_W itself (the test then compiles
+    away), or the taps left in a kernel row taken in chunks of TAPS_W at runtime, where the last chunk
+    skips the taps past the row's end (a branch: a zero weight would still turn an infinite input into
+    NaN)."""
     for j in tl.static_range(TAPS_W):
-        wv = tl.load(w_row + j * sww, mask=f_valid, other=0.0).to(tl.float32)
-        stepped = ()
-        for p in tl.static_range(OUT_W):
-            stepped = stepped + (accs[p] + xs[p * stride_w + j * dil_w] * wv,)
-        accs = stepped
+        if j < taps:
+            w_ptrs, _ = tl.broadcast(w_row + j * sww, like)
+            wv = tl.load(w_ptrs, mask=f_valid, other=0.0).to(tl.float32)
+            stepped = ()
+            for q in tl.static_range(OUT_H * OUT_W):
+                if q // OUT_W == ROW:
+                    stepped = stepped + (accs[q] + xs[q % OUT_W * stride_w + j * dil_w] * wv,)
+                else:
+                    stepped = stepped + (accs[q],)
+            accs = stepped
     return accs
 
 
@@ -114,8 +141,8 @@ def depthwise_forward_kernel(
     # batch size is implied by the grid.
     H, W, OH, OW, F, MULT,
     # Geometry. kh/kw ranges are the live taps (see module docstring).
-    # (The column stride and dilation are constexpr: they place the sliding window's taps, see OUT_W.)
-    stride_h, stride_w: tl.constexpr, pad_h, pad_w, dil_h, dil_w: tl.constexpr,
+    # (Strides and dilations are constexpr: they place the sliding window's taps, see OUT_W and OUT_H.)
+    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h, pad_w, dil_h: tl.constexpr, dil_w: tl.constexpr,
     kh_start, kh_end, kw_start, kw_end,
     # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW) (the
     # launcher passes tap-major weights: 1, KW * F, F).
@@ -126,27 +153,32 @@ def depthwise_forward_kernel(
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,  # "none", "relu", "relu6", "silu" or "gelu" (kernels/activations.py)
     STORE_PRE: tl.constexpr,   # also store z = conv + bias, the activation's input, for its backward
-    BLOCK_H: tl.constexpr,     # output rows per program
+    BLOCK_H: tl.constexpr,     # groups of OUT_H output rows per program
     BLOCK_W: tl.constexpr,     # groups of OUT_W output columns per program
     BLOCK_C: tl.constexpr,     # output channels per program
     TAPS_H: tl.constexpr,      # live tap counts, unrolled, or 0 for runtime loops (`depthwise_taps`)
     TAPS_W: tl.constexpr,
-    OUT_W: tl.constexpr,       # neighbouring output columns per thread, > 1 only with TAPS_W > 0
+    OUT_W: tl.constexpr,       # neighbouring output columns per thread (and taps per chunk of a runtime row)
+    OUT_H: tl.constexpr,       # neighbouring output rows per thread, > 1 only with TAPS_H > 0 and OUT_W > 1
 ):
     """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
 
     With OUT_W > 1, each thread computes OUT_W neighbouring outputs of a row, as OUT_W accumulator tiles
     (a tuple), and reads each input row once for all of them (`depthwise_window_row`): a KW-tap row costs
-    (OUT_W - 1) * sw + (KW - 1) * dw + 1 loads and conversions per thread instead of OUT_W * KW.
+    (OUT_W - 1) * sw + (KW - 1) * dw + 1 loads and conversions per thread instead of OUT_W * KW. Rows too
+    wide to unroll (TAPS_W == 0) slide the window over chunks of OUT_W taps. With OUT_H > 1 as well, each
+    thread computes OUT_H x OUT_W outputs and each input row's window serves every output row whose taps
+    reach it: (OUT_H - 1) * sh + (KH - 1) * dh + 1 row windows instead of OUT_H * KH.
 
-    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H) * cdiv(OW, BLOCK_W * OUT_W),), one flat axis because
+    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H * OUT_H) * cdiv(OW, BLOCK_W * OUT_W),), one flat axis because
     N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
     neighbouring spatial tiles of one channel block, so the halo they share is still in cache.
     """
     n, pid_f, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(F, BLOCK_C),
-                                           tl.cdiv(OH, BLOCK_H) * tl.cdiv(OW, BLOCK_W * OUT_W))
-    oh, ow = plane_tile(tile, OH, tl.cdiv(OW, OUT_W), BLOCK_H, BLOCK_W)
-    ow = ow * OUT_W  # each thread's first output column
+                                           tl.cdiv(OH, BLOCK_H * OUT_H) * tl.cdiv(OW, BLOCK_W * OUT_W))
+    oh, ow = plane_tile(tile, tl.cdiv(OH, OUT_H), tl.cdiv(OW, OUT_W), BLOCK_H, BLOCK_W)
+    oh = oh * OUT_H  # each thread's first output row and column
+    ow = ow * OUT_W
     f = pid_f * BLOCK_C + tl.arange(0, BLOCK_C)[None, None, :]
     f_valid = f < F
 
@@ -160,34 +192,57 @@ def depthwise_forward_kernel(
         accs = (depthwise_taps(acc, x_chan + ih0 * sxh + iw0 * sxw, f_valid, ih0, iw0, w_chan, f_valid, H, W, sxh,
                                sxw, swh, sww, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W),)
     else:
-        # The window's input columns start at the first live tap's; whether each exists is the same for
-        # every kernel row.
+        # The window's input columns start at the first live tap's.
         iw_first = iw0 + kw_start * dil_w
-        col_ok = ()
+        iw_cols = iw_first.to(tl.int32)  # compared with W only: int32 comparisons are half the instructions
         accs = ()
-        for q in tl.static_range((OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1):
-            col_ok = col_ok + ((iw_first + q >= 0) & (iw_first + q < W),)
-        for p in tl.static_range(OUT_W):
+        for q in tl.static_range(OUT_H * OUT_W):
             accs = accs + (tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32),)
         x_first = x_chan + ih0 * sxh + iw_first * sxw
         w_first = w_chan + kw_start * sww
-        if TAPS_H > 0:
-            for i in tl.static_range(TAPS_H):
-                ih = ih0 + (kh_start + i) * dil_h
-                accs = depthwise_window_row(accs, x_first + ((kh_start + i) * dil_h).to(tl.int64) * sxh,
-                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + (kh_start + i) * swh,
-                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
+        if TAPS_W > 0:
+            # Whether each window column exists is the same for every kernel row.
+            col_ok = window_columns(iw_cols, W, (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1)
+            if TAPS_H > 0:
+                # Input row r (from the first live tap's) is tap row i = (r - ph*sh) / dh of output row ph.
+                for r in tl.static_range((OUT_H - 1) * stride_h + (TAPS_H - 1) * dil_h + 1):
+                    ih = ih0 + kh_start * dil_h + r
+                    x_row = x_first + tl.cast(kh_start * dil_h + r, tl.int64) * sxh
+                    xs = window_load(x_row, f_valid & (ih >= 0) & (ih < H), col_ok, sxw,
+                                     (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1)
+                    for ph in tl.static_range(OUT_H):
+                        if r >= ph * stride_h:
+                            if (r - ph * stride_h) % dil_h == 0:
+                                if (r - ph * stride_h) // dil_h < TAPS_H:
+                                    accs = depthwise_window_row(
+                                        accs, xs, w_first + (kh_start + (r - ph * stride_h) // dil_h) * swh, f_valid,
+                                        x_row, sww, stride_w, dil_w, TAPS_W, OUT_W, OUT_H, ph, TAPS_W)
+            else:
+                for kh in range(kh_start, kh_end):
+                    ih = ih0 + kh * dil_h
+                    x_row = x_first + tl.cast(kh * dil_h, tl.int64) * sxh
+                    xs = window_load(x_row, f_valid & (ih >= 0) & (ih < H), col_ok, sxw,
+                                     (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1)
+                    accs = depthwise_window_row(accs, xs, w_first + kh * swh, f_valid, x_row, sww, stride_w, dil_w,
+                                                TAPS_W, OUT_W, OUT_H, 0, TAPS_W)
         else:
+            # Rows too wide to unroll (large kernels): each kernel row's taps in runtime chunks of OUT_W, a
+            # window of (OUT_W - 1) * sw + (OUT_W - 1) * dw + 1 columns per chunk.
             for kh in range(kh_start, kh_end):
                 ih = ih0 + kh * dil_h
-                accs = depthwise_window_row(accs, x_first + (kh * dil_h).to(tl.int64) * sxh,
-                                            f_valid & (ih >= 0) & (ih < H), col_ok, w_first + kh * swh,
-                                            f_valid, sxw, sww, stride_w, dil_w, TAPS_W, OUT_W)
+                row_ok = f_valid & (ih >= 0) & (ih < H)
+                for t in range(0, kw_end - kw_start, OUT_W):
+                    col_ok = window_columns(iw_cols + t * dil_w, W, (OUT_W - 1) * (stride_w + dil_w) + 1)
+                    x_row = x_first + tl.cast(kh * dil_h, tl.int64) * sxh + tl.cast(t * dil_w, tl.int64) * sxw
+                    xs = window_load(x_row, row_ok, col_ok, sxw, (OUT_W - 1) * (stride_w + dil_w) + 1)
+                    accs = depthwise_window_row(accs, xs, w_first + kh * swh + t * sww, f_valid, x_row, sww, stride_w,
+                                                dil_w, OUT_W, OUT_W, OUT_H, 0, kw_end - kw_start - t)
 
-    for p in tl.static_range(OUT_W):
-        y_offs = n * syn + f.to(tl.int64) * syc + oh * syh + (ow + p) * syw
-        store_epilogue(accs[p], bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs,
-                       (oh < OH) & (ow + p < OW) & f_valid, HAS_BIAS, ACTIVATION, STORE_PRE)
+    for q in tl.static_range(OUT_H * OUT_W):
+        # Accumulator q is output (oh + q // OUT_W, ow + q % OUT_W).
+        y_offs = n * syn + f.to(tl.int64) * syc + (oh + q // OUT_W) * syh + (ow + q % OUT_W) * syw
+        store_epilogue(accs[q], bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs,
+                       (oh + q // OUT_W < OH) & (ow + q % OUT_W < OW) & f_valid, HAS_BIAS, ACTIVATION, STORE_PRE)
 
 
 @triton.jit

@@ -78,6 +78,24 @@ def test_unrolled_and_looping_taps(i):
     assert_close(y, _reference(x, w, b, 1, padding, 1), dtype, f"{kh}x{kw} C={c} x{mult}")
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_looping_row_chunks_skip_taps_past_the_row(channels_last):
+    """A 9-tap row loops in chunks of the window's OUT_W taps (2 in the interpreter): the last chunk's tap
+    past the row must be skipped, not multiplied by a zero weight, or an infinite input column that only it
+    reaches would turn a finite output into NaN. Every column is made infinite in turn."""
+    x = rand(1, 3, 3, 12, channels_last=channels_last)
+    w, b = rand(3, 1, 3, 9), rand(3)
+    assert unrolled_taps(conv_geometry(x, w, b, 1, (1, 4), 1, 3))["TAPS_W"] == 0
+    for col in range(x.shape[3]):
+        xi = x.clone()
+        xi[:, :, 1, col] = float("inf")
+        y = tc.depthwise_conv2d(xi, w, b, 1, (1, 4))
+        ref = _reference(xi, w, b, 1, (1, 4), 1)
+        assert torch.equal(torch.isfinite(y), torch.isfinite(ref)), f"inf at column {col}"
+        finite = torch.isfinite(ref)
+        assert_close(y[finite], ref[finite], torch.float32, f"inf at column {col}")
+
+
 # The input gradient's stride phases: (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation). Stride
 # and dilation sharing a factor (a phase no tap reaches, stored as zeros), stride 3, sizes that no stride
 # divides, a 9x9 kernel whose taps loop at runtime (the branch over taps missing a phase) and a 7x5 one with

@@ -79,40 +79,78 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     return dispatch.Config.of(num_warps=_warps(blocks), num_stages=1, **blocks)
 
 
-# The forward's sliding window (OUT_W outputs per thread along a row) on a GPU: channels_last only (an
-# NCHW row's neighbours are its contiguous elements, which the threads of a warp already share), 4 outputs
-# per thread, in tiles of 512 column groups: one 16-byte vector of channels per thread and output (8
-# 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90).
+# The forward's sliding window (OUT_W outputs per thread along a row) on a GPU: 4 outputs per thread, in
+# tiles of 512 column groups: channels_last, one 16-byte vector of channels per thread and output (8
+# 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90); NCHW,
+# whose loads along a row are scalar, loads each input column once for every output and tap that reads it
+# (on 4 warps: 2 spill the separable probe's 3x3 bf16 window on sm_90).
+# Where the kernel's rows unroll too, at stride 1 (problem.extra's "window" == _WINDOW_2D), each thread also
+# takes _WINDOW_OUT_H output rows, so each input row's window serves the taps of both: NCHW and float32 only
+# (16-bit channels_last threads hold 8 channels, a 16-byte vector: 2 x 4 outputs of 8 channels spill a 5x5
+# window on sm_90, and 4 channels per thread, on 4 warps, load more than the shared rows save).
+# Rows too wide to unroll ("window" == _CHUNKS) take their taps in runtime chunks of OUT_W: 8 outputs per
+# thread, on 2 warps in every dtype (channels_last: 8 channels per thread), so a chunk's 2 * 8 - 1 window
+# columns serve 64 multiply-adds per thread and tap (replknet 31x31 bf16 predicted 238 us on 4 warps, 4
+# channels per thread, 203 on 2; 215 with chunks of 7 taps, 393 of 6).
+_WINDOW, _CHUNKS, _WINDOW_2D = 1, 2, 3
+# _window_width widens rows to 7 outputs where 7 divides them: predicted for 16-bit channels_last
+# efficientnet 5x5 bf16 54.8 -> 46.7 us, convnext 7x7 21.0 -> 16.6 us; NCHW rows that loop keep 4 (the
+# convnext 14x14 7x7 NCHW probe went 5.4 -> 6.0 us).
 _WINDOW_OUT_W = 4
+_WINDOW_OUT_H = 2
 _WINDOW_TILE = 512
+_CHUNK_OUT_W = 8
 
 
-def _window_columns(problem: dispatch.Problem, out_w: int) -> dispatch.Problem:
-    """`problem` with its plane's columns counted in groups of `out_w` (what the forward's BLOCK_W tiles)."""
+def _window_width(problem: dispatch.Problem) -> int:
+    """Outputs per thread along the forward's rows at stride 1: the widest of 7, 6, 5 that divides the
+    row (no idle column in the last tile, and a longer window to share its columns: 7 for every plane of
+    MobileNet, EfficientNet and ConvNeXt), else _WINDOW_OUT_W, also at stride 2 or more (7 outputs at
+    stride 2 span a 3x3 kernel's 15 columns: 16-bit channels_last spills on sm_90)."""
     extra = dict(problem.extra)
+    widths = (7, 6, 5) if extra.get("stride", 1) == 1 else ()
+    return next((w for w in widths if extra["width"] % w == 0), _WINDOW_OUT_W)
+
+
+def _window_groups(problem: dispatch.Problem, out_h: int, out_w: int) -> dispatch.Problem:
+    """`problem` with its plane's rows counted in groups of `out_h` and its columns in groups of `out_w`
+    (what the forward's BLOCK_H and BLOCK_W tile)."""
+    extra = dict(problem.extra)
+    extra["height"] = cdiv(extra["height"], out_h)
     extra["width"] = cdiv(extra["width"], out_w)
     return dataclasses.replace(problem, extra=tuple(extra.items()))
 
 
 def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Forward: one tile of the plane per program. The launcher marks problem.extra "window" when the
-    kernel's columns unroll with dilation 1 and at least `stride` taps (then every input column of the
-    window serves some tap); the sliding window then takes _WINDOW_OUT_W outputs per thread (2 in the
-    interpreter, so the tests run it)."""
+    kernel's columns have dilation 1 and either unroll with at least `stride` taps (then every input column
+    of the window serves some tap) or loop (in chunks of OUT_W taps), and _WINDOW_2D when its rows also
+    unroll, with stride and dilation 1; the sliding window then takes _WINDOW_OUT_W outputs
+    per thread along a row, and _WINDOW_OUT_H rows for _WINDOW_2D (2 and 2 in the interpreter, so the
+    tests run it)."""
     window = dict(problem.extra).get("window", 0)
-    out_w = 1 if not window else 2 if interpreter else _WINDOW_OUT_W if problem.channels_last else 1
-    blocks = _tile(_window_columns(problem, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
+    out_w = (1 if not window else 2 if interpreter else _CHUNK_OUT_W if window == _CHUNKS
+             else _window_width(problem) if window == _WINDOW_2D or problem.channels_last else _WINDOW_OUT_W)
+    out_h = (1 if window != _WINDOW_2D else 2 if interpreter
+             else _WINDOW_OUT_H if problem.dtype.itemsize == 4 or not problem.channels_last else 1)
+    blocks = _tile(_window_groups(problem, out_h, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
-        warps = heuristics.pow2_clamp(_WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
-    return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, **blocks)
+        warps = 4 if not problem.channels_last else 2 if window == _CHUNKS else heuristics.pow2_clamp(
+            _WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
+    return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, OUT_H=out_h, **blocks)
 
 
 def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """The tile space, with 1, 2 or 4 outputs per thread along a row where the window applies."""
-    widths = (1, 2, 4) if dict(problem.extra).get("window", 0) else (1,)
-    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, **dict(cfg.meta))
-            for out_w in widths for cfg in _tile_space(_window_columns(problem, out_w))]
+    """The tile space, with 1, 2, 4 or `_window_width` outputs per thread along a row where the window
+    applies (1, 2, 4, 8 for rows taken in chunks), on 1 or 2 rows where rows unroll too."""
+    window = dict(problem.extra).get("window", 0)
+    widths = (1, 2, 4, 8) if window == _CHUNKS else sorted({1, 2, 4, _window_width(problem)}) if window else (1,)
+    heights = (1, 2) if window == _WINDOW_2D else (1,)
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, OUT_W=out_w, OUT_H=out_h, **dict(cfg.meta))
+            for out_w in widths for out_h in heights
+            for cfg in _tile_space(_window_groups(problem, out_h if out_w > 1 else 1, out_w))
+            if out_w > 1 or out_h == 1]
 
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -164,7 +202,8 @@ def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
     images = problem.m // max(1, rows * cols * extra.get("phases", 1))
-    return images * cdiv(rows, blocks["BLOCK_H"]) * cdiv(cols, blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
+    return images * cdiv(rows, blocks["BLOCK_H"] * blocks.get("OUT_H", 1)) * cdiv(
+        cols, blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
 
 
 def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
@@ -185,7 +224,9 @@ def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping
                                                                       ("kw_start", "kw_end", "TAPS_W"))
                  if not args.get(unrolled))
     if problem.kernel == "depthwise_forward":
-        return taps
+        # A looping row with the sliding window takes its taps in chunks of OUT_W.
+        chunk = config.get("OUT_W", 1) if len(taps) == 2 else 1
+        return taps[:1] + tuple(cdiv(t, chunk) for t in taps[1:])
     return (args["MULT"], *taps) * (args["stride_h"] * args["stride_w"])
 
 
@@ -205,11 +246,12 @@ dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_ke
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
-             cl: bool, phases: int = 1, window: bool = False) -> dispatch.Problem:
+             cl: bool, phases: int = 1, window: int = 0, stride: int = 1) -> dispatch.Problem:
     """The Problem of a launch tiling `plane` (`phases` of them per image: the input gradient's stride
-    phases; `window`: the forward may slide a window along rows, see `_forward_config`)."""
+    phases; `window`: the forward may slide a window along rows, see `_forward_config`, whose column
+    stride is `stride`)."""
     extra = (("height", plane[0]), ("width", plane[1])) + ((("phases", phases),) if phases > 1 else ()) + (
-        (("window", 1),) if window else ())
+        (("window", window),) if window else ()) + ((("stride", stride),) if window and stride > 1 else ())
     return dispatch.Problem(kernel, m=geo.batch * phases * plane[0] * plane[1], n=channels,
                             k=geo.kernel[0] * geo.kernel[1], dtype=x.dtype, channels_last=cl, extra=extra)
 
@@ -231,8 +273,9 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     if y.numel() == 0:
         return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
     taps = unrolled_taps(geo)
-    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=taps["TAPS_W"] > 0
-                       and geo.dilation[1] == 1 and taps["TAPS_W"] >= geo.stride[1])
+    window = (0 if geo.dilation[1] != 1 else _CHUNKS if taps["TAPS_W"] == 0 else 0 if taps["TAPS_W"] < geo.stride[1]
+              else _WINDOW_2D if geo.dilation[0] == 1 and geo.stride[0] == 1 and taps["TAPS_H"] else _WINDOW)
+    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=window, stride=geo.stride[1])
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
             *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
             bias.stride(0) if bias is not None else 0)
@@ -245,7 +288,7 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         def run(x, w, bias):
             y = alloc()
             z = alloc() if store_pre else x.new_empty(0)
-            packed = tap_major(w)
+            packed = tap_major(w, torch.float32)  # converted once here, not per tap and thread
             kernel(x, packed, packed if bias is None else bias, y, z if store_pre else y, *args)
             return y, z
         return run
