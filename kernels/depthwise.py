@@ -30,6 +30,25 @@ from tritonconv.kernels.common import plane_tile, sample_channel_blocks, tile_pi
 
 
 @triton.jit
+def inside(i, size):
+    """0 <= i < size for a row or column i, as one 32-bit unsigned comparison (a negative i wraps past size;
+    coordinates fit in int32 even where they are int64): for padding masks."""
+    return i.to(tl.int32).to(tl.uint32, bitcast=True) < size
+
+
+@triton.jit
+def widen(v, BF16_BITS: tl.constexpr):
+    """v in float32. BF16_BITS (bfloat16 on a GPU): a bfloat16 is the top half of its float32, so each
+    32-bit register of two values widens in one instruction per value (a shift, a mask), where the
+    compiler extracts the high value first (two); the interpreter cannot run inline PTX."""
+    if BF16_BITS:
+        return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [v],
+                                         dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return v.to(tl.float32)
+
+
+@triton.jit
 def depthwise_tap(acc, x_base, x_valid, ih0, iw0, w_base, w_valid, H, W, sxh, sxw, swh, sww, dil_h, dil_w, kh, kw):
     """acc + x[ih0 + kh*dh, iw0 + kw*dw] * w[kh, kw] in float32: one tap of `depthwise_taps`."""
     ih = ih0 + kh * dil_h
@@ -93,17 +112,17 @@ def window_columns(iw, W, COLUMNS: tl.constexpr):
     (0 <= iw + q < W as one unsigned comparison: a negative column wraps past W)."""
     col_ok = ()
     for q in tl.static_range(COLUMNS):
-        col_ok = col_ok + ((iw + q).to(tl.uint32, bitcast=True) < W,)
+        col_ok = col_ok + (inside(iw + q, W),)
     return col_ok
 
 
 @triton.jit
-def window_load(x_row, row_ok, col_ok, sxw, COLUMNS: tl.constexpr):
+def window_load(x_row, row_ok, col_ok, sxw, COLUMNS: tl.constexpr, BF16_BITS: tl.constexpr):
     """The COLUMNS input columns x_row[q], q < COLUMNS, of one input row of a sliding window, each loaded
     and converted to float32 once (zero where row_ok & col_ok[q] is false: the padding)."""
     xs = ()
     for q in tl.static_range(COLUMNS):
-        xs = xs + (tl.load(x_row + q * sxw, mask=row_ok & col_ok[q], other=0.0).to(tl.float32),)
+        xs = xs + (widen(tl.load(x_row + q * sxw, mask=row_ok & col_ok[q], other=0.0), BF16_BITS),)
     return xs
 
 
@@ -160,6 +179,7 @@ def depthwise_forward_kernel(
     TAPS_W: tl.constexpr,
     OUT_W: tl.constexpr,       # neighbouring output columns per thread (and taps per chunk of a runtime row)
     OUT_H: tl.constexpr,       # neighbouring output rows per thread, > 1 only with TAPS_H > 0 and OUT_W > 1
+    BF16_BITS: tl.constexpr,   # widen bfloat16 inputs by bit operations (`widen`): bfloat16 on a GPU
 ):
     """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
 
@@ -208,8 +228,8 @@ def depthwise_forward_kernel(
                 for r in tl.static_range((OUT_H - 1) * stride_h + (TAPS_H - 1) * dil_h + 1):
                     ih = ih0 + kh_start * dil_h + r
                     x_row = x_first + tl.cast(kh_start * dil_h + r, tl.int64) * sxh
-                    xs = window_load(x_row, f_valid & (ih >= 0) & (ih < H), col_ok, sxw,
-                                     (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1)
+                    xs = window_load(x_row, f_valid & inside(ih, H), col_ok, sxw,
+                                     (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1, BF16_BITS)
                     for ph in tl.static_range(OUT_H):
                         if r >= ph * stride_h:
                             if (r - ph * stride_h) % dil_h == 0:
@@ -221,8 +241,8 @@ def depthwise_forward_kernel(
                 for kh in range(kh_start, kh_end):
                     ih = ih0 + kh * dil_h
                     x_row = x_first + tl.cast(kh * dil_h, tl.int64) * sxh
-                    xs = window_load(x_row, f_valid & (ih >= 0) & (ih < H), col_ok, sxw,
-                                     (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1)
+                    xs = window_load(x_row, f_valid & inside(ih, H), col_ok, sxw,
+                                     (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1, BF16_BITS)
                     accs = depthwise_window_row(accs, xs, w_first + kh * swh, f_valid, x_row, sww, stride_w, dil_w,
                                                 TAPS_W, OUT_W, OUT_H, 0, TAPS_W)
         else:
@@ -230,11 +250,11 @@ def depthwise_forward_kernel(
             # window of (OUT_W - 1) * sw + (OUT_W - 1) * dw + 1 columns per chunk.
             for kh in range(kh_start, kh_end):
                 ih = ih0 + kh * dil_h
-                row_ok = f_valid & (ih >= 0) & (ih < H)
+                row_ok = f_valid & inside(ih, H)
                 for t in range(0, kw_end - kw_start, OUT_W):
                     col_ok = window_columns(iw_cols + t * dil_w, W, (OUT_W - 1) * (stride_w + dil_w) + 1)
                     x_row = x_first + tl.cast(kh * dil_h, tl.int64) * sxh + tl.cast(t * dil_w, tl.int64) * sxw
-                    xs = window_load(x_row, row_ok, col_ok, sxw, (OUT_W - 1) * (stride_w + dil_w) + 1)
+                    xs = window_load(x_row, row_ok, col_ok, sxw, (OUT_W - 1) * (stride_w + dil_w) + 1, BF16_BITS)
                     accs = depthwise_window_row(accs, xs, w_first + kh * swh + t * sww, f_valid, x_row, sww, stride_w,
                                                 dil_w, OUT_W, OUT_W, OUT_H, 0, kw_end - kw_start - t)
 

@@ -9,7 +9,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from tritonconv import _plans, dispatch, heuristics
-from tritonconv._checks import accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout
+from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout,
+                               interpreting)
 from tritonconv._shared import (MAX_UNROLLED_TAPS, ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
                                 register_epilogue_op, register_gradient_ops, split_k_partials, tap_major,
                                 unrolled_taps)
@@ -283,7 +284,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
                                  HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
-                                 **taps, **cfg.launch_kwargs())
+                                 BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(), **taps,
+                                 **cfg.launch_kwargs())
 
         def run(x, w, bias):
             y = alloc()
