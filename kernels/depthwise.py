@@ -127,21 +127,22 @@ def window_load(x_row, row_ok, col_ok, sxw, COLUMNS: tl.constexpr, BF16_BITS: tl
 
 
 @triton.jit
-def depthwise_window_row(accs, xs, w_row, f_valid, like, sww, stride_w: tl.constexpr, dil_w: tl.constexpr,
+def depthwise_window_row(accs, xs, w_row, like, sww, stride_w: tl.constexpr, dil_w: tl.constexpr,
                          TAPS_W: tl.constexpr, OUT_W: tl.constexpr, OUT_H: tl.constexpr, ROW: tl.constexpr, taps):
     """accs[ROW * OUT_W + p] + sum_{j < min(TAPS_W, taps)} xs[p*sw + j*dw] * w_row[j] for each of a thread's
     OUT_W neighbouring outputs p along output row ROW (of OUT_H; the other accumulators pass through):
     TAPS_W taps of one kernel row of `depthwise_forward_kernel`'s sliding window, on one input row's
     window columns xs (`window_load`), so each input column serves every (output, tap) pair that reads it
     and one tap's weights (one vector load, through pointers broadcast to `like`, the input tile, so that
-    they arrive in its layout) serve all OUT_W outputs. `taps`: TAPS_W itself (the test then compiles
+    they arrive in its layout; unmasked, as the launcher packs weights for whole channel blocks) serve all
+    OUT_W outputs. `taps`: TAPS_W itself (the test then compiles
     away), or the taps left in a kernel row taken in chunks of TAPS_W at runtime, where the last chunk
     skips the taps past the row's end (a branch: a zero weight would still turn an infinite input into
     NaN)."""
     for j in tl.static_range(TAPS_W):
         if j < taps:
             w_ptrs, _ = tl.broadcast(w_row + j * sww, like)
-            wv = tl.load(w_ptrs, mask=f_valid, other=0.0).to(tl.float32)
+            wv = tl.load(w_ptrs).to(tl.float32)
             stepped = ()
             for q in tl.static_range(OUT_H * OUT_W):
                 if q // OUT_W == ROW:
@@ -164,7 +165,7 @@ def depthwise_forward_kernel(
     stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h, pad_w, dil_h: tl.constexpr, dil_w: tl.constexpr,
     kh_start, kh_end, kw_start, kw_end,
     # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW) (the
-    # launcher passes tap-major weights: 1, KW * F, F).
+    # launcher passes tap-major weights for whole channel blocks: 1, KW * F', F' with F' a multiple of BLOCK_C).
     sxn, sxc, sxh, sxw,
     swf, swh, sww,
     syn, syc, syh, syw,
@@ -235,15 +236,15 @@ def depthwise_forward_kernel(
                             if (r - ph * stride_h) % dil_h == 0:
                                 if (r - ph * stride_h) // dil_h < TAPS_H:
                                     accs = depthwise_window_row(
-                                        accs, xs, w_first + (kh_start + (r - ph * stride_h) // dil_h) * swh, f_valid,
-                                        x_row, sww, stride_w, dil_w, TAPS_W, OUT_W, OUT_H, ph, TAPS_W)
+                                        accs, xs, w_first + (kh_start + (r - ph * stride_h) // dil_h) * swh, x_row,
+                                        sww, stride_w, dil_w, TAPS_W, OUT_W, OUT_H, ph, TAPS_W)
             else:
                 for kh in range(kh_start, kh_end):
                     ih = ih0 + kh * dil_h
                     x_row = x_first + tl.cast(kh * dil_h, tl.int64) * sxh
                     xs = window_load(x_row, f_valid & inside(ih, H), col_ok, sxw,
                                      (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1, BF16_BITS)
-                    accs = depthwise_window_row(accs, xs, w_first + kh * swh, f_valid, x_row, sww, stride_w, dil_w,
+                    accs = depthwise_window_row(accs, xs, w_first + kh * swh, x_row, sww, stride_w, dil_w,
                                                 TAPS_W, OUT_W, OUT_H, 0, TAPS_W)
         else:
             # Rows too wide to unroll (large kernels): each kernel row's taps in runtime chunks of OUT_W, a
@@ -255,7 +256,7 @@ def depthwise_forward_kernel(
                     col_ok = window_columns(iw_cols + t * dil_w, W, (OUT_W - 1) * (stride_w + dil_w) + 1)
                     x_row = x_first + tl.cast(kh * dil_h, tl.int64) * sxh + tl.cast(t * dil_w, tl.int64) * sxw
                     xs = window_load(x_row, row_ok, col_ok, sxw, (OUT_W - 1) * (stride_w + dil_w) + 1, BF16_BITS)
-                    accs = depthwise_window_row(accs, xs, w_first + kh * swh + t * sww, f_valid, x_row, sww, stride_w,
+                    accs = depthwise_window_row(accs, xs, w_first + kh * swh + t * sww, x_row, sww, stride_w,
                                                 dil_w, OUT_W, OUT_W, OUT_H, 0, kw_end - kw_start - t)
 
     for q in tl.static_range(OUT_H * OUT_W):

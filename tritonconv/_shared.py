@@ -152,11 +152,13 @@ def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
     return {"TAPS_H": taps_h, "TAPS_W": taps_w}
 
 
-def tap_major(w: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def tap_major(w: torch.Tensor, dtype: torch.dtype | None = None, columns: int | None = None) -> torch.Tensor:
     """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
     channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
     `dtype`: the copy's dtype, w's own when None (the fused separable kernel takes float32 weights, so that
-    no tap converts them again for every K-step).
+    no tap converts them again for every K-step). `columns`: a width of at least F, so that a kernel whose
+    channel blocks cover `columns` loads whole blocks without a mask (strides swh = KW * columns,
+    sww = columns); the columns past F are left unset, for channels whose outputs are never stored.
 
     Made on every call, never cached: a copy kept per weight version goes stale when the weight changes
     where the version counter cannot see it (`w.data.mul_(...)`, as manual SGD and EMA teachers write), and
@@ -164,8 +166,10 @@ def tap_major(w: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor
     weight. Made here, the copy is part of every call and of every captured graph. It is KH * KW * F
     elements, one small copy beside a pass over the activations.
     """
-    packed = torch.empty((w.shape[2] * w.shape[3], w.shape[0]), dtype=dtype or w.dtype, device=w.device)
-    return packed.copy_(w.reshape(w.shape[0], -1).t())
+    packed = torch.empty((w.shape[2] * w.shape[3], columns or w.shape[0]), dtype=dtype or w.dtype,
+                         device=w.device)
+    packed[:, :w.shape[0]].copy_(w.reshape(w.shape[0], -1).t())
+    return packed
 
 
 # A geometry travels through torch.library ops as plain ints: (stride, top/left padding, dilation, groups,

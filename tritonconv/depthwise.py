@@ -278,10 +278,12 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
               else _WINDOW_2D if geo.dilation[0] == 1 and geo.stride[0] == 1 and taps["TAPS_H"] else _WINDOW)
     problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=window, stride=geo.stride[1])
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
-            *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1, geo.kernel[1] * f, f, *y.stride(),
-            bias.stride(0) if bias is not None else 0)
+            *geo.live_taps(0), *geo.live_taps(1), *x.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
+        # Weights for whole channel blocks: the window loads them unmasked (`tap_major`'s columns).
+        columns = cdiv(f, dict(cfg.meta)["BLOCK_C"]) * dict(cfg.meta)["BLOCK_C"]
+        all_args = (*args, 1, geo.kernel[1] * columns, columns, *y.stride(), bias.stride(0) if bias is not None else 0)
         kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
                                  HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
                                  BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(), **taps,
@@ -290,8 +292,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         def run(x, w, bias):
             y = alloc()
             z = alloc() if store_pre else x.new_empty(0)
-            packed = tap_major(w, torch.float32)  # converted once here, not per tap and thread
-            kernel(x, packed, packed if bias is None else bias, y, z if store_pre else y, *args)
+            packed = tap_major(w, torch.float32, columns)  # converted once here, not per tap and thread
+            kernel(x, packed, packed if bias is None else bias, y, z if store_pre else y, *all_args)
             return y, z
         return run
 
