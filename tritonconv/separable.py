@@ -30,12 +30,14 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     wait on their one-element loads; at 4 warps 32 spill.
     channels_last tiles 128 pixels while the N-tile is narrow (256 spill on sm_90); NCHW, and wide
     N-tiles, 64 (NCHW spills at 128 on sm_90). channels_last runs 3 stages in 16 bits (with 2 the x
-    copies drain every K-step; float32 spills at 3). A 128-column tile needs 8 warps: with 4 the NCHW
+    copies drain every K-step; float32 spills at 3). NCHW runs 1 stage: a second one bought registers
+    (16 bits spilled on sm_80 with triton 3.6) and, in the cost model, instructions, not speed
+    (`python -m bench.cost --kernel separable_forward`). A 128-column tile needs 8 warps: with 4 the NCHW
     epilogue spills on sm_90 (`python -m bench.static --kernel separable_forward --space full`)."""
     if interpreter:
         return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
     block_n = heuristics.pow2_clamp(problem.n, 16, 128)
-    stages = 3 if problem.channels_last and problem.dtype != torch.float32 else 2
+    stages = (3 if problem.dtype != torch.float32 else 2) if problem.channels_last else 1
     return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=stages,
                               BLOCK_M=128 if problem.channels_last and block_n < 128 else 64, BLOCK_N=block_n,
                               BLOCK_K=32 if not problem.channels_last and block_n >= 128 else 16)
