@@ -451,12 +451,13 @@ def weight_grad_step(acc, dy_at, x_at, pixel, p_in, bounds, moves, DOT_PRECISION
     a = tl.load(dy_tile + p0 * syp, mask=f_valid[:, None] & p_in[None, :], other=0.0)
     b = tl.load(x_tap + x_pix[:, None] + x_chan[None, :], mask=x_valid[:, None] & c_valid[None, :], other=0.0)
     acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
-    ow += ow_step
-    ow_carry = ow >= ow_end
-    ow = tl.where(ow_carry, ow - OW, ow)
-    oh += oh_step + ow_carry.to(oh.dtype)
+    # A carry is tested on the old coordinate (against a loop-invariant bound) and picks between two
+    # loop-invariant moves: one select and one add per coordinate.
+    ow_carry = ow >= ow_end - ow_step
+    ow += tl.where(ow_carry, ow_step - OW, ow_step)
+    oh += tl.where(ow_carry, oh_step + 1, oh_step)
     oh_carry = oh >= oh_end
-    oh = tl.where(oh_carry, oh - OH, oh)
+    oh -= tl.where(oh_carry, OH, 0)
     # Products, not tl.where: the compiler keeps the strides' divisibility through them (not through a
     # select), so the loop-carried offsets still load as 16-byte vectors.
     x_pix += x_step + ow_carry.to(x_pix.dtype) * x_row + oh_carry.to(x_pix.dtype) * x_img
