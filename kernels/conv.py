@@ -331,6 +331,8 @@ def conv2d_weight_grad_kernel(
     SPLIT_K: tl.constexpr,    # programs that share one dw tile's reduction
     WORKSPACE: tl.constexpr,  # each split stores its partial sums in its own dw, which common.split_sum_kernel
                               # adds in a fixed order (reproducible), rather than adding them with atomics
+    EVEN_M: tl.constexpr,     # F_g is a multiple of BLOCK_M: no output-channel masks on dy
+    EVEN_N: tl.constexpr,     # C_g is a multiple of BLOCK_N: no input-channel masks on x
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
@@ -382,11 +384,10 @@ def conv2d_weight_grad_kernel(
     oh_span = max(oh_hi - oh_lo, 0).to(tl.uint32)
     ow_span = max(ow_hi - ow_lo, 0).to(tl.uint32)
 
-    # The step's pixels as (n, oh, ow), divided out once here and then advanced by BLOCK_K pixels per
-    # step with no division: BLOCK_K = n_step*OH*OW + oh_step*OW + ow_step, and since ow_step < OW and
-    # oh_step < OH each coordinate carries at most once into the next. The tap's offset in x is added
-    # to the base pointer once. (An x offset advanced by the same carries would save two multiplies per
-    # pixel, but a loop-carried sum loses the divisibility of the strides and the loads go scalar.)
+    # The step's pixels as (oh, ow) and their offset in x, divided out once here and then advanced by
+    # BLOCK_K pixels per step with no division: BLOCK_K = n_step*OH*OW + oh_step*OW + ow_step, and since
+    # ow_step < OW and oh_step < OH each coordinate carries at most once into the next; a carry moves the
+    # offset by a fixed jump. The tap's offset in x is added to the base pointer once.
     offs_p = as_index(p_begin + tl.arange(0, BLOCK_K), INT64)
     n_img = offs_p // (OH * OW)
     # Relative to oh_lo and ow_lo (whose offsets x_tap holds), int32 (their products widen).
@@ -399,15 +400,19 @@ def conv2d_weight_grad_kernel(
     sxq = as_index(stride_w, INT64) * sxw  # and from output column to output column
     x_tap = x_ptr + as_index(group * C_PER_GROUP, INT64) * sxc + as_index(kh * dil_h - pad_h, INT64) * sxh \
         + as_index(kw * dil_w - pad_w, INT64) * sxw + oh_lo * sxr + ow_lo * sxq
+    x_pix = n_img * sxn + oh * sxr + ow * sxq
     # dy's pixels are evenly spaced: a step's tile is a scalar offset from one loop-invariant tile of offsets.
     # Only the last step of the last split can be ragged: the first loop runs the whole steps with no pixel
     # mask, the second that one step, if any, masked (unpipelined: it runs in one program of SPLIT_K).
-    x_at = (x_tap, offs_c * sxc, c_valid, sxn, sxr, sxq)
+    # Channel masks are constant True (compiled away) when the channels fill whole blocks.
+    x_at = (x_tap, offs_c * sxc, c_valid | EVEN_N)
     dy_at = (dy_ptr + ((group * F_PER_GROUP + offs_f) * syc)[:, None] + (tl.arange(0, BLOCK_K) * syp)[None, :],
-             f_valid, as_index(syp, INT64))
+             f_valid | EVEN_M, as_index(syp, INT64))
     bounds = (oh_span, ow_span, OH, OW, OH - oh_lo, OW - ow_lo)
-    moves = (n_step, oh_step, ow_step)
-    pixel = (p_begin, n_img, oh, ow)
+    # x offset moved by a step, and by a carry into the next row or image (sxr, sxq are wide when INT64).
+    moves = (oh_step, ow_step, as_index(n_step, INT64) * sxn + oh_step * sxr + ow_step * sxq, sxr - OW * sxq,
+             sxn - OH * sxr)
+    pixel = (p_begin, x_pix, oh, ow)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(0, pixels // BLOCK_K):
         acc, pixel = weight_grad_step(acc, dy_at, x_at, pixel, tl.full((BLOCK_K,), True, tl.int1), bounds, moves,
@@ -435,23 +440,25 @@ def weight_grad_step(acc, dy_at, x_at, pixel, p_in, bounds, moves, DOT_PRECISION
                      UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
     """One BLOCK_K-pixel step of conv2d_weight_grad_kernel (its tuples of arguments): acc + dy tile @ x tile
     over the pixels p_in (a constant True, which compiles away, for a whole step), and the pixels (first p,
-    then each one's n, oh, ow) moved on by BLOCK_K with no division: BLOCK_K = n_step*OH*OW + oh_step*OW +
-    ow_step, with ow_step < OW and oh_step < OH, so each coordinate carries at most once."""
+    then each one's x offset, oh, ow) moved on by BLOCK_K with no division: BLOCK_K = n_step*OH*OW +
+    oh_step*OW + ow_step, with ow_step < OW and oh_step < OH, so each coordinate carries at most once."""
     dy_tile, f_valid, syp = dy_at
-    x_tap, x_chan, c_valid, sxn, sxr, sxq = x_at
-    p0, n_img, oh, ow = pixel
+    x_tap, x_chan, c_valid = x_at
+    p0, x_pix, oh, ow = pixel
     oh_span, ow_span, OH, OW, oh_end, ow_end = bounds
-    n_step, oh_step, ow_step = moves
+    oh_step, ow_step, x_step, x_row, x_img = moves
     x_valid = p_in & (oh.to(tl.uint32, bitcast=True) < oh_span) & (ow.to(tl.uint32, bitcast=True) < ow_span)
     a = tl.load(dy_tile + p0 * syp, mask=f_valid[:, None] & p_in[None, :], other=0.0)
-    b = tl.load(x_tap + (n_img * sxn + oh * sxr + ow * sxq)[:, None] + x_chan[None, :],
-                mask=x_valid[:, None] & c_valid[None, :], other=0.0)
+    b = tl.load(x_tap + x_pix[:, None] + x_chan[None, :], mask=x_valid[:, None] & c_valid[None, :], other=0.0)
     acc = dot(a, b, acc, DOT_PRECISION, UPCAST)
-    ow += ow_step
-    ow_carry = ow >= ow_end
-    ow = tl.where(ow_carry, ow - OW, ow)
-    oh += oh_step + ow_carry.to(oh.dtype)
+    # A carry is tested on the old coordinate (against a loop-invariant bound) and picks between two
+    # loop-invariant moves: one select and one add per coordinate.
+    ow_carry = ow >= ow_end - ow_step
+    ow += tl.where(ow_carry, ow_step - OW, ow_step)
+    oh += tl.where(ow_carry, oh_step + 1, oh_step)
     oh_carry = oh >= oh_end
-    oh = tl.where(oh_carry, oh - OH, oh)
-    n_img += n_step + oh_carry.to(n_img.dtype)
-    return acc, (p0 + BLOCK_K, n_img, oh, ow)
+    oh -= tl.where(oh_carry, OH, 0)
+    # Products, not tl.where: the compiler keeps the strides' divisibility through them (not through a
+    # select), so the loop-carried offsets still load as 16-byte vectors.
+    x_pix += x_step + ow_carry.to(x_pix.dtype) * x_row + oh_carry.to(x_pix.dtype) * x_img
+    return acc, (p0 + BLOCK_K, x_pix, oh, ow)

@@ -206,6 +206,24 @@ def test_weight_grad_adds_splits_with_atomics_by_default(channels_last):
     assert_close(grad, wr.grad, torch.float32, "atomic weight grad")
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weight_grad_whole_channel_blocks(dtype, channels_last):
+    """Channels that fill whole blocks (EVEN_M, EVEN_N: the weight gradient loads with no channel masks),
+    on an output map smaller than a step and than the input (so a step's pixels carry into the next row and
+    the next image, and their offsets in x jump)."""
+    x = rand(8, 16, 7, 7, dtype=dtype, channels_last=channels_last)
+    w = rand(32, 16, 3, 3, dtype=dtype, requires_grad=True)
+    dy = rand(8, 32, 5, 5, dtype=dtype)
+    (grad,), configs = _weight_grads(x, w, dy, 1, 1, 2, 1, runs=1)
+    config = configs["conv2d_weight_grad"]
+    assert 32 % config["BLOCK_M"] == 0 and 16 % config["BLOCK_N"] == 0 and config["BLOCK_K"] > 5 * 5
+    assert 8 * 5 * 5 // config["BLOCK_K"] > config["SPLIT_K"]  # some split takes more than one step
+    wr = w.detach().double().requires_grad_()
+    F.conv2d(x.double(), wr, None, 1, 1, 2).backward(dy.double())
+    assert_close(grad, wr.grad, dtype, "weight grad, whole channel blocks")
+
+
 def _bad(**overrides):
     args = dict(input=rand(1, 4, 6, 6), weight=rand(2, 4, 3, 3), bias=None, stride=1, padding=0,
                 dilation=1, groups=1)

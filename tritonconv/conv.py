@@ -257,8 +257,9 @@ def conv2d_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, lik
         alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device, fmt)
         tiles = cdiv(geo.out_channels // g, cfg["BLOCK_M"]) * cdiv(geo.in_channels // g, cfg["BLOCK_N"])
         grid = (tiles * cfg["SPLIT_K"], kh * kw, g)
-        kernel = _plans.launcher(conv2d_weight_grad_kernel, grid, WORKSPACE=workspace, **flags,
-                                 **cfg.launch_kwargs())
+        kernel = _plans.launcher(conv2d_weight_grad_kernel, grid, WORKSPACE=workspace,
+                                 EVEN_M=geo.out_channels // g % cfg["BLOCK_M"] == 0,
+                                 EVEN_N=geo.in_channels // g % cfg["BLOCK_N"] == 0, **flags, **cfg.launch_kwargs())
 
         def run(x, dy):
             dw = alloc()
