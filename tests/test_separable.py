@@ -71,11 +71,15 @@ def test_every_activation_against_two_step(activation):
     _check((2, 4, 5, 6, 2, (3, 3), 7, 1, 1, 1), torch.float32, True, activation, scale=4.0)
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-@pytest.mark.parametrize("f,kernels", [(64, ["separable_forward"]), (65, ["depthwise_forward", "pointwise_forward"])])
-def test_forward_kernels(f, kernels, channels_last):
-    """Up to 64 output channels the fused kernel runs alone (the intermediate never reaches memory); over
-    64, our depthwise op then our pointwise op (tritonconv.separable.MAX_FUSED_CHANNELS)."""
+PAIR = ["depthwise_forward", "pointwise_forward"]
+
+
+@pytest.mark.parametrize("f,channels_last,kernels", [(64, True, ["separable_forward"]), (65, True, PAIR),
+                                                     (64, False, PAIR), (65, False, PAIR)])
+def test_forward_kernels(f, channels_last, kernels):
+    """Up to 64 output channels in channels_last the fused kernel runs alone (the intermediate never
+    reaches memory); over 64 (tritonconv.separable.MAX_FUSED_CHANNELS), or in NCHW, our depthwise op then
+    our pointwise op."""
     x, wd, wp = rand(1, 4, 6, 6, channels_last=channels_last), rand(4, 1, 3, 3), rand(f, 4, 1, 1)
     with torch.no_grad(), dispatch.recording() as decisions:
         y = tc.depthwise_separable_conv2d(x, wd, wp, padding=1, activation="relu")

@@ -23,24 +23,15 @@ from tritonconv.kernels.separable import separable_forward_kernel
 
 
 def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """On a GPU: every output channel up to 128 in one tile, so that the depthwise block (the costly part
-    of a K-step when F is small) is recomputed for as few N-tiles as possible, and 16 intermediate
-    channels per step (16 divides the usual channel counts, so no step is half empty; channels_last
-    issues more per element at 32 or 64). NCHW at 8 warps steps 32 channels, half the K-steps that each
-    wait on their one-element loads; at 4 warps 32 spill.
-    channels_last tiles 128 pixels while the N-tile is narrow (256 spill on sm_90); NCHW, and wide
-    N-tiles, 64 (NCHW spills at 128 on sm_90). channels_last runs 3 stages in 16 bits (with 2 the x
-    copies drain every K-step; float32 spills at 3). NCHW runs 1 stage: a second one bought registers
-    (16 bits spilled on sm_80 with triton 3.6) and, in the cost model, instructions, not speed
-    (`python -m bench.cost --kernel separable_forward`). A 128-column tile needs 8 warps: with 4 the NCHW
-    epilogue spills on sm_90 (`python -m bench.static --kernel separable_forward --space full`)."""
+    """On a GPU (the op fuses only channels_last outputs of up to 64 channels, `_fuses`): every output
+    channel in one tile, so that the depthwise block (the costly part of a K-step when F is small) is
+    computed once, 16 intermediate channels per step (16 divides the usual channel counts, so no step is
+    half empty; more issue more per element), 128 pixels (256 spill on sm_90), 3 stages in 16 bits (with 2
+    the x copies drain every K-step; float32 spills at 3)."""
     if interpreter:
         return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
-    block_n = heuristics.pow2_clamp(problem.n, 16, 128)
-    stages = (3 if problem.dtype != torch.float32 else 2) if problem.channels_last else 1
-    return dispatch.Config.of(num_warps=8 if block_n >= 128 else 4, num_stages=stages,
-                              BLOCK_M=128 if problem.channels_last and block_n < 128 else 64, BLOCK_N=block_n,
-                              BLOCK_K=32 if not problem.channels_last and block_n >= 128 else 16)
+    return dispatch.Config.of(num_warps=4, num_stages=3 if problem.dtype != torch.float32 else 2, BLOCK_M=128,
+                              BLOCK_N=heuristics.pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS), BLOCK_K=16)
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -74,16 +65,16 @@ def _stores_pre_activation(activation: str) -> bool:
 MAX_FUSED_CHANNELS = 64
 
 
-def _fuses(f: int) -> bool:
-    """Whether the fused kernel runs (F output channels), else our depthwise op then our pointwise op. The
-    fused kernel is issue-bound: its K-steps compute the depthwise block in registers, again for every
-    N-tile, and what it saves is the intermediate's round trip; it pays with one N-tile of up to 64
-    columns (4 warps). bench.cost's separable table (float16, fused / unfused forward, autograd
-    recording): F <= 64 0.70-0.93 (32x144x56x56 ->24, 32x384x28x28 ->64, 128x96x14x14 ->24, 8x144x56x56
-    ->24, 32x240x28x28 ->40) but 1.62 on a small map (32x384x14x14 ->64: 49 programs for 132 SMs, each
-    walking every K-step); F = 80-512 1.4-4.4, both layouts. (Deciding small maps by size too would run
-    two ops' host paths on them, over the host-time bound of tests/test_host.py.)"""
-    return f <= MAX_FUSED_CHANNELS
+def _fuses(f: int, cl: bool) -> bool:
+    """Whether the fused kernel runs (F output channels, output channels_last), else our depthwise op then
+    our pointwise op. The fused kernel is issue-bound: its K-steps compute the depthwise block in
+    registers, again for every N-tile, and what it saves is the intermediate's round trip; it pays with
+    one N-tile of up to 64 columns (4 warps) in channels_last. In NCHW our depthwise op's sliding window
+    reads each input row once for all its taps, where the fused kernel gathers one element per pointer,
+    so there the pair wins (bench.cost's separable table). Small maps lose too (few programs for 132 SMs,
+    each walking every K-step), but deciding by size would run two ops' host paths on tiny maps, over the
+    host-time bound of tests/test_host.py."""
+    return f <= MAX_FUSED_CHANNELS and cl
 
 
 @dispatch.on_inputs_device
@@ -101,7 +92,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     # What the op returns for an intermediate not stored: made once for the plan (an allocation per call
     # costs host time); two tensors, since a custom op's outputs may not alias each other.
     no_a, no_z = (torch.empty(0, dtype=x.dtype, device=x.device) for _ in range(2))
-    if not _fuses(f):
+    if not _fuses(f, cl):
         depthwise = _plans.planned("depthwise_conv2d", x, wd, bd, *geometry_args(geo), activation, store_z)
         pointwise = []  # planned on the first call, when there is an intermediate to plan it on
 
@@ -128,10 +119,6 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     if y.numel() == 0:
         return lambda x, wd, bd, wp, bp: (alloc(), *mids())
     taps = unrolled_taps(geo)
-    if not cl and taps["TAPS_H"] * taps["TAPS_W"] > 9:
-        # NCHW loads are one element each, every element with its own pointer: unrolled rows of a kernel
-        # over 3x3 hold too many in flight and spill (`python -m bench.static`); rows loop at run time.
-        taps["TAPS_H"] = 0
     # Outputs in pairs along W where neighbours share input columns (kernels/separable.py's `pair_row`);
     # the GEMM then has an even number of rows per output row.
     paired = geo.stride[1] == 1 and geo.dilation[1] == 1 and taps["TAPS_W"] > 1
