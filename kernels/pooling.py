@@ -597,7 +597,9 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
         for q in tl.static_range(PATCH * PATCH):
             ok = lane_ok & (rows_in[q // PATCH] & cols_in[q % PATCH])[None, :]
             x_offs = ((ih0 + q // PATCH).to(tl.int64) * sxh + (iw0 + q % PATCH).to(tl.int64) * sxw)[None, :]
-            values += (tl.load(x_map + x_offs, mask=ok, other=0.0).to(tl.float32),)
+            # Units outside the input read as NaN, which outranks nothing (`_outranks`): they take no part in
+            # the ranks, and are never ranked themselves (their pixels are not stored).
+            values += (tl.load(x_map + x_offs, mask=ok, other=float("nan")).to(tl.float32),)
 
     dx_map = dx_ptr + n * sdxn + c64 * sdxc
     for r in tl.static_range(CELL * CELL):
@@ -607,7 +609,7 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
             if _is_tap(r // CELL, w // NW, GATHER, STRIDE, TAPS) and _is_tap(r % CELL, w % NW, GATHER, STRIDE, TAPS):
                 if WEIGHTED:
                     # The pixel sits at (r // CELL, r % CELL) + (GATHER-1) * STRIDE in the patch.
-                    rank = _cell_rank(values, rows_in, cols_in,
+                    rank = _cell_rank(values,
                                       (r // CELL + (GATHER - 1) * STRIDE) * PATCH + r % CELL + (GATHER - 1) * STRIDE,
                                       (w // NW) * STRIDE, (w % NW) * STRIDE, PATCH, TAPS)
                     acc += grads[w] * _keep_weight(rank, p)
@@ -622,29 +624,29 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
 
 
 @triton.jit
-def _cell_rank(values, rows_in, cols_in, ME: tl.constexpr, H0: tl.constexpr, W0: tl.constexpr, PATCH: tl.constexpr,
+def _cell_rank(values, ME: tl.constexpr, H0: tl.constexpr, W0: tl.constexpr, PATCH: tl.constexpr,
                TAPS: tl.constexpr):
     """`_window_rank` of unit ME in the TAPS x TAPS window whose tap (0, 0) sits at (H0, W0) of a patch held
-    as a tuple of PATCH x PATCH values (ME = row * PATCH + column) and its rows' and columns' input bounds
-    (`_backward_cells`). A window's tap order is its patch's row-major order, so each compare depends on
-    the two units only, not on the window: the windows that share a pair of units share its compare."""
-    rank = tl.zeros_like(values[ME].to(tl.int32))
+    as a tuple of PATCH x PATCH values (ME = row * PATCH + column; NaN outside the input, `_backward_cells`),
+    counted in float32 (exact), which spares a conversion per rank. A window's tap order is its patch's
+    row-major order, so each compare depends on the two units only, not on the window: the windows that
+    share a pair of units share its compare."""
+    rank = tl.zeros_like(values[ME])
     for t in tl.static_range(TAPS * TAPS):
         if (H0 + t // TAPS) * PATCH + W0 + t % TAPS != ME:
-            rank += _outranks(values, rows_in, cols_in, (H0 + t // TAPS) * PATCH + W0 + t % TAPS, ME, PATCH)
+            rank += _outranks(values, (H0 + t // TAPS) * PATCH + W0 + t % TAPS, ME)
     return rank
 
 
 @triton.jit
-def _outranks(values, rows_in, cols_in, U: tl.constexpr, ME: tl.constexpr, PATCH: tl.constexpr):
-    """1 where patch unit U (`_cell_rank`) lies inside the input and outranks unit ME: larger, or equal at an
-    earlier tap (>= is false for NaN, as > and == are, so a NaN outranks nothing and nothing outranks it)."""
-    inside = (rows_in[U // PATCH] & cols_in[U % PATCH])[None, :]
+def _outranks(values, U: tl.constexpr, ME: tl.constexpr):
+    """1.0 where patch unit U (`_cell_rank`) outranks unit ME: larger, or equal at an earlier tap (>= is false
+    for NaN, as > and == are, so a NaN outranks nothing and nothing outranks it), else 0.0."""
     if U < ME:
         above = values[U] >= values[ME]
     else:
         above = values[U] > values[ME]
-    return (inside & above).to(tl.int32)
+    return above.to(tl.float32)
 
 
 @triton.constexpr_function
