@@ -78,9 +78,10 @@ class PoolGeometry:
     def cell(self) -> int:
         """The side of the pixel cell each lane of the backward takes (kernels.pooling
         `_backward_cells`): a common square window (2, 3) at a square stride of 1 to 3, undilated; the
-        stride, at least 2 (so that stride-1 lanes share windows too). 0: one pixel a lane."""
+        stride, but 4 at stride 1, so that stride-1 lanes share windows too: a 4x4 cell loads 36 windows
+        (2.25 a pixel) where a 2x2 cell loads 16 (4 a pixel). 0: one pixel a lane."""
         common = self.fixed_taps() and self.stride[0] == self.stride[1] in (1, 2, 3) and self.dilation == (1, 1)
-        return max(self.stride[0], 2) if common else 0
+        return {1: 4, 2: 2, 3: 3}[self.stride[0]] if common else 0
 
     def cell_windows(self, cell: int) -> int:
         """The windows a lane of `cell` x `cell` pixels loads (`_backward_cells`): the gather(axis) windows of
@@ -122,8 +123,8 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         # tile's channels and its per-element work is a few instructions per window: 4096 pixels (32 a
         # thread) amortise the first. A lane of a cell holds two values per window and a sum per pixel:
         # as many cells a thread as fit about 192 registers (2x2 stride 2: 32; 3x3 stride 2: 16; 3x3
-        # stride 1: 4, where 8 spill). A weighted lane holds its windows' dy and its patch's units (3x3
-        # stride 2: 4 cells a thread; stride 1: 2).
+        # stride 1, 4x4 cells: 2). A weighted lane holds its windows' dy and its patch's units (3x3
+        # stride 2: 4 cells a thread; stride 1: 1).
         budget = 4096
         if extra["cell"]:
             per_thread = 192 // (extra["held"] + extra["cell"] ** 2)
