@@ -40,7 +40,9 @@ the window by `_dropout_unit`.
 Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... >= v_n, the training
 output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
 rank i-1 is counted by comparing it with every other unit of its window (ties broken by tap), which costs
-(KH*KW)^2 comparisons per output and holds only two values at a time.
+(KH*KW)^2 comparisons per output and holds only two values at a time; the common windows load theirs once
+and compare each pair once (forward), or, in the backward's cells, load the patch under the cell's windows
+once and compare each (unit, other unit of a shared window) pair once.
 
 All offsets and Philox counters are int64.
 """
@@ -511,8 +513,8 @@ def max_pool2d_backward_kernel(
     STRIDE: tl.constexpr,     # a common square stride (1, 2, 3) as a constant, so dividing by it is a multiply; 0: the
                               # runtime stride_h, stride_w (a stride of 1 is specialised by Triton itself)
     SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both
-    CELL: tl.constexpr,       # not WEIGHTED, a TAPS x TAPS window at a STRIDE (1, 2, 3), no dilation: each lane
-                              # takes CELL x CELL pixels (`_backward_cells`); 0: one pixel a lane
+    CELL: tl.constexpr,       # a TAPS x TAPS window at a STRIDE (1, 2, 3), no dilation: each lane takes
+                              # CELL x CELL pixels (`_backward_cells`); 0: one pixel a lane
     TAPS: tl.constexpr,       # CELL: the window's side
     BLOCK_C: tl.constexpr,    # channels of one sample per program
     BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program (CELL: cells)
@@ -527,9 +529,9 @@ def max_pool2d_backward_kernel(
     cells instead of H*W pixels.
     """
     if CELL:
-        _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn, sdyc, sdyh, sdyw,
-                        sidxn, sidxc, sidxh, sidxw, sdxn, sdxc, sdxh, sdxw, TAPS, STRIDE, CELL, SAME_STRIDES,
-                        BLOCK_C, BLOCK_P)
+        _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, p, sdyn, sdyc, sdyh, sdyw,
+                        sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw, sdxn, sdxc, sdxh, sdxw, WEIGHTED, TAPS,
+                        STRIDE, CELL, SAME_STRIDES, BLOCK_C, BLOCK_P)
     else:
         _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
                          dil_h, dil_w, p, sdyn, sdyc, sdyh, sdyw, sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw,
@@ -538,16 +540,21 @@ def max_pool2d_backward_kernel(
 
 
 @triton.jit
-def _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn, sdyc, sdyh, sdyw,
-                    sidxn, sidxc, sidxh, sidxw, sdxn, sdxc, sdxh, sdxw, TAPS: tl.constexpr, STRIDE: tl.constexpr,
-                    CELL: tl.constexpr, SAME_STRIDES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """max_pool2d_backward_kernel (not WEIGHTED) for a TAPS x TAPS window at stride STRIDE, undilated: each
+def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, p, sdyn, sdyc, sdyh, sdyw,
+                    sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw, sdxn, sdxc, sdxh, sdxw, WEIGHTED: tl.constexpr,
+                    TAPS: tl.constexpr, STRIDE: tl.constexpr, CELL: tl.constexpr, SAME_STRIDES: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_backward_kernel for a TAPS x TAPS window at stride STRIDE, undilated: each
     lane takes a cell of CELL x CELL input pixels (CELL a multiple of STRIDE), a = (ih + pad_h, iw + pad_w)
     in [CELL*u, CELL*u + CELL) per axis. All of a cell's pixels lie in the windows o = u*CELL/STRIDE - j,
     j = GATHER-1-w, w in [0, NW), with GATHER = (TAPS-1)//STRIDE + 1 and NW = GATHER + CELL/STRIDE - 1 per
     axis: the lane loads each of those windows' dy and tap once (not once per pixel that may sit in it),
     and pixel r of the cell sits in window w at tap k = r + (GATHER-1-w)*STRIDE, a constant: the tap
-    compare is unrolled, and a (pixel, window) pair that is no tap costs nothing."""
+    compare is unrolled, and a (pixel, window) pair that is no tap costs nothing.
+
+    WEIGHTED: instead of the taps, the lane loads once the PATCH x PATCH units under its windows (window w
+    has its tap (0, 0) at patch position (w // NW, w % NW) * STRIDE), and ranks pixel r in window w by
+    comparing it with that window's other units, all at compile-time patch positions (`_cell_rank`)."""
     GATHER: tl.constexpr = (TAPS - 1) // STRIDE + 1
     NW: tl.constexpr = GATHER + CELL // STRIDE - 1
     cells_w = tl.cdiv(W + pad_w, CELL)
@@ -573,8 +580,26 @@ def _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn
         else:
             idx_offs = (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :]
         grads += (tl.load(dy_map + dy_offs, mask=ok, other=0.0).to(tl.float32),)
-        # Outside `ok` the record reads as TAPS*TAPS, which names no tap.
-        taps += (tl.load(idx_map + idx_offs, mask=ok, other=TAPS * TAPS).to(tl.int32),)
+        if not WEIGHTED:
+            # Outside `ok` the record reads as TAPS*TAPS, which names no tap.
+            taps += (tl.load(idx_map + idx_offs, mask=ok, other=TAPS * TAPS).to(tl.int32),)
+    if WEIGHTED:
+        PATCH: tl.constexpr = (NW - 1) * STRIDE + TAPS
+        x_map = x_ptr + n * sxn + c64 * sxc
+        ih0 = oh0 * STRIDE - pad_h
+        iw0 = ow0 * STRIDE - pad_w
+        rows_in = ()
+        cols_in = ()
+        for i in tl.static_range(PATCH):
+            rows_in += ((ih0 + i >= 0) & (ih0 + i < H),)
+            cols_in += ((iw0 + i >= 0) & (iw0 + i < W),)
+        values = ()
+        for q in tl.static_range(PATCH * PATCH):
+            ok = lane_ok & (rows_in[q // PATCH] & cols_in[q % PATCH])[None, :]
+            x_offs = ((ih0 + q // PATCH).to(tl.int64) * sxh + (iw0 + q % PATCH).to(tl.int64) * sxw)[None, :]
+            # Units outside the input read as NaN, which outranks nothing (`_outranks`): they take no part in
+            # the ranks, and are never ranked themselves (their pixels are not stored).
+            values += (tl.load(x_map + x_offs, mask=ok, other=float("nan")).to(tl.float32),)
 
     dx_map = dx_ptr + n * sdxn + c64 * sdxc
     for r in tl.static_range(CELL * CELL):
@@ -582,13 +607,46 @@ def _backward_cells(dy_ptr, idx_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, sdyn
         for w in tl.static_range(NW * NW):
             # Pixel r's tap in window w, along each axis (compile-time constants).
             if _is_tap(r // CELL, w // NW, GATHER, STRIDE, TAPS) and _is_tap(r % CELL, w % NW, GATHER, STRIDE, TAPS):
-                t = (r // CELL + (GATHER - 1 - w // NW) * STRIDE) * TAPS + r % CELL + (GATHER - 1 - w % NW) * STRIDE
-                acc += tl.where(taps[w] == t, grads[w], 0.0)
+                if WEIGHTED:
+                    # The pixel sits at (r // CELL, r % CELL) + (GATHER-1) * STRIDE in the patch.
+                    rank = _cell_rank(values,
+                                      (r // CELL + (GATHER - 1) * STRIDE) * PATCH + r % CELL + (GATHER - 1) * STRIDE,
+                                      (w // NW) * STRIDE, (w % NW) * STRIDE, PATCH, TAPS)
+                    acc += grads[w] * _keep_weight(rank, p)
+                else:
+                    t = (r // CELL + (GATHER - 1 - w // NW) * STRIDE) * TAPS + r % CELL + (GATHER - 1 - w % NW) * STRIDE
+                    acc += tl.where(taps[w] == t, grads[w], 0.0)
         ih = uh * CELL + r // CELL - pad_h
         iw = uw * CELL + r % CELL - pad_w
         ok = lane_ok & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
         dx_offs = (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
         tl.store(dx_map + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _cell_rank(values, ME: tl.constexpr, H0: tl.constexpr, W0: tl.constexpr, PATCH: tl.constexpr,
+               TAPS: tl.constexpr):
+    """`_window_rank` of unit ME in the TAPS x TAPS window whose tap (0, 0) sits at (H0, W0) of a patch held
+    as a tuple of PATCH x PATCH values (ME = row * PATCH + column; NaN outside the input, `_backward_cells`),
+    counted in float32 (exact), which spares a conversion per rank. A window's tap order is its patch's
+    row-major order, so each compare depends on the two units only, not on the window: the windows that
+    share a pair of units share its compare."""
+    rank = tl.zeros_like(values[ME])
+    for t in tl.static_range(TAPS * TAPS):
+        if (H0 + t // TAPS) * PATCH + W0 + t % TAPS != ME:
+            rank += _outranks(values, (H0 + t // TAPS) * PATCH + W0 + t % TAPS, ME)
+    return rank
+
+
+@triton.jit
+def _outranks(values, U: tl.constexpr, ME: tl.constexpr):
+    """1.0 where patch unit U (`_cell_rank`) outranks unit ME: larger, or equal at an earlier tap (>= is false
+    for NaN, as > and == are, so a NaN outranks nothing and nothing outranks it), else 0.0."""
+    if U < ME:
+        above = values[U] >= values[ME]
+    else:
+        above = values[U] > values[ME]
+    return above.to(tl.float32)
 
 
 @triton.constexpr_function

@@ -268,6 +268,22 @@ def test_pool_dropout_eval_is_weighted_pooling(geometry, dtype, channels_last):
     assert_close(x.grad, xr.grad, dtype, "input grad")
 
 
+@pytest.mark.parametrize("geometry", CELL_GEOMETRIES, ids=[f"k{k}s{s}p{p}" for k, s, p in CELL_GEOMETRIES])
+def test_pool_dropout_eval_cells_with_ties(geometry):
+    """The weighted backward's cell paths (every stride, padding, partial cells), on values with many ties
+    (ranked by tap) and a non-contiguous input view, against the float64 stable sort."""
+    p = 0.4
+    x = (rand(2, 3, 13, 30) * 2).round()[:, :, :, ::2].requires_grad_()   # 13 x 15, W stride 2
+    y = tc.max_pool2d_dropout(x, *geometry, p=p, training=False)
+    xr = x.detach().double().requires_grad_()
+    ref = _weighted_pool(xr, *geometry, 1, p)
+    assert_close(y, ref, torch.float32, "forward")
+    dy = rand(*ref.shape)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, torch.float32, "input grad")
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_pool_dropout_p_zero_is_max_pool(training):
     x = rand(2, 3, 9, 8, requires_grad=True)

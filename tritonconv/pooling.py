@@ -76,16 +76,23 @@ class PoolGeometry:
         return {1: (4, 8), 2: (4, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
 
     def cell(self) -> int:
-        """The side of the pixel cell each lane of the max backward takes (kernels.pooling
+        """The side of the pixel cell each lane of the backward takes (kernels.pooling
         `_backward_cells`): a common square window (2, 3) at a square stride of 1 to 3, undilated; the
-        stride, at least 2 (so that stride-1 lanes share windows too). 0: one pixel a lane."""
+        stride, but 4 at stride 1, so that stride-1 lanes share windows too: a 4x4 cell loads 36 windows
+        (2.25 a pixel) where a 2x2 cell loads 16 (4 a pixel). 0: one pixel a lane."""
         common = self.fixed_taps() and self.stride[0] == self.stride[1] in (1, 2, 3) and self.dilation == (1, 1)
-        return max(self.stride[0], 2) if common else 0
+        return {1: 4, 2: 2, 3: 3}[self.stride[0]] if common else 0
 
     def cell_windows(self, cell: int) -> int:
         """The windows a lane of `cell` x `cell` pixels loads (`_backward_cells`): the gather(axis) windows of
         its first pixel and one more per stride of the cell, per axis."""
         return (self.gather(0) + cell // self.stride[0] - 1) * (self.gather(1) + cell // self.stride[1] - 1)
+
+    def cell_patch(self, cell: int) -> int:
+        """The units a lane of `cell` x `cell` pixels of the weighted backward loads (`_backward_cells`): the
+        square under its windows, (windows per axis - 1) * stride + kernel on a side."""
+        side = (self.gather(0) + cell // self.stride[0] - 2) * self.stride[0] + self.kernel[0]
+        return side * side if cell else 0
 
     def gather(self, axis: int) -> int:
         """How many windows along `axis` can hold one input position as a tap, at most: the windows
@@ -104,22 +111,23 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     channels make 128-byte runs in 16-bit). 4 warps (8 outputs per thread), except the dropout forward
     that walks its windows' blocks, which holds four Philox words per output: 8 warps halve the registers
     each thread needs for them. Weighted pooling (a rank loop inside the tap loop) takes 256 outputs: at
-    1024 its backward spills on sm_80. Registers and spills of every configuration:
+    1024 its per-pixel backward spills on sm_80 (its cells: below). Registers and spills of every configuration:
     `python -m bench.static --kernel max_pool2d_forward max_pool2d_backward --space full --target sm_90
     sm_80`. The interpreter takes tiles of up to 4096 so that the tests run few programs."""
     extra = dict(problem.extra)
     mode = extra["mode"]
     budget = 4096 if interpreter else (256 if mode == WEIGHTED.value else 1024)
     warps = 4
-    if problem.kernel == "max_pool2d_backward" and mode != WEIGHTED.value:
+    if problem.kernel == "max_pool2d_backward" and (mode != WEIGHTED.value or extra["cell"]):
         # The backward's per-pixel work (its windows' coordinates, found by division) is shared by the
         # tile's channels and its per-element work is a few instructions per window: 4096 pixels (32 a
         # thread) amortise the first. A lane of a cell holds two values per window and a sum per pixel:
         # as many cells a thread as fit about 192 registers (2x2 stride 2: 32; 3x3 stride 2: 16; 3x3
-        # stride 1: 4, where 8 spill).
+        # stride 1, 4x4 cells: 2). A weighted lane holds its windows' dy and its patch's units (3x3
+        # stride 2: 4 cells a thread; stride 1: 1).
         budget = 4096
         if extra["cell"]:
-            per_thread = 192 // (2 * extra["windows"] + extra["cell"] ** 2)
+            per_thread = 192 // (extra["held"] + extra["cell"] ** 2)
             budget = 128 << (per_thread.bit_length() - 1)
     if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value and not interpreter:
         # Its Philox calls make it issue-bound: more outputs a thread amortise the per-program and per-pair
@@ -157,7 +165,7 @@ def _pool_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mappin
     if problem.kernel == "max_pool2d_forward" and (args["PAIRS"] or args["TAPS"]):
         return ()
     if problem.kernel == "max_pool2d_backward":
-        return (taps,) * (args["GATHER_H"] * args["GATHER_W"]) if args["WEIGHTED"] else ()
+        return (taps,) * (args["GATHER_H"] * args["GATHER_W"]) if args["WEIGHTED"] and not args["CELL"] else ()
     if args["MODE"] == DROPOUT.value:
         return (args["SPAN_H"], args["SPAN_W"])
     return (taps, taps) if args["MODE"] == WEIGHTED.value else (taps,)
@@ -231,14 +239,15 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
         return lambda dy, saved: alloc()
-    cell = 0 if weighted else geo.cell()
+    cell = geo.cell()
     # CELL lanes are cells of pixels, cell x cell each, starting at the top-left padding.
     pixels = (heuristics.cdiv(geo.height + geo.pad[0], cell) * heuristics.cdiv(geo.width + geo.pad[1], cell) if cell
               else geo.height * geo.width)
     problem = dispatch.Problem(
         "max_pool2d_backward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=dy.dtype, channels_last=out_channels_last,
-        extra=(("mode", mode), ("cell", cell), ("windows", geo.cell_windows(cell))))
+        extra=(("mode", mode), ("cell", cell),
+               ("held", geo.cell_windows(cell) + (geo.cell_patch(cell) if weighted else geo.cell_windows(cell)))))
     # Strides of the tensor the kernel does not read are placeholders.
     idx_strides = dy.stride() if weighted else saved.stride()
     x_strides = saved.stride() if weighted else dy.stride()
