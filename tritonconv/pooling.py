@@ -149,11 +149,13 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 
 
 def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """Tiles of 256 to 4096 outputs, no axis over twice its extent."""
+    """Tiles of 256 to 4096 outputs (or the largest that fits a smaller problem), no axis over twice its
+    extent."""
     fits = {"BLOCK_C": [v for v in (1, 2, 4, 8, 16, 32, 64, 128) if v <= max(1, 2 * problem.m)],
             "BLOCK_P": [v for v in (8, 16, 32, 64, 128, 256, 512, 1024) if v <= max(8, 2 * problem.n)]}
+    smallest = min(256, fits["BLOCK_C"][-1] * fits["BLOCK_P"][-1])
     return [cfg for cfg in dispatch.product_space(num_warps=(2, 4, 8), num_stages=(1,), **fits)
-            if 256 <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 4096]
+            if smallest <= cfg["BLOCK_C"] * cfg["BLOCK_P"] <= 4096]
 
 
 def _pool_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
