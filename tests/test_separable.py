@@ -233,7 +233,7 @@ def test_autocast_runs_in_the_lower_precision():
 
 @op_sample("depthwise_separable_conv2d")
 def _sample() -> torch.Tensor:
-    x = rand(2, 4, 6, 6, requires_grad=True)
+    x = rand(2, 4, 6, 6, channels_last=True, requires_grad=True)  # channels_last: the op fuses (`_fuses`)
     return tc.depthwise_separable_conv2d(x, rand(4, 1, 3, 3, requires_grad=True), rand(5, 4, 1, 1, requires_grad=True),
                                          rand(4, requires_grad=True), rand(5, requires_grad=True), padding=1,
                                          activation="silu")
