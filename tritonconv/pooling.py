@@ -66,13 +66,17 @@ class PoolGeometry:
         no padding, no dilation."""
         return self.kernel == (2, 2) and self.stride == (2, 2) and self.pad == (0, 0) and self.dilation == (1, 1)
 
+    def _celled(self) -> bool:
+        """Whether lanes can take cells (`dropout_cell`, `cell`): a common square window (2, 3) at a square
+        stride of 1 to 3, undilated, so every (pixel or output, window) tap is a compile-time constant."""
+        return bool(self.fixed_taps()) and self.stride[0] == self.stride[1] in (1, 2, 3) and self.dilation == (1, 1)
+
     def dropout_cell(self) -> tuple[int, int]:
         """The outputs (rows, columns) each lane of the max-pooling dropout forward takes (kernels.pooling
         `_dropout_cells`): a common square window (2, 3) at a square stride of 1 to 3 with square padding,
         undilated, and not the pair path; (0, 0) otherwise. A cell spans an even number of input rows and
         a multiple of 4 columns (whole 2x4 blocks of draws)."""
-        common = (self.fixed_taps() and self.stride[0] == self.stride[1] in (1, 2, 3)
-                  and self.pad[0] == self.pad[1] and self.dilation == (1, 1) and not self.pairs())
+        common = self._celled() and self.pad[0] == self.pad[1] and not self.pairs()
         return {1: (4, 8), 2: (4, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
 
     def cell(self) -> int:
@@ -80,8 +84,7 @@ class PoolGeometry:
         `_backward_cells`): a common square window (2, 3) at a square stride of 1 to 3, undilated; the
         stride, but 4 at stride 1, so that stride-1 lanes share windows too: a 4x4 cell loads 36 windows
         (2.25 a pixel) where a 2x2 cell loads 16 (4 a pixel). 0: one pixel a lane."""
-        common = self.fixed_taps() and self.stride[0] == self.stride[1] in (1, 2, 3) and self.dilation == (1, 1)
-        return {1: 4, 2: 2, 3: 3}[self.stride[0]] if common else 0
+        return {1: 4, 2: 2, 3: 3}[self.stride[0]] if self._celled() else 0
 
     def cell_windows(self, cell: int) -> int:
         """The windows a lane of `cell` x `cell` pixels loads (`_backward_cells`): the gather(axis) windows of
