@@ -124,6 +124,39 @@ def test_input_grad_stride_phases(i):
     assert_close(dx, xr.grad, dtype, f"input grad {k} s{stride} d{dilation}")
 
 
+# The input gradient at stride 1 with one filter per channel runs the forward kernel on dy with the kernel
+# rotated by 180 degrees and padding (K-1)*d - p: (N, C, H, W, multiplier, (KH, KW), stride, padding,
+# dilation) and the kernel expected. Kernels with KH != KW (a flip of one axis only, or a transpose, would
+# show), padding under, over and beyond the kernel's span (the flipped padding negative), dilation 2 on either
+# axis, odd sizes, one-tap rows; multiplier 2 and stride 2 gather per phase instead.
+FLIP_CASES = [
+    (1, 5, 9, 7, 1, (3, 5), 1, (0, 3), 1, "depthwise_input_grad"),
+    (2, 3, 7, 11, 1, (5, 2), 1, (4, 1), (2, 1), "depthwise_input_grad"),
+    (1, 17, 6, 9, 1, (1, 7), 1, (1, 2), (1, 2), "depthwise_input_grad"),
+    (1, 4, 9, 8, 2, (3, 3), 1, 1, 1, "depthwise_input_grad_phases"),
+    (1, 4, 9, 8, 1, (3, 3), 2, 1, 1, "depthwise_input_grad_phases"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(FLIP_CASES)))
+def test_input_grad_flips_the_kernel_at_stride_one(i):
+    n, c, h, w_, mult, k, stride, padding, dilation, kernel = FLIP_CASES[i]
+    dtype, cl = DTYPES[i % 3], i % 2 == 0
+    x = rand(n, c, h, w_, dtype=dtype, channels_last=cl, requires_grad=True)
+    w = rand(c * mult, 1, *k, dtype=dtype)
+    y = tc.depthwise_conv2d(x, w, None, stride, padding, dilation)
+    xr = x.detach().double().requires_grad_()
+    ref = _reference(xr, w, None, stride, padding, dilation)
+    # dy in the other layout than x's, every other column of a wider tensor: dx still takes x's layout.
+    dy = rand(*ref.shape[:3], 2 * ref.shape[3], dtype=dtype, channels_last=not cl)[..., ::2]
+    with dispatch.recording() as decisions:
+        (dx,) = torch.autograd.grad(y, x, dy)
+    assert {d.problem.kernel for d in decisions} == {kernel}
+    ref.backward(dy.double())
+    assert_close(dx, xr.grad, dtype, f"input grad {k} p{padding} d{dilation} x{mult} s{stride}")
+    assert dx.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
 def test_weight_grad_steps_across_tile_rows_and_images():
     """The weight gradient walks its share of the tiles by carrying column -> row -> image: two images of
     3 x 2 interpreter tiles (17 x 17 outputs), split between two programs, so each run crosses a tile row

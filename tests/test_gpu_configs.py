@@ -91,9 +91,12 @@ def conv(dtype, cl):
 
 
 def depthwise(dtype, cl):
-    leaves = [_leaf(N, C, H, W, dtype=dtype, channels_last=cl), _leaf(2 * C, 1, 3, 3, dtype=dtype),
-              _leaf(2 * C, dtype=dtype)]
-    _run(lambda x, w, b: tc.conv2d(x, w, b, 1, 1, 1, C), lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, C), leaves, dtype)
+    # Multiplier 2 (the input gradient gathers per stride phase), then 1 (it runs the forward kernel on dy).
+    for mult in (2, 1):
+        leaves = [_leaf(N, C, H, W, dtype=dtype, channels_last=cl), _leaf(mult * C, 1, 3, 3, dtype=dtype),
+                  _leaf(mult * C, dtype=dtype)]
+        _run(lambda x, w, b: tc.conv2d(x, w, b, 1, 1, 1, C), lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, C), leaves,
+             dtype)
 
 
 def pointwise(dtype, cl):
@@ -164,10 +167,11 @@ def test_gpu_configuration(op, dtype, layout, gpu_configs):
 
 
 KERNELS = {"conv": {"conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"},
-           "depthwise": {"depthwise_forward", "depthwise_input_grad", "depthwise_weight_grad"},
+           "depthwise": {"depthwise_forward", "depthwise_input_grad", "depthwise_input_grad_phases",
+                         "depthwise_weight_grad"},
            "pointwise": {"pointwise_forward", "activation_backward", "pointwise_input_grad", "pointwise_weight_grad"},
            "separable": {"separable_forward", "pointwise_input_grad", "pointwise_weight_grad", "activation_backward",
-                         "depthwise_input_grad", "depthwise_weight_grad"},
+                         "depthwise_input_grad_phases", "depthwise_weight_grad"},
            "max_pool": {"max_pool2d_forward", "max_pool2d_backward"},
            "pool_dropout": {"max_pool2d_forward", "max_pool2d_backward"},
            "dropouts": {"dropout_mask", "drop_block_count", "drop_block_apply"}}

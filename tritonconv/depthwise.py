@@ -72,7 +72,7 @@ def _warps(blocks: dict[str, int]) -> int:
 
 
 def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Input gradient: one tile of the plane per program, no reduction across programs; channels_last
+    """Input gradient by stride phases: one tile of the plane per program, no reduction; channels_last
     tiles of a quarter of the forward's for kernels of 10 to MAX_UNROLLED_TAPS^2 taps (their unrolled
     taps spill 16 float32 per thread on sm_90; larger kernels loop over both axes and do not)."""
     unrolled = 9 < problem.k <= MAX_UNROLLED_TAPS**2
@@ -218,13 +218,14 @@ def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) ->
 
 
 def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
-    """Forward: the live kh and kw taps of the axes not unrolled. The input gradient loops over the MULT
-    filters of a channel, then over those taps, once per stride phase (an unrolled copy each); with a
-    stride, the taps that do not reach a phase are branched over, which these counts ignore."""
+    """Forward (and the input gradient that runs it): the live kh and kw taps of the axes not unrolled. The
+    phase gather loops over the MULT filters of a channel, then over those taps, once per stride phase (an
+    unrolled copy each); with a stride, the taps that do not reach a phase are branched over, which these
+    counts ignore."""
     taps = tuple(args[end] - args[start] for start, end, unrolled in (("kh_start", "kh_end", "TAPS_H"),
                                                                       ("kw_start", "kw_end", "TAPS_W"))
                  if not args.get(unrolled))
-    if problem.kernel == "depthwise_forward":
+    if problem.kernel != "depthwise_input_grad_phases":
         # A looping row with the sliding window takes its taps in chunks of OUT_W.
         chunk = config.get("OUT_W", 1) if len(taps) == 2 else 1
         return taps[:1] + tuple(cdiv(t, chunk) for t in taps[1:])
@@ -240,8 +241,12 @@ def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
 
 dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _forward_config, _forward_space,
                   programs=_tile_programs, trips=_tap_trips)
-dispatch.register("depthwise_input_grad", "depthwise", depthwise_input_grad_kernel, _tile_config, _tile_space,
+# The input gradient at stride 1 runs the forward kernel on dy (`depthwise_input_grad`); other strides and
+# channel multipliers gather per stride phase.
+dispatch.register("depthwise_input_grad", "depthwise", depthwise_forward_kernel, _forward_config, _forward_space,
                   programs=_tile_programs, trips=_tap_trips)
+dispatch.register("depthwise_input_grad_phases", "depthwise", depthwise_input_grad_kernel, _tile_config,
+                  _tile_space, programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_kernel, _weight_grad_config,
                   _weight_grad_space, programs=_weight_grad_programs, steps=_plane_tiles, trips=_weight_grad_trips)
 
@@ -263,11 +268,13 @@ def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, in
 
 @dispatch.on_inputs_device
 def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
-                      activation: str = "none", store_pre: bool = False) -> Callable:
+                      activation: str = "none", store_pre: bool = False, flip: bool = False,
+                      like: torch.Tensor | None = None) -> Callable:
     """The launch of y = activation(depthwise(x, w) + bias) on tensors like these: run(x, w, bias) -> (y, z),
-    y in the memory format torch's convolution would give, z = depthwise(x, w) + bias (the activation's
-    input) when `store_pre`, else an empty tensor."""
-    cl = channels_last(x, w)
+    y in the memory format torch's convolution would give (or `like`'s), z = depthwise(x, w) + bias (the
+    activation's input) when `store_pre`, else an empty tensor. `flip`: with w's kernel rotated by 180
+    degrees, the input gradient at stride 1 (`depthwise_input_grad`, whose Problem it then is)."""
+    cl = channels_last(x, w) if like is None else channels_last(like)
     f, plane = geo.out_channels, (geo.out_height, geo.out_width)
     y = empty_like_layout((geo.batch, f, *plane), cl, x.dtype, "meta")
     alloc = _plans.allocator(y, x.device)
@@ -276,14 +283,19 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     taps = unrolled_taps(geo)
     window = (0 if geo.dilation[1] != 1 else _CHUNKS if taps["TAPS_W"] == 0 else 0 if taps["TAPS_W"] < geo.stride[1]
               else _WINDOW_2D if geo.dilation[0] == 1 and geo.stride[0] == 1 and taps["TAPS_H"] else _WINDOW)
-    problem = _problem("depthwise_forward", geo, f, plane, x, cl, window=window, stride=geo.stride[1])
+    problem = _problem("depthwise_input_grad" if flip else "depthwise_forward", geo, f, plane, x, cl,
+                       window=window, stride=geo.stride[1])
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
             *geo.live_taps(0), *geo.live_taps(1), *x.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # Weights for whole channel blocks: the window loads them unmasked (`tap_major`'s columns).
         columns = cdiv(f, dict(cfg.meta)["BLOCK_C"]) * dict(cfg.meta)["BLOCK_C"]
-        all_args = (*args, 1, geo.kernel[1] * columns, columns, *y.stride(), bias.stride(0) if bias is not None else 0)
+        # Flipped, tap (kh, kw) reads the packed row of tap (KH-1-kh, KW-1-kw): the rows backwards from
+        # the last, through negative tap strides (no flipped copy).
+        taps_sign = -1 if flip else 1
+        all_args = (*args, 1, taps_sign * geo.kernel[1] * columns, taps_sign * columns, *y.stride(),
+                    bias.stride(0) if bias is not None else 0)
         kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
                                  HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
                                  BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(), **taps,
@@ -293,7 +305,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
             y = alloc()
             z = alloc() if store_pre else x.new_empty(0)
             packed = tap_major(w, torch.float32, columns)  # converted once here, not per tap and thread
-            kernel(x, packed, packed if bias is None else bias, y, z if store_pre else y, *all_args)
+            kernel(x, packed[-1:] if flip else packed, packed if bias is None else bias, y, z if store_pre else y,
+                   *all_args)
             return y, z
         return run
 
@@ -303,16 +316,31 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
 @dispatch.on_inputs_device
 def depthwise_input_grad(dy: torch.Tensor, w: torch.Tensor, geo: ConvGeometry, like: torch.Tensor) -> Callable:
     """The launch of dL/dx of the depthwise convolution `geo` on tensors like these: run(dy, w) -> dx, in the
-    memory format of `like` (the input)."""
+    memory format of `like` (the input).
+
+    At stride 1 with one filter per channel, dx is the depthwise convolution of dy with the kernel rotated
+    by 180 degrees: dx[ih] = sum_kh dy[ih + ph - kh*dh] * w[kh] = sum_kh' dy[ih - ph' + kh'*dh] * w[KH-1-kh']
+    with ph' = (KH-1)*dh - ph (negative where the padding exceeds the kernel's span), the same dilation, and
+    dy's plane as the input: the forward kernel's sliding window computes it. Other strides and channel
+    multipliers (which sum the MULT filters of a channel) gather per stride phase
+    (`depthwise_input_grad_kernel`). The one difference: a non-finite weight turns dx into NaN also where
+    its tap reads only dy's padding (0 * inf, as the forward does on x's padding), where the phase gather
+    and torch's CPU reference add nothing."""
     cl = channels_last(like)
     c, plane = geo.in_channels, (geo.height, geo.width)
+    if geo.stride == (1, 1) and geo.out_channels == c:
+        flipped = dataclasses.replace(
+            geo, height=geo.out_height, width=geo.out_width, out_height=geo.height, out_width=geo.width,
+            pad=tuple((k - 1) * d - p for k, d, p in zip(geo.kernel, geo.dilation, geo.pad)))
+        run = depthwise_forward(dy, w, None, flipped, flip=True, like=like)
+        return lambda dy, w: run(dy, w, None)[0]
     dx = empty_like_layout((geo.batch, c, *plane), cl, dy.dtype, "meta")
     alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
         return lambda dy, w: alloc()
     # The kernel tiles the grid of stride phases (each program covers every phase of its tile).
     (sh, sw), (kh0, kh1), (kw0, kw1) = geo.stride, geo.live_taps(0), geo.live_taps(1)
-    problem = _problem("depthwise_input_grad", geo, c, (cdiv(plane[0], sh), cdiv(plane[1], sw)), dy, cl,
+    problem = _problem("depthwise_input_grad_phases", geo, c, (cdiv(plane[0], sh), cdiv(plane[1], sw)), dy, cl,
                        phases=sh * sw)
     args = (*plane, geo.out_height, geo.out_width, c, geo.out_channels // c, kh1, kw1, *dy.stride(), 1,
             geo.kernel[1] * geo.out_channels, geo.out_channels, *dx.stride())
