@@ -326,4 +326,6 @@ def test_autocast_runs_in_the_lower_precision():
 @op_sample("depthwise_conv2d")
 def _sample() -> torch.Tensor:
     x = rand(2, 4, 6, 6, requires_grad=True)
-    return tc.depthwise_conv2d(x, rand(4, 1, 3, 3, requires_grad=True), rand(4, requires_grad=True), padding=1)
+    # Multiplier 1, then 2: both input gradient kernels (the flipped forward, the stride-phase gather).
+    y = tc.depthwise_conv2d(x, rand(4, 1, 3, 3, requires_grad=True), rand(4, requires_grad=True), padding=1)
+    return tc.depthwise_conv2d(y, rand(8, 1, 3, 3, requires_grad=True), padding=1)
