@@ -158,18 +158,22 @@ def separable_forward_kernel(
             ts = ()
             for q in tl.static_range(OUT_W):
                 ts = ts + (t,)
+            # One tap's weights are loaded as one [1, BLOCK_K] row (`like` = wd_cols), broadcast over the
+            # pixels in registers: the K-loop's pipeline copies loads to shared memory as they are, and a
+            # row broadcast to the input tile's shape was a whole tile per tap (half the copies, and the
+            # shared memory that kept float32 from three stages).
             if TAPS_H > 0:
                 for i in tl.static_range(TAPS_H):
                     x_row = x_base + tl.cast((kh_start + i) * dil_h, tl.int64) * sxh
                     xs = window_load(x_row, x_valid & inside(ih0 + (kh_start + i) * dil_h, H), col_ok, sxw, COLUMNS,
                                      BF16_BITS)
-                    ts = depthwise_window_row(ts, xs, wd_cols + (kh_start + i) * swdh + kw_start * swdw, x_row,
+                    ts = depthwise_window_row(ts, xs, wd_cols + (kh_start + i) * swdh + kw_start * swdw, wd_cols,
                                               swdw, stride_w, dil_w, TAPS_W, OUT_W, 1, 0, TAPS_W)
             else:
                 for kh in range(kh_start, kh_end):
                     x_row = x_base + tl.cast(kh * dil_h, tl.int64) * sxh
                     xs = window_load(x_row, x_valid & inside(ih0 + kh * dil_h, H), col_ok, sxw, COLUMNS, BF16_BITS)
-                    ts = depthwise_window_row(ts, xs, wd_cols + kh * swdh + kw_start * swdw, x_row, swdw, stride_w,
+                    ts = depthwise_window_row(ts, xs, wd_cols + kh * swdh + kw_start * swdw, wd_cols, swdw, stride_w,
                                               dil_w, TAPS_W, OUT_W, 1, 0, TAPS_W)
         else:
             ts = (depthwise_taps(t, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw, swdh,

@@ -27,7 +27,7 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
     depthwise block (the costly part of a K-step) is computed once. On a GPU: 16 intermediate channels per
     step (16 divides the usual channel counts, so no step is half empty), OUT_W outputs per thread along a
     row where the kernel row unrolls (the sliding window), BLOCK_M // OUT_W = 64 pixel groups (one wgmma
-    tile each), 3 stages in 16 bits (with 2 the x copies drain every K-step), 2 in float32."""
+    tile each), 3 stages (with 2 the x copies drain every K-step)."""
     window = dict(problem.extra)["window"]
     if interpreter:
         out_w = 2 if window else 1
@@ -36,13 +36,9 @@ def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Conf
                                   BLOCK_M=pow2_clamp(cdiv(problem.m, out_w), 16, 64) * out_w,
                                   BLOCK_N=pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS),
                                   BLOCK_K=pow2_clamp(problem.k, 16, 32))
-    out_w = _OUT_W if window else 1
-    return dispatch.Config.of(num_warps=4, num_stages=3 if problem.dtype != torch.float32 else 2, OUT_W=out_w,
-                              BLOCK_M=64 * out_w, BLOCK_N=pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS), BLOCK_K=16)
-
-
-# Outputs per thread along a row on a GPU, where the kernel row unrolls (`_fused_config`).
-_OUT_W = 4
+    out_w = 4 if window else 1
+    return dispatch.Config.of(num_warps=4, num_stages=3, OUT_W=out_w, BLOCK_M=64 * out_w,
+                              BLOCK_N=pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS), BLOCK_K=16)
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
