@@ -20,7 +20,7 @@ pixels each, and each goes to its own `tl.dot` with its own accumulator: pixel g
 program is row g of tile q, so no tile is interleaved with another (a layout shuffle through shared
 memory per K-step).
 
-All offsets are int64, so tensors over 2^31 elements index correctly; pixel indices are int32
+Offsets are int32, or int64 with INT64 (a tensor over 2^30 elements); pixel indices are int32
 (kernels/common.py gives the index-width policies and why).
 """
 
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import activate
-from tritonconv.kernels.common import dot
+from tritonconv.kernels.common import as_index, dot
 from tritonconv.kernels.depthwise import depthwise_taps, depthwise_window_row, inside, window_columns, window_load
 
 
@@ -82,6 +82,7 @@ def separable_forward_kernel(
     STORE_Z: tl.constexpr,    # ... and t itself (an activation whose derivative is not a function of a)
     DENSE_ROWS: tl.constexpr,  # OWR == OW, and y (a, z) channels_last and dense: pixel m at m * syw (smw)
     BF16_BITS: tl.constexpr,   # widen bfloat16 inputs by bit operations (kernels/depthwise.py's `widen`)
+    INT64: tl.constexpr,       # 64-bit offsets (a tensor reaches 2^30 elements), else 32-bit (kernels/common.py)
     OPAQUE_MID: tl.constexpr,  # on a GPU: the stored intermediate computed once (`one_layout`)
 ):
     """y = pointwise(activation(depthwise(x))).
@@ -94,10 +95,10 @@ def separable_forward_kernel(
     OWR = tl.cdiv(OW, OUT_W) * OUT_W
     # Group g (OUT_W pixels, the first at output (n, oh, ow)) is row g of every tile q. Pixel indices are
     # int32 (the launcher keeps N*OH*OWR below 2^31): int64 division is a branchy subroutine that,
-    # rematerialised in the epilogue's layout, spilled registers. Offsets are int64.
+    # rematerialised in the epilogue's layout, spilled registers.
     offs_g = tl.program_id(0) * GROUPS + tl.arange(0, GROUPS)
     g_valid = offs_g < N * OH * (OWR // OUT_W)
-    n_img = (offs_g // (OH * (OWR // OUT_W))).to(tl.int64)
+    n_img = as_index(offs_g // (OH * (OWR // OUT_W)), INT64)
     pix = offs_g % (OH * (OWR // OUT_W))
     oh = pix // (OWR // OUT_W)
     ow = pix % (OWR // OUT_W) * OUT_W
@@ -106,31 +107,32 @@ def separable_forward_kernel(
         # Group g's first pixel is the (g * OUT_W)-th pixel of y (and a, z), and OW is a multiple of OUT_W:
         # offsets and masks need no division, whose per-element code in the accumulator's layout was a
         # quarter to a half of the kernel's instructions.
-        y_rows = (offs_g * OUT_W).to(tl.int64) * syw
-        mid_rows = (offs_g * OUT_W).to(tl.int64) * smw
+        # (syw is F then: written as the constant, it tells the compiler which stores may pair up.)
+        y_rows = as_index(offs_g * OUT_W, INT64) * F
+        mid_rows = as_index(offs_g * OUT_W, INT64) * smw
         out_ok = ()
         for q in tl.static_range(OUT_W):
             out_ok = out_ok + (g_valid,)
     else:
-        y_rows = n_img * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
-        mid_rows = n_img * smn + oh.to(tl.int64) * smh + ow.to(tl.int64) * smw
+        y_rows = n_img * syn + as_index(oh, INT64) * syh + as_index(ow, INT64) * syw
+        mid_rows = n_img * smn + as_index(oh, INT64) * smh + as_index(ow, INT64) * smw
         out_ok = ()
         for q in tl.static_range(OUT_W):
             out_ok = out_ok + (g_valid & (ow + q < OW),)
     # The depthwise window of each group starts at input (ih0, iw0).
     ih0 = (oh * stride_h - pad_h)[:, None]
     iw0 = (ow * stride_w - pad_w)[:, None]
-    x_rows = x_ptr + n_img[:, None] * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
+    x_rows = x_ptr + n_img[:, None] * sxn + as_index(ih0, INT64) * sxh + as_index(iw0, INT64) * sxw
     if OUT_W > 1:
         # The window's input columns start at the first live tap's; whether each exists is the same for
         # every kernel row and channel step.
         COLUMNS: tl.constexpr = (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1
         col_ok = window_columns(iw0 + kw_start * dil_w, W, COLUMNS)
-        x_rows += tl.cast(kw_start * dil_w, tl.int64) * sxw
+        x_rows += as_index(kw_start * dil_w, INT64) * sxw
 
     offs_f = tl.arange(0, BLOCK_N)
     f_valid = offs_f < F
-    wp_cols = wp_ptr + offs_f.to(tl.int64)[None, :] * swpf
+    wp_cols = wp_ptr + as_index(offs_f, INT64)[None, :] * swpf
 
     # The intermediate as the unfused pair would store it: activation(t + bd) rounded to x's dtype.
     dtype = x_ptr.dtype.element_ty
@@ -146,8 +148,8 @@ def separable_forward_kernel(
             k_valid = offs_k < K
         # Intermediate channel k is the (k % MULT)-th filter of input channel k // MULT. The depthwise sums
         # start from the bias, one add fewer per output than adding it after the taps.
-        x_base = x_rows + (offs_k // MULT).to(tl.int64)[None, :] * sxc
-        wd_cols = wd_ptr + offs_k.to(tl.int64)[None, :] * swdk
+        x_base = x_rows + as_index(offs_k // MULT, INT64)[None, :] * sxc
+        wd_cols = wd_ptr + as_index(offs_k, INT64)[None, :] * swdk
         x_valid = g_valid[:, None] & k_valid[None, :]
         if HAS_DW_BIAS:
             t = tl.broadcast_to(tl.load(bd_ptr + offs_k * sbd, mask=k_valid, other=0.0).to(tl.float32)[None, :],
@@ -164,21 +166,21 @@ def separable_forward_kernel(
             # shared memory that kept float32 from three stages).
             if TAPS_H > 0:
                 for i in tl.static_range(TAPS_H):
-                    x_row = x_base + tl.cast((kh_start + i) * dil_h, tl.int64) * sxh
+                    x_row = x_base + as_index((kh_start + i) * dil_h, INT64) * sxh
                     xs = window_load(x_row, x_valid & inside(ih0 + (kh_start + i) * dil_h, H), col_ok, sxw, COLUMNS,
                                      BF16_BITS)
                     ts = depthwise_window_row(ts, xs, wd_cols + (kh_start + i) * swdh + kw_start * swdw, wd_cols,
                                               swdw, stride_w, dil_w, TAPS_W, OUT_W, 1, 0, TAPS_W)
             else:
                 for kh in range(kh_start, kh_end):
-                    x_row = x_base + tl.cast(kh * dil_h, tl.int64) * sxh
+                    x_row = x_base + as_index(kh * dil_h, INT64) * sxh
                     xs = window_load(x_row, x_valid & inside(ih0 + kh * dil_h, H), col_ok, sxw, COLUMNS, BF16_BITS)
                     ts = depthwise_window_row(ts, xs, wd_cols + kh * swdh + kw_start * swdw, wd_cols, swdw, stride_w,
                                               dil_w, TAPS_W, OUT_W, 1, 0, TAPS_W)
         else:
             ts = (depthwise_taps(t, x_base, x_valid, ih0, iw0, wd_cols, k_valid[None, :], H, W, sxh, sxw, swdh,
                                  swdw, dil_h, dil_w, kh_start, kh_end, kw_start, kw_end, TAPS_H, TAPS_W),)
-        b = tl.load(wp_cols + offs_k.to(tl.int64)[:, None] * swpk, mask=k_valid[:, None] & f_valid[None, :],
+        b = tl.load(wp_cols + as_index(offs_k, INT64)[:, None] * swpk, mask=k_valid[:, None] & f_valid[None, :],
                     other=0.0)
         stepped = ()
         for q in tl.static_range(OUT_W):
@@ -189,7 +191,7 @@ def separable_forward_kernel(
                 a = tl.where(k_valid[None, :], a, 0.0)
             a = one_layout(a, STORE_MID and OPAQUE_MID)
             if STORE_MID:
-                mid_offs = mid_rows[:, None] + q * smw + offs_k.to(tl.int64)[None, :] * smc
+                mid_offs = mid_rows[:, None] + q * smw + as_index(offs_k, INT64)[None, :] * smc
                 mid_mask = out_ok[q][:, None] & k_valid[None, :]
                 tl.store(a_ptr + mid_offs, a, mask=mid_mask)
                 if STORE_Z:
@@ -203,6 +205,6 @@ def separable_forward_kernel(
         acc = accs[q]
         if HAS_PW_BIAS:
             acc += bias
-        y_offs = y_rows[:, None] + q * syw + offs_f.to(tl.int64)[None, :] * syc
+        y_offs = y_rows[:, None] + q * syw + as_index(offs_f, INT64)[None, :] * syc
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty),
                  mask=out_ok[q][:, None] & f_valid[None, :])

@@ -208,6 +208,15 @@ def test_launch_per_batch_slice(monkeypatch):
     _check((3, 4, 5, 6, 1, (3, 3), 5, 1, 1, 1), torch.float32, True, "silu")
 
 
+def test_fused_int64_offsets(monkeypatch):
+    """The fused kernel's 64-bit offsets (INT64, set for tensors over 2^30 elements), forced on a small
+    channels_last problem."""
+    monkeypatch.setattr(tc.separable, "needs_int64", lambda *tensors: True)
+    with dispatch.recording() as decisions:
+        _check((2, 5, 6, 9, 1, (3, 3), 7, 1, 1, 1), torch.float16, True, "relu6")  # a shape no other test plans
+    assert "separable_forward" in {d.problem.kernel for d in decisions}
+
+
 def test_indexing_beyond_int32(monkeypatch):
     """A view whose second image starts 2^31 elements into its storage."""
     big = 2**31 + 64

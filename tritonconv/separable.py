@@ -9,7 +9,7 @@ import torch
 
 from tritonconv import _plans, dispatch
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias, check_tensor,
-                                empty_like_layout, int32_batches, interpreting)
+                                empty_like_layout, int32_batches, interpreting, needs_int64)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
                                 input_grads, tap_major, tf32, unrolled_taps)
@@ -136,7 +136,8 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
                      bp.stride(0) if bp is not None else 0)
     flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
              "STORE_MID": store_mid, "STORE_Z": store_z, **taps, **dot_flags(x.dtype),
-             "BF16_BITS": x.dtype == torch.bfloat16 and not interpreting(), "OPAQUE_MID": not interpreting()}
+             "BF16_BITS": x.dtype == torch.bfloat16 and not interpreting(), "OPAQUE_MID": not interpreting(),
+             "INT64": needs_int64(x, y, mid)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # The GEMM has a multiple of OUT_W rows per output row (a thread's outputs lie in one row).
