@@ -8,7 +8,8 @@ Index widths. Three policies, each chosen for what its kernels do with their ind
   64-bit offsets would double those registers and spill the large tiles (`python -m bench.static` shows
   it), so the common case stays 32-bit and only a huge tensor pays for 64-bit.
 - GEMMs over flat pixel rows (kernels/pointwise.py, kernels/separable.py): the flat pixel index
-  (n, oh, ow) is int32 and every memory offset is int64. Dividing a pixel index into (n, oh, ow) in int64
+  (n, oh, ow) is int32 and every memory offset is int64 (kernels/separable.py: int32 unless its INT64
+  constexpr is set, as in conv, since its depthwise part forms an address per load and tap). Dividing a pixel index into (n, oh, ow) in int64
   is a branchy subroutine that costs many registers per thread (and spilled once rematerialised in an
   epilogue's layout), while a 1-D row of int64 offsets costs little; the host keeps the pixel count
   below 2^31 (`int32_batches` cuts a larger batch into runs that fit), so int32 never overflows.

@@ -1,6 +1,8 @@
 """depthwise_separable_conv2d against the two-step composition conv2d(groups=C) -> activation -> conv2d(1x1)
 in float64: forward, backward, every activation, layouts, dtypes, one fused forward kernel, bad input."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,10 +15,10 @@ from tritonconv import dispatch
 
 # (N, C, H, W, multiplier, (KH, KW), F, stride, padding, dilation): K = 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, "same"; intermediate channels over one reduction step (40 > 32) and F over 64 (case
-# 2: our depthwise op then our pointwise op); 32 intermediate channels (whole steps, EVEN_K). Outputs
-# go in pairs along W (PAIRED) at stride and dilation 1: an odd output width (case 0), kernel rows in a
-# runtime loop (7x7, case 3), a 1x3 kernel on an even width (case 4). Each runs in every dtype and layout,
-# with the activations taking turns.
+# 2: our depthwise op then our pointwise op); 32 intermediate channels (whole steps, EVEN_K). Each
+# thread takes OUT_W outputs along W (the sliding window): an odd output width (case 0: the last group
+# runs past the row), kernel rows in a runtime loop (7x7, case 3), a 1x3 kernel on an even width (case 4).
+# Each runs in every dtype and layout, with the activations taking turns.
 CASES = [
     (2, 5, 6, 7, 1, (3, 3), 6, 1, 1, 1),
     (1, 6, 9, 8, 2, (5, 5), 20, 2, 2, 1),
@@ -88,6 +90,53 @@ def test_forward_kernels(f, channels_last, kernels):
                  "forward")
 
 
+def _forcing(monkeypatch, **meta):
+    """Launch the fused kernel with the interpreter's configuration but `meta` (OUT_W, BLOCK_M, ...)."""
+    spec = dispatch.spec("separable_forward")
+    monkeypatch.setitem(dispatch._KERNELS, "separable_forward", dataclasses.replace(
+        spec, heuristic=lambda problem, interpreter: dispatch.Config.of(
+            **{**dict(spec.heuristic(problem, interpreter).meta), **meta}, num_warps=4, num_stages=1)))
+
+
+# (N, C, H, W, KH x KW, F, stride, padding, dilation, OUT_W, BLOCK_M), subsampled: F = 24, 17, 64; C = 17
+# and 144 (K over several steps, and not a multiple of the step); stride 2; dilation 2; a width that is
+# not a multiple of OUT_W; one output per thread (OUT_W 1) and four.
+FUSED = [
+    (2, 17, 6, 9, (3, 3), 24, 1, 1, 1, 4, 64),
+    (1, 144, 5, 6, (3, 3), 17, 1, 1, 1, 2, 32),
+    (2, 17, 7, 8, (3, 3), 64, 2, 1, 1, 4, 64),
+    (1, 20, 7, 7, (3, 3), 24, 1, 2, 2, 2, 32),
+    (1, 17, 6, 7, (5, 5), 17, 2, 2, 1, 1, 16),
+]
+
+
+@pytest.mark.parametrize("case", FUSED, ids=[f"fused{i}" for i in range(len(FUSED))])
+@pytest.mark.parametrize("layout", ["dense", "strided"])
+def test_fused_kernel_paths(case, layout, monkeypatch):
+    """The fused kernel at forced OUT_W and BLOCK_M, against float64, forward with the stored intermediate
+    (as autograd's forward runs it): channels_last x (rows addressed as pixels when OW is a multiple of
+    OUT_W), with dense or non-contiguous views of the weights and biases (a non-contiguous x is in no
+    memory format, so the op does not fuse it; nor NCHW: test_forward_kernels). Outputs start as NaN (conftest), so an element not written fails."""
+    n, c, h, w_, k, f, stride, padding, dilation, out_w, block_m = case
+    _forcing(monkeypatch, OUT_W=out_w, BLOCK_M=block_m)
+    act = list(ACTIVATIONS)[FUSED.index(case) % len(ACTIVATIONS)]
+    x = rand(n, c, h, w_, channels_last=True)
+    wd, bd, wp, bp = rand(c, 1, *k), rand(c), rand(f, c, 1, 1), rand(f)
+    if layout == "strided":
+        wd, bd = rand(c, 2, *k)[:, :1], rand(2 * c)[::2]
+        wp, bp = rand(f, 2 * c, 1, 1)[:, ::2], rand(2 * f)[::2]
+    oh, ow = ((size + 2 * padding - dilation * (kk - 1) - 1) // stride + 1 for size, kk in ((h, k[0]), (w_, k[1])))
+    with dispatch.recording() as decisions:
+        y, a, z = torch.ops.tritonconv.depthwise_separable_conv2d(
+            x, wd, bd, wp, bp, [stride] * 2, [padding] * 2, [dilation] * 2, c, [oh, ow], act or "none", True)
+    assert [(d.problem.kernel, d.config["OUT_W"]) for d in decisions] == [("separable_forward", out_w)]
+    t = F.conv2d(x.double(), wd.double(), bd.double(), stride, padding, dilation, c)
+    assert_close(y, F.conv2d(ACTIVATIONS[act](t), wp.double(), bp.double()), torch.float32, "y")
+    assert_close(a, ACTIVATIONS[act](t), torch.float32, "a")
+    if act in ("silu", "gelu"):
+        assert_close(z, t, torch.float32, "z")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last,width", [(True, 7), (True, 8), (False, 7)])
 @pytest.mark.parametrize("activation", ["relu6", "gelu", None])
@@ -157,6 +206,15 @@ def test_launch_per_batch_slice(monkeypatch):
     """Batches over 2^31 output pixels launch once per slice; forced here to one image per launch."""
     monkeypatch.setattr(tc.separable, "int32_batches", lambda batch, per_image: [slice(i, i + 1) for i in range(batch)])
     _check((3, 4, 5, 6, 1, (3, 3), 5, 1, 1, 1), torch.float32, True, "silu")
+
+
+def test_fused_int64_offsets(monkeypatch):
+    """The fused kernel's 64-bit offsets (INT64, set for tensors over 2^30 elements), forced on a small
+    channels_last problem."""
+    monkeypatch.setattr(tc.separable, "needs_int64", lambda *tensors: True)
+    with dispatch.recording() as decisions:
+        _check((2, 5, 6, 9, 1, (3, 3), 7, 1, 1, 1), torch.float16, True, "relu6")  # a shape no other test plans
+    assert "separable_forward" in {d.problem.kernel for d in decisions}
 
 
 def test_indexing_beyond_int32(monkeypatch):

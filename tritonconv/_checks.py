@@ -238,7 +238,8 @@ def conv_padding(padding: int | Sequence[int] | str, kernel: tuple[int, int], st
 #   offset fits.
 # - int32 pixel numbers with int32_batches (pointwise and separable): pixel indices are int32, since an
 #   int64 division costs about 100 registers on sm_90, and every offset is int64; the launcher splits
-#   the batch with int32_batches so that no launch numbers 2^31 pixels.
+#   the batch with int32_batches so that no launch numbers 2^31 pixels. The fused separable kernel also
+#   takes the INT64 constexpr for its offsets.
 # - int64 everywhere else (depthwise, pooling, dropout, activations): offsets (and Philox counters) are
 #   int64 from the program's base on.
 # ---------------------------------------------------------------------------------------------------------

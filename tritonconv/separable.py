@@ -7,13 +7,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from tritonconv import _plans, dispatch, heuristics
+from tritonconv import _plans, dispatch
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_activation, check_bias, check_tensor,
-                                empty_like_layout, int32_batches)
+                                empty_like_layout, int32_batches, interpreting, needs_int64)
 from tritonconv._shared import (GEOMETRY_SCHEMA, ConvGeometry, channel_sum, check_depthwise_weight,
                                 check_pointwise_weight, conv_geometry, dot_flags, geometry, geometry_args,
                                 input_grads, tap_major, tf32, unrolled_taps)
-from tritonconv.heuristics import cdiv
+from tritonconv.heuristics import cdiv, pow2_clamp
 from tritonconv.kernels.separable import separable_forward_kernel
 
 # ---------------------------------------------------------------------------------------------------------
@@ -23,20 +23,31 @@ from tritonconv.kernels.separable import separable_forward_kernel
 
 
 def _fused_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """On a GPU (the op fuses only channels_last outputs of up to 64 channels, `_fuses`): every output
-    channel in one tile, so that the depthwise block (the costly part of a K-step when F is small) is
-    computed once, 16 intermediate channels per step (16 divides the usual channel counts, so no step is
-    half empty; more issue more per element), 128 pixels (256 spill on sm_90), 3 stages in 16 bits (with 2
-    the x copies drain every K-step; float32 spills at 3)."""
+    """Every output channel in one tile (the op fuses only F <= MAX_FUSED_CHANNELS, `_fuses`), so that the
+    depthwise block (the costly part of a K-step) is computed once. On a GPU: 16 intermediate channels per
+    step (16 divides the usual channel counts, so no step is half empty), OUT_W outputs per thread along a
+    row where the kernel row unrolls (the sliding window), BLOCK_M // OUT_W = 64 pixel groups (one wgmma
+    tile each), 3 stages (with 2 the x copies drain every K-step)."""
+    window = dict(problem.extra)["window"]
     if interpreter:
-        return dispatch.Config.of(num_warps=4, num_stages=1, **heuristics.gemm_blocks(problem, True))
-    return dispatch.Config.of(num_warps=4, num_stages=3 if problem.dtype != torch.float32 else 2, BLOCK_M=128,
-                              BLOCK_N=heuristics.pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS), BLOCK_K=16)
+        out_w = 2 if window else 1
+        # One program for the tiny test problems where it can (the interpreter pays per program).
+        return dispatch.Config.of(num_warps=4, num_stages=1, OUT_W=out_w,
+                                  BLOCK_M=pow2_clamp(cdiv(problem.m, out_w), 16, 64) * out_w,
+                                  BLOCK_N=pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS),
+                                  BLOCK_K=pow2_clamp(problem.k, 16, 32))
+    out_w = 4 if window else 1
+    return dispatch.Config.of(num_warps=4, num_stages=3, OUT_W=out_w, BLOCK_M=64 * out_w,
+                              BLOCK_N=pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS), BLOCK_K=16)
 
 
 def _fused_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    return dispatch.product_space(num_warps=(4, 8), num_stages=(1, 2), BLOCK_M=(64, 128), BLOCK_N=(64, 128, 256),
-                                  BLOCK_K=(16, 32, 64))
+    """What can win for F <= 64: 4 warps (one warpgroup; 8-warp configurations are unchecked on a GPU), one
+    N-tile of every output channel, 64 or 128 pixel groups of 1, 2 or 4 outputs, 16 or 32 channels a step."""
+    widths = (1, 2, 4) if dict(problem.extra)["window"] else (1,)
+    return [dispatch.Config.of(num_warps=4, num_stages=stages, OUT_W=out_w, BLOCK_M=groups * out_w,
+                               BLOCK_N=pow2_clamp(problem.n, 16, MAX_FUSED_CHANNELS), BLOCK_K=block_k)
+            for stages in (2, 3) for out_w in widths for groups in (64, 128) for block_k in (16, 32)]
 
 
 dispatch.register("separable_forward", "separable", separable_forward_kernel, _fused_config, _fused_space,
@@ -119,36 +130,39 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
     if y.numel() == 0:
         return lambda x, wd, bd, wp, bp: (alloc(), *mids())
     taps = unrolled_taps(geo)
-    # Outputs in pairs along W where neighbours share input columns (kernels/separable.py's `pair_row`);
-    # the GEMM then has an even number of rows per output row.
-    paired = geo.stride[1] == 1 and geo.dilation[1] == 1 and taps["TAPS_W"] > 1
-    row_width = cdiv(plane[1], 2) * 2 if paired else plane[1]
-    parts = int32_batches(geo.batch, plane[0] * row_width)
     geometry_and_strides = (geo.height, geo.width, *plane, k, f, k // geo.in_channels, *geo.stride, *geo.pad,
-                            *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride(), 1,
-                            geo.kernel[1] * k, k, wp.stride(0), wp.stride(1), *y.stride(), *mid.stride(),
-                            bd.stride(0) if bd is not None else 0, bp.stride(0) if bp is not None else 0)
-    # y, and the intermediate when stored, are dense channels_last with one GEMM row per pixel: the kernel
-    # addresses row m as pixel m.
-    dense = cl and row_width == plane[1] and (channels_last(x, wd) or not store_mid)
+                            *geo.dilation, *geo.live_taps(0), *geo.live_taps(1), *x.stride())
+    later_strides = (wp.stride(0), wp.stride(1), *y.stride(), *mid.stride(), bd.stride(0) if bd is not None else 0,
+                     bp.stride(0) if bp is not None else 0)
     flags = {"HAS_DW_BIAS": bd is not None, "HAS_PW_BIAS": bp is not None, "ACTIVATION": activation,
-             "PAIRED": paired, "STORE_MID": store_mid, "STORE_Z": store_z, "DENSE_ROWS": dense, **taps,
-             **dot_flags(x.dtype)}
+             "STORE_MID": store_mid, "STORE_Z": store_z, **taps, **dot_flags(x.dtype),
+             "BF16_BITS": x.dtype == torch.bfloat16 and not interpreting(), "OPAQUE_MID": not interpreting(),
+             "INT64": needs_int64(x, y, mid)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
+        # The GEMM has a multiple of OUT_W rows per output row (a thread's outputs lie in one row).
+        row_width = cdiv(plane[1], cfg["OUT_W"]) * cfg["OUT_W"]
+        # y, and the intermediate when stored, are dense channels_last with one GEMM row per pixel: the
+        # kernel addresses row m as pixel m.
+        dense = cl and row_width == plane[1] and (channels_last(x, wd) or not store_mid)
+        # Tap-major weights for whole channel steps (the sliding window loads them unmasked).
+        columns = cdiv(k, cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+        assert cfg["BLOCK_N"] >= f, "the fused kernel computes every output channel in one tile"
         # A part is None when it is the whole batch (almost always), which then needs no slicing.
         launches = []
+        parts = int32_batches(geo.batch, plane[0] * row_width)
         for part in parts:
             images = part.stop - part.start
-            grid = (cdiv(images * plane[0] * row_width, cfg["BLOCK_M"]) * cdiv(f, cfg["BLOCK_N"]),)
-            kernel = _plans.launcher(separable_forward_kernel, grid, **flags, EVEN_K=k % cfg["BLOCK_K"] == 0,
-                                     **cfg.launch_kwargs())
-            launches.append((None if len(parts) == 1 else part, kernel, (images, *geometry_and_strides)))
+            grid = (cdiv(images * plane[0] * row_width, cfg["BLOCK_M"]),)
+            kernel = _plans.launcher(separable_forward_kernel, grid, **flags, DENSE_ROWS=dense,
+                                     EVEN_K=k % cfg["BLOCK_K"] == 0, **cfg.launch_kwargs())
+            launches.append((None if len(parts) == 1 else part, kernel,
+                             (images, *geometry_and_strides, 1, geo.kernel[1] * columns, columns, *later_strides)))
 
         def run(x, wd, bd, wp, bp):
             y = alloc()
             a, z = mids()
-            packed = tap_major(wd, torch.float32)
+            packed = tap_major(wd, torch.float32, columns)
             # y stands in for an intermediate not stored (the kernel never touches it).
             tensors = (x, y, a if store_mid else y, z if store_z else y)
             for part, kernel, args in launches:
@@ -159,7 +173,7 @@ def separable_forward(x: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor | None
 
     return dispatch.runner(dispatch.Problem(
         "separable_forward", m=geo.batch * plane[0] * plane[1], n=f, k=k, dtype=x.dtype, channels_last=cl,
-        extra=(("taps", geo.kernel[0] * geo.kernel[1]),)), prepare, x, wd, bd, wp, bp)
+        extra=(("taps", geo.kernel[0] * geo.kernel[1]), ("window", taps["TAPS_W"] > 0))), prepare, x, wd, bd, wp, bp)
 
 
 # ---------------------------------------------------------------------------------------------------------
