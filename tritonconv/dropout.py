@@ -127,7 +127,8 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
                       args: Mapping[str, object]) -> tuple[float, ...]:
     """Averaged over a program's row blocks: its chunks of 32 seed rows (from its first halo row, rounded
     down to a Philox call's four), then per chunk the Philox calls that draw seeds, the doubling steps
-    that spread them along the lanes (ceil(log2(bs))), and the pairs of rows walked."""
+    that spread them along the lanes (ceil(log2(bs))) and along the rows (ceil(log2(min(bs, 32)))), and
+    (pass 2; pass 1 counts 32 rows at once) the pairs of the program's own rows walked."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
     chunks, calls, pairs = [], [], 0
     for h0 in range(0, h, block_h):
@@ -136,9 +137,10 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
         starts = range(first, cdiv(h_end, 4), 8)
         chunks.append(len(starts))
         calls.append(max(0, cdiv(min(h_end, h - bs + 1), 4) - first))
-        pairs += sum(cdiv(min(32, h_end - 4 * g0), 2) for g0 in starts)
+        pairs += sum(cdiv(max(0, min(32, h_end - 4 * g0) - max(h0 - 4 * g0, 0)), 2) for g0 in starts)
     n = sum(chunks)
-    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), pairs / n)
+    steps = (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), math.ceil(math.log2(min(bs, 32))))
+    return steps if problem.kernel == "drop_block_count" else (*steps, pairs / n)
 
 
 def _mask_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
