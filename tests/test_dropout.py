@@ -184,6 +184,40 @@ def test_drop_block_mask_independent_of_tiling(monkeypatch):
         dispatch.forget()
 
 
+@pytest.mark.parametrize("block,size,p", [(1, (7, 9), 0.3), (3, (37, 11), 0.3), (4, (10, 7), 0.3),
+                                          (7, (37, 9), 0.3), (35, (36, 35), 0.9)])
+def test_drop_block_mask_same_in_every_layout_dtype_and_tile(block, size, p, monkeypatch):
+    """The mask as 32-row bit chunks: maps taller than a chunk (blocks reaching across chunks; bs = 35
+    reaches more than a whole chunk past its seed row), odd sizes, odd and even bs. One mask, a union of
+    whole blocks, for NCHW, channels_last and a non-contiguous view, in every dtype, under the heuristic's
+    tile and a small one (several row blocks with their halos); the backward, with the gradient in the
+    other layout, applies the same mask with the same scale."""
+    h, w = size
+    x = rand(2, 3, h, w).abs() + 1
+    reference = tc.drop_block2d(x, p, block, seed=5) == 0
+    assert reference.any() and not reference.all()
+    assert torch.equal(_dilate(_erode(reference, block), block), reference)
+    scale = reference.numel() / (1e-6 + (~reference).double().sum())
+    # Every other channel of a wider tensor stored with H and W swapped: strides of no standard layout.
+    wide = torch.cat([x, x], dim=1).transpose(2, 3).contiguous().transpose(2, 3)
+    for t in (x.contiguous(memory_format=torch.channels_last), wide[:, ::2]):
+        t = t.detach().requires_grad_()
+        y = tc.drop_block2d(t, p, block, seed=5)
+        assert torch.equal(y == 0, reference), t.stride()
+        y.backward(torch.ones_like(x))   # NCHW
+        assert_close(t.grad, (~reference).double() * scale, torch.float32, "input grad")
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(tc.drop_block2d(x.to(dtype), p, block, seed=5) == 0, reference), dtype
+    small = dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=2, BLOCK_W=64 if block > 8 else 16, BLOCK_H=8)
+    for name in ("drop_block_count", "drop_block_apply"):
+        monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(dispatch.spec(name), heuristic=lambda *a: small))
+    dispatch.forget()
+    try:
+        assert torch.equal(tc.drop_block2d(x, p, block, seed=5) == 0, reference)
+    finally:
+        dispatch.forget()
+
+
 def test_drop_block_whole_map_block():
     """bs = H = W: gamma = p, each map is dropped whole with probability p."""
     p = 0.5
