@@ -7,11 +7,14 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import tritonconv as tc
 from bench.reference import drop_block_probability
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
+from tritonconv.kernels.dropout import _philox
 
 # The four mask ops with typical arguments, as (name, call(x, **kw)).
 OPS = {
@@ -216,6 +219,25 @@ def test_drop_block_mask_same_in_every_layout_dtype_and_tile(block, size, p, mon
         assert torch.equal(tc.drop_block2d(x, p, block, seed=5) == 0, reference)
     finally:
         dispatch.forget()
+
+
+@triton.jit
+def _philox_pair_kernel(seed_ptr, out_ptr, base, stride):
+    counter = base + tl.arange(0, 256).to(tl.int64) * stride
+    seed = tl.load(seed_ptr)
+    a0, a1, a2, a3 = tl.randint4x(seed, counter)
+    b0, b1, b2, b3 = _philox(seed, counter)
+    same = (a0 == b0) & (a1 == b1) & (a2 == b2) & (a3 == b3)
+    tl.store(out_ptr + tl.arange(0, 256), same.to(tl.int32))
+
+
+def test_drop_block_philox_is_randint4x():
+    """DropBlock's Philox (64-bit products) gives tl.randint4x's words bit for bit: counters past 2^32
+    (the high word), negative and large seeds."""
+    for seed, base in ((0, 0), (12345, 2**33 + 5), (-7, 3), (2**62 + 99, 2**40)):
+        out = torch.zeros(256, dtype=torch.int32, device=DEVICE)
+        _philox_pair_kernel[(1,)](torch.tensor([seed], device=DEVICE), out, base, 7919)
+        assert int(out.sum()) == 256, seed
 
 
 def test_drop_block_whole_map_block():
