@@ -306,8 +306,8 @@ def drop_block_kernel(
     and walks the seed rows from h0 - bs + 1 down to its last row, 32 at a time ("chunks"): it draws the
     seeds of its lanes for the 32 rows as the bits of one uint32 per lane, spreads each bit over the lane
     and the bs - 1 lanes to its right (`_spread_lanes`: a few gathers along the lanes per chunk), then
-    over its own bit and the bs - 1 bits above it (`_spread_bits`: shifts within the register), with the
-    rows that the seeds of earlier chunks still reach (`reach`) as the lowest bits. Bit k of the result
+    over its own row and the bs - 1 rows after it (`_spread_bits`: shifts of the register towards its
+    high bits), and sets the lowest bits for the rows that seeds of earlier chunks still reach (`reach`). Bit k of the result
     is set when output row 4*g0 + k of the lane is dropped. So each seed is drawn once per program, the
     halo costs bs - 1 extra rows and columns of draws, never bs^2 draws per element, and the mask of a
     row is one bit test.
@@ -349,8 +349,8 @@ def drop_block_kernel(
 
     h0 = pid_h * BLOCK_H
     h_end = tl.minimum(h0 + BLOCK_H, H)
-    # Rows at the bottom of the previous chunk's seeds reach `reach` rows into this chunk (none at first:
-    # the first chunk starts at the program's first halo row).
+    # Seeds of earlier chunks drop the first `reach` rows of this one (none at first: the first chunk
+    # starts at the program's first halo row, above which no seed reaches its outputs).
     reach = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
     # Seed rows come four per Philox call and 32 per chunk, one bit each in a lane's register: start at
     # the call holding row h0 - bs + 1 (or row 0). Only rows below min(h_end, Hs) hold seeds it needs.
