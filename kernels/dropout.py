@@ -355,11 +355,14 @@ def drop_block_kernel(
     # Seed rows come four per Philox call and 32 per chunk, one bit each in a lane's register: start at
     # the call holding row h0 - bs + 1 (or row 0). Only rows below min(h_end, Hs) hold seeds it needs.
     g_seeds = tl.cdiv(tl.minimum(h_end, Hs), 4)
+    # Counter of seed rows [4g, 4g + 4) at (map r, column j): (r * ceil(Hs / 4) + g) * Ws + j, a lane's
+    # first call plus g * Ws.
+    call0 = rows[:, None] * tl.cdiv(Hs, 4) * Ws + w.to(tl.int64)[None, :]
     for g0 in range(tl.maximum(h0 - bs + 1, 0) // 4, tl.cdiv(h_end, 4), 8):
         bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.uint32)
         for g in range(g0, tl.minimum(g0 + 8, g_seeds)):
-            counter = (rows[:, None] * tl.cdiv(Hs, 4) + g) * Ws + w.to(tl.int64)[None, :]
-            r0, r1, r2, r3 = _philox(seed, counter)
+            # g * Ws < Hs * Ws, within a map's positions: int32.
+            r0, r1, r2, r3 = _philox(seed, call0 + g * Ws)
             # Integer comparisons: a float conversion per word costs several instructions.
             four = (r0.to(tl.int64) < gamma_bits).to(tl.uint32) \
                 | ((r1.to(tl.int64) < gamma_bits).to(tl.uint32) << 1) \
