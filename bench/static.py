@@ -178,6 +178,8 @@ PROBES = [
     # issue 15's dropout target in NCHW (after spatial dropout's NCHW probe, so --quick compiles it not)
     Probe("dropout", "16x256x65x65 p0.1 elementwise nchw", _map(16, 256, 65, 0.1)),
     Probe("drop_block2d", "16x256x65x65 p0.1 bs7 nhwc", _map(16, 256, 65, 0.1, 7, channels_last=True)),
+    # torchvision's drop_block2d users pass NCHW
+    Probe("drop_block2d", "16x256x65x65 p0.1 bs7 nchw", _map(16, 256, 65, 0.1, 7)),
     Probe("cutout2d", "16x256x65x65 16 nchw", _map(16, 256, 65, 16)),
     Probe("max_pool2d", "resnet 32x64x112x112 3x3 s2 nhwc", _map(32, 64, 112, 3, 2, 1, channels_last=True)),
     Probe("max_pool2d_dropout", "32x64x112x112 2x2 p0.3 nchw", _map(32, 64, 112, 2, p=0.3)),

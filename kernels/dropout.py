@@ -207,6 +207,70 @@ def _spread_lanes(bits, lane, width):
 
 
 @triton.jit
+def _spread_bits(bits, width):
+    """For each bit k of the uint32s `bits`, the OR of bits [k - width + 1, k] (width <= 32), in the same
+    doubling steps as `_spread_lanes`, each a shift within the register."""
+    covered = 1
+    while covered < width:
+        step = tl.minimum(covered, width - covered)
+        bits |= bits << step
+        covered += step
+    return bits
+
+
+@triton.jit
+def _philox(seed, counter):
+    """tl.randint4x(seed, counter), bit for bit: Philox4x32-10 of (counter's low and high words, 0, 0)
+    under the 64-bit key `seed`, with each round's two products taken as 64-bit products of 32-bit
+    words. tl.randint4x takes a product's high word (umulhi) and its low word (a second multiply)
+    separately, so every product costs two multiplies; one wide multiply gives both, a third of the
+    instructions of a call."""
+    c0 = counter.to(tl.uint32)
+    c1 = (counter >> 32).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    key = seed.to(tl.uint64)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (key >> 32).to(tl.uint32)
+    for _ in tl.static_range(10):
+        p0 = c0.to(tl.uint64) * 0xD2511F53
+        p2 = c2.to(tl.uint64) * 0xCD9E8D57
+        c0, c1, c2, c3 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0, p2.to(tl.uint32), \
+            (p0 >> 32).to(tl.uint32) ^ c3 ^ k1, p0.to(tl.uint32)
+        k0 += 0x9E3779B9
+        k1 += 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _popcount(v):
+    """Set bits of each uint32 (the bit-parallel sum: pairs, nibbles, bytes, then the bytes' sum in the
+    top byte of one multiply)."""
+    v = v - ((v >> 1) & 0x55555555)
+    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F
+    return ((v * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _top_bit(v):
+    """Index of the highest set bit of each nonzero uint32: smear it into every bit below, then count."""
+    v |= v >> 1
+    v |= v >> 2
+    v |= v >> 4
+    v |= v >> 8
+    v |= v >> 16
+    return _popcount(v) - 1
+
+
+@triton.jit
+def _low_bits(count):
+    """uint32s with their `count` lowest bits set (count clamped to [0, 32])."""
+    return ((tl.full(count.shape, 1, tl.int64) << tl.minimum(tl.maximum(count, 0), 32).to(tl.int64)) - 1) \
+        .to(tl.uint32)
+
+
+@triton.jit
 def _row(ptr, c_offs, w_offs, i, stride_h):
     """Pointers to row i of a [channels, columns] tile: per-channel and per-column offsets, the row's
     added once per row (a whole tile of int64 offsets held across the loop costs 4 registers a lane)."""
@@ -231,24 +295,28 @@ def drop_block_kernel(
                              # False: y = x * keep * numel / (eps + *count_ptr).
     BLOCK_C: tl.constexpr,   # channels of one sample per program
     BLOCK_W: tl.constexpr,   # lanes per row: bs - 1 halo columns, then BLOCK_W - bs + 1 output columns
-    BLOCK_H: tl.constexpr,   # output rows per program, walked one at a time
+    BLOCK_H: tl.constexpr,   # output rows per program
 ):
-    """DropBlock's mask, two rows at a time, without a stored mask; one kernel for both passes.
+    """DropBlock's mask, 32 rows at a time as the bits of one uint32 per lane, without a stored mask; one
+    kernel for both passes.
 
     A seed at grid position (i, j) drops the bs x bs square of rows [i, i+bs) and columns [j, j+bs), so
-    element (h, w) is dropped when some seed lies in rows [h-bs+1, h] and columns [w-bs+1, w]. Each
-    program owns BLOCK_C maps x BLOCK_H rows x (BLOCK_W - bs + 1) columns and walks the seed rows from
-    h0 - bs + 1 down to its last row, 32 at a time: it draws the seeds of its lanes for the 32 rows as
-    the bits of one int32 per lane, spreads each bit over the lane and the bs - 1 lanes to its right
-    (`_spread_lanes`: a few gathers along the lanes per 32 rows), and then, row by row, keeps per lane the
-    last seed row with a hit; output row h is dropped where that row is >= h - bs + 1. So each seed is
-    drawn once per program, the halo costs bs - 1 extra rows and columns of draws, never bs^2 draws per
-    element, and the work along the lanes is paid once per 32 rows, not per row.
+    element (h, w) is dropped when some seed lies in rows [h-bs+1, h] and columns [w-bs+1, w]: a max over
+    columns, then over rows. Each program owns BLOCK_C maps x BLOCK_H rows x (BLOCK_W - bs + 1) columns
+    and walks the seed rows from h0 - bs + 1 down to its last row, 32 at a time ("chunks"): it draws the
+    seeds of its lanes for the 32 rows as the bits of one uint32 per lane, spreads each bit over the lane
+    and the bs - 1 lanes to its right (`_spread_lanes`: a few gathers along the lanes per chunk), then
+    over its own row and the bs - 1 rows after it (`_spread_bits`: shifts of the register towards its
+    high bits), and sets the lowest bits for the rows that seeds of earlier chunks still reach (`reach`). Bit k of the result
+    is set when output row 4*g0 + k of the lane is dropped. So each seed is drawn once per program, the
+    halo costs bs - 1 extra rows and columns of draws, never bs^2 draws per element, and the mask of a
+    row is one bit test.
 
     Pass 1 (COUNT) counts the kept elements of the program's own outputs (the halos overlap, the outputs
-    do not) and adds them to one int64 with an atomic. Pass 2 (APPLY) draws the same seeds and writes
-    y = x * keep * numel / (eps + count) (dropped elements as exact zeros). The backward is pass 2 on dy with the
-    same count. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
+    do not) from the bits, 32 rows in one population count, and adds them to one int64 with an atomic.
+    Pass 2 (APPLY) draws the same seeds and writes y = x * keep * numel / (eps + count) (dropped elements
+    as exact zeros). The backward is pass 2 on dy with the same count. Grid:
+    (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
     """
     out_cols = BLOCK_W - bs + 1
     num_w = tl.cdiv(W, out_cols)
@@ -268,7 +336,9 @@ def drop_block_kernel(
     lane2d = lane[None, :] + tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
     seed = tl.load(seed_ptr)
 
-    if not COUNT:
+    if COUNT:
+        kept = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
+    else:
         kept_total = tl.load(count_ptr).to(tl.float32)
         scale = numel / (eps + kept_total)
         # Offsets kept per channel and per column, added per row (`_row`).
@@ -276,54 +346,60 @@ def drop_block_kernel(
         x_w = w.to(tl.int64) * sxw
         y_c = n * syn + offs_c.to(tl.int64) * syc
         y_w = w.to(tl.int64) * syw
-    kept = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
 
     h0 = pid_h * BLOCK_H
     h_end = tl.minimum(h0 + BLOCK_H, H)
-    # The last seed row with a hit in each lane; starting at -bs it hits no row h >= 0.
-    last_hit = tl.full((BLOCK_C, BLOCK_W), 0, dtype=tl.int32) - bs
+    # Seeds of earlier chunks drop the first `reach` rows of this one (none at first: the first chunk
+    # starts at the program's first halo row, above which no seed reaches its outputs).
+    reach = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
     # Seed rows come four per Philox call and 32 per chunk, one bit each in a lane's register: start at
     # the call holding row h0 - bs + 1 (or row 0). Only rows below min(h_end, Hs) hold seeds it needs.
     g_seeds = tl.cdiv(tl.minimum(h_end, Hs), 4)
+    # Counter of seed rows [4g, 4g + 4) at (map r, column j): (r * ceil(Hs / 4) + g) * Ws + j, a lane's
+    # first call plus g * Ws.
+    call0 = rows[:, None] * tl.cdiv(Hs, 4) * Ws + w.to(tl.int64)[None, :]
     for g0 in range(tl.maximum(h0 - bs + 1, 0) // 4, tl.cdiv(h_end, 4), 8):
-        bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
+        bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.uint32)
         for g in range(g0, tl.minimum(g0 + 8, g_seeds)):
-            counter = (rows[:, None] * tl.cdiv(Hs, 4) + g) * Ws + w.to(tl.int64)[None, :]
-            r0, r1, r2, r3 = tl.randint4x(seed, counter)
+            # g * Ws < Hs * Ws, within a map's positions: int32.
+            r0, r1, r2, r3 = _philox(seed, call0 + g * Ws)
             # Integer comparisons: a float conversion per word costs several instructions.
-            four = (r0.to(tl.int64) < gamma_bits).to(tl.int32) \
-                | ((r1.to(tl.int64) < gamma_bits).to(tl.int32) << 1) \
-                | ((r2.to(tl.int64) < gamma_bits).to(tl.int32) << 2) \
-                | ((r3.to(tl.int64) < gamma_bits).to(tl.int32) << 3)
+            four = (r0.to(tl.int64) < gamma_bits).to(tl.uint32) \
+                | ((r1.to(tl.int64) < gamma_bits).to(tl.uint32) << 1) \
+                | ((r2.to(tl.int64) < gamma_bits).to(tl.uint32) << 2) \
+                | ((r3.to(tl.int64) < gamma_bits).to(tl.uint32) << 3)
             # Rows Hs and below of the last call hold no seeds.
-            four &= (1 << tl.minimum(Hs - 4 * g, 4)) - 1
+            four &= ((1 << tl.minimum(Hs - 4 * g, 4)) - 1).to(tl.uint32)
             bits |= four << (4 * (g - g0))
         # Bit k: a seed in row 4*g0 + k and in one of the lane's bs columns [t-bs+1, t].
         bits = _spread_lanes(tl.where(seed_col[None, :], bits, 0), lane2d, bs)
-        # Two rows per iteration: both rows' loads go out before either row's mask is worked out, so one
-        # memory round trip serves two rows (the second is masked off past the block's last row).
-        for k in range(0, tl.minimum(32, h_end - 4 * g0), 2):
-            i = 4 * g0 + k
-            # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
-            # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
-            # Seed row i is also output row i: every seed row <= i that reaches it has been seen there.
-            i_lanes = lane2d * 0 + i
-            out0 = out_lane & (i_lanes >= h0)
-            out1 = out_lane & (i_lanes + 1 >= h0) & (i_lanes + 1 < h_end)
-            if not COUNT:
+        # Bit k of `dropped`: output row 4*g0 + k is dropped (a seed in rows [4*g0+k-bs+1, 4*g0+k]).
+        dropped = _spread_bits(bits, tl.minimum(bs, 32)) | _low_bits(reach)
+        # The next chunk starts 32 rows down: this chunk's last seed row, 4*g0 + t for its highest bit t,
+        # reaches t + bs - 32 rows into it, an earlier chunk's reach - 32.
+        reach = tl.maximum(reach - 32, tl.where(bits != 0, _top_bit(bits) + bs - 32, 0))
+        # The program's own output rows in this chunk: k in [first, last).
+        first = tl.maximum(h0 - 4 * g0, 0)
+        last = tl.minimum(32, h_end - 4 * g0)
+        if COUNT:
+            own = (_low_bits(lane2d * 0 + last) & ~_low_bits(lane2d * 0 + first)) & ~dropped
+            kept += tl.where(out_lane, _popcount(own), 0)
+        else:
+            # Two rows per iteration: both rows' loads go out before either row is written, so one memory
+            # round trip serves two rows (the second is masked off past the block's last row).
+            for k in range(first, last, 2):
+                i = 4 * g0 + k
+                # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
+                # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
+                out1 = out_lane & (lane2d * 0 + k + 1 < last)
                 # Masked by bounds only, so that the loads stay vector loads; the keep decision is a
                 # select, so a dropped element comes out as an exact zero whatever it holds.
-                x0 = tl.load(_row(x_ptr, x_c, x_w, i, sxh), mask=out0, other=0.0).to(tl.float32)
+                x0 = tl.load(_row(x_ptr, x_c, x_w, i, sxh), mask=out_lane, other=0.0).to(tl.float32)
                 x1 = tl.load(_row(x_ptr, x_c, x_w, i + 1, sxh), mask=out1, other=0.0).to(tl.float32)
-            last_hit = tl.where(((bits >> k) & 1) != 0, i, last_hit)
-            keep0 = last_hit <= i - bs
-            last_hit = tl.where(((bits >> (k + 1)) & 1) != 0, i + 1, last_hit)
-            keep1 = last_hit <= i + 1 - bs
-            if COUNT:
-                kept += (out0 & keep0).to(tl.int32) + (out1 & keep1).to(tl.int32)
-            else:
+                keep0 = ((dropped >> k) & 1) == 0
+                keep1 = ((dropped >> (k + 1)) & 1) == 0
                 tl.store(_row(y_ptr, y_c, y_w, i, syh), tl.where(keep0, x0 * scale, 0.0).to(y_ptr.dtype.element_ty),
-                         mask=out0)
+                         mask=out_lane)
                 tl.store(_row(y_ptr, y_c, y_w, i + 1, syh),
                          tl.where(keep1, x1 * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out1)
     if COUNT:

@@ -7,11 +7,14 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import tritonconv as tc
 from bench.reference import drop_block_probability
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
+from tritonconv.kernels.dropout import _philox
 
 # The four mask ops with typical arguments, as (name, call(x, **kw)).
 OPS = {
@@ -182,6 +185,59 @@ def test_drop_block_mask_independent_of_tiling(monkeypatch):
         assert torch.equal(tc.drop_block2d(x, 0.3, 5, seed=4) == 0, first)
     finally:
         dispatch.forget()
+
+
+@pytest.mark.parametrize("block,size,p", [(1, (7, 9), 0.3), (3, (37, 11), 0.3), (4, (10, 7), 0.3),
+                                          (7, (37, 9), 0.3), (35, (36, 35), 0.9)])
+def test_drop_block_mask_same_in_every_layout_dtype_and_tile(block, size, p, monkeypatch):
+    """The mask as 32-row bit chunks: maps taller than a chunk (blocks reaching across chunks; bs = 35
+    reaches more than a whole chunk past its seed row), odd sizes, odd and even bs. One mask, a union of
+    whole blocks, for NCHW, channels_last and a non-contiguous view, in every dtype, under the heuristic's
+    tile and a small one (several row blocks with their halos); the backward, with the gradient in the
+    other layout, applies the same mask with the same scale."""
+    h, w = size
+    x = rand(2, 3, h, w).abs() + 1
+    reference = tc.drop_block2d(x, p, block, seed=5) == 0
+    assert reference.any() and not reference.all()
+    assert torch.equal(_dilate(_erode(reference, block), block), reference)
+    scale = reference.numel() / (1e-6 + (~reference).double().sum())
+    # Every other channel of a wider tensor stored with H and W swapped: strides of no standard layout.
+    wide = torch.cat([x, x], dim=1).transpose(2, 3).contiguous().transpose(2, 3)
+    for t in (x.contiguous(memory_format=torch.channels_last), wide[:, ::2]):
+        t = t.detach().requires_grad_()
+        y = tc.drop_block2d(t, p, block, seed=5)
+        assert torch.equal(y == 0, reference), t.stride()
+        y.backward(torch.ones_like(x))   # NCHW
+        assert_close(t.grad, (~reference).double() * scale, torch.float32, "input grad")
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(tc.drop_block2d(x.to(dtype), p, block, seed=5) == 0, reference), dtype
+    small = dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=2, BLOCK_W=64 if block > 8 else 16, BLOCK_H=8)
+    for name in ("drop_block_count", "drop_block_apply"):
+        monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(dispatch.spec(name), heuristic=lambda *a: small))
+    dispatch.forget()
+    try:
+        assert torch.equal(tc.drop_block2d(x, p, block, seed=5) == 0, reference)
+    finally:
+        dispatch.forget()
+
+
+@triton.jit
+def _philox_pair_kernel(seed_ptr, out_ptr, base, stride):
+    counter = base + tl.arange(0, 256).to(tl.int64) * stride
+    seed = tl.load(seed_ptr)
+    a0, a1, a2, a3 = tl.randint4x(seed, counter)
+    b0, b1, b2, b3 = _philox(seed, counter)
+    same = (a0 == b0) & (a1 == b1) & (a2 == b2) & (a3 == b3)
+    tl.store(out_ptr + tl.arange(0, 256), same.to(tl.int32))
+
+
+def test_drop_block_philox_is_randint4x():
+    """DropBlock's Philox (64-bit products) gives tl.randint4x's words bit for bit: counters past 2^32
+    (the high word), negative and large seeds."""
+    for seed, base in ((0, 0), (12345, 2**33 + 5), (-7, 3), (2**62 + 99, 2**40)):
+        out = torch.zeros(256, dtype=torch.int32, device=DEVICE)
+        _philox_pair_kernel[(1,)](torch.tensor([seed], device=DEVICE), out, base, 7919)
+        assert int(out.sum()) == 256, seed
 
 
 def test_drop_block_whole_map_block():

@@ -87,10 +87,10 @@ def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """One row of lanes: the width (at most 128 lanes, 64 in channels_last, whose contiguous channels want 16
     or more per tile) whose column blocks, each with its bs - 1 halo columns, cover the map's width in the
-    fewest lanes. Channels fill the tile to 512 lanes on 4 warps (8192 in the interpreter, which pays per
-    program), 4 per thread: each lane carries Philox words, a running count and row state, and a row's
-    loads wait on the memory, so more, smaller programs keep more rows in flight (`python -m bench.static
-    --kernel drop_block_count drop_block_apply --space full` shows the registers). Rows: up to 64 per
+    fewest lanes. Channels fill the tile to 1024 lanes on 4 warps (8192 in the interpreter, which pays per
+    program), 8 per thread: a row's addresses, loop and layout conversion cost the same per thread however
+    many lanes it holds, and each lane carries only Philox words and two 32-row bit masks (`python -m
+    bench.static --kernel drop_block_count drop_block_apply --space full` shows the registers). Rows: up to 64 per
     program on a GPU (the halo costs bs - 1 extra seed rows per program), the whole map in the
     interpreter."""
     block = dict(problem.extra)["block"]
@@ -99,9 +99,9 @@ def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
     # bs = 7: 3 blocks of 32 lanes, where 2 of 64 hold 128), the wider on a tie.
     block_w = min((v for v in (4, 8, 16, 32, 64, 128, 256) if block < v <= widest),
                   key=lambda v: (cdiv(problem.n, v - block + 1) * v, -v))
-    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 512) // block_w))
+    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
     block_h = problem.k if interpreter else min(problem.k, 64)
-    warps = heuristics.pow2_clamp(block_c * block_w // 128, 1, 8)
+    warps = heuristics.pow2_clamp(block_c * block_w // 256, 1, 4)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
 
 
@@ -127,7 +127,8 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
                       args: Mapping[str, object]) -> tuple[float, ...]:
     """Averaged over a program's row blocks: its chunks of 32 seed rows (from its first halo row, rounded
     down to a Philox call's four), then per chunk the Philox calls that draw seeds, the doubling steps
-    that spread them along the lanes (ceil(log2(bs))), and the pairs of rows walked."""
+    that spread them along the lanes (ceil(log2(bs))) and along the rows (ceil(log2(min(bs, 32)))), and
+    (pass 2; pass 1 counts 32 rows at once) the pairs of the program's own rows walked."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
     chunks, calls, pairs = [], [], 0
     for h0 in range(0, h, block_h):
@@ -136,9 +137,10 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
         starts = range(first, cdiv(h_end, 4), 8)
         chunks.append(len(starts))
         calls.append(max(0, cdiv(min(h_end, h - bs + 1), 4) - first))
-        pairs += sum(cdiv(min(32, h_end - 4 * g0), 2) for g0 in starts)
+        pairs += sum(cdiv(max(0, min(32, h_end - 4 * g0) - max(h0 - 4 * g0, 0)), 2) for g0 in starts)
     n = sum(chunks)
-    return (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), pairs / n)
+    steps = (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), math.ceil(math.log2(min(bs, 32))))
+    return steps if problem.kernel == "drop_block_count" else (*steps, pairs / n)
 
 
 def _mask_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
