@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.common import plane_tile, sample_channel_blocks, tile_pixels
+from tritonconv.kernels.common import plane_tile, sample_channel_blocks
 
 
 @triton.jit
@@ -397,7 +397,7 @@ def weight_grad_row(accs, xs, gs, outs_ok, stride_w: tl.constexpr, dil_w: tl.con
 @triton.jit
 def depthwise_weight_grad_kernel(
     x_ptr, dy_ptr,
-    dw_ptr,  # result: contiguous float32, (F, KH * KW) zero-filled when ATOMIC, else (SPLIT_K, F, KH * KW)
+    dw_ptr,  # contiguous float32: (F, KH * KW) zero-filled when ATOMIC, else (SPLIT_K * column tiles, F, KH * KW)
     # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW).
     N, H, W, OH, OW, F, MULT, KH, KW,
     stride_h, pad_h, pad_w, dil_h,
@@ -407,7 +407,7 @@ def depthwise_weight_grad_kernel(
     # Column stride and dilation are constexpr: they place the sliding window's taps (see OUT_W).
     stride_w: tl.constexpr, dil_w: tl.constexpr,
     SPLIT_K: tl.constexpr,  # programs sharing one (tap group, channel block, column tile)'s reduction
-    ATOMIC: tl.constexpr,   # add the SPLIT_K partial sums with atomics, or store each in its own slice
+    ATOMIC: tl.constexpr,   # add the partial sums with atomics, or store each in its own slice
     TAPS_H: tl.constexpr,   # kernel rows per tap group
     TAPS_W: tl.constexpr,   # kernel columns per tap group (the whole kernel for small kernels, else a chunk)
     OUT_W: tl.constexpr,    # neighbouring output columns per thread (the sliding window)
@@ -431,9 +431,10 @@ def depthwise_weight_grad_kernel(
     OUT_W * TAPS_H * TAPS_W multiply-adds. The columns are fixed for the whole run, so their masks and
     offsets are found once; rows move by carried offsets (no division in the loop).
 
-    SPLIT_K programs share the rows. Their float32 partial sums are added with atomics (ATOMIC: in no fixed
-    order), or each stored in split `split`'s slice of dw for the caller to add in a fixed order (bitwise
-    reproducible, for torch.use_deterministic_algorithms; with SPLIT_K == 1 that slice is the result).
+    SPLIT_K programs share the rows. Their float32 partial sums, like those of the column tiles, are added
+    with atomics (ATOMIC: in no fixed order), or each stored in its own slice of dw, split * column tiles +
+    column tile, for the caller to add in a fixed order (bitwise reproducible, for
+    torch.use_deterministic_algorithms; with one split and one column tile that slice is the result).
     Grid: (groups * cdiv(F, BLOCK_C) * column tiles * SPLIT_K,), the tap group varying fastest, so the
     groups of one run are neighbours and share its dy and x from L2.
     """
@@ -518,4 +519,4 @@ def depthwise_weight_grad_kernel(
         if ATOMIC:
             tl.atomic_add(dw_ptr + dw_offs, partial, mask=ok)
         else:
-            tl.store(dw_ptr + split.to(tl.int64) * F * taps + dw_offs, partial, mask=ok)
+            tl.store(dw_ptr + (split * col_tiles + col_tile).to(tl.int64) * F * taps + dw_offs, partial, mask=ok)

@@ -37,11 +37,15 @@ _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 # The weight gradient keeps one float32 accumulator per tap of its group for each of a thread's tile
 # elements, and slides a window of OUT_W outputs along each row (`depthwise_weight_grad_kernel`). Kernels of
 # up to _WEIGHT_GRAD_WHOLE taps take every tap in one group (x and dy read once); larger ones take groups of
-# one kernel row by _WEIGHT_GRAD_CHUNK columns. A thread holds the elements that keep its accumulators
-# within _WEIGHT_GRAD_ACCUMULATORS (4 for 3x3, 2 for 5x5, 1 for 7x7 and the chunks).
+# one kernel row by _WEIGHT_GRAD_CHUNK columns (chunks of 16 columns, or two rows of 8, predicted no faster
+# for replknet 31x31). A thread holds 4 elements (channels) for groups of up to _WEIGHT_GRAD_SMALL_GROUP taps
+# (3x3, the chunks), 2 for larger ones (5x5: 4 spill on sm_90; 16-bit 7x7: 1 makes its loads scalar, 34.4 ->
+# 24.1 us predicted for convnext bf16 with 2) but 1 for float32 beyond _WEIGHT_GRAD_MEDIUM_GROUP taps (7x7
+# with 2 spills on sm_90); 8 for 3x3 gained under 5% at 200 registers.
 _WEIGHT_GRAD_WHOLE = MAX_UNROLLED_TAPS**2
 _WEIGHT_GRAD_CHUNK = 8
-_WEIGHT_GRAD_ACCUMULATORS = 64
+_WEIGHT_GRAD_SMALL_GROUP = 16
+_WEIGHT_GRAD_MEDIUM_GROUP = 25
 _WEIGHT_GRAD_OUT_W = 4
 def _channel_block(channels: int, cap: int) -> int:
     """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
@@ -170,12 +174,15 @@ def _weight_grad_taps(problem: dispatch.Problem, interpreter: bool) -> tuple[int
 
 def _weight_grad_out_w(problem: dispatch.Problem, interpreter: bool) -> int:
     """OUT_W, the outputs per thread along a row: 2 in the interpreter; on a GPU the widest of 7, 6, 5, 4
-    (at stride 2 or more 4, 3: 7 outputs at stride 2 span 15 columns of a 3x3 kernel and spill) that
-    divides the output row (a thread's outputs then all exist or none does: EVEN_W), else 4."""
+    (at stride 2 or more 4, 3: 7 outputs at stride 2 span 15 columns of a 3x3 kernel and spill; float32
+    groups of more than _WEIGHT_GRAD_MEDIUM_GROUP taps 4: 7 spill a 7x7 on sm_80) that divides the output
+    row (a thread's outputs then all exist or none does: EVEN_W), else 4."""
     if interpreter:
         return 2
     extra = dict(problem.extra)
-    widths = (7, 6, 5, 4) if extra["stride_w"] == 1 else (4, 3)
+    taps_h, taps_w = _weight_grad_taps(problem, interpreter)
+    wide = extra["stride_w"] == 1 and (taps_h * taps_w <= _WEIGHT_GRAD_MEDIUM_GROUP or problem.dtype.itemsize < 4)
+    widths = (7, 6, 5, 4) if wide else (4, 3)
     return next((w for w in widths if extra["width"] % w == 0), _WEIGHT_GRAD_OUT_W)
 
 
@@ -191,7 +198,7 @@ def _weight_grad_blocks(problem: dispatch.Problem, interpreter: bool, out_w: int
 
 def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """Weight gradient: the tile is one reduction step of 4 warps, each thread OUT_W outputs by the elements
-    its accumulators allow (see _WEIGHT_GRAD_ACCUMULATORS), and SPLIT_K programs share each (tap group,
+    its accumulators allow (see _WEIGHT_GRAD_SMALL_GROUP), and SPLIT_K programs share each (tap group,
     channel block, column tile) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: two waves or
     more of the few that the accumulators' registers let in; several programs per SM hide each one's load
     latency, later waves even out their finishing times), each keeping at least 4 steps of work. The
@@ -199,7 +206,9 @@ def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatc
     there are two steps, so the tests exercise the split paths (atomic and deterministic)."""
     taps_h, taps_w = _weight_grad_taps(problem, interpreter)
     out_w = _weight_grad_out_w(problem, interpreter)
-    per_thread = min(4, 1 << (_WEIGHT_GRAD_ACCUMULATORS // (taps_h * taps_w)).bit_length() - 1)
+    taps = taps_h * taps_w
+    per_thread = (4 if taps <= _WEIGHT_GRAD_SMALL_GROUP else
+                  1 if taps > _WEIGHT_GRAD_MEDIUM_GROUP and problem.dtype.itemsize == 4 else 2)
     blocks = _weight_grad_blocks(problem, interpreter, out_w, 128 * per_thread)
     config = dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=1, TAPS_H=taps_h, TAPS_W=taps_w, OUT_W=out_w,
                                **blocks)
@@ -228,8 +237,8 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """The heuristic's tap group, 1, 2, 4 or its own outputs per thread along a row, tiles of 512 to 4096
-    thread slots of at most the output's height and split 1 to 64 ways, within twice the heuristic's
-    accumulators per thread."""
+    thread slots of at most the output's height and split 1 to 64 ways, with at most twice the accumulators
+    per thread of the heuristic's small groups (2 * 4 * _WEIGHT_GRAD_SMALL_GROUP)."""
     taps_h, taps_w = _weight_grad_taps(problem, False)
     height = dict(problem.extra)["height"]
     return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT_K=split, TAPS_H=taps_h, TAPS_W=taps_w,
@@ -237,13 +246,12 @@ def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
             for out_w in sorted({1, 2, 4, _weight_grad_out_w(problem, False)})
             for cfg in _tile_space(_window_groups(problem, 1, out_w)) for split in (1, 4, 16, 64)
             if cfg["BLOCK_H"] <= height and taps_h * taps_w * cfg["BLOCK_H"] * cfg["BLOCK_W"] * cfg["BLOCK_C"]
-            <= 2 * _WEIGHT_GRAD_ACCUMULATORS * 32 * cfg.num_warps]
+            <= 2 * 4 * _WEIGHT_GRAD_SMALL_GROUP * 32 * cfg.num_warps]
 
 
 def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.Problem) -> int:
     """(BLOCK_H, BLOCK_W) tiles of the N planes of `problem`: per channel block, the programs of the
-    forward and input gradient (one program covers a tile of every stride phase), and the reduction steps
-    of the weight gradient."""
+    forward and input gradient (one program covers a tile of every stride phase)."""
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
     images = problem.m // max(1, rows * cols * extra.get("phases", 1))
@@ -401,11 +409,13 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
             geo.dilation[0], *x.stride(), *dy.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        # Deterministic algorithms: each split stores its partial sums, added in a fixed order; else atomics.
-        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device, fmt)
+        # Each split and column tile sums part of the reduction. Deterministic algorithms: each stores its
+        # partial sums, added in a fixed order; else atomics.
+        parts = cfg["SPLIT_K"] * cdiv(plane[1], cfg["BLOCK_W"] * cfg["OUT_W"])
+        alloc, total, workspace = split_k_partials(shape, parts, like.dtype, x.device, fmt)
         kernel = _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
                                  stride_w=geo.stride[1], dil_w=geo.dilation[1], EVEN_W=plane[1] % cfg["OUT_W"] == 0,
-                                 ATOMIC=cfg["SPLIT_K"] > 1 and not workspace,
+                                 ATOMIC=parts > 1 and not workspace,
                                  BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(), **cfg.launch_kwargs())
 
         def run(x, dy):
