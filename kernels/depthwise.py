@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.common import plane_tile, sample_channel_blocks, tile_pixels
+from tritonconv.kernels.common import plane_tile, sample_channel_blocks
 
 
 @triton.jit
@@ -372,106 +372,151 @@ def depthwise_input_grad_kernel(
 
 
 @triton.jit
+def weight_grad_row(accs, xs, gs, outs_ok, stride_w: tl.constexpr, dil_w: tl.constexpr, ROW: tl.constexpr,
+                    TAPS_W: tl.constexpr, OUT_W: tl.constexpr, TAPS: tl.constexpr, EVEN_W: tl.constexpr):
+    """accs[ROW * TAPS_W + j] + sum_{p < OUT_W} xs[p*sw + j*dw] * gs[p] for each tap j of kernel row ROW of
+    `depthwise_weight_grad_kernel`'s tap group (the other accumulators pass through): one input row's window
+    columns xs serve every (output, tap) pair that reads them. Without EVEN_W a thread's last outputs may lie
+    past the output's edge: their products are dropped (their dy is zero, but an infinite input pixel that
+    only they read would make 0 * inf = NaN), by outs_ok[p]."""
+    stepped = ()
+    for t in tl.static_range(TAPS):
+        if t // TAPS_W == ROW:
+            acc = accs[t]
+            for p in tl.static_range(OUT_W):
+                xv = xs[p * stride_w + t % TAPS_W * dil_w]
+                if not EVEN_W and p > 0:
+                    xv = tl.where(outs_ok[p], xv, 0.0)
+                acc += xv * gs[p]
+            stepped = stepped + (acc,)
+        else:
+            stepped = stepped + (accs[t],)
+    return stepped
+
+
+@triton.jit
 def depthwise_weight_grad_kernel(
     x_ptr, dy_ptr,
-    dw_ptr,  # result: contiguous float32, (F, KH * KW) zero-filled when ATOMIC, else (SPLIT_K, F, KH * KW)
+    dw_ptr,  # contiguous float32: (F, KH * KW) zero-filled when ATOMIC, else (SPLIT_K * column tiles, F, KH * KW)
     # Sizes: input (N, C, H, W), weight (F, 1, KH, KW) with F = C * MULT, output (N, F, OH, OW).
     N, H, W, OH, OW, F, MULT, KH, KW,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    stride_h, pad_h, pad_w, dil_h,
     # Element strides of x and dy in (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
-    SPLIT_K: tl.constexpr,    # programs sharing one (tap group, channel block)'s reduction
-    ATOMIC: tl.constexpr,     # add the SPLIT_K partial sums with atomics, or store each in its own slice
-    TAPS: tl.constexpr,     # taps per program, accumulated side by side (unrolled)
-    BLOCK_H: tl.constexpr,  # output rows per reduction step
-    BLOCK_W: tl.constexpr,  # output columns per reduction step
+    # Column stride and dilation are constexpr: they place the sliding window's taps (see OUT_W).
+    stride_w: tl.constexpr, dil_w: tl.constexpr,
+    SPLIT_K: tl.constexpr,  # programs sharing one (tap group, channel block, column tile)'s reduction
+    ATOMIC: tl.constexpr,   # add the partial sums with atomics, or store each in its own slice
+    TAPS_H: tl.constexpr,   # kernel rows per tap group
+    TAPS_W: tl.constexpr,   # kernel columns per tap group (the whole kernel for small kernels, else a chunk)
+    OUT_W: tl.constexpr,    # neighbouring output columns per thread (the sliding window)
+    EVEN_W: tl.constexpr,   # OUT_W divides OW: a thread's outputs all exist or none does
+    BLOCK_H: tl.constexpr,  # output rows per reduction step, at most OH (one wrap per step, see below)
+    BLOCK_W: tl.constexpr,  # groups of OUT_W output columns per program
     BLOCK_C: tl.constexpr,  # channels per program
+    BF16_BITS: tl.constexpr,  # widen bfloat16 inputs by bit operations (`widen`): bfloat16 on a GPU
 ):
     """Weight gradient, a reduction over every output pixel of every image:
 
         dw[f, 0, kh, kw] = sum_{n, oh, ow} dy[n, f, oh, ow] * x[n, f // MULT, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
 
-    Each program owns a group of TAPS consecutive taps (row-major over KH x KW; the last group may run past
-    the kernel) and one channel block, and walks a contiguous run of the N * (output tiles per image) pixel
-    tiles once: each step loads the dy tile once and, for every tap of the group, the x tile under it,
-    keeping one float32 accumulator tile per tap (so a kernel of at most TAPS taps reads x and dy in one
-    pass). SPLIT_K programs share the run. Their float32 partial sums are added with atomics (ATOMIC: in
-    no fixed order), or each stored in split `split`'s slice of dw for the caller to add in a fixed order
-    (bitwise reproducible, for torch.use_deterministic_algorithms; with SPLIT_K == 1 that slice is the
-    result). Grid: (cdiv(KH*KW, TAPS) * cdiv(F, BLOCK_C) * SPLIT_K,), the tap group varying fastest, so
-    the groups of one run are neighbours and share its dy and x from L2.
+    Each program owns a tap group (TAPS_H x TAPS_W taps from (kh0, kw0); the last groups may run past the
+    kernel: their taps are computed on padding and never stored), a channel block and a column tile of
+    BLOCK_W * OUT_W output columns, and walks a contiguous run of the N * OH output rows, BLOCK_H rows per
+    step, keeping one float32 accumulator tile per tap. Each thread takes OUT_W neighbouring outputs of a
+    row: it loads their dy once, and each input row of the group once as a window of
+    (OUT_W - 1) * sw + (TAPS_W - 1) * dw + 1 columns that serves every (output, tap) pair reading it
+    (`weight_grad_row`), so a step costs OUT_W + TAPS_H * window loads per thread for
+    OUT_W * TAPS_H * TAPS_W multiply-adds. The columns are fixed for the whole run, so their masks and
+    offsets are found once; rows move by carried offsets (no division in the loop).
+
+    SPLIT_K programs share the rows. Their float32 partial sums, like those of the column tiles, are added
+    with atomics (ATOMIC: in no fixed order), or each stored in its own slice of dw, split * column tiles +
+    column tile, for the caller to add in a fixed order (bitwise reproducible, for
+    torch.use_deterministic_algorithms; with one split and one column tile that slice is the result).
+    Grid: (groups * cdiv(F, BLOCK_C) * column tiles * SPLIT_K,), the tap group varying fastest, so the
+    groups of one run are neighbours and share its dy and x from L2.
     """
     pid = tl.program_id(0)
-    taps = KH * KW
-    tap_groups = tl.cdiv(taps, TAPS)
+    groups_w = tl.cdiv(KW, TAPS_W)
+    groups = tl.cdiv(KH, TAPS_H) * groups_w
+    kh0 = pid % groups // groups_w * TAPS_H
+    kw0 = pid % groups % groups_w * TAPS_W
     tiles_c = tl.cdiv(F, BLOCK_C)
-    first_tap = pid % tap_groups * TAPS
-    split = pid // tap_groups // tiles_c
-    f_vec = (pid // tap_groups % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_tiles = tl.cdiv(OW, BLOCK_W * OUT_W)
+    f_vec = pid // groups % tiles_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_tile = pid // groups // tiles_c % col_tiles
+    split = pid // groups // tiles_c // col_tiles
     f = f_vec[None, None, :]
     f_valid = f < F
-    dy_chan = dy_ptr + f.to(tl.int64) * syc
-    x_chan = x_ptr + (f // MULT).to(tl.int64) * sxc
 
-    tiles_h = tl.cdiv(OH, BLOCK_H)
-    tiles_w = tl.cdiv(OW, BLOCK_W)
-    plane_tiles = tiles_h * tiles_w
-    tiles = N * plane_tiles
+    # The thread's columns: outputs ow + p (p < OUT_W), window columns iw + q from the group's first tap.
+    ow = col_tile * (BLOCK_W * OUT_W) + tl.arange(0, BLOCK_W)[None, :, None] * OUT_W
+    iw = ow * stride_w - pad_w + kw0 * dil_w
+    lane_ok = f_valid & (ow < OW)
+    WINDOW: tl.constexpr = (OUT_W - 1) * stride_w + (TAPS_W - 1) * dil_w + 1
+    cols_ok = ()
+    for q in tl.static_range(WINDOW):
+        cols_ok = cols_ok + (lane_ok & inside(iw + q, W),)
+    outs_ok = ()
+    for p in tl.static_range(OUT_W):
+        outs_ok = outs_ok + (lane_ok & (ow + p < OW),)
+    x_cols = x_ptr + (f // MULT).to(tl.int64) * sxc + iw.to(tl.int64) * sxw
+    dy_cols = dy_ptr + f.to(tl.int64) * syc + ow.to(tl.int64) * syw
+
+    # The split's rows: row tiles [t_begin, t_end) of the flattened N * OH rows. Lane h of a step holds row
+    # r = t * BLOCK_H + h of image n = r // OH, row oh = r % OH; divided once here, then carried: a step adds
+    # BLOCK_H rows, and as BLOCK_H <= OH a row wraps into the next image at most once. The carried values
+    # are 1-D indices, broadcast and multiplied by the strides in each step: the compiler knows nothing of
+    # a loop-carried value, so a carried 3-D offset would lose the vector loads (constant along channels)
+    # and a carried offset their alignment (a multiple of the strides).
+    rows = N * OH
+    tiles = tl.cdiv(rows, BLOCK_H)
     tiles_per_split = tl.cdiv(tiles, SPLIT_K)
     t_begin = split * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tiles)
+    r = t_begin * BLOCK_H + tl.arange(0, BLOCK_H)
+    oh = r % OH
+    n = (r // OH).to(tl.int64)
+    ih = oh * stride_h - pad_h + kh0 * dil_h  # input row of the group's first tap row
 
-    # A tuple of TAPS accumulator tiles (a tuple, not a tensor with a tap axis: each tap's x tile is its
-    # own load, and a tap axis would pad TAPS to a power of two).
-    # Each tap's input offset (kh*dh, kw*dw), and the rows it may read: H, or none for a tap past the
-    # kernel (the last group's tail). Found once, here: a division inside the pixel loop would stay there
-    # (the compiler does not move a division that could trap out of a loop that might not run).
     accs = ()
-    tap_dh = ()
-    tap_dw = ()
-    tap_rows = ()
-    for i in tl.static_range(TAPS):
+    for t in tl.static_range(TAPS_H * TAPS_W):
         accs = accs + (tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32),)
-        tap_dh = tap_dh + ((first_tap + i) // KW * dil_h,)
-        tap_dw = tap_dw + ((first_tap + i) % KW * dil_w,)
-        tap_rows = tap_rows + (tl.where(first_tap + i < taps, H, 0),)
-    # Tile t is tile (tile_row, tile_col) of image n. The loop steps them along (a carry from column to row
-    # to image) rather than dividing t in every iteration.
-    n = (t_begin // plane_tiles).to(tl.int64)
-    tile_row = t_begin % plane_tiles // tiles_w
-    tile_col = t_begin % tiles_w
-    for t in range(t_begin, t_end):
-        oh, ow = tile_pixels(tile_row, tile_col, BLOCK_H, BLOCK_W)
-        out_ok = (oh < OH) & (ow < OW) & f_valid
-        g = tl.load(dy_chan + n * syn + oh * syh + ow * syw, mask=out_ok, other=0.0).to(tl.float32)
-        ih0 = oh * stride_h - pad_h
-        iw0 = ow * stride_w - pad_w
-        x_tile = x_chan + n * sxn + ih0 * sxh + iw0 * sxw
-        stepped = ()
-        for i in tl.static_range(TAPS):
-            ih = ih0 + tap_dh[i]
-            iw = iw0 + tap_dw[i]
-            # x is read only under outputs that exist: lanes past the output's edge may reach real input
-            # pixels no output reads, and an inf there times their zero dy would be NaN.
-            ok = (ih >= 0) & (ih < tap_rows[i]) & (iw >= 0) & (iw < W) & out_ok
-            xv = tl.load(x_tile + tap_dh[i].to(tl.int64) * sxh + tap_dw[i].to(tl.int64) * sxw, mask=ok, other=0.0)
-            stepped = stepped + (accs[i] + g * xv.to(tl.float32),)
-        accs = stepped
-        tile_col += 1
-        row_done = tile_col == tiles_w
-        tile_col = tl.where(row_done, 0, tile_col)
-        tile_row += row_done.to(tl.int32)
-        image_done = tile_row == tiles_h
-        tile_row = tl.where(image_done, 0, tile_row)
-        n += image_done.to(tl.int64)
+    for _ in range(t_begin, t_end):
+        row_ok = (r < rows)[:, None, None]
+        dy_rows = dy_cols + (n * syn + oh.to(tl.int64) * syh)[:, None, None]
+        gs = ()
+        for p in tl.static_range(OUT_W):
+            g = tl.load(dy_rows + p * syw, mask=row_ok & outs_ok[p], other=0.0)
+            gs = gs + (widen(g, BF16_BITS),)
+        x_rows = x_cols + (n * sxn + ih.to(tl.int64) * sxh)[:, None, None]
+        for i in tl.static_range(TAPS_H):
+            # x is read only under rows that exist: a lane past the last row may reach real input pixels no
+            # output reads, and an inf there times its zero dy would be NaN.
+            ok = row_ok & inside(ih + i * dil_h, H)[:, None, None]
+            x_tap_row = x_rows + tl.cast(i * dil_h, tl.int64) * sxh
+            xs = ()
+            for q in tl.static_range(WINDOW):
+                xs = xs + (widen(tl.load(x_tap_row + q * sxw, mask=ok & cols_ok[q], other=0.0), BF16_BITS),)
+            accs = weight_grad_row(accs, xs, gs, outs_ok, stride_w, dil_w, i, TAPS_W, OUT_W, TAPS_H * TAPS_W,
+                                   EVEN_W)
+        r += BLOCK_H
+        oh += BLOCK_H
+        wrap = oh >= OH
+        oh = tl.where(wrap, oh - OH, oh)
+        ih = tl.where(wrap, ih + (BLOCK_H - OH) * stride_h, ih + BLOCK_H * stride_h)
+        n += wrap.to(tl.int64)
 
-    for i in tl.static_range(TAPS):
-        tap = first_tap + i
-        partial = tl.sum(tl.sum(accs[i], axis=0), axis=0)
-        dw_offs = f_vec.to(tl.int64) * taps + tap
-        ok = f_vec < tl.where(tap < taps, F, 0)  # no channel of a tap past the kernel
+    taps = KH * KW
+    for t in tl.static_range(TAPS_H * TAPS_W):
+        kh = kh0 + t // TAPS_W
+        kw = kw0 + t % TAPS_W
+        partial = tl.sum(tl.sum(accs[t], axis=0), axis=0)
+        dw_offs = f_vec.to(tl.int64) * taps + kh * KW + kw
+        ok = f_vec < tl.where((kh < KH) & (kw < KW), F, 0)  # no channel of a tap past the kernel
         if ATOMIC:
             tl.atomic_add(dw_ptr + dw_offs, partial, mask=ok)
         else:
-            tl.store(dw_ptr + split.to(tl.int64) * F * taps + dw_offs, partial, mask=ok)
+            tl.store(dw_ptr + (split * col_tiles + col_tile).to(tl.int64) * F * taps + dw_offs, partial, mask=ok)

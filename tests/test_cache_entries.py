@@ -92,10 +92,12 @@ def test_damaged_entry_is_tuned_again(gpu_path, monkeypatch):
 
 
 def test_limits_come_from_each_kernels_space():
-    """Depthwise TAPS takes 1 or 3 (not a power of two) and the pooling tiles their own ranges."""
-    depthwise = dispatch.Problem("depthwise_weight_grad", m=2 * 9 * 9, n=8, k=9, extra=(("height", 9), ("width", 9)))
-    ok = {"meta": {"BLOCK_C": 1, "BLOCK_H": 8, "BLOCK_W": 16, "SPLIT_K": 4, "TAPS": 3}, "num_warps": 4, "num_stages": 1}
-    assert dispatch.check_entry(depthwise, {"config": ok})["TAPS"] == 3
+    """Depthwise TAPS_W takes 3 (not a power of two) and the pooling tiles their own ranges."""
+    depthwise = dispatch.Problem("depthwise_weight_grad", m=2 * 9 * 9, n=8, k=9, extra=(
+        ("height", 9), ("width", 9), ("kernel_h", 3), ("kernel_w", 3), ("stride_w", 1)))
+    ok = {"meta": {"BLOCK_C": 2, "BLOCK_H": 8, "BLOCK_W": 16, "OUT_W": 1, "SPLIT_K": 4, "TAPS_H": 3, "TAPS_W": 3},
+          "num_warps": 4, "num_stages": 1}
+    assert dispatch.check_entry(depthwise, {"config": ok})["TAPS_W"] == 3
     with pytest.raises(ValueError, match="BLOCK_W=24 is not a power of two"):
         dispatch.check_entry(depthwise, {"config": {**ok, "meta": {**ok["meta"], "BLOCK_W": 24}}})
     pool = dispatch.Problem("max_pool2d_forward", m=3, n=49, k=4, extra=(("mode", 0),))

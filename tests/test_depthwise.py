@@ -158,9 +158,10 @@ def test_input_grad_flips_the_kernel_at_stride_one(i):
 
 
 def test_weight_grad_steps_across_tile_rows_and_images():
-    """The weight gradient walks its share of the tiles by carrying column -> row -> image: two images of
-    3 x 2 interpreter tiles (17 x 17 outputs), split between two programs, so each run crosses a tile row
-    and the second starts mid-image and crosses into the next."""
+    """The weight gradient walks its share of the N * OH output rows, BLOCK_H at a time, carrying a row
+    into the next image when it passes the last: two images of 17 rows (not a multiple of the interpreter's
+    8-row step), split between two programs, so the first program's steps cross into the second image
+    mid-step and the second starts mid-image."""
     x = rand(2, 3, 17, 17, requires_grad=True)
     w = rand(3, 1, 3, 3, requires_grad=True)
     y = tc.depthwise_conv2d(x, w, None, 1, 1)
@@ -170,6 +171,59 @@ def test_weight_grad_steps_across_tile_rows_and_images():
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(w.grad, wr.grad, torch.float32, "weight grad")
+
+
+# The weight gradient's paths: (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation). Kernels whose
+# taps are one group (1x1 to 5x5) and ones taken in groups of one row by 4 columns in the interpreter (7x5,
+# 9x9: groups that end past the kernel); rows of an odd number of outputs, where a thread's last output
+# (of 2 in the interpreter) lies past the edge; C = 17, 144 and 240 (not multiples of the block),
+# multipliers 1 and 2, stride 2, dilation 2; rows of 35 outputs, more than one program's columns (the
+# column tiles' partial sums add like the splits'); through non-contiguous views of x and dy in alternating
+# layouts and dtypes.
+WEIGHT_GRAD_CASES = [
+    (2, 17, 7, 9, 2, (3, 3), 1, 1, 1),
+    (1, 144, 5, 6, 1, (3, 3), 2, 1, 1),
+    (1, 240, 3, 5, 1, (5, 5), 1, 2, 1),
+    (1, 5, 9, 11, 2, (1, 1), 2, 0, 1),
+    (1, 3, 9, 10, 1, (7, 5), (1, 2), (3, 2), (1, 2)),
+    (1, 4, 6, 9, 1, (9, 9), 1, 4, 1),
+    (1, 3, 3, 35, 1, (3, 3), 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("i", range(len(WEIGHT_GRAD_CASES)),
+                         ids=[f"c{case[1]}_k{case[5][0]}x{case[5][1]}" for case in WEIGHT_GRAD_CASES])
+def test_weight_grad_paths(i):
+    n, c, h, w_, mult, k, stride, padding, dilation = WEIGHT_GRAD_CASES[i]
+    dtype, cl = DTYPES[i % 3], i % 2 == 0
+    # Every other column of a wider tensor: no axis of x or dy is contiguous.
+    x = rand(n, c, h, 2 * w_, dtype=dtype, channels_last=cl)[..., ::2]
+    w = rand(c * mult, 1, *k, dtype=dtype, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, None, stride, padding, dilation)
+    wr = w.detach().double().requires_grad_()
+    ref = _reference(x.detach(), wr, None, stride, padding, dilation)
+    dy = rand(*ref.shape[:3], 2 * ref.shape[3], dtype=dtype, channels_last=not cl)[..., ::2]
+    (dw,) = torch.autograd.grad(y, w, dy)
+    ref.backward(dy.double())
+    assert_close(dw, wr.grad, dtype, f"weight grad {k} s{stride} d{dilation}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_weight_grad_ignores_pixels_no_output_reads(channels_last):
+    """3x3 at stride 2 on 9 x 8: the 4 x 3 outputs read input rows 0-8 and columns 0-6, never column 7.
+    The interpreter's threads take 2 outputs of a row, so the last thread's second output (column 3) lies
+    past the edge, and its window reaches column 7: an inf there must not turn its zero dy into NaN."""
+    x = rand(1, 3, 9, 8, channels_last=channels_last)
+    x[:, :, :, 7] = float("inf")
+    w = rand(3, 1, 3, 3, requires_grad=True)
+    y = tc.depthwise_conv2d(x, w, None, 2, 0)
+    wr = w.detach().double().requires_grad_()
+    ref = _reference(x, wr, None, 2, 0, 1)
+    dy = rand(*ref.shape)
+    (dw,) = torch.autograd.grad(y, w, dy)
+    ref.backward(dy.double())
+    assert torch.isfinite(wr.grad).all()
+    assert_close(dw, wr.grad, torch.float32, "weight grad")
 
 
 @pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])

@@ -190,12 +190,14 @@ def test_group_m_order_across_groups_and_split_k(gpu_configs):
 
 @pytest.mark.parametrize("gpu_configs", ["heuristic"], indirect=True)
 def test_depthwise_weight_grad_tap_groups(gpu_configs):
-    """A 5x5 depthwise kernel's 25 taps in the GPU heuristic's groups of 9: the last group (taps 18-26) runs
-    past the kernel, and its two phantom taps must neither read nor write."""
-    leaves = [_leaf(1, C, H, W, dtype=torch.float32, channels_last=True), _leaf(C, 1, 5, 5, dtype=torch.float32)]
-    _run(lambda x, w: tc.depthwise_conv2d(x, w, None, 1, 2), lambda x, w: F.conv2d(x, w, None, 1, 2, 1, C), leaves,
+    """A 9x9 depthwise kernel's 81 taps in the GPU heuristic's groups of one kernel row by 8 columns: the
+    second group of each row (columns 8-15) runs past the kernel, and its seven phantom taps must neither
+    read nor write; the 13-wide output rows leave the last thread's 4 outputs partly past the edge."""
+    leaves = [_leaf(1, C, H, W, dtype=torch.float32, channels_last=True), _leaf(C, 1, 9, 9, dtype=torch.float32)]
+    _run(lambda x, w: tc.depthwise_conv2d(x, w, None, 1, 4), lambda x, w: F.conv2d(x, w, None, 1, 4, 1, C), leaves,
          torch.float32)
-    assert dict(gpu_configs)["depthwise_weight_grad"]["TAPS"] == 9
+    config = dict(gpu_configs)["depthwise_weight_grad"]
+    assert (config["TAPS_H"], config["TAPS_W"], config["OUT_W"]) == (1, 8, 4)
 
 
 @pytest.mark.parametrize("gpu_configs", ["heuristic"], indirect=True)

@@ -11,7 +11,7 @@ import torch
 from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (accepts_unbatched, autocast, channels_last, check_tensor, empty_like_layout,
                                interpreting)
-from tritonconv._shared import (MAX_UNROLLED_TAPS, ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
+from tritonconv._shared import (MAX_UNROLLED_KERNEL, MAX_UNROLLED_TAPS, ConvGeometry, check_depthwise_weight, conv_geometry, epilogue_plan, geometry_args,
                                 register_epilogue_op, register_gradient_ops, split_k_partials, tap_major,
                                 unrolled_taps)
 from tritonconv.heuristics import cdiv, next_power_of_2
@@ -34,11 +34,19 @@ from tritonconv.kernels.depthwise import (depthwise_forward_kernel, depthwise_in
 _CHANNELS_LAST_TILES = (4096, (("BLOCK_C", 64), ("BLOCK_W", 16), ("BLOCK_H", 8)))
 _NCHW_TILES = (1024, (("BLOCK_W", 64), ("BLOCK_H", 16), ("BLOCK_C", 16)))
 _INTERPRETER_TILES = (2048, (("BLOCK_C", 16), ("BLOCK_W", 16), ("BLOCK_H", 8)))
-# The weight gradient keeps one accumulator tile per tap of its group: tiles of 1024 elements (8 float32
-# per thread of 4 warps; 512 for NCHW, whose scalar loads hold a pointer per element) and groups of at most
-# 10 taps hold up to 80 accumulators per thread.
-_WEIGHT_GRAD_TILE = {True: 1024, False: 512}
-_WEIGHT_GRAD_TAPS = 10
+# The weight gradient keeps one float32 accumulator per tap of its group for each of a thread's tile
+# elements, and slides a window of OUT_W outputs along each row (`depthwise_weight_grad_kernel`). Kernels of
+# up to _WEIGHT_GRAD_WHOLE taps take every tap in one group (x and dy read once); larger ones take groups of
+# one kernel row by _WEIGHT_GRAD_CHUNK columns (chunks of 16 columns, or two rows of 8, predicted no faster
+# for replknet 31x31). A thread holds 4 elements (channels) for groups of up to _WEIGHT_GRAD_SMALL_GROUP taps
+# (3x3, the chunks), 2 for larger ones (5x5: 4 spill on sm_90; 16-bit 7x7: 1 makes its loads scalar, 34.4 ->
+# 24.1 us predicted for convnext bf16 with 2) but 1 for float32 beyond _WEIGHT_GRAD_MEDIUM_GROUP taps (7x7
+# with 2 spills on sm_90); 8 for 3x3 gained under 5% at 200 registers.
+_WEIGHT_GRAD_WHOLE = MAX_UNROLLED_TAPS**2
+_WEIGHT_GRAD_CHUNK = 8
+_WEIGHT_GRAD_SMALL_GROUP = 16
+_WEIGHT_GRAD_MEDIUM_GROUP = 25
+_WEIGHT_GRAD_OUT_W = 4
 def _channel_block(channels: int, cap: int) -> int:
     """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
     (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
@@ -154,25 +162,63 @@ def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
             if out_w > 1 or out_h == 1]
 
 
-def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
-    """Weight gradient: the tile is one reduction step. On a GPU each program takes a group of up to
-    _WEIGHT_GRAD_TAPS taps (a 3x3 kernel in one group, so x and dy are read once; larger kernels in groups
-    of even size, neighbouring programs that read the same pixels from L2), and SPLIT_K programs share each
-    (tap group, channel block) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: two waves or more
-    of the few that the accumulators' registers let in; several programs per SM hide each one's load
-    latency, later waves even out their finishing times), each keeping at least 4 tiles of work. The interpreter pays per program and per operation, so
-    one program takes every tap; it splits in two whenever there are two tiles, so the tests exercise the
-    split paths (atomic and deterministic)."""
-    blocks = _tile(problem, interpreter, _WEIGHT_GRAD_TILE[problem.channels_last])
-    tiles = _plane_tiles(blocks, problem)
+def _weight_grad_taps(problem: dispatch.Problem, interpreter: bool) -> tuple[int, int]:
+    """TAPS_H x TAPS_W, the weight gradient's tap group: the whole kernel up to _WEIGHT_GRAD_WHOLE taps
+    (the interpreter: 25), else one kernel row in chunks of _WEIGHT_GRAD_CHUNK columns (the interpreter: 4,
+    so the tests run chunks that end past the kernel)."""
+    kh, kw = dict(problem.extra)["kernel_h"], dict(problem.extra)["kernel_w"]
+    if kh * kw <= (MAX_UNROLLED_KERNEL if interpreter else _WEIGHT_GRAD_WHOLE):
+        return kh, kw
+    return 1, min(kw, 4 if interpreter else _WEIGHT_GRAD_CHUNK)
+
+
+def _weight_grad_out_w(problem: dispatch.Problem, interpreter: bool) -> int:
+    """OUT_W, the outputs per thread along a row: 2 in the interpreter; on a GPU the widest of 7, 6, 5, 4
+    (at stride 2 or more 4, 3: 7 outputs at stride 2 span 15 columns of a 3x3 kernel and spill; float32
+    groups of more than _WEIGHT_GRAD_MEDIUM_GROUP taps 4: 7 spill a 7x7 on sm_80) that divides the output
+    row (a thread's outputs then all exist or none does: EVEN_W), else 4."""
     if interpreter:
-        split, taps = (2 if tiles > 1 else 1), problem.k
+        return 2
+    extra = dict(problem.extra)
+    taps_h, taps_w = _weight_grad_taps(problem, interpreter)
+    wide = extra["stride_w"] == 1 and (taps_h * taps_w <= _WEIGHT_GRAD_MEDIUM_GROUP or problem.dtype.itemsize < 4)
+    widths = (7, 6, 5, 4) if wide else (4, 3)
+    return next((w for w in widths if extra["width"] % w == 0), _WEIGHT_GRAD_OUT_W)
+
+
+def _weight_grad_blocks(problem: dispatch.Problem, interpreter: bool, out_w: int, elements: int) -> dict[str, int]:
+    """The tile of `elements` thread slots (each OUT_W outputs of a row) over output rows, column groups and
+    channels, at most the output's height in rows (a step's rows then wrap into the next image at most
+    once)."""
+    blocks = _tile(_window_groups(problem, 1, out_w), interpreter, elements)
+    height = dict(problem.extra)["height"]
+    blocks["BLOCK_H"] = min(blocks["BLOCK_H"], 1 << (height.bit_length() - 1))
+    return blocks
+
+
+def _weight_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
+    """Weight gradient: the tile is one reduction step of 4 warps, each thread OUT_W outputs by the elements
+    its accumulators allow (see _WEIGHT_GRAD_SMALL_GROUP), and SPLIT_K programs share each (tap group,
+    channel block, column tile) until the GPU holds 4 * TARGET_PROGRAMS of them (8 per SM: two waves or
+    more of the few that the accumulators' registers let in; several programs per SM hide each one's load
+    latency, later waves even out their finishing times), each keeping at least 4 steps of work. The
+    interpreter pays per program and per operation, so its tiles are large; it splits in two whenever
+    there are two steps, so the tests exercise the split paths (atomic and deterministic)."""
+    taps_h, taps_w = _weight_grad_taps(problem, interpreter)
+    out_w = _weight_grad_out_w(problem, interpreter)
+    taps = taps_h * taps_w
+    per_thread = (4 if taps <= _WEIGHT_GRAD_SMALL_GROUP else
+                  1 if taps > _WEIGHT_GRAD_MEDIUM_GROUP and problem.dtype.itemsize == 4 else 2)
+    blocks = _weight_grad_blocks(problem, interpreter, out_w, 128 * per_thread)
+    config = dispatch.Config.of(num_warps=4, num_stages=1, SPLIT_K=1, TAPS_H=taps_h, TAPS_W=taps_w, OUT_W=out_w,
+                               **blocks)
+    steps = _weight_grad_steps(config, problem)
+    if interpreter:
+        split = 2 if steps > 1 else 1
     else:
-        taps = cdiv(problem.k, cdiv(problem.k, _WEIGHT_GRAD_TAPS))
-        programs = cdiv(problem.k, taps) * cdiv(problem.n, blocks["BLOCK_C"])
-        split = max(1, min(4 * heuristics.TARGET_PROGRAMS // programs, tiles // 4))
-    warps = _warps(blocks) if interpreter else 4  # 4 warps even for the 512-element NCHW tile: 4 per thread
-    return dispatch.Config.of(num_warps=warps, num_stages=1, SPLIT_K=split, TAPS=taps, **blocks)
+        split = max(1, min(4 * heuristics.TARGET_PROGRAMS // _weight_grad_programs(config, problem), steps // 4))
+    return dispatch.Config.of(num_warps=_warps(blocks) if interpreter else 4, num_stages=1, SPLIT_K=split,
+                              TAPS_H=taps_h, TAPS_W=taps_w, OUT_W=out_w, **blocks)
 
 
 def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -190,16 +236,22 @@ def _tile_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _weight_grad_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """The tile space, split 1 to 64 ways, with groups of 1, 3 or 9 taps (at most 9216 accumulators)."""
-    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT_K=split, TAPS=taps, **dict(cfg.meta))
-            for cfg in _tile_space(problem) for split in (1, 4, 16, 64) for taps in (1, 3, 9)
-            if taps * cfg["BLOCK_H"] * cfg["BLOCK_W"] * cfg["BLOCK_C"] <= 9 * _WEIGHT_GRAD_TILE[True]]
+    """The heuristic's tap group, 1, 2, 4 or its own outputs per thread along a row, tiles of 512 to 4096
+    thread slots of at most the output's height and split 1 to 64 ways, with at most twice the accumulators
+    per thread of the heuristic's small groups (2 * 4 * _WEIGHT_GRAD_SMALL_GROUP)."""
+    taps_h, taps_w = _weight_grad_taps(problem, False)
+    height = dict(problem.extra)["height"]
+    return [dispatch.Config.of(cfg.num_warps, cfg.num_stages, SPLIT_K=split, TAPS_H=taps_h, TAPS_W=taps_w,
+                               OUT_W=out_w, **dict(cfg.meta))
+            for out_w in sorted({1, 2, 4, _weight_grad_out_w(problem, False)})
+            for cfg in _tile_space(_window_groups(problem, 1, out_w)) for split in (1, 4, 16, 64)
+            if cfg["BLOCK_H"] <= height and taps_h * taps_w * cfg["BLOCK_H"] * cfg["BLOCK_W"] * cfg["BLOCK_C"]
+            <= 2 * 4 * _WEIGHT_GRAD_SMALL_GROUP * 32 * cfg.num_warps]
 
 
 def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.Problem) -> int:
     """(BLOCK_H, BLOCK_W) tiles of the N planes of `problem`: per channel block, the programs of the
-    forward and input gradient (one program covers a tile of every stride phase), and the reduction steps
-    of the weight gradient."""
+    forward and input gradient (one program covers a tile of every stride phase)."""
     extra = dict(problem.extra)
     rows, cols = extra["height"], extra["width"]
     images = problem.m // max(1, rows * cols * extra.get("phases", 1))
@@ -212,9 +264,16 @@ def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
     return _plane_tiles(config, problem) * cdiv(problem.n, config["BLOCK_C"])
 
 
+def _weight_grad_steps(config: dispatch.Config, problem: dispatch.Problem) -> int:
+    """Weight gradient: the reduction steps, BLOCK_H of the N * OH output rows each."""
+    return cdiv(problem.m // dict(problem.extra)["width"], config["BLOCK_H"])
+
+
 def _weight_grad_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
-    """Weight gradient: one program per (TAPS taps, channel block, reduction split)."""
-    return cdiv(problem.k, config["TAPS"]) * cdiv(problem.n, config["BLOCK_C"]) * config["SPLIT_K"]
+    """Weight gradient: one program per (tap group, channel block, column tile, reduction split)."""
+    kh, kw = dict(problem.extra)["kernel_h"], dict(problem.extra)["kernel_w"]
+    return (cdiv(kh, config["TAPS_H"]) * cdiv(kw, config["TAPS_W"]) * cdiv(problem.n, config["BLOCK_C"])
+            * cdiv(dict(problem.extra)["width"], config["BLOCK_W"] * config["OUT_W"]) * config["SPLIT_K"])
 
 
 def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping[str, object]) -> tuple[float, ...]:
@@ -234,9 +293,8 @@ def _tap_trips(problem: dispatch.Problem, config: dispatch.Config, args: Mapping
 
 def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
                        args: Mapping[str, object]) -> tuple[float, ...]:
-    """One split's share of the N * (output tiles per image) tiles (the taps are unrolled)."""
-    tiles = args["N"] * cdiv(args["OH"], config["BLOCK_H"]) * cdiv(args["OW"], config["BLOCK_W"])
-    return (cdiv(tiles, config["SPLIT_K"]),)
+    """One split's share of the reduction steps (the taps are unrolled)."""
+    return (cdiv(cdiv(args["N"] * args["OH"], config["BLOCK_H"]), config["SPLIT_K"]),)
 
 
 dispatch.register("depthwise_forward", "depthwise", depthwise_forward_kernel, _forward_config, _forward_space,
@@ -248,7 +306,8 @@ dispatch.register("depthwise_input_grad", "depthwise", depthwise_forward_kernel,
 dispatch.register("depthwise_input_grad_phases", "depthwise", depthwise_input_grad_kernel, _tile_config,
                   _tile_space, programs=_tile_programs, trips=_tap_trips)
 dispatch.register("depthwise_weight_grad", "depthwise", depthwise_weight_grad_kernel, _weight_grad_config,
-                  _weight_grad_space, programs=_weight_grad_programs, steps=_plane_tiles, trips=_weight_grad_trips)
+                  _weight_grad_space, programs=_weight_grad_programs, steps=_weight_grad_steps,
+                  trips=_weight_grad_trips)
 
 
 def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, int], x: torch.Tensor,
@@ -370,15 +429,22 @@ def depthwise_weight_grad(x: torch.Tensor, dy: torch.Tensor, geo: ConvGeometry, 
     shape = (f, 1, kh, kw)  # the kernel's (F, KH * KW) result, contiguous
     if geo.batch == 0:
         return lambda x, dy: torch.zeros(shape, dtype=like.dtype, device=x.device).contiguous(memory_format=fmt)
+    # The kernel's size rides in the Problem's extra: the tap group and the accumulators per thread follow it.
     problem = _problem("depthwise_weight_grad", geo, f, plane, x, channels_last(x))
-    args = (geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw, *geo.stride, *geo.pad,
-            *geo.dilation, *x.stride(), *dy.stride())
+    problem = dataclasses.replace(problem, extra=problem.extra + (("kernel_h", kh), ("kernel_w", kw),
+                                                                    ("stride_w", geo.stride[1])))
+    args = (geo.batch, geo.height, geo.width, *plane, f, f // geo.in_channels, kh, kw, geo.stride[0], *geo.pad,
+            geo.dilation[0], *x.stride(), *dy.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        # Deterministic algorithms: each split stores its partial sums, added in a fixed order; else atomics.
-        alloc, total, workspace = split_k_partials(shape, cfg["SPLIT_K"], like.dtype, x.device, fmt)
+        # Each split and column tile sums part of the reduction. Deterministic algorithms: each stores its
+        # partial sums, added in a fixed order; else atomics.
+        parts = cfg["SPLIT_K"] * cdiv(plane[1], cfg["BLOCK_W"] * cfg["OUT_W"])
+        alloc, total, workspace = split_k_partials(shape, parts, like.dtype, x.device, fmt)
         kernel = _plans.launcher(depthwise_weight_grad_kernel, (dispatch.programs(cfg, problem),),
-                                 ATOMIC=cfg["SPLIT_K"] > 1 and not workspace, **cfg.launch_kwargs())
+                                 stride_w=geo.stride[1], dil_w=geo.dilation[1], EVEN_W=plane[1] % cfg["OUT_W"] == 0,
+                                 ATOMIC=parts > 1 and not workspace,
+                                 BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(), **cfg.launch_kwargs())
 
         def run(x, dy):
             dw = alloc()
