@@ -40,9 +40,10 @@ the window by `_dropout_unit`.
 Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... >= v_n, the training
 output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
 rank i-1 is counted by comparing it with every other unit of its window (ties broken by tap), which costs
-(KH*KW)^2 comparisons per output and holds only two values at a time; the common windows load theirs once
-and compare each pair once (forward), or, in the backward's cells, load the patch under the cell's windows
-once and compare each (unit, other unit of a shared window) pair once.
+(KH*KW)^2 comparisons per output and holds only two values at a time. The forward's common windows (2x2,
+3x3) instead load their units once and sort them in registers with a sorting network (5 or 25
+comparators, no ranks: equal values are interchangeable in the sum); the backward's cells load the patch
+under the cell's windows once and compare each (unit, other unit of a shared window) pair once.
 
 All offsets and Philox counters are int64.
 """
@@ -95,39 +96,61 @@ def _window_rank(x_map, ih0, iw0, window_ok, v, tap, H, W, KH, KW, dil_h, dil_w,
     return rank
 
 
+# Sorting networks (descending) of the unrolled windows' 4 and 9 units: comparator (i, j), i < j, leaves the
+# larger value at i. 9 units: sort the rows of three, then the columns, then merge (25 comparators, the
+# fewest known for 9).
+_SORT_4 = ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))
+_SORT_9 = ((0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (0, 3), (3, 6), (0, 3), (1, 4),
+           (4, 7), (1, 4), (2, 5), (5, 8), (2, 5), (1, 3), (5, 7), (2, 6), (4, 6), (2, 4), (2, 3), (5, 6))
+
+
+@triton.constexpr_function
+def _comparators(taps):
+    """The sorting network of a taps x taps window (taps 2 or 3)."""
+    return len(_SORT_4) if taps == 2 else len(_SORT_9)
+
+
+@triton.constexpr_function
+def _comparator(taps, k, end):
+    """Unit `end` (0: the upper, 1: the lower) of comparator k of a taps x taps window's network."""
+    return (_SORT_4 if taps == 2 else _SORT_9)[k][end]
+
+
+@triton.jit
+def _exchange(values, I: tl.constexpr, J: tl.constexpr):
+    """Comparator (I, J), I < J, of a sorting network over a tuple of values: the larger to I. NaN propagates
+    to both ends (and so through the network to every rank): a window holding a NaN pools to NaN, as the
+    weighted sum of its units does."""
+    hi = tl.maximum(values[I], values[J], propagate_nan=tl.PropagateNan.ALL)
+    lo = tl.minimum(values[I], values[J], propagate_nan=tl.PropagateNan.ALL)
+    return values[:I] + (hi,) + values[I + 1:J] + (lo,) + values[J + 1:]
+
+
 @triton.jit
 def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr):
     """Weighted pooling of a TAPS x TAPS window whose tap (0, 0) sits at (ih0, iw0), unrolled: its units are
-    loaded once and ranked by comparing each pair once (a sort in registers), rank as `_window_rank`
-    (larger, or equal with a smaller tap; units outside the input do not count)."""
-    KK: tl.constexpr = TAPS * TAPS
+    loaded once (-inf outside the input, so they sort last), sorted in registers by a sorting network, and
+    the i-th largest weighed (1-p) p^i for i below the window's count of units (equal values are
+    interchangeable, so ties need no rule)."""
     values = ()
-    inside = ()
-    ranks = ()
-    for t in tl.static_range(KK):
-        ih = ih0 + (t // TAPS) * dil_h
-        iw = iw0 + (t % TAPS) * dil_w
-        ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        values += (tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=0.0).to(tl.float32),)
-        inside += (ok,)
-        ranks += (tl.zeros_like(ok.to(tl.int32)),)
-    for i in tl.static_range(KK):
-        for j in tl.static_range(i + 1, KK):
-            ranks = _rank_pair(values, inside, ranks, i, j)
+    units = tl.zeros_like(valid.to(tl.int32))
+    for kh in tl.static_range(TAPS):
+        ih = ih0 + kh * dil_h
+        row_ok = valid & (ih >= 0) & (ih < H)
+        x_row = x_map + ih.to(tl.int64) * sxh
+        for kw in tl.static_range(TAPS):
+            iw = iw0 + kw * dil_w
+            ok = row_ok & (iw >= 0) & (iw < W)
+            values += (tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(tl.float32),)
+            units += ok.to(tl.int32)
+    for k in tl.static_range(_comparators(TAPS)):
+        values = _exchange(values, _comparator(TAPS, k, 0), _comparator(TAPS, k, 1))
     out = tl.zeros_like(values[0])
-    for t in tl.static_range(KK):
-        out += tl.where(inside[t], _keep_weight(ranks[t], p) * values[t], 0.0)
+    weight = 1.0 - p
+    for i in tl.static_range(TAPS * TAPS):
+        out += tl.where(units > i, weight * values[i], 0.0)
+        weight = weight * p
     return out
-
-
-@triton.jit
-def _rank_pair(values, inside, ranks, I: tl.constexpr, J: tl.constexpr):
-    """Ranks after comparing units I < J of a window (`_weighted_window`): J outranks I when larger, I
-    outranks J when larger or equal (the earlier tap). Two compares, not one and its negation, so that a
-    NaN outranks nothing and is outranked by nothing, as in `_window_rank`."""
-    j_above = (inside[J] & (values[J] > values[I])).to(tl.int32)
-    i_above = (inside[I] & (values[I] >= values[J])).to(tl.int32)
-    return ranks[:I] + (ranks[I] + j_above,) + ranks[I + 1:J] + (ranks[J] + i_above,) + ranks[J + 1:]
 
 
 @triton.jit
