@@ -311,6 +311,10 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     BLOCKS_H: tl.constexpr = _cell_blocks(FIRST_H, STRIDE, CELL_H, TAPS, 2)
     BLOCKS_W: tl.constexpr = _cell_blocks(FIRST_W, STRIDE, CELL_W, TAPS, 4)
     KK: tl.constexpr = TAPS * TAPS
+    # 16-bit units at stride 1 (each unit a tap of up to KK windows of the cell) are scanned as integer keys
+    # (`_unit_key`): one integer max per tap, for a key's few instructions per unit. At larger strides a
+    # unit serves too few windows to repay its key.
+    KEYED: tl.constexpr = STRIDE == 1 and x_ptr.dtype.element_ty != tl.float32
     cells_w = tl.cdiv(OW, CELL_W)
     cells = tl.cdiv(OH, CELL_H) * cells_w
     n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
@@ -339,24 +343,72 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
             keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
             v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST), mask=keep,
                         other=0.0)
-            values += (v.to(tl.float32),)
-            kept += (keep,)
+            if not KEYED:
+                values += (v.to(tl.float32),)
+                kept += (keep,)
+            else:
+                # Position (row, column) of the unit in the drawn patch, as 16 * row + column.
+                values += (_unit_key(v, keep, ((blk // BLOCKS_W) * 2 + j // 4) * 16 + (blk % BLOCKS_W) * 4 + j % 4),)
 
     y_map = n * syn + _along_c(offs_c.to(tl.int64) * syc, CELLS_FIRST)   # each lane's map in y and idx
     for r in tl.static_range(CELL_H * CELL_W):
-        best = tl.where(lane_ok, float("-inf"), float("-inf"))
-        best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
-        for t in tl.static_range(KK):
-            best, best_tap = _scan_unit(values, kept, _cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
-                                                                 FIRST_W + (r % CELL_W) * STRIDE + t % TAPS,
-                                                                 BLOCKS_W), t, best, best_tap, KK)
+        if not KEYED:
+            best = tl.where(lane_ok, float("-inf"), float("-inf"))
+            best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
+            for t in tl.static_range(KK):
+                best, best_tap = _scan_unit(values, kept, _cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
+                                                                     FIRST_W + (r % CELL_W) * STRIDE + t % TAPS,
+                                                                     BLOCKS_W), t, best, best_tap, KK)
+            out = tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty)
+        else:
+            # The window's tap (0, 0) sits at row FIRST_H + (r // CELL_W) * STRIDE of the drawn patch, column
+            # FIRST_W + (r % CELL_W) * STRIDE.
+            best = tl.zeros_like(lane_ok.to(tl.int32))
+            for t in tl.static_range(KK):
+                best = tl.maximum(best, values[_cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
+                                                          FIRST_W + (r % CELL_W) * STRIDE + t % TAPS, BLOCKS_W)])
+            out, best_tap = _key_max(best, FIRST_H + (r // CELL_W) * STRIDE, FIRST_W + (r % CELL_W) * STRIDE, TAPS,
+                                     y_ptr.dtype.element_ty)
         oh = uh * CELL_H + r // CELL_W
         ow = uw * CELL_W + r % CELL_W
         ok = lane_ok & _along_p((oh < OH) & (ow < OW), CELLS_FIRST)
         y_offs = _along_p(oh.to(tl.int64) * syh + ow.to(tl.int64) * syw, CELLS_FIRST)
-        tl.store(y_ptr + y_map + y_offs, tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(y_ptr + y_map + y_offs, out, mask=ok)
         if STORE_INDEX:
             tl.store(idx_ptr + y_map + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _unit_key(v, keep, CODE: tl.constexpr):
+    """A 16-bit unit (float16 or bfloat16) as an int32 key whose integer max is `_wins`'s winner among the
+    units of any window of a patch (`_dropout_cells`), CODE < 256 being the unit's patch position in
+    row-major order: bits 8-23 the value's bits mapped to an order-preserving unsigned integer (NaN above
+    +inf; -0 as +0, equal under >), bits 0-7 255 - CODE (of equal values the earlier tap wins: a window's
+    taps are in patch order) or, for NaN, CODE (the later NaN wins). A dropped unit is 0, below every
+    kept one. One integer max per tap then replaces the compare-and-select of `_scan_tap`."""
+    if v.dtype == tl.float16:
+        INF_BITS = 0x7C00
+    else:
+        INF_BITS = 0x7F80
+    bits = v.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    bits = tl.where(bits == 0x8000, 0, bits)
+    # Negative values (sign set) reverse their order: flip every bit; positives just set the sign bit.
+    ordered = bits ^ tl.where(bits >= 0x8000, 0xFFFF, 0x8000)
+    key = tl.where((bits & 0x7FFF) > INF_BITS, 0xFFFF00 + CODE, ordered * 256 + (255 - CODE))
+    return tl.where(keep, key, 0)
+
+
+@triton.jit
+def _key_max(key, R0: tl.constexpr, C0: tl.constexpr, TAPS: tl.constexpr, dtype: tl.constexpr):
+    """The output and winning tap of a window from the max of its units' keys (`_unit_key`), its tap (0, 0)
+    at patch row R0, column C0: the value's bits unmapped (a NaN comes out as 0x7FFF, -0 as +0), the tap
+    from the position; 0 and TAPS*TAPS when no unit was kept (key 0)."""
+    ordered = key >> 8
+    bits = ordered ^ tl.where(ordered >= 0x8000, 0x8000, 0xFFFF)
+    code = tl.where(ordered == 0xFFFF, key & 0xFF, 255 - (key & 0xFF))
+    tap = ((code >> 4) - R0) * TAPS + (code & 15) - C0
+    out = tl.where(key == 0, 0, bits).to(tl.int16).to(dtype, bitcast=True)
+    return out, tl.where(key == 0, TAPS * TAPS, tap)
 
 
 @triton.jit
