@@ -149,8 +149,19 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         block_p = heuristics.pow2_clamp(problem.n, 1, budget // block_c)
     else:
         block_p = heuristics.pow2_clamp(problem.n, 1, min(budget, 512))
+        if extra["cell"] and not interpreter:
+            # A map's cells rarely fill whole blocks (3x3 s1 at 56x56: 98 forward cells, 128 lanes): take
+            # the block with the fewest idle lanes and as many channels as the budget leaves.
+            block_p = _fewest_idle(problem.n, block_p)
         block_c = heuristics.pow2_clamp(problem.m, 1, max(1, budget // block_p))
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
+
+
+def _fewest_idle(n: int, largest: int) -> int:
+    """The power of two from 8 to `largest` that covers n lanes with the fewest idle ones (the larger of
+    equals)."""
+    sizes = [b for b in (8, 16, 32, 64, 128, 256, 512) if b <= largest] or [largest]
+    return min(sizes, key=lambda b: (heuristics.cdiv(n, b) * b, -b))
 
 
 def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
