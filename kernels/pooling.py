@@ -129,13 +129,12 @@ def _exchange(values, I: tl.constexpr, J: tl.constexpr):
 
 
 @triton.jit
-def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr):
-    """Weighted pooling of a TAPS x TAPS window whose tap (0, 0) sits at (ih0, iw0), unrolled: its units are
-    loaded once (-inf outside the input, so they sort last), sorted in registers by a sorting network, and
-    the i-th largest weighed (1-p) p^i for i below the window's count of units (equal values are
-    interchangeable, so ties need no rule)."""
+def _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS: tl.constexpr, dtype: tl.constexpr):
+    """The TAPS x TAPS units of the window whose tap (0, 0) sits at (ih0, iw0), unrolled, as a tuple in tap
+    order (-inf outside the input, converted to dtype) and a tuple of their inside-the-input flags. Each
+    kernel row's bounds and offset are found once, each column's once (the compiler shares them)."""
     values = ()
-    units = tl.zeros_like(valid.to(tl.int32))
+    inside = ()
     for kh in tl.static_range(TAPS):
         ih = ih0 + kh * dil_h
         row_ok = valid & (ih >= 0) & (ih < H)
@@ -143,8 +142,21 @@ def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TA
         for kw in tl.static_range(TAPS):
             iw = iw0 + kw * dil_w
             ok = row_ok & (iw >= 0) & (iw < W)
-            values += (tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(tl.float32),)
-            units += ok.to(tl.int32)
+            values += (tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(dtype),)
+            inside += (ok,)
+    return values, inside
+
+
+@triton.jit
+def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr):
+    """Weighted pooling of a TAPS x TAPS window whose tap (0, 0) sits at (ih0, iw0), unrolled: its units are
+    loaded once (-inf outside the input, so they sort last), sorted in registers by a sorting network, and
+    the i-th largest weighed (1-p) p^i for i below the window's count of units (equal values are
+    interchangeable, so ties need no rule)."""
+    values, inside = _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS, tl.float32)
+    units = tl.zeros_like(valid.to(tl.int32))
+    for t in tl.static_range(TAPS * TAPS):
+        units += inside[t].to(tl.int32)
     for k in tl.static_range(_comparators(TAPS)):
         values = _exchange(values, _comparator(TAPS, k, 0), _comparator(TAPS, k, 1))
     out = tl.zeros_like(values[0])
@@ -493,17 +505,11 @@ def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, s
             if x_ptr.dtype.element_ty == tl.float16:
                 best = best.to(tl.float16)
             if TAPS:
-                # A common window (2x2, 3x3), unrolled: each kernel row's bounds and offset are found once,
-                # each column's once (the compiler shares them across rows).
-                for kh in tl.static_range(TAPS):
-                    ih = ih0 + kh * dil_h
-                    row_ok = valid & (ih >= 0) & (ih < H)
-                    x_row = x_map + ih.to(tl.int64) * sxh
-                    for kw in tl.static_range(TAPS):
-                        iw = iw0 + kw * dil_w
-                        ok = row_ok & (iw >= 0) & (iw < W)
-                        v = tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(best.dtype)
-                        best, best_tap = _scan_tap(v, ok, kh * TAPS + kw, best, best_tap, KK)
+                # A common window (2x2, 3x3), unrolled.
+                values, inside = _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS,
+                                               best.dtype)
+                for t in tl.static_range(TAPS * TAPS):
+                    best, best_tap = _scan_tap(values[t], inside[t], t, best, best_tap, KK)
             else:
                 # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
                 # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.
