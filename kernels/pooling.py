@@ -34,15 +34,18 @@ VGG's 2x2 stride-2 windows (PAIRS): one 2x4 block holds exactly the windows of t
 of its patch once, and each of the block's two rows is one contiguous 4-unit load along W. Other
 common windows (2x2, 3x3 at strides 1-3, `_dropout_cells`) give each lane a cell of outputs whose
 patch it draws and loads once; only the blocks of the halo between neighbouring cells are drawn twice.
+At stride 1 a 16-bit unit becomes one integer key whose max is the window's winner (`_unit_key`), so
+each of a window's taps costs one integer max.
 Any other geometry walks the blocks its window overlaps (SPAN_H x SPAN_W of them), each unit offered to
 the window by `_dropout_unit`.
 
 Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... >= v_n, the training
 output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
 rank i-1 is counted by comparing it with every other unit of its window (ties broken by tap), which costs
-(KH*KW)^2 comparisons per output and holds only two values at a time; the common windows load theirs once
-and compare each pair once (forward), or, in the backward's cells, load the patch under the cell's windows
-once and compare each (unit, other unit of a shared window) pair once.
+(KH*KW)^2 comparisons per output and holds only two values at a time. The forward's common windows (2x2,
+3x3) instead load their units once and sort them in registers with a sorting network (5 or 25
+comparators, no ranks: equal values are interchangeable in the sum); the backward's cells load the patch
+under the cell's windows once and compare each (unit, other unit of a shared window) pair once.
 
 All offsets and Philox counters are int64.
 """
@@ -95,39 +98,73 @@ def _window_rank(x_map, ih0, iw0, window_ok, v, tap, H, W, KH, KW, dil_h, dil_w,
     return rank
 
 
+# Sorting networks (descending) of the unrolled windows' 4 and 9 units: comparator (i, j), i < j, leaves the
+# larger value at i. 9 units: sort the rows of three, then the columns, then merge (25 comparators, the
+# fewest known for 9).
+_SORT_4 = ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))
+_SORT_9 = ((0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (0, 3), (3, 6), (0, 3), (1, 4),
+           (4, 7), (1, 4), (2, 5), (5, 8), (2, 5), (1, 3), (5, 7), (2, 6), (4, 6), (2, 4), (2, 3), (5, 6))
+
+
+@triton.constexpr_function
+def _comparators(taps):
+    """The sorting network of a taps x taps window (taps 2 or 3)."""
+    return len(_SORT_4) if taps == 2 else len(_SORT_9)
+
+
+@triton.constexpr_function
+def _comparator(taps, k, end):
+    """Unit `end` (0: the upper, 1: the lower) of comparator k of a taps x taps window's network."""
+    return (_SORT_4 if taps == 2 else _SORT_9)[k][end]
+
+
+@triton.jit
+def _exchange(values, I: tl.constexpr, J: tl.constexpr):
+    """Comparator (I, J), I < J, of a sorting network over a tuple of values: the larger to I. NaN propagates
+    to both ends (and so through the network to every rank): a window holding a NaN pools to NaN, as the
+    weighted sum of its units does."""
+    hi = tl.maximum(values[I], values[J], propagate_nan=tl.PropagateNan.ALL)
+    lo = tl.minimum(values[I], values[J], propagate_nan=tl.PropagateNan.ALL)
+    return values[:I] + (hi,) + values[I + 1:J] + (lo,) + values[J + 1:]
+
+
+@triton.jit
+def _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS: tl.constexpr, dtype: tl.constexpr):
+    """The TAPS x TAPS units of the window whose tap (0, 0) sits at (ih0, iw0), unrolled, as a tuple in tap
+    order (-inf outside the input, converted to dtype) and a tuple of their inside-the-input flags. Each
+    kernel row's bounds and offset are found once, each column's once (the compiler shares them)."""
+    values = ()
+    inside = ()
+    for kh in tl.static_range(TAPS):
+        ih = ih0 + kh * dil_h
+        row_ok = valid & (ih >= 0) & (ih < H)
+        x_row = x_map + ih.to(tl.int64) * sxh
+        for kw in tl.static_range(TAPS):
+            iw = iw0 + kw * dil_w
+            ok = row_ok & (iw >= 0) & (iw < W)
+            values += (tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(dtype),)
+            inside += (ok,)
+    return values, inside
+
+
 @triton.jit
 def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr):
     """Weighted pooling of a TAPS x TAPS window whose tap (0, 0) sits at (ih0, iw0), unrolled: its units are
-    loaded once and ranked by comparing each pair once (a sort in registers), rank as `_window_rank`
-    (larger, or equal with a smaller tap; units outside the input do not count)."""
-    KK: tl.constexpr = TAPS * TAPS
-    values = ()
-    inside = ()
-    ranks = ()
-    for t in tl.static_range(KK):
-        ih = ih0 + (t // TAPS) * dil_h
-        iw = iw0 + (t % TAPS) * dil_w
-        ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        values += (tl.load(x_map + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, mask=ok, other=0.0).to(tl.float32),)
-        inside += (ok,)
-        ranks += (tl.zeros_like(ok.to(tl.int32)),)
-    for i in tl.static_range(KK):
-        for j in tl.static_range(i + 1, KK):
-            ranks = _rank_pair(values, inside, ranks, i, j)
+    loaded once (-inf outside the input, so they sort last), sorted in registers by a sorting network, and
+    the i-th largest weighed (1-p) p^i for i below the window's count of units (equal values are
+    interchangeable, so ties need no rule)."""
+    values, inside = _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS, tl.float32)
+    units = tl.zeros_like(valid.to(tl.int32))
+    for t in tl.static_range(TAPS * TAPS):
+        units += inside[t].to(tl.int32)
+    for k in tl.static_range(_comparators(TAPS)):
+        values = _exchange(values, _comparator(TAPS, k, 0), _comparator(TAPS, k, 1))
     out = tl.zeros_like(values[0])
-    for t in tl.static_range(KK):
-        out += tl.where(inside[t], _keep_weight(ranks[t], p) * values[t], 0.0)
+    weight = 1.0 - p
+    for i in tl.static_range(TAPS * TAPS):
+        out += tl.where(units > i, weight * values[i], 0.0)
+        weight = weight * p
     return out
-
-
-@triton.jit
-def _rank_pair(values, inside, ranks, I: tl.constexpr, J: tl.constexpr):
-    """Ranks after comparing units I < J of a window (`_weighted_window`): J outranks I when larger, I
-    outranks J when larger or equal (the earlier tap). Two compares, not one and its negation, so that a
-    NaN outranks nothing and is outranked by nothing, as in `_window_rank`."""
-    j_above = (inside[J] & (values[J] > values[I])).to(tl.int32)
-    i_above = (inside[I] & (values[I] >= values[J])).to(tl.int32)
-    return ranks[:I] + (ranks[I] + j_above,) + ranks[I + 1:J] + (ranks[J] + i_above,) + ranks[J + 1:]
 
 
 @triton.jit
@@ -288,6 +325,10 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     BLOCKS_H: tl.constexpr = _cell_blocks(FIRST_H, STRIDE, CELL_H, TAPS, 2)
     BLOCKS_W: tl.constexpr = _cell_blocks(FIRST_W, STRIDE, CELL_W, TAPS, 4)
     KK: tl.constexpr = TAPS * TAPS
+    # 16-bit units at stride 1 (each unit a tap of up to KK windows of the cell) are scanned as integer keys
+    # (`_unit_key`): one integer max per tap, for a key's few instructions per unit. At larger strides a
+    # unit serves too few windows to repay its key.
+    KEYED: tl.constexpr = STRIDE == 1 and x_ptr.dtype.element_ty != tl.float32
     cells_w = tl.cdiv(OW, CELL_W)
     cells = tl.cdiv(OH, CELL_H) * cells_w
     n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
@@ -316,24 +357,72 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
             keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
             v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST), mask=keep,
                         other=0.0)
-            values += (v.to(tl.float32),)
-            kept += (keep,)
+            if not KEYED:
+                values += (v.to(tl.float32),)
+                kept += (keep,)
+            else:
+                # Position (row, column) of the unit in the drawn patch, as 16 * row + column.
+                values += (_unit_key(v, keep, ((blk // BLOCKS_W) * 2 + j // 4) * 16 + (blk % BLOCKS_W) * 4 + j % 4),)
 
     y_map = n * syn + _along_c(offs_c.to(tl.int64) * syc, CELLS_FIRST)   # each lane's map in y and idx
     for r in tl.static_range(CELL_H * CELL_W):
-        best = tl.where(lane_ok, float("-inf"), float("-inf"))
-        best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
-        for t in tl.static_range(KK):
-            best, best_tap = _scan_unit(values, kept, _cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
-                                                                 FIRST_W + (r % CELL_W) * STRIDE + t % TAPS,
-                                                                 BLOCKS_W), t, best, best_tap, KK)
+        if not KEYED:
+            best = tl.where(lane_ok, float("-inf"), float("-inf"))
+            best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
+            for t in tl.static_range(KK):
+                best, best_tap = _scan_unit(values, kept, _cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
+                                                                     FIRST_W + (r % CELL_W) * STRIDE + t % TAPS,
+                                                                     BLOCKS_W), t, best, best_tap, KK)
+            out = tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty)
+        else:
+            # The window's tap (0, 0) sits at row FIRST_H + (r // CELL_W) * STRIDE of the drawn patch, column
+            # FIRST_W + (r % CELL_W) * STRIDE.
+            best = tl.zeros_like(lane_ok.to(tl.int32))
+            for t in tl.static_range(KK):
+                best = tl.maximum(best, values[_cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
+                                                          FIRST_W + (r % CELL_W) * STRIDE + t % TAPS, BLOCKS_W)])
+            out, best_tap = _key_max(best, FIRST_H + (r // CELL_W) * STRIDE, FIRST_W + (r % CELL_W) * STRIDE, TAPS,
+                                     y_ptr.dtype.element_ty)
         oh = uh * CELL_H + r // CELL_W
         ow = uw * CELL_W + r % CELL_W
         ok = lane_ok & _along_p((oh < OH) & (ow < OW), CELLS_FIRST)
         y_offs = _along_p(oh.to(tl.int64) * syh + ow.to(tl.int64) * syw, CELLS_FIRST)
-        tl.store(y_ptr + y_map + y_offs, tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(y_ptr + y_map + y_offs, out, mask=ok)
         if STORE_INDEX:
             tl.store(idx_ptr + y_map + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _unit_key(v, keep, CODE: tl.constexpr):
+    """A 16-bit unit (float16 or bfloat16) as an int32 key whose integer max is `_wins`'s winner among the
+    units of any window of a patch (`_dropout_cells`), CODE < 256 being the unit's patch position in
+    row-major order: bits 8-23 the value's bits mapped to an order-preserving unsigned integer (NaN above
+    +inf; -0 as +0, equal under >), bits 0-7 255 - CODE (of equal values the earlier tap wins: a window's
+    taps are in patch order) or, for NaN, CODE (the later NaN wins). A dropped unit is 0, below every
+    kept one. One integer max per tap then replaces the compare-and-select of `_scan_tap`."""
+    if v.dtype == tl.float16:
+        INF_BITS = 0x7C00
+    else:
+        INF_BITS = 0x7F80
+    bits = v.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    bits = tl.where(bits == 0x8000, 0, bits)
+    # Negative values (sign set) reverse their order: flip every bit; positives just set the sign bit.
+    ordered = bits ^ tl.where(bits >= 0x8000, 0xFFFF, 0x8000)
+    key = tl.where((bits & 0x7FFF) > INF_BITS, 0xFFFF00 + CODE, ordered * 256 + (255 - CODE))
+    return tl.where(keep, key, 0)
+
+
+@triton.jit
+def _key_max(key, R0: tl.constexpr, C0: tl.constexpr, TAPS: tl.constexpr, dtype: tl.constexpr):
+    """The output and winning tap of a window from the max of its units' keys (`_unit_key`), its tap (0, 0)
+    at patch row R0, column C0: the value's bits unmapped (a NaN comes out as 0x7FFF, -0 as +0), the tap
+    from the position; 0 and TAPS*TAPS when no unit was kept (key 0)."""
+    ordered = key >> 8
+    bits = ordered ^ tl.where(ordered >= 0x8000, 0x8000, 0xFFFF)
+    code = tl.where(ordered == 0xFFFF, key & 0xFF, 255 - (key & 0xFF))
+    tap = ((code >> 4) - R0) * TAPS + (code & 15) - C0
+    out = tl.where(key == 0, 0, bits).to(tl.int16).to(dtype, bitcast=True)
+    return out, tl.where(key == 0, TAPS * TAPS, tap)
 
 
 @triton.jit
@@ -416,17 +505,11 @@ def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, s
             if x_ptr.dtype.element_ty == tl.float16:
                 best = best.to(tl.float16)
             if TAPS:
-                # A common window (2x2, 3x3), unrolled: each kernel row's bounds and offset are found once,
-                # each column's once (the compiler shares them across rows).
-                for kh in tl.static_range(TAPS):
-                    ih = ih0 + kh * dil_h
-                    row_ok = valid & (ih >= 0) & (ih < H)
-                    x_row = x_map + ih.to(tl.int64) * sxh
-                    for kw in tl.static_range(TAPS):
-                        iw = iw0 + kw * dil_w
-                        ok = row_ok & (iw >= 0) & (iw < W)
-                        v = tl.load(x_row + iw.to(tl.int64) * sxw, mask=ok, other=float("-inf")).to(best.dtype)
-                        best, best_tap = _scan_tap(v, ok, kh * TAPS + kw, best, best_tap, KK)
+                # A common window (2x2, 3x3), unrolled.
+                values, inside = _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS,
+                                               best.dtype)
+                for t in tl.static_range(TAPS * TAPS):
+                    best, best_tap = _scan_tap(values[t], inside[t], t, best, best_tap, KK)
             else:
                 # The tap's offsets (kh*dil_h, kw*dil_w) advance by a step and a wrap instead of t // KW and
                 # t % KW: a division by a runtime KW costs more than the rest of a tap's scalar work.

@@ -196,6 +196,40 @@ def test_pool_dropout_cells_share_each_units_draw(geometry, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geometry", [(3, 1, 1), (2, 1, 0)], ids=["k3s1p1", "k2s1p0"])
+def test_pool_dropout_keyed_cells_nan_zeros_infinities(geometry, dtype, channels_last):
+    """16-bit stride-1 cells pick a window's winner by an integer max of per-unit keys: on small integers
+    (many ties), +0 and -0 (equal: the first tap wins), NaNs (the last wins) and infinities, the output is
+    F.max_pool2d of the kept units (0 where none is kept; a kept -inf is taken), the gradient reaches the
+    unit torch's max picks."""
+    p, seed = 0.4, 17
+    x = torch.randint(-2, 3, (2, 3, 11, 19)).to(dtype)
+    x[x == 0] = torch.where(torch.rand(int((x == 0).sum())) < 0.5, 0.0, -0.0).to(dtype)
+    x[0, 0, 2, 3] = x[0, 0, 3, 3] = x[1, 2, 5, 9] = float("nan")
+    x[0, 1, 4, 4:7] = float("inf")
+    x[1, 0, 6:9, 2:6] = float("-inf")
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    keep = _kept_units(torch.ones_like(x.detach()), p, seed)
+    y = tc.max_pool2d_dropout(x, *geometry, p=p, seed=seed)
+    xr = x.detach().double().requires_grad_()
+    pooled = F.max_pool2d(torch.where(keep, xr, float("-inf")), *geometry)
+    any_kept = F.max_pool2d(keep.double(), *geometry) > 0
+    ref = torch.where(any_kept, pooled, 0.0)
+    assert torch.equal(y.double().isnan(), ref.isnan())
+    assert torch.equal(y.double().nan_to_num(), ref.nan_to_num())
+    # Gradients where every window's winner is a finite or NaN unit (a window of dropped and kept -inf
+    # units sends torch's gradient to its first -inf, maybe a dropped one).
+    finite = ~F.max_pool2d(torch.where(keep, xr.detach(), float("-inf")), *geometry).isinf()
+    dy = rand(*ref.shape, dtype=dtype) * finite
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, dtype, "input grad")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_pool_dropout_pairs_path_matches_window_walk(channels_last):
     """2x2 stride-2 windows take the pair path (one Philox call per output pair), every other window the
     window walk: both see the draws of the 1x1-window mask, on odd sizes (a last pair with one output,

@@ -113,13 +113,15 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     first in NCHW (contiguous along a row of the map), channels first in channels_last (contiguous: 64
     channels make 128-byte runs in 16-bit). 4 warps (8 outputs per thread), except the dropout forward
     that walks its windows' blocks, which holds four Philox words per output: 8 warps halve the registers
-    each thread needs for them. Weighted pooling (a rank loop inside the tap loop) takes 256 outputs: at
-    1024 its per-pixel backward spills on sm_80 (its cells: below). Registers and spills of every configuration:
+    each thread needs for them. Weighted pooling with a rank loop inside the tap loop takes 256 outputs: at
+    1024 its per-pixel backward spills on sm_80 (its cells: below); the forward's sorted 2x2 and 3x3
+    windows take 1024. Registers and spills of every configuration:
     `python -m bench.static --kernel max_pool2d_forward max_pool2d_backward --space full --target sm_90
     sm_80`. The interpreter takes tiles of up to 4096 so that the tests run few programs."""
     extra = dict(problem.extra)
     mode = extra["mode"]
-    budget = 4096 if interpreter else (256 if mode == WEIGHTED.value else 1024)
+    ranked = mode == WEIGHTED.value and not (problem.kernel == "max_pool2d_forward" and extra["taps"])
+    budget = 4096 if interpreter else (256 if ranked else 1024)
     warps = 4
     if problem.kernel == "max_pool2d_backward" and (mode != WEIGHTED.value or extra["cell"]):
         # The backward's per-pixel work (its windows' coordinates, found by division) is shared by the
@@ -147,8 +149,19 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         block_p = heuristics.pow2_clamp(problem.n, 1, budget // block_c)
     else:
         block_p = heuristics.pow2_clamp(problem.n, 1, min(budget, 512))
+        if extra["cell"] and not interpreter:
+            # A map's cells rarely fill whole blocks (3x3 s1 at 56x56: 98 forward cells, 128 lanes): take
+            # the block with the fewest idle lanes and as many channels as the budget leaves.
+            block_p = _fewest_idle(problem.n, block_p)
         block_c = heuristics.pow2_clamp(problem.m, 1, max(1, budget // block_p))
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_P=block_p)
+
+
+def _fewest_idle(n: int, largest: int) -> int:
+    """The power of two from 8 to `largest` that covers n lanes with the fewest idle ones (the larger of
+    equals)."""
+    sizes = [b for b in (8, 16, 32, 64, 128, 256, 512) if b <= largest] or [largest]
+    return min(sizes, key=lambda b: (heuristics.cdiv(n, b) * b, -b))
 
 
 def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
@@ -206,6 +219,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
         return lambda x, seed: (alloc_y(), alloc_idx())
     pairs = mode == DROPOUT.value and geo.pairs()
     cell_h, cell_w = geo.dropout_cell() if mode == DROPOUT.value else (0, 0)
+    taps = geo.fixed_taps() if mode in (MAX.value, WEIGHTED.value) or cell_h else 0
     # PAIRS lanes are output pairs: its pixels are OH rows of whole pairs; CELL lanes are cells of outputs.
     pixels = geo.out_height * (2 * heuristics.cdiv(geo.out_width, 2) if pairs else geo.out_width)
     if cell_h:
@@ -213,8 +227,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     problem = dispatch.Problem(
         "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=x.dtype, channels_last=cl,
-        extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w)))
-    taps = geo.fixed_taps() if mode in (MAX.value, WEIGHTED.value) or cell_h else 0
+        extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w), ("taps", taps)))
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
     args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
