@@ -140,11 +140,19 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     # tile channels_last, a quarter NCHW (each spilled on sm_90 at the smaller kernels' tile).
     big = window == _WINDOW_2D and problem.k > MAX_UNROLLED_KERNEL
     tile = _WINDOW_TILE // (1 if not big else 2 if problem.channels_last else 4)
-    blocks = _tile(_window_groups(problem, out_h, out_w), interpreter, tile if out_w > 1 else None)
+    groups = _window_groups(problem, out_h, out_w)
+    blocks = _tile(groups, interpreter, tile if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
         warps = 2 if not problem.channels_last or window == _CHUNKS else heuristics.pow2_clamp(
             _WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
+        if problem.channels_last:
+            # The row block that leaves the fewest idle rows (4 for 28 rows, not 8: 3.5 tiles), on fewer
+            # warps in proportion, so each thread keeps its outputs.
+            rows = dict(groups.extra)["height"]
+            block_h = min((b for b in (1, 2, 4, 8, 16) if b <= blocks["BLOCK_H"]), key=lambda b: (cdiv(rows, b) * b, -b))
+            warps = max(1, warps * block_h // blocks["BLOCK_H"])
+            blocks["BLOCK_H"] = block_h
     return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, OUT_H=out_h, **blocks)
 
 
