@@ -137,15 +137,19 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     out_h = (1 if window != _WINDOW_2D else 2 if interpreter
              else _WINDOW_OUT_H if problem.dtype.itemsize == 4 or not problem.channels_last else 1)
     # Rows unrolled past MAX_UNROLLED_KERNEL taps (`forward_taps`) hold more loads in flight: half the
-    # tile channels_last, a quarter NCHW (each spilled on sm_90 at the smaller kernels' tile).
+    # tile channels_last, with 8 bytes of channels per thread and output, a quarter NCHW (each spilled on
+    # sm_90 at the smaller kernels' tile). Channels_last rows of such kernels that loop (float16 7x7,
+    # stride 2) wait a memory round trip per kernel row: half the tile on half the warps, the same 16 bytes
+    # per thread, so that more programs overlap those waits.
     big = window == _WINDOW_2D and problem.k > MAX_UNROLLED_KERNEL
-    tile = _WINDOW_TILE // (1 if not big else 2 if problem.channels_last else 4)
+    looping_rows = window == _WINDOW and problem.k > MAX_UNROLLED_KERNEL and problem.channels_last
+    tile = _WINDOW_TILE // (4 if big and not problem.channels_last else 2 if big or looping_rows else 1)
     groups = _window_groups(problem, out_h, out_w)
     blocks = _tile(groups, interpreter, tile if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
         warps = 2 if not problem.channels_last or window == _CHUNKS else heuristics.pow2_clamp(
-            _WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
+            tile * problem.dtype.itemsize // (32 * (8 if big else 16)), 1, 4)
         if problem.channels_last:
             # The row block that leaves the fewest idle rows (4 for 28 rows, not 8: 3.5 tiles), on fewer
             # warps in proportion, so each thread keeps its outputs.
