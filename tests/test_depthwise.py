@@ -86,6 +86,21 @@ def test_unrolled_and_looping_taps(i):
     assert_close(y, _reference(x, w, b, 1, padding, 1), dtype, f"{kh}x{kw} C={c} x{mult}")
 
 
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)], ids=["nchw", "nhwc"])
+def test_unrolled_window_rows_on_strided_views(dtype, channels_last):
+    """A 7x7 kernel's rows unrolled in the forward's window (`forward_taps`) on non-contiguous views of the
+    input (every other channel) and the weight (every other column), multiplier 2, 17 channels, a plane of
+    several interpreter tiles whose window rows and columns reach the padding on every side."""
+    x = rand(2, 34, 9, 16, dtype=dtype, channels_last=channels_last)[:, ::2]
+    w = rand(34, 1, 7, 14, dtype=dtype)[..., ::2]
+    b = rand(34, dtype=dtype)
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    assert not w.is_contiguous()
+    assert tuple(forward_taps(conv_geometry(x, w, b, 1, 3, 1, 17), dtype, channels_last).values()) == (7, 7)
+    y = tc.depthwise_conv2d(x, w, b, 1, 3)
+    assert_close(y, _reference(x, w, b, 1, 3, 1), dtype, "7x7 window on strided views")
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_looping_row_chunks_skip_taps_past_the_row(channels_last):
     """A 9-tap row loops in chunks of the window's OUT_W taps (2 in the interpreter): the last chunk's tap
