@@ -8,6 +8,7 @@ import tritonconv as tc
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import _plans, dispatch
 from tritonconv._shared import conv_geometry, tap_major, unrolled_taps
+from tritonconv.depthwise import forward_taps
 from tritonconv.kernels.depthwise import depthwise_weight_grad_kernel
 
 # (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
@@ -57,25 +58,47 @@ def test_depthwise_forward_backward(case, dtype, channels_last):
     assert x.grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-# Every unrolled kernel size (1 to 7, both axes unrolled up to 25 live taps), a 7x5 kernel whose rows loop
-# (35 taps) and a 9x9 one with both axes looping: (KH, KW) and the (TAPS_H, TAPS_W) the launcher passes.
-# Channel counts that no block divides (17, 144 over the interpreter's 16) and multipliers 1 and 2,
-# alternating layouts and dtypes (subsampled: forward only, the backward kernels take no TAPS).
-TAP_CASES = [((k, k), (k, k)) for k in range(1, 6)] + [((6, 3), (6, 3)), ((7, 2), (7, 2)), ((3, 7), (3, 7)),
-                                                      ((7, 5), (0, 5)), ((9, 9), (0, 0))]
+# Every unrolled kernel size (1 to 7, both axes unrolled up to 25 live taps), a 7x5 and a 7x7 kernel whose
+# rows unroll only in the forward's window (35 and 49 taps; float16 channels_last keeps the row loop), a 9x3
+# one whose rows loop and a 9x9 one with both axes looping: (KH, KW), dtype, channels_last, and the
+# (TAPS_H, TAPS_W) of `unrolled_taps` and of the forward (`forward_taps`). Channel counts that no block
+# divides (17, 144 over the interpreter's 16) and multipliers 1 and 2 (subsampled: forward only, the
+# backward kernels take no window).
+F32, F16, BF16 = DTYPES
+TAP_CASES = [((k, k), DTYPES[k % 3], k % 2 == 1, (k, k), (k, k)) for k in range(1, 6)] + [
+    ((6, 3), F32, False, (6, 3), (6, 3)), ((7, 2), F16, True, (7, 2), (7, 2)), ((3, 7), BF16, False, (3, 7), (3, 7)),
+    ((7, 5), BF16, True, (0, 5), (7, 5)), ((7, 7), F16, False, (0, 7), (7, 7)), ((7, 7), F32, True, (0, 7), (7, 7)),
+    ((7, 7), F16, True, (0, 7), (0, 7)), ((9, 3), F32, False, (0, 3), (0, 3)), ((9, 9), F16, True, (0, 0), (0, 0))]
 
 
-@pytest.mark.parametrize("i", range(len(TAP_CASES)), ids=[f"k{k[0]}x{k[1]}" for k, _ in TAP_CASES])
+@pytest.mark.parametrize("i", range(len(TAP_CASES)),
+                         ids=[f"k{k[0]}x{k[1]}-{str(d)[6:]}-{'nhwc' if cl else 'nchw'}" for k, d, cl, _, _ in TAP_CASES])
 def test_unrolled_and_looping_taps(i):
-    (kh, kw), taps = TAP_CASES[i]
+    (kh, kw), dtype, cl, taps, window_taps = TAP_CASES[i]
     c, mult = ((17, 1), (144, 1), (17, 2))[i % 3]
-    dtype, cl = DTYPES[i % 3], i % 2 == 0
     x = rand(1, c, kh + 2, kw + 3, dtype=dtype, channels_last=cl)
     w, b = rand(c * mult, 1, kh, kw, dtype=dtype), rand(c * mult, dtype=dtype)
     padding = (kh // 2, kw // 2)
-    assert tuple(unrolled_taps(conv_geometry(x, w, b, 1, padding, 1, c)).values()) == taps
+    geo = conv_geometry(x, w, b, 1, padding, 1, c)
+    assert tuple(unrolled_taps(geo).values()) == taps
+    assert tuple(forward_taps(geo, dtype, cl).values()) == window_taps
     y = tc.depthwise_conv2d(x, w, b, 1, padding)
     assert_close(y, _reference(x, w, b, 1, padding, 1), dtype, f"{kh}x{kw} C={c} x{mult}")
+
+
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)], ids=["nchw", "nhwc"])
+def test_unrolled_window_rows_on_strided_views(dtype, channels_last):
+    """A 7x7 kernel's rows unrolled in the forward's window (`forward_taps`) on non-contiguous views of the
+    input (every other channel) and the weight (every other column), multiplier 2, 17 channels, a plane of
+    several interpreter tiles whose window rows and columns reach the padding on every side."""
+    x = rand(2, 34, 9, 16, dtype=dtype, channels_last=channels_last)[:, ::2]
+    w = rand(34, 1, 7, 14, dtype=dtype)[..., ::2]
+    b = rand(34, dtype=dtype)
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    assert not w.is_contiguous()
+    assert tuple(forward_taps(conv_geometry(x, w, b, 1, 3, 1, 17), dtype, channels_last).values()) == (7, 7)
+    y = tc.depthwise_conv2d(x, w, b, 1, 3)
+    assert_close(y, _reference(x, w, b, 1, 3, 1), dtype, "7x7 window on strided views")
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -202,11 +202,15 @@ def test_depthwise_weight_grad_tap_groups(gpu_configs):
 
 @pytest.mark.parametrize("gpu_configs", ["heuristic"], indirect=True)
 @pytest.mark.parametrize("k,dtype,channels_last,out", [(5, torch.bfloat16, True, (1, 7)), (3, torch.float32, False, (2, 7)),
-                                                       (9, torch.float32, True, (1, 8))], ids=["k5-nhwc", "k3-nchw", "k9-nhwc"])
+                                                       (9, torch.float32, True, (1, 8)), (7, torch.bfloat16, False, (2, 7)),
+                                                       (7, torch.float32, True, (2, 7)), (7, torch.float16, True, (1, 7))],
+                         ids=["k5-nhwc", "k3-nchw", "k9-nhwc", "k7-nchw", "k7-nhwc", "k7-nhwc-loop"])
 def test_depthwise_forward_windows(gpu_configs, k, dtype, channels_last, out):
     """The GPU heuristic's sliding windows (OUT_H x OUT_W outputs per thread): 7 along a 14-wide row (a
-    multiple of 7), on 2 rows for float32 and NCHW, and a 9-tap row (too wide to unroll) in runtime chunks
-    of 8 taps, the second with one; 7 rows, so the last row pair has one."""
+    multiple of 7), on 2 rows for float32 and NCHW (7x7 kernels too, their 7 rows unrolled in the smaller
+    tiles of `_forward_config`; float16 channels_last loops over them on one warp), and a 9-tap row (too
+    wide to unroll) in runtime chunks of 8 taps, the second with one; 7 rows, so the last row pair has
+    one."""
     leaves = [_leaf(1, C, 7, 14, dtype=dtype, channels_last=channels_last), _leaf(C, 1, k, k, dtype=dtype)]
     _run(lambda x, w: tc.depthwise_conv2d(x, w, None, 1, k // 2),
          lambda x, w: F.conv2d(x, w, None, 1, k // 2, 1, C), leaves, dtype)

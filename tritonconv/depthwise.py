@@ -92,7 +92,9 @@ def _tile_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 # tiles of 512 column groups: channels_last, one 16-byte vector of channels per thread and output (8
 # 16-bit elements on 2 warps, 4 float32 on 4 warps: 8 float32 spill a 5x5 kernel's window on sm_90); NCHW,
 # whose loads along a row are scalar, loads each input column once for every output and tap that reads it
-# (on 4 warps: 2 spill the separable probe's 3x3 bf16 window on sm_90).
+# (on 2 warps: the 3x3 separable probe's 256-pixel tiles hold 4 pixels per thread, which share each tap's
+# weight loads and addresses; 7x7 kernels take a quarter of the tile, 2 pixels per thread: more would
+# spill, and the 14x14 maps of ConvNeXt give few programs).
 # Where the kernel's rows unroll too, at stride 1 (problem.extra's "window" == _WINDOW_2D), each thread also
 # takes _WINDOW_OUT_H output rows, so each input row's window serves the taps of both: NCHW and float32 only
 # (16-bit channels_last threads hold 8 channels, a 16-byte vector: 2 x 4 outputs of 8 channels spill a 5x5
@@ -142,11 +144,27 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
              else _window_width(problem) if window == _WINDOW_2D or problem.channels_last else _WINDOW_OUT_W)
     out_h = (1 if window != _WINDOW_2D else 2 if interpreter
              else _WINDOW_OUT_H if problem.dtype.itemsize == 4 or not problem.channels_last else 1)
-    blocks = _tile(_window_groups(problem, out_h, out_w), interpreter, _WINDOW_TILE if out_w > 1 else None)
+    # Rows unrolled past MAX_UNROLLED_KERNEL taps (`forward_taps`) hold more loads in flight: half the
+    # tile channels_last, with 8 bytes of channels per thread and output, a quarter NCHW (each spilled on
+    # sm_90 at the smaller kernels' tile). Channels_last rows of such kernels that loop (float16 7x7,
+    # stride 2) wait a memory round trip per kernel row: half the tile on half the warps, the same 16 bytes
+    # per thread, so that more programs overlap those waits.
+    big = window == _WINDOW_2D and problem.k > MAX_UNROLLED_KERNEL
+    looping_rows = window == _WINDOW and problem.k > MAX_UNROLLED_KERNEL and problem.channels_last
+    tile = _WINDOW_TILE // (4 if big and not problem.channels_last else 2 if big or looping_rows else 1)
+    groups = _window_groups(problem, out_h, out_w)
+    blocks = _tile(groups, interpreter, tile if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
-        warps = 4 if not problem.channels_last else 2 if window == _CHUNKS else heuristics.pow2_clamp(
-            _WINDOW_TILE * problem.dtype.itemsize // (32 * 16), 1, 4)
+        warps = 2 if not problem.channels_last or window == _CHUNKS else heuristics.pow2_clamp(
+            tile * problem.dtype.itemsize // (32 * (8 if big else 16)), 1, 4)
+        if problem.channels_last:
+            # The row block that leaves the fewest idle rows (4 for 28 rows, not 8: 3.5 tiles), on fewer
+            # warps in proportion, so each thread keeps its outputs.
+            rows = dict(groups.extra)["height"]
+            block_h = min((b for b in (1, 2, 4, 8, 16) if b <= blocks["BLOCK_H"]), key=lambda b: (cdiv(rows, b) * b, -b))
+            warps = max(1, warps * block_h // blocks["BLOCK_H"])
+            blocks["BLOCK_H"] = block_h
     return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, OUT_H=out_h, **blocks)
 
 
@@ -325,6 +343,22 @@ def _problem(kernel: str, geo: ConvGeometry, channels: int, plane: tuple[int, in
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+def forward_taps(geo: ConvGeometry, dtype: torch.dtype, cl: bool) -> dict[str, int]:
+    """The forward's TAPS_H and TAPS_W with the sliding window (OUT_W > 1): `unrolled_taps`, except that
+    at stride and dilation 1 the rows of a kernel of up to MAX_UNROLLED_TAPS live rows unroll whatever its
+    size (7x7: 49 taps), as the 2-D window holds one input row's columns at a time, not every tap's loads;
+    so no runtime row loop waits a memory round trip per kernel row. The window's config takes smaller
+    tiles for such kernels (`_forward_config`). float16 channels_last keeps the row loop: unrolled, its 7x7
+    window spills on sm_90 at every tile that is not slower than the loop (its conversions keep more values
+    live than bfloat16's bit operations)."""
+    taps = unrolled_taps(geo)
+    rows = geo.live_taps(0)[1] - geo.live_taps(0)[0]
+    if (taps["TAPS_W"] and geo.stride[0] == 1 and geo.dilation == (1, 1) and rows <= MAX_UNROLLED_TAPS
+            and not (cl and dtype == torch.float16)):
+        taps["TAPS_H"] = rows
+    return taps
+
+
 @dispatch.on_inputs_device
 def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False, flip: bool = False,
@@ -339,9 +373,9 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
         return lambda x, w, bias: (alloc(), alloc() if store_pre else x.new_empty(0))
-    taps = unrolled_taps(geo)
+    taps, window_taps = unrolled_taps(geo), forward_taps(geo, x.dtype, cl)
     window = (0 if geo.dilation[1] != 1 else _CHUNKS if taps["TAPS_W"] == 0 else 0 if taps["TAPS_W"] < geo.stride[1]
-              else _WINDOW_2D if geo.dilation[0] == 1 and geo.stride[0] == 1 and taps["TAPS_H"] else _WINDOW)
+              else _WINDOW_2D if geo.dilation[0] == 1 and geo.stride[0] == 1 and window_taps["TAPS_H"] else _WINDOW)
     problem = _problem("depthwise_input_grad" if flip else "depthwise_forward", geo, f, plane, x, cl,
                        window=window, stride=geo.stride[1])
     args = (geo.height, geo.width, *plane, f, f // geo.in_channels, *geo.stride, *geo.pad, *geo.dilation,
@@ -357,8 +391,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
                     bias.stride(0) if bias is not None else 0)
         kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
                                  HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
-                                 BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(), **taps,
-                                 **cfg.launch_kwargs())
+                                 BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(),
+                                 **(window_taps if cfg["OUT_W"] > 1 else taps), **cfg.launch_kwargs())
 
         def run(x, w, bias):
             y = alloc()
