@@ -100,7 +100,8 @@ def test_limits_come_from_each_kernels_space():
     assert dispatch.check_entry(depthwise, {"config": ok})["TAPS_W"] == 3
     with pytest.raises(ValueError, match="BLOCK_W=24 is not a power of two"):
         dispatch.check_entry(depthwise, {"config": {**ok, "meta": {**ok["meta"], "BLOCK_W": 24}}})
-    pool = dispatch.Problem("max_pool2d_forward", m=3, n=49, k=4, extra=(("mode", 0),))
+    pool = dispatch.Problem("max_pool2d_forward", m=3, n=49, k=4,
+                            extra=(("mode", 0), ("pairs", False), ("cell", 0), ("taps", 0)))
     with pytest.raises(ValueError, match="BLOCK_C=512 is outside"):
         dispatch.check_entry(pool, {"config": {"meta": {"BLOCK_C": 512, "BLOCK_P": 8}, "num_warps": 4,
                                                "num_stages": 1}})
