@@ -286,7 +286,10 @@ def test_weights_changed_in_place_between_calls(op):
     else:
         run = lambda: tc.depthwise_separable_conv2d(x, w, pw, padding=1)  # noqa: E731
         reference = lambda: F.conv2d(_reference(x, w, None, 1, 1, 1), pw.double())  # noqa: E731
-    assert torch.equal(tap_major(w), w.reshape(10, 9).t())
+    assert torch.equal(tap_major(w).reshape(9, 10), w.reshape(10, 9).t())
+    padded = tap_major(w, torch.float64, 16)  # rows of 16, the last one too
+    assert padded.untyped_storage().nbytes() == 9 * 16 * 8
+    assert torch.equal(padded.as_strided((9, 10), (16, 1)), w.double().reshape(10, 9).t())
     assert_close(run(), reference(), torch.float32, "first weights")
     w.mul_(-2.0)
     assert_close(run(), reference(), torch.float32, "weights changed in place")

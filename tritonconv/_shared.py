@@ -153,8 +153,9 @@ def unrolled_taps(geo: ConvGeometry) -> dict[str, int]:
 
 
 def tap_major(w: torch.Tensor, dtype: torch.dtype | None = None, columns: int | None = None) -> torch.Tensor:
-    """The (F, 1, KH, KW) weights as a contiguous (KH * KW, F) tensor: the weights of one tap for a block of
-    channels are contiguous, one vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
+    """The (F, 1, KH, KW) weights copied tap-major, as KH * KW rows of F (a (KH, KW, 1, F) tensor; kernels
+    take its address and these strides): the weights of one tap for a block of channels are contiguous, one
+    vector load in `depthwise_taps` (with strides swh = KW * F, sww = F).
     `dtype`: the copy's dtype, w's own when None (the fused separable kernel takes float32 weights, so that
     no tap converts them again for every K-step). `columns`: a width of at least F, so that a kernel whose
     channel blocks cover `columns` loads whole blocks without a mask (strides swh = KW * columns,
@@ -166,10 +167,16 @@ def tap_major(w: torch.Tensor, dtype: torch.dtype | None = None, columns: int | 
     weight. Made here, the copy is part of every call and of every captured graph. It is KH * KW * F
     elements, one small copy beside a pass over the activations.
     """
-    packed = torch.empty((w.shape[2] * w.shape[3], columns or w.shape[0]), dtype=dtype or w.dtype,
-                         device=w.device)
-    packed[:, :w.shape[0]].copy_(w.reshape(w.shape[0], -1).t())
-    return packed
+    f, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    columns, dtype = columns or f, dtype or w.dtype
+    # Two ops on the host (this copy was most of a cached call's host time): a tensor (KH, KW, 1, F) with
+    # tap-major strides, then one copy from w's permuted view.
+    if columns == f:
+        packed = torch.empty((kh, kw, 1, f), dtype=dtype, device=w.device)
+    else:  # every row `columns` wide, the last one too (the kernels read its whole block)
+        packed = torch.empty(kh * kw * columns, dtype=dtype, device=w.device).as_strided(
+            (kh, kw, 1, f), (kw * columns, columns, columns, 1))
+    return packed.copy_(w.permute(2, 3, 1, 0))
 
 
 # A geometry travels through torch.library ops as plain ints: (stride, top/left padding, dilation, groups,

@@ -398,8 +398,9 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
             y = alloc()
             z = alloc() if store_pre else x.new_empty(0)
             packed = tap_major(w, torch.float32, columns)  # converted once here, not per tap and thread
-            kernel(x, packed[-1:] if flip else packed, packed if bias is None else bias, y, z if store_pre else y,
-                   *all_args)
+            # Flipped, the kernel starts at the last tap's row, (KH-1, KW-1), and walks back (above).
+            first = packed[-1:, -1:] if flip else packed
+            kernel(x, first, packed if bias is None else bias, y, z if store_pre else y, *all_args)
             return y, z
         return run
 
