@@ -156,7 +156,10 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     blocks = _tile(groups, interpreter, tile if out_w > 1 else None)
     warps = _warps(blocks)
     if out_w > 1 and not interpreter:
-        warps = 2 if not problem.channels_last or window == _CHUNKS else heuristics.pow2_clamp(
+        # NCHW: 2 warps for the quarter tile of unrolled 7-row kernels, else 4 (on 2, the 3x3 window at
+        # 14x14 spills 52-268 bytes under triton 3.6, the GPU machine's, though not under 3.9).
+        nchw_warps = 2 if big else 4
+        warps = 2 if window == _CHUNKS else nchw_warps if not problem.channels_last else heuristics.pow2_clamp(
             tile * problem.dtype.itemsize // (32 * (8 if big else 16)), 1, 4)
         if problem.channels_last:
             # The row block that leaves the fewest idle rows (4 for 28 rows, not 8: 3.5 tiles), on fewer
