@@ -50,8 +50,7 @@ _WEIGHT_GRAD_OUT_W = 4
 def _channel_block(channels: int, cap: int) -> int:
     """The power-of-two channel block up to `cap` that leaves the fewest idle lanes over `channels`
     (the widest among equals): 16 for C = 144 or 240 (no idle lane) rather than 64 (a quarter idle)."""
-    blocks = [b for b in (8, 16, 32, 64, 128) if b <= max(cap, 8)]
-    return min(blocks, key=lambda b: (cdiv(channels, b) * b, -b))
+    return heuristics.fewest_idle(channels, [b for b in (8, 16, 32, 64, 128) if b <= max(cap, 8)])
 
 
 def _tile(problem: dispatch.Problem, interpreter: bool, elements: int | None = None) -> dict[str, int]:
@@ -165,7 +164,7 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
             # The row block that leaves the fewest idle rows (4 for 28 rows, not 8: 3.5 tiles), on fewer
             # warps in proportion, so each thread keeps its outputs.
             rows = dict(groups.extra)["height"]
-            block_h = min((b for b in (1, 2, 4, 8, 16) if b <= blocks["BLOCK_H"]), key=lambda b: (cdiv(rows, b) * b, -b))
+            block_h = heuristics.fewest_idle(rows, [b for b in (1, 2, 4, 8, 16) if b <= blocks["BLOCK_H"]])
             warps = max(1, warps * block_h // blocks["BLOCK_H"])
             blocks["BLOCK_H"] = block_h
     return dispatch.Config.of(num_warps=warps, num_stages=1, OUT_W=out_w, OUT_H=out_h, **blocks)

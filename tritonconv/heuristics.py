@@ -37,6 +37,12 @@ def pow2_clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, next_power_of_2(value)))
 
 
+def fewest_idle(n: int, sizes: list[int]) -> int:
+    """The block size among `sizes` whose blocks cover n items with the fewest idle slots (the largest of
+    equals): 16 for 144 channels among 8-128 (none idle) rather than 64 (a quarter idle)."""
+    return min(sizes, key=lambda b: (cdiv(n, b) * b, -b))
+
+
 def gemm_blocks(problem: Problem, interpreter: bool) -> dict[str, int]:
     """BLOCK_M/N/K for a GEMM-shaped kernel (tl.dot needs every block >= 16).
 

@@ -160,8 +160,7 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
 def _fewest_idle(n: int, largest: int) -> int:
     """The power of two from 8 to `largest` that covers n lanes with the fewest idle ones (the larger of
     equals)."""
-    sizes = [b for b in (8, 16, 32, 64, 128, 256, 512) if b <= largest] or [largest]
-    return min(sizes, key=lambda b: (heuristics.cdiv(n, b) * b, -b))
+    return heuristics.fewest_idle(n, [b for b in (8, 16, 32, 64, 128, 256, 512) if b <= largest] or [largest])
 
 
 def _pool_space(problem: dispatch.Problem) -> list[dispatch.Config]:
