@@ -116,6 +116,43 @@ def test_autograd_records_through_the_plan(stubbed):
         assert tc.conv2d(x, torch.empty(8, 4, 3, 3)).grad_fn is None
 
 
+def test_recorded_call_returns_only_what_the_op_returns():
+    """The eager Function records only the public op's output, not the custom op's extras (the separable
+    op's stored intermediate): the backward still gets them from the context and is right."""
+    x, wd, wp = rand(1, 3, 6, 5), rand(3, 1, 3, 3), rand(4, 3, 1, 1)
+    for t in (x, wd, wp):
+        t.requires_grad_()
+    y = tc.depthwise_separable_conv2d(x, wd, wp, padding=1, activation="silu")
+    assert type(y.grad_fn).__name__ == "_EagerFunctionBackward"
+    dy = rand(*y.shape)
+    y.backward(dy)
+    ref = [t.detach().double().requires_grad_() for t in (x, wd, wp)]
+    F = torch.nn.functional
+    F.conv2d(F.silu(F.conv2d(ref[0], ref[1], padding=1, groups=3)), ref[2]).backward(dy.double())
+    for t, r in zip((x, wd, wp), ref):
+        assert_close(t.grad, r.grad, torch.float32)
+
+
+def test_recorded_call_takes_tensors_left_by_a_functorch_transform():
+    """A tensor that escaped a finished torch.func transform (a dead wrapper) is unwrapped before autograd
+    records the call, as torch.autograd.Function.apply does (without it: "Cannot access storage of
+    TensorWrapper")."""
+    leaked = []
+
+    def f(x):
+        leaked.append(x * 2)
+        return leaked[-1].sum()
+
+    torch.func.grad(f)(rand(2, 3, 5, 5))
+    x = leaked[0]
+    assert torch._C._functorch.is_functorch_wrapped_tensor(x)
+    w = rand(3, 1, 3, 3).requires_grad_()
+    tc.depthwise_conv2d(x, w, padding=1).sum().backward()
+    ref = w.detach().double().requires_grad_()
+    torch.nn.functional.conv2d(torch._C._functorch.unwrap_if_dead(x).double(), ref, padding=1,
+                               groups=3).sum().backward()
+    assert_close(w.grad, ref.grad, torch.float32)
+
 def test_backward_runs_plans(stubbed):
     """An eager backward (no create_graph) runs its gradient ops through plans, as the forward does: the
     second step of the same shapes makes no plan; with create_graph it calls the custom ops, which double

@@ -69,9 +69,8 @@ class Plan:
 
     def _call(self, needs_grad: bool, tensors: tuple):
         if needs_grad and self.autograd is not None:
-            out = _EagerFunction.apply(*tensors, self)
-        else:
-            out = self.run(*tensors)
+            return _apply_eager(*[t if t is None else _unwrap_if_dead(t) for t in tensors], self)
+        out = self.run(*tensors)
         return out[0] if self.first else out
 
 
@@ -80,7 +79,12 @@ class _EagerFunction(torch.autograd.Function):
     and the op's own setup_context on the op's arguments; backward is the op's. The op's backward pads
     its gradients with None up to len(ctx.needs_input_grad) (`_shared.input_grads`), which covers the
     plan. (Forward takes ctx rather than a separate setup_context: Function.apply binds the arguments of
-    a forward without ctx through inspect.signature, which costs more than the whole call otherwise.)"""
+    a forward without ctx through inspect.signature, which costs more than the whole call otherwise.)
+
+    When the public op returns only the custom op's first output (`Plan.first`), so does the Function:
+    the others (a stored intermediate, winning taps) are non-differentiable extras the op's
+    setup_context saves, and every output autograd tracks costs host time. Their gradients, which the
+    op's backward takes and ignores, are None."""
 
     @staticmethod
     def forward(ctx, *inputs):
@@ -88,11 +92,20 @@ class _EagerFunction(torch.autograd.Function):
         output = plan.run(*inputs[:-1])
         ctx.op_backward = plan.autograd.backward
         plan.autograd.setup_context(ctx, (*inputs[:-1], *plan.args), output)
-        return output
+        ctx.extras = len(output) - 1 if plan.first else 0
+        return output[0] if plan.first else output
 
     @staticmethod
     def backward(ctx, *grads):
-        return ctx.op_backward(ctx, *grads)
+        return ctx.op_backward(ctx, *grads, *(None,) * ctx.extras)
+
+
+# `_EagerFunction.apply` without torch.autograd.Function's Python wrapper around the C one (a large part of
+# autograd recording's host cost): the wrapper binds default arguments (forward has none), routes to
+# functorch when a transform is active (`eager` excluded that) and unwraps functorch's dead wrappers
+# (tensors that escaped a finished transform), which `Plan._call` still does for the tensors it passes.
+_apply_eager = super(torch.autograd.Function, _EagerFunction).apply
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 def eager(*tensors: torch.Tensor | None) -> bool:
