@@ -51,13 +51,14 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     channels per step. A step's address and mask arithmetic is per row and per 16-byte vector, so twice
     the columns per row halve its share of the work per MAC; with the 128x128 float32 accumulator, 64
     channels per step spill on sm_80, and float32 operands spill even at 32 (`python -m bench.static
-    --target sm_90 sm_80 --kernel conv2d_forward`). Weight tiles load with plain loads (B_DESCRIPTOR=0):
-    the tensor-descriptor loads are a tuning candidate only (_forward_space), since no GPU has run them."""
+    --target sm_90 sm_80 --kernel conv2d_forward`). Weight tiles load with plain loads: the
+    tensor-descriptor loads (B_DESCRIPTOR) are a tuning candidate only (_forward_space), since no GPU has
+    run them."""
     config = _gemm_config(problem, interpreter)
-    if not interpreter and config["BLOCK_M"] == 128 and problem.dtype != torch.float32:
-        config = dispatch.Config.of(**{**config.launch_kwargs(), "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128),
-                                       "BLOCK_K": heuristics.pow2_clamp(problem.k, 16, 32)})
-    return dispatch.Config.of(**config.launch_kwargs(), B_DESCRIPTOR=0)
+    if interpreter or config["BLOCK_M"] != 128 or problem.dtype == torch.float32:
+        return config
+    return dispatch.Config.of(**{**config.launch_kwargs(), "BLOCK_N": heuristics.pow2_clamp(problem.n, 16, 128),
+                                 "BLOCK_K": heuristics.pow2_clamp(problem.k, 16, 32)})
 
 
 def _input_grad_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
@@ -84,17 +85,17 @@ def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 
 
 def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
-    """_gemm_space with plain weight loads, then, where the GPU has TMA (`heuristics.
+    """_gemm_space (plain weight loads), then, where the GPU has TMA (`heuristics.
     tensor_memory_accelerator`), those of its configurations whose BLOCK_K divides C_g again with the
-    weight tiles loaded through a tensor descriptor (B_DESCRIPTOR=1, see conv2d_forward_kernel). With such
-    steps a box never reaches into the next tap's channels (which the kernel would mask in registers), and
-    C_g is a multiple of 32 elements, so the packed weight's rows and every box's start are 16-byte
-    aligned, as TMA needs."""
-    space = [dispatch.Config.of(**c.launch_kwargs(), B_DESCRIPTOR=0) for c in _gemm_space(problem)]
+    weight tiles loaded through a tensor descriptor (B_DESCRIPTOR=1, see conv2d_forward_kernel; a config
+    without the parameter loads them plainly). With such steps a box never reaches into the next tap's
+    channels (which the kernel would mask in registers), and C_g is a multiple of 32 elements, so the
+    packed weight's rows and every box's start are 16-byte aligned, as TMA needs."""
+    space = _gemm_space(problem)
     channels = problem.k // dict(problem.extra).get("taps", 1)
     if not heuristics.tensor_memory_accelerator():
         return space
-    return space + [dispatch.Config.of(**c.launch_kwargs(), B_DESCRIPTOR=1) for c in _gemm_space(problem)
+    return space + [dispatch.Config.of(**c.launch_kwargs(), B_DESCRIPTOR=1) for c in space
                     if channels % c["BLOCK_K"] == 0]
 
 
@@ -184,8 +185,8 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     def prepare(cfg: dispatch.Config) -> Callable:
         grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
         kernel = _plans.launcher(conv2d_forward_kernel, grid, EVEN_K=geo.in_channels // g % cfg["BLOCK_K"] == 0,
-                                 **flags, **cfg.launch_kwargs())
-        if cfg["B_DESCRIPTOR"]:
+                                 **flags, **{"B_DESCRIPTOR": 0, **cfg.launch_kwargs()})
+        if cfg.get("B_DESCRIPTOR"):
             args = launch_args(_k_major_strides(w))
 
             def run(x, w, bias):
