@@ -192,8 +192,8 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
             def run(x, w, bias):
                 y = alloc()
                 wk = _k_major(w)
-                rows = TensorDescriptor(wk, [wk.shape[0], math.prod(wk.shape[1:])], [wk.stride(0), 1],
-                                        [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+                k = math.prod(wk.shape[1:])  # the row stride too (with one filter, stride(0) may be anything)
+                rows = TensorDescriptor(wk, [wk.shape[0], k], [k, 1], [cfg["BLOCK_N"], cfg["BLOCK_K"]])
                 kernel(gemm_operand(x), wk, w if bias is None else bias, y, *args, rows)
                 return y
             return run
