@@ -1,7 +1,7 @@
 """A cost model on the CPU: predict every kernel launch's H200 time from its compiled sm_90 code.
 
-    python -m bench.cost [--quick] [--kernel NAME ...] [--dtype float16 ...] [--out DIR] [--dump DIR]
-                         [--jobs 2] [--update-budget] [--calibrate]
+    python -m bench.cost [--quick] [--kernel NAME ...] [--dtype float16 ...] [--also NAME=VALUE ...]
+                         [--out DIR] [--dump DIR] [--jobs 2] [--update-budget] [--calibrate]
 
 No kernel here has run on a GPU during development, so every speed change needs a number that the CPU can
 produce, before and after. This module takes the launches bench.static records (every public op at real
@@ -40,6 +40,9 @@ program's instructions (without loops, the whole kernel is the hot code). See FL
 
 Outputs: cost.csv (one row per launch and per reference) and cost.md under --out (bench/out/cost);
 --dump DIR keeps each launch's SASS, PTX and a JSON of its kernel, config, problem, grid and arguments.
+With --also NAME=VALUE (bench.static's option), each heuristic launch whose kernel's tuning space holds
+the heuristic's configuration so changed is modelled with that candidate too, in a row of its own whose
+key ends in the candidate's configuration (outside the budget).
 bench/cost_budget.json holds each quick launch's predicted time; tests/test_cost.py fails when one grows
 over 10% past it, and --update-budget rewrites it (say why in the commit). On a GPU, --calibrate also
 times every launch with do_bench and writes cost_calibration.csv (predicted against measured).
@@ -64,6 +67,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 import tritonconv
 from tritonconv import dispatch, heuristics
@@ -175,11 +179,16 @@ def used_parameters(ptx: str) -> set[int]:
 
 
 def touched_bytes(launch: static.Launch, ptx: str) -> int:
-    """Bytes of the distinct tensors the kernel reads or writes, each counted once."""
+    """Bytes of the distinct tensors the kernel reads or writes, each counted once. A tensor descriptor
+    counts as used (it is passed only to be loaded from); it expands to several PTX parameters (the TMA
+    descriptor, its shape and strides), so parameters are matched to arguments only up to the first one."""
     runtime = [name for name, kind in launch.signature if kind != "constexpr"]
-    used = {runtime[i] for i in used_parameters(ptx) if i < len(runtime)}
+    descriptors = [name for name, kind in launch.signature if kind.startswith("tensordesc")]
+    matched = runtime.index(descriptors[0]) if descriptors else len(runtime)
+    used = {runtime[i] for i in used_parameters(ptx) if i < matched} | set(descriptors)
     tensors: dict[int, static.TensorArg] = {}
     for name, value in launch.values:
+        value = value.base if isinstance(value, static.DescriptorArg) else value
         if name in used and isinstance(value, static.TensorArg):
             if value.data_ptr not in tensors or value.nbytes > tensors[value.data_ptr].nbytes:
                 tensors[value.data_ptr] = value
@@ -466,7 +475,8 @@ def _keys(launches: Sequence[static.Launch]) -> list[str]:
     for launch in launches:
         p = launch.problem
         key = (f"{launch.kernel} {str(p.dtype).removeprefix('torch.')} {'nhwc' if p.channels_last else 'nchw'} "
-               f"{'bwd' if launch.backward else 'fwd'} [{launch.shape}]")
+               f"{'bwd' if launch.backward else 'fwd'} [{launch.shape}]" + ("" if launch.heuristic else
+                                                                            f" {{{launch.config}}}"))
         seen[key] += 1
         keys.append(key if seen[key] == 1 else f"{key} #{seen[key]}")
     return keys
@@ -762,19 +772,26 @@ def check_budget(predicted: Mapping[str, float], budget: Mapping[str, float],
 def replay(launch: static.Launch, device: str = "cuda") -> tuple[Callable[[], object], dict[str, torch.Tensor]]:
     """A call that runs the recorded launch again on `device`, and its tensors by argument name: random
     inputs of the recorded shapes and strides (zeros for integer tensors), one tensor per recorded
-    storage, so that a tensor passed twice is shared as it was."""
+    storage, so that a tensor passed twice is shared as it was (a tensor descriptor's too)."""
     module, name = launch.fn.split(":")
     fn = getattr(importlib.import_module(module), name)
     storages: dict[int, torch.Tensor] = {}
+
+    def tensor(value: static.TensorArg) -> torch.Tensor:
+        # References record shapeless (meta) tensors, all at address 0: each gets its own.
+        if value.data_ptr not in storages or value.data_ptr == 0:
+            t = torch.empty_strided(value.shape, value.stride, dtype=value.dtype, device=device)
+            t.normal_() if value.dtype.is_floating_point else t.zero_()
+            storages[value.data_ptr] = t
+        return storages[value.data_ptr]
+
     kwargs: dict[str, object] = {}
     for arg, value in launch.values:
         if isinstance(value, static.TensorArg):
-            # References record shapeless (meta) tensors, all at address 0: each gets its own.
-            if value.data_ptr not in storages or value.data_ptr == 0:
-                t = torch.empty_strided(value.shape, value.stride, dtype=value.dtype, device=device)
-                t.normal_() if value.dtype.is_floating_point else t.zero_()
-                storages[value.data_ptr] = t
-            kwargs[arg] = storages[value.data_ptr]
+            kwargs[arg] = tensor(value)
+        elif isinstance(value, static.DescriptorArg):
+            kwargs[arg] = TensorDescriptor(tensor(value.base), list(value.shape), list(value.strides),
+                                           list(value.block_shape))
         else:
             kwargs[arg] = value
     tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
@@ -829,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="each (kernel, dtype, layout) at the first probe shape that launches it (the budget's set)")
     parser.add_argument("--kernel", nargs="+", metavar="NAME", help="only these registered kernels")
     parser.add_argument("--dtype", nargs="+", choices=list(static.DTYPES), default=list(static.DTYPES))
+    static.add_also(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for cost.csv and cost.md")
     parser.add_argument("--dump", type=Path, metavar="DIR", help="keep each launch's SASS, PTX and JSON here")
     parser.add_argument("--jobs", type=int, default=2, help="compiler processes")
@@ -839,9 +857,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="start no calibration launch this many seconds after the command started")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.calibrate_seconds
-    if args.update_budget and not (args.quick and not args.kernel and args.dtype == list(static.DTYPES)):
-        parser.error("--update-budget needs --quick over every kernel and dtype (the budget's set)")
-    kernels, launches, errors = static.select(parser, args.kernel, args.dtype, False, args.quick)
+    if args.update_budget and not (args.quick and not args.kernel and args.dtype == list(static.DTYPES)
+                                   and not args.also):
+        parser.error("--update-budget needs --quick over every kernel and dtype (the budget's set), without --also")
+    kernels, launches, errors = static.select(parser, args.kernel, args.dtype, False, args.quick, dict(args.also))
     missing = sorted(set(kernels) - {launch.kernel for launch in launches})
     errors += [f"no probe launches kernel {k!r}" for k in missing]
     df, by_key = model_launches(launches, args.jobs, args.dump)
@@ -858,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     errors += [f"{k}: {e}" for k, e in zip(df["key"], df["error"]) if isinstance(e, str) and e]
     problems = []
     if args.quick:
-        predicted = predictions(df)
+        predicted = {k: us for k, us in predictions(df).items() if by_key[k].heuristic}
         if args.update_budget:
             write_budget(predicted)
             print(f"wrote {BUDGET_PATH}")

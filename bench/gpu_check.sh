@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The one script to run on a lent GPU, all under nine minutes:
 #   1. install the project (no dependencies fetched: the machine is offline and has torch/triton/pandas);
-#   2. the tests on the GPU (pytest -x, capped at 180 s);
+#   2. the tests on the GPU (pytest -x, capped at 180 s), among them the first real run of the conv forward's
+#      TMA weight loads (B_DESCRIPTOR, a tuning candidate only: tests/test_conv.py forces it);
 #   3. the `quick` benchmark suite (every op, fwd and fwd+bwd, bf16 channels_last; capped at 150 s);
 #   4. host overhead (bench/host.py --gpu, capped at 30 s): host and end-to-end us per call with real launches
 #      against PyTorch's op, eager and under CUDA-graph replay, after the CPU table with launches stubbed;
 #   5. the cost model's calibration: every quick probe launch of `python -m bench.cost --quick` (and its
-#      reference) predicted with this machine's triton and timed with do_bench (capped at 100 s);
+#      reference) predicted with this machine's triton and timed with do_bench (capped at 100 s), with the
+#      conv forward's TMA candidate beside its heuristic launches (--also B_DESCRIPTOR=1: rows whose key ends
+#      in its config; unrun on a GPU before, so compare it with the heuristic's row of the same probe);
 #   6. the `models` suite (torchvision's networks converted, batch 32 at 224x224, bf16 channels_last, against
 #      eager and torch.compile; inference of every model first, then training steps; capped at 120 s;
 #      it says so and exits 0 where torchvision is missing);
@@ -67,7 +70,7 @@ fi
 cap=$(left); [ "$cap" -gt 100 ] && cap=100
 if [ "$cap" -ge 40 ]; then
     echo "== cost model calibration (cap ${cap} s, $(left) s left)"
-    timeout "$cap" "$python" -m bench.cost --quick --jobs "$(nproc)" --out "$out/cost" \
+    timeout "$cap" "$python" -m bench.cost --quick --also B_DESCRIPTOR=1 --jobs "$(nproc)" --out "$out/cost" \
         --calibrate "$out/cost_calibration.csv" --calibrate-seconds $((cap - 15)) 2>&1 \
         | grep -v "compiling:" | tee "$out/cost.log" | tail -n 5
     status+=("cost=${PIPESTATUS[0]}")

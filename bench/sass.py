@@ -198,11 +198,16 @@ def _branch_target(ins: Instruction) -> int | None:
 
 def regions(code: list[Instruction]) -> list[Region]:
     """Cut the code into the top level and its loops. A backward BRA to its own address (the trap after
-    the last EXIT) is not a loop; several backward branches to one target (a `continue`) make one loop."""
+    the last EXIT) is not a loop, nor is any backward BRA after the last unconditional EXIT: code there is
+    reached only by jumps, as an out-of-line slow path (a TMA load's mbarrier wait that retries, then
+    branches back into the code that took it), which runs only when the wait is not yet over. Several
+    backward branches to one target (a `continue`) make one loop."""
+    exits = [ins.address for ins in code if ins.base == "EXIT" and not ins.predicate]
+    end = max(exits) if exits else code[-1].address if code else 0
     spans: dict[int, int] = {}
     for ins in code:
         target = _branch_target(ins)
-        if target is not None and target < ins.address:
+        if target is not None and target < ins.address <= end:
             spans[target] = max(spans.get(target, target), ins.address)
     # Preorder: by head, the longer of two loops with one head first (it encloses the other).
     ordered = sorted(spans.items(), key=lambda span: (span[0], -span[1]))

@@ -2,7 +2,8 @@
 for Hopper (sm_90) or Ampere (sm_80), on the CPU, and read what the cubin says.
 
     python -m bench.static [--target sm_90 [sm_80]] [--out DIR] [--space heuristic|full] [--quick]
-                           [--kernel NAME ...] [--dtype float16 ...] [--jobs 2] [--update-rejects]
+                           [--kernel NAME ...] [--dtype float16 ...] [--also NAME=VALUE ...] [--jobs 2]
+                           [--update-rejects]
 
 A kernel can be right in Triton's interpreter and still fail or crawl on a GPU: a configuration that needs
 more shared memory than a block may have, registers spilling to local memory, a GEMM that never reaches
@@ -20,7 +21,9 @@ How it works:
    tensors. Each launch's arguments are specialised as Triton's launcher does on a GPU (an int equal
    to 1 becomes a constant, ints and pointers divisible by 16 are marked so), which gives the exact
    signature a GPU compiles. With `--space full` the probe also calls each launch closure with every
-   configuration of the kernel's tuning space, so launchers derive grids and flags as they would.
+   configuration of the kernel's tuning space, so launchers derive grids and flags as they would; with
+   `--also NAME=VALUE`, with the heuristic's configuration so changed, where the tuning space holds it
+   (one candidate beside the heuristic, e.g. `--also B_DESCRIPTOR=1`: conv2d_forward's TMA weight loads).
 2. Compile (a pool of `--jobs` processes, Triton's on-disk cache making reruns fast): `triton.compile`
    of an ASTSource for GPUTarget("cuda", 90 or 80, 32), then `cuobjdump --dump-resource-usage
    --dump-sass` on the cubin, and ptxas's own log for spill bytes.
@@ -54,7 +57,7 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
 import torch
@@ -63,6 +66,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.cache import get_cache_manager
 from triton.runtime.jit import JITFunction
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 import tritonconv
 from tritonconv import _checks, _plans, dispatch, heuristics
@@ -233,6 +237,22 @@ class TensorArg:
         return numel * self.dtype.itemsize
 
 
+@dataclasses.dataclass(frozen=True)
+class DescriptorArg:
+    """A host tensor descriptor argument of a recorded launch: the tensor it views, as TensorArg, and its
+    shape, strides and block (box) shape."""
+
+    base: TensorArg
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    block_shape: tuple[int, ...]
+
+
+def _tensor_arg(t: torch.Tensor) -> TensorArg:
+    """`t` as a TensorArg: its shape, strides, dtype and address, without its storage."""
+    return TensorArg(tuple(t.shape), tuple(t.stride()), t.dtype, t.data_ptr())
+
+
 _TORCH_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
                 torch.int8: "i8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64",
                 torch.uint8: "u8", torch.bool: "i1"}
@@ -241,7 +261,8 @@ _TORCH_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "b
 def _specialise(param: object, value: object) -> tuple[str, bool]:
     """(Triton type, divisible by 16) of a runtime argument, by the rules of Triton's launcher (the same
     in triton 3.6 and 3.9): None and ints equal to 1 become constants ("constexpr"), ints are i32 when
-    they fit, then i64 (u64 above 2^63); ints and pointers divisible by 16 are marked divisible."""
+    they fit, then i64 (u64 above 2^63); ints and pointers divisible by 16 are marked divisible; a host
+    tensor descriptor is "tensordesc<dtype[block shape]>"."""
     specialise = not getattr(param, "do_not_specialize", False)
     align = not getattr(param, "do_not_specialize_on_alignment", False)
     annotation = getattr(param, "annotation_type", "") or ""
@@ -266,6 +287,9 @@ def _specialise(param: object, value: object) -> tuple[str, bool]:
     elif isinstance(value, torch.Tensor):
         kind = "*" + _TORCH_TYPES[value.dtype]
         divisible = align and value.data_ptr() % 16 == 0
+    elif isinstance(value, TensorDescriptor):
+        kind = f"tensordesc<{_TORCH_TYPES[value.base.dtype]}[{', '.join(map(str, value.block_shape))}]>"
+        divisible = False
     else:
         raise TypeError(f"cannot specialise a kernel argument of type {type(value).__name__}")
     return (annotation or kind), divisible
@@ -300,8 +324,9 @@ def record(fn: JITFunction, kernel: str, shape: str, problem: dispatch.Problem, 
         raise TypeError(f"{fn.__name__}: config parameters {missing} are not constexpr arguments of the kernel")
     if callable(grid):
         grid = grid({**bound, **options})
-    values = tuple((name, TensorArg(tuple(v.shape), tuple(v.stride()), v.dtype, v.data_ptr())
-                    if isinstance(v, torch.Tensor) else v) for name, v in bound.items())
+    values = tuple((name, _tensor_arg(v) if isinstance(v, torch.Tensor) else
+                    DescriptorArg(_tensor_arg(v.base), tuple(v.shape), tuple(v.strides), tuple(v.block_shape))
+                    if isinstance(v, TensorDescriptor) else v) for name, v in bound.items())
     return Launch(kernel, shape, problem, config, heuristic, f"{fn.fn.__module__}:{fn.__name__}", tuple(signature),
                   tuple(constexprs), tuple(divisible), tuple(sorted(options.items())),
                   tuple(int(g) for g in grid), values, backward)
@@ -310,8 +335,9 @@ def record(fn: JITFunction, kernel: str, shape: str, problem: dispatch.Problem, 
 class _Recorder:
     """Stands in for dispatch.config_for and JITFunction.run while probes run (see `_gpu_world`)."""
 
-    def __init__(self, full: bool) -> None:
+    def __init__(self, full: bool, also: Mapping[str, int] | None = None) -> None:
         self.full = full  # also launch every configuration of each kernel's tuning space
+        self.also = dict(also or {})  # also launch the heuristic's configuration with these meta-parameters
         self.launches: list[Launch] = []
         self.errors: list[str] = []
         self.shape = ""
@@ -327,14 +353,18 @@ class _Recorder:
         spec = dispatch.spec(problem.kernel)
         pick = spec.heuristic(problem, False)
         if self.full:
-            if launch is None:
-                self.errors.append(f"{problem.kernel}: its launcher passes no launch closure to dispatch.config_for, "
-                                   "so its tuning space cannot be swept")
-            else:
-                for cfg in dict.fromkeys(spec.space(problem)):
-                    if cfg != pick:
-                        self._current[spec.fn] = (problem, cfg, False)
-                        launch(cfg)
+            candidates = list(dict.fromkeys(spec.space(problem)))
+        else:
+            variant = dispatch.Config.of(pick.num_warps, pick.num_stages, **{**dict(pick.meta), **self.also})
+            candidates = [variant] if self.also and variant in spec.space(problem) else []
+        if candidates and launch is None:
+            self.errors.append(f"{problem.kernel}: its launcher passes no launch closure to dispatch.config_for, "
+                               "so its tuning space cannot be swept")
+        elif candidates:
+            for cfg in candidates:
+                if cfg != pick:
+                    self._current[spec.fn] = (problem, cfg, False)
+                    launch(cfg)
         self._current[spec.fn] = (problem, pick, True)
         return pick
 
@@ -358,10 +388,10 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def _gpu_world(full: bool) -> Iterator[_Recorder]:
+def _gpu_world(full: bool, also: Mapping[str, int] | None = None) -> Iterator[_Recorder]:
     """Inside the block, ops record their launches instead of running them, as if on a GPU (see the
     module docstring)."""
-    recorder = _Recorder(full)
+    recorder = _Recorder(full, also)
     saved = (dispatch.config_for, dispatch.use_torch, JITFunction.run, _plans.launcher)
     dispatch.config_for = recorder.config_for
     _plans.launcher = recorder.launcher
@@ -390,12 +420,13 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = saved[2]
 
 
-def probe(dtypes: Iterable[str], full: bool) -> tuple[list[Launch], list[str]]:
-    """Run every probe whose op exists, in every dtype; return the recorded launches and the errors."""
+def probe(dtypes: Iterable[str], full: bool, also: Mapping[str, int] | None = None) -> tuple[list[Launch], list[str]]:
+    """Run every probe whose op exists, in every dtype; return the recorded launches and the errors (`full`
+    and `also` as for _Recorder)."""
     if not isinstance(dispatch.spec(dispatch.kernels()[0]).fn, JITFunction):
         raise SystemExit("triton was imported with TRITON_INTERPRET set, so the kernels cannot be compiled: "
                          "run `python -m bench.static` in a process without TRITON_INTERPRET")
-    with _gpu_world(full) as recorder:
+    with _gpu_world(full, also) as recorder:
         for p in PROBES:
             if not hasattr(tritonconv, p.op):
                 recorder.errors.append(f"probe {p.op!r} [{p.shape}]: tritonconv has no op {p.op!r}")
@@ -627,19 +658,35 @@ def update_rejects(df: pd.DataFrame, path: Path = REJECTS_PATH) -> None:
 
 
 def select(parser: argparse.ArgumentParser, names: list[str] | None, dtypes: list[str], full: bool,
-           quick: bool) -> tuple[list[str], list[Launch], list[str]]:
+           quick: bool, also: Mapping[str, int] | None = None) -> tuple[list[str], list[Launch], list[str]]:
     """The kernels named on the command line (every registered one when None; an unknown name is a usage
     error), their probe launches in `dtypes` (with `quick`, the first probe shape of each kernel, dtype
-    and layout only) and the probes' errors."""
+    and layout only; with `also`, the heuristic's configuration so changed too, see _Recorder) and the
+    probes' errors."""
     kernels = dispatch.kernels()
     if names:
         unknown = sorted(set(names) - set(kernels))
         if unknown:
             parser.error(f"unknown kernels {unknown}; registered: {kernels}")
         kernels = sorted(names)
-    launches, errors = probe(dtypes, full)
+    launches, errors = probe(dtypes, full, also)
     launches = [launch for launch in launches if launch.kernel in kernels]
     return kernels, first_shapes(launches) if quick else launches, errors
+
+
+def meta_assignment(text: str) -> tuple[str, int]:
+    """NAME=VALUE (an int) from the command line, for --also."""
+    name, sep, value = text.partition("=")
+    if not (name and sep and value.removeprefix("-").isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE with an int VALUE, e.g. B_DESCRIPTOR=1")
+    return name, int(value)
+
+
+def add_also(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--also", nargs="+", type=meta_assignment, default=[], metavar="NAME=VALUE",
+                        help="also launch each kernel's heuristic configuration with these meta-parameters set, "
+                             "where its tuning space holds that configuration (e.g. B_DESCRIPTOR=1: "
+                             "conv2d_forward's weight tiles through a TMA tensor descriptor)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -654,13 +701,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="compile each (kernel, dtype, layout) only for the first probe shape that launches "
                              "it, not for every shape (what CI runs)")
+    add_also(parser)
     parser.add_argument("--jobs", type=int, default=2, help="compiler processes")
     parser.add_argument("--update-rejects", action="store_true",
                         help=f"with --space full: write the rejected configurations to {REJECTS_PATH}")
     args = parser.parse_args(argv)
     if args.update_rejects and args.space != "full":
         parser.error("--update-rejects needs --space full (a heuristic sweep does not see the tuning space)")
-    kernels, launches, errors = select(parser, args.kernel, args.dtype, args.space == "full", args.quick)
+    kernels, launches, errors = select(parser, args.kernel, args.dtype, args.space == "full", args.quick,
+                                       dict(args.also))
     todo = jobs(launches, args.target)
     rows = _no_probe_rows(kernels, launches, args.target, errors)
     # Spawned workers import triton afresh, without TRITON_INTERPRET, and with the ptxas log switched on.

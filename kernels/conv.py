@@ -77,9 +77,10 @@ def row_tap_bits(a_h, a_w, A_H, A_W, taps, TAPS_H: tl.constexpr, TAPS_W: tl.cons
 
 @triton.jit
 def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, row_taps, A_H, A_W, sah, saw, sak,
-                  b_ptr, b_offs, b_n_in, sbh, sbw, sbk, K, taps,
+                  b_ptr, b_offs, b_n_in, sbh, sbw, sbk, K, taps, b_desc, b_row,
                   EXACT: tl.constexpr, EVEN_K: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr, BLOCK_K: tl.constexpr):
+                  DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
+                  B_DESCRIPTOR: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + the implicit GEMM of one tile: one pipelined loop over (tap, K block), K blocks fastest.
 
     taps = (i_lo, i_hi, j_lo, j_hi, kh0, kh_step, oh0, oh_step, kw0, kw_step, ow0, ow_step): the loop visits
@@ -89,6 +90,9 @@ def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, row_taps, A_H, A_W, sah, saw, sa
     holds each row's offset and each column's channel, so a step adds one scalar to it. Rows outside the
     plane read 0. B reads b_ptr + b_offs[k, n] + the tap's and K block's offset (strides sbh, sbw, sbk),
     its columns masked by b_n_in (a constant True, which compiles away, where a caller needs no mask).
+    With B_DESCRIPTOR, B is instead the transpose of the (BLOCK_N, BLOCK_K) box of the tensor descriptor
+    b_desc (a TMA load on sm_90) at row b_row and column the tap's and K block's offset: the forward's
+    weight as one K-major (F, KH*KW*C_g) matrix, whose strides sbh, sbw, sbk then are KW*C_g, C_g, 1.
 
     Every position and offset but the scalar one is loop-invariant, so a step costs one address add per
     16-byte vector and, per row, one bit test of its row_taps word (`row_tap_bits`) when TAPS_H, TAPS_W
@@ -106,11 +110,19 @@ def tap_reduction(acc, a_ptr, a_offs, a_h, a_w, row_taps, A_H, A_W, sah, saw, sa
         else:
             rows_in = (inside(a_h + dh, A_H) & inside(a_w + dw, A_W))[:, None]
         a_at = a_ptr + (as_index(dh, INT64) * sah + as_index(dw, INT64) * saw + as_index(k0, INT64) * sak)
-        b_at = b_ptr + (as_index(kh0 + i * kh_step, INT64) * sbh + as_index(kw0 + j * kw_step, INT64) * sbw
-                        + as_index(k0, INT64) * sbk)
+        b_step = (as_index(kh0 + i * kh_step, INT64) * sbh + as_index(kw0 + j * kw_step, INT64) * sbw
+                  + as_index(k0, INT64) * sbk)
+        b_at = b_ptr + b_step
         k_in = (k0 + tl.arange(0, BLOCK_K) < K) | EVEN_K  # constant True when EVEN_K: no mask is compiled
         a = tl.load(a_at + a_offs, mask=rows_in & k_in[None, :], other=0.0)
-        b = tl.load(b_at + b_offs, mask=k_in[:, None] & b_n_in[None, :], other=0.0)
+        if B_DESCRIPTOR:
+            b = tl.trans(b_desc.load([b_row, b_step.to(tl.int32)]))
+            if not EVEN_K:
+                # The box reads the next tap's channels past K (zeros past the matrix): A is 0 there, but 0
+                # times a non-finite weight is not, so a ragged K block selects 0 instead.
+                b = tl.where(k_in[:, None], b, tl.zeros_like(b))
+        else:
+            b = tl.load(b_at + b_offs, mask=k_in[:, None] & b_n_in[None, :], other=0.0)
         if EXACT:
             acc = tl.where(rows_in, dot(a, b, acc, DOT_PRECISION, UPCAST), acc)
         else:
@@ -132,6 +144,9 @@ def conv2d_forward_kernel(
     swf, swc, swh, sww,
     syn, syc, syh, syw,
     sb,     # element stride of bias (a slice or an expanded view need not be contiguous)
+    # With B_DESCRIPTOR: a host tensor descriptor of w as a K-major (F, KH*KW*C_g) matrix with boxes of
+    # (BLOCK_N, BLOCK_K), whose B tiles then load through it (TMA on sm_90; see tap_reduction), else None.
+    w_desc,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,   # C_g is a multiple of BLOCK_K: no channel masks
     TAPS_H: tl.constexpr,   # live tap rows and columns when at most 32 taps (row masks are bit tests,
@@ -139,6 +154,7 @@ def conv2d_forward_kernel(
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INT64: tl.constexpr,    # 64-bit offsets (see module docstring)
+    B_DESCRIPTOR: tl.constexpr,  # load the weight tiles through w_desc
     BLOCK_M: tl.constexpr,  # output pixels (n, oh, ow) per program: the GEMM's M
     BLOCK_N: tl.constexpr,  # output channels per program: the GEMM's N
     BLOCK_K: tl.constexpr,  # input channels per step of the reduction, for one tap
@@ -177,7 +193,8 @@ def conv2d_forward_kernel(
     acc = tap_reduction(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_ptr, a_offs, ih0, iw0,
                         row_tap_bits(ih0, iw0, H, W, taps, TAPS_H, TAPS_W), H, W, sxh, sxw, sxc,
                         w_ptr, b_offs, tl.full((BLOCK_N,), True, tl.int1), swh, sww, swc, C_PER_GROUP, taps,
-                        False, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+                        w_desc, group * F_PER_GROUP + pid_n * BLOCK_N,
+                        False, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, B_DESCRIPTOR, BLOCK_K)
 
     offs_f = as_index(offs_f, INT64)
     f_valid = offs_f < F_PER_GROUP
@@ -311,7 +328,8 @@ def input_grad_columns(offs_c, tile, sizes, strides, taps, EXACT: tl.constexpr, 
     b_offs = (as_index(group * F_PER_GROUP, INT64) * swf + offs_c * swc)[None, :] + tl.arange(0, BLOCK_K)[:, None] * swf
     acc = tl.zeros((a_offs.shape[0], offs_c.shape[0]), dtype=tl.float32)
     acc = tap_reduction(acc, dy_ptr, a_offs, q_h, q_w, row_taps, OH, OW, syh, syw, syc, w_ptr, b_offs, c_in, swh, sww,
-                        swf, F_PER_GROUP, taps, EXACT, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64, BLOCK_K)
+                        swf, F_PER_GROUP, taps, None, 0, EXACT, EVEN_K, TAPS_H, TAPS_W, DOT_PRECISION, UPCAST, INT64,
+                        False, BLOCK_K)
     dx_offs = dx_rows[:, None] + (group * C_PER_GROUP + offs_c)[None, :] * sxc
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=rows_in[:, None] & (offs_c < C_PER_GROUP)[None, :])
     return tl.sum(tl.sum(acc, axis=1), axis=0)

@@ -114,3 +114,16 @@ def test_damaged_backend_entry(gpu_path):
     dispatch.CACHE.put(key, {"time_ms": 1.0})
     with pytest.warns(RuntimeWarning, match="backend is not one of"):
         assert not dispatch.use_torch(fakes.PROBLEM, lambda: None, lambda: None, "auto")
+
+
+def test_an_entry_may_hold_a_parameter_only_tuning_candidates_set():
+    """A tuned conv forward may keep its TMA candidate (B_DESCRIPTOR=1, which the heuristic never sets);
+    the parameter then takes only the values the space gives it."""
+    problem = dispatch.Problem("conv2d_forward", m=16 * 65 * 65, n=256, k=256 * 9, dtype=torch.float16,
+                               channels_last=True, extra=(("taps", 9),))
+    tma = {**GOOD, "meta": {**GOOD["meta"], "BLOCK_N": 128, "B_DESCRIPTOR": 1}}
+    assert dispatch.check_entry(problem, {"config": tma})["B_DESCRIPTOR"] == 1
+    with pytest.raises(ValueError, match="B_DESCRIPTOR=0 is not"):
+        dispatch.check_entry(problem, {"config": {**tma, "meta": {**tma["meta"], "B_DESCRIPTOR": 0}}})
+    with pytest.raises(ValueError, match="are not the kernel's"):
+        dispatch.check_entry(problem, {"config": {**tma, "meta": {**tma["meta"], "B_TMA": 1}}})

@@ -1,5 +1,7 @@
 """conv2d against torch.nn.functional.conv2d in float64: forward, backward, layouts, dtypes, bad input."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,6 +162,82 @@ def test_indexing_beyond_int32(channels_last, monkeypatch):
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(w.grad, wr.grad, torch.float16, "far image weight grad")
+
+
+# Weight tiles through a tensor descriptor (TMA on sm_90; B_DESCRIPTOR, a tuning candidate only), forced
+# here: (N, C, H, W, F, (KH, KW), stride, padding, dilation, groups, weight). C_g is a multiple of 8, so
+# the K-major rows and every tap's first column are 16-byte aligned in every dtype, as descriptors need;
+# C_g = 8 and 40 leave the 16- and 32-channel steps ragged (the box reads into the next tap), 32 does
+# not; F_g = 5 and 3 make a box reach into the next group's filters. Weights: "packed" (dense
+# channels_last, loaded as it is), "nchw" (packed by the launcher), "offset" (dense channels_last but
+# starting 2 bytes past a 16-byte boundary, so copied).
+DESCRIPTOR_CASES = [
+    (2, 64, 9, 7, 10, (3, 3), 1, 2, 2, 2, "packed"),
+    (1, 8, 7, 9, 5, (3, 3), 2, 1, 1, 1, "nchw"),
+    (1, 80, 6, 5, 6, (2, 2), 1, 1, 3, 2, "offset"),
+]
+
+
+def _descriptor_weight(f, c_g, k, dtype, kind):
+    w = rand(f, c_g, *k, dtype=dtype)
+    if kind == "nchw":
+        return w
+    packed = w.contiguous(memory_format=torch.channels_last)
+    if kind == "packed":
+        return packed
+    storage = torch.empty(packed.numel() + 1, dtype=dtype, device=DEVICE)
+    view = storage[1:].as_strided(packed.shape, packed.stride())
+    return view.copy_(packed)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_loads_weights_through_a_tensor_descriptor(dtype, channels_last, monkeypatch):
+    spec = dispatch.spec("conv2d_forward")
+    block_k = 16 if dtype == torch.float32 else 32
+
+    def descriptor(problem, interpreter):
+        return dispatch.Config.of(**{**spec.heuristic(problem, interpreter).launch_kwargs(), "BLOCK_K": block_k,
+                                     "B_DESCRIPTOR": 1})
+
+    monkeypatch.setitem(dispatch._KERNELS, "conv2d_forward", dataclasses.replace(spec, heuristic=descriptor))
+    dispatch.forget()
+    try:
+        for n, c, h, w_, f, k, stride, padding, dilation, groups, kind in DESCRIPTOR_CASES:
+            x = rand(n, c, h, w_, dtype=dtype, channels_last=channels_last)
+            w = _descriptor_weight(f, c // groups, k, dtype, kind)
+            assert (w.data_ptr() % 16 != 0) == (kind == "offset")
+            b = rand(f, dtype=dtype)
+            with dispatch.recording() as decisions:
+                y = tc.conv2d(x, w, b, stride, padding, dilation, groups)
+            assert [d.config["B_DESCRIPTOR"] for d in decisions] == [1]
+            assert_close(y, _reference(x, w, b, stride, padding, dilation, groups), dtype, f"forward, {kind} weight")
+    finally:
+        dispatch.forget()
+
+
+def test_descriptor_candidates_only_where_tma_can_take_the_weight(monkeypatch):
+    """B_DESCRIPTOR=1 configurations join the forward's tuning space (never its heuristic) on sm_90 (and
+    with no GPU, where the interpreter and bench.static run them), not on sm_80; only with channel steps
+    that divide C_g."""
+    spec = dispatch.spec("conv2d_forward")
+
+    def problem(c_g, dtype=torch.float16):
+        return dispatch.Problem("conv2d_forward", m=16 * 65 * 65, n=256, k=c_g * 9, dtype=dtype, channels_last=True,
+                                extra=(("taps", 9),))
+
+    def descriptor_steps(p):
+        return {c["BLOCK_K"] for c in spec.space(p) if c.get("B_DESCRIPTOR")}
+
+    assert spec.heuristic(problem(256), False).get("B_DESCRIPTOR") is None
+    assert descriptor_steps(problem(256)) == {32, 64, 128}
+    assert descriptor_steps(problem(96)) == {32}
+    assert descriptor_steps(problem(100, torch.float32)) == set()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert descriptor_steps(problem(256)) == set()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert descriptor_steps(problem(256)) == {32, 64, 128}
 
 
 def _weight_grads(x, w, dy, stride, padding, dilation, groups, runs=2):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from bench import cost, sass, static
 from tritonconv import dispatch
@@ -63,6 +64,21 @@ def test_regions_nest_loops_by_backward_branches():
 
 def test_two_back_edges_to_one_head_are_one_loop():
     f = sass.parse(_sass("MOV R1, R2", "IADD3 R1, R1, 0x1, RZ", "@P0 BRA 1", "@P1 BRA 1", "EXIT"))
+    assert [(r.head, r.tail) for r in f.loops] == [(0x10, 0x30)]
+
+
+def test_an_out_of_line_wait_after_the_last_exit_is_not_a_loop():
+    """A TMA load's mbarrier wait retries in a block after the kernel's end, then branches back into the
+    loop that took it: neither back edge is a loop of the kernel."""
+    f = sass.parse(_sass("MOV R1, R2",
+                         "@!P0 BRA 5",                                            # 1  loop head: wait not over
+                         "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24, gsb0",
+                         "@P1 BRA 1",                                             # 3  the loop's back edge
+                         "EXIT",
+                         "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR10+0xc000], R20",  # 5  the slow path
+                         "@!P0 BRA 5",
+                         "BRA 2",
+                         "BRA 8"))
     assert [(r.head, r.tail) for r in f.loops] == [(0x10, 0x30)]
 
 
@@ -185,6 +201,23 @@ def test_quick_run_models_every_kernel_with_a_reference(quick):
     assert ours["predicted_us"].gt(0).all() and ours["reference_us"].gt(0).all()
     assert not ours["flags"].fillna("").str.contains("trips-mismatch").any(), \
         ours.loc[ours["flags"].fillna("").str.contains("trips-mismatch"), ["kernel", "loops", "flags"]]
+
+
+def test_a_tensor_descriptor_is_specialised_and_its_tensor_counted():
+    """A host tensor descriptor argument specialises as Triton's launcher does (triton 3.6 and 3.9), and
+    the tensor it views counts among a launch's bytes although the PTX reads it through no ld.param."""
+    w = torch.empty(64, 288, dtype=torch.float16)
+    descriptor = TensorDescriptor(w, [64, 288], [288, 1], [64, 32])
+    assert static._specialise(object(), descriptor) == ("tensordesc<fp16[64, 32]>", False)
+    x = static.TensorArg((1000,), (1,), torch.float32, 1 << 20)
+    launch = static.Launch("reference_copy", "toy", dispatch.Problem("reference_copy", 1000), dispatch.Config.of(),
+                           True, "bench.reference_kernels:copy_kernel",
+                           (("x_ptr", "*fp32"), ("n", "i32"), ("w_desc", "tensordesc<fp16[64, 32]>")), (), (), (), (1,),
+                           (("x_ptr", x), ("n", 1000), ("w_desc", static.DescriptorArg(
+                               static.TensorArg((64, 288), (288, 1), torch.float16, 1 << 24), (64, 288), (288, 1),
+                               (64, 32)))))
+    assert cost.touched_bytes(launch, "ld.param.u64 %rd1, [k_param_0];") == 4000 + 64 * 288 * 2
+    assert cost.touched_bytes(launch, "") == 64 * 288 * 2
 
 
 def _copy_launch(src_ptr: int, dst_ptr: int) -> static.Launch:

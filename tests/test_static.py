@@ -85,3 +85,18 @@ def test_rejects_apply_only_to_the_source_they_were_found_with(tmp_path, monkeyp
     finally:
         static_checks.static_rejects.cache_clear()
     assert rejects == {("conv2d_forward", "torch.float16", True): frozenset({dispatch.Config.from_json(config)})}
+
+
+def test_conv_forward_tma_candidate_compiles_for_sm90_without_spills(tmp_path):
+    """`--also B_DESCRIPTOR=1` compiles the conv forward's TMA weight loads (a tuning candidate that no GPU
+    has run yet) beside its heuristic configuration: both layouts, with tensor cores and no spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, "-m", "bench.static", "--quick", "--kernel", "conv2d_forward", "--dtype", "float16",
+               "--target", "sm_90", "--also", "B_DESCRIPTOR=1", "--out", str(tmp_path)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = pd.read_csv(tmp_path / "static.csv")
+    candidates = rows[~rows["heuristic"]]
+    assert set(candidates["layout"]) == {"nchw", "nhwc"} and candidates["config"].str.contains("B_DESCRIPTOR=1").all()
+    bad = candidates[(candidates["verdict"] != "ok") | ~(candidates["hgmma"] > 0)]
+    assert bad.empty, _show(bad)

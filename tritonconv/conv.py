@@ -7,6 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from tritonconv import _plans, dispatch, heuristics
 # conv2d routes depthwise and 1x1 convolutions to the ops these modules register; neither imports this one.
@@ -50,7 +51,9 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
     channels per step. A step's address and mask arithmetic is per row and per 16-byte vector, so twice
     the columns per row halve its share of the work per MAC; with the 128x128 float32 accumulator, 64
     channels per step spill on sm_80, and float32 operands spill even at 32 (`python -m bench.static
-    --target sm_90 sm_80 --kernel conv2d_forward`)."""
+    --target sm_90 sm_80 --kernel conv2d_forward`). Weight tiles load with plain loads: the
+    tensor-descriptor loads (B_DESCRIPTOR) are a tuning candidate only (_forward_space), since no GPU has
+    run them."""
     config = _gemm_config(problem, interpreter)
     if interpreter or config["BLOCK_M"] != 128 or problem.dtype == torch.float32:
         return config
@@ -79,6 +82,21 @@ def _gemm_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     against the heuristic's output before use (see _gemm_config)."""
     return dispatch.product_space(num_warps=(4, 8), num_stages=(3, 4), BLOCK_M=(64, 128),
                                   BLOCK_N=(64, 128, 256), BLOCK_K=(32, 64, 128), GROUP_M=(8,))
+
+
+def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
+    """_gemm_space (plain weight loads), then, where the GPU has TMA (`heuristics.
+    tensor_memory_accelerator`), those of its configurations whose BLOCK_K divides C_g again with the
+    weight tiles loaded through a tensor descriptor (B_DESCRIPTOR=1, see conv2d_forward_kernel; a config
+    without the parameter loads them plainly). With such steps a box never reaches into the next tap's
+    channels (which the kernel would mask in registers), and C_g is a multiple of 32 elements, so the
+    packed weight's rows and every box's start are 16-byte aligned, as TMA needs."""
+    space = _gemm_space(problem)
+    channels = problem.k // dict(problem.extra).get("taps", 1)
+    if not heuristics.tensor_memory_accelerator():
+        return space
+    return space + [dispatch.Config.of(**c.launch_kwargs(), B_DESCRIPTOR=1) for c in space
+                    if channels % c["BLOCK_K"] == 0]
 
 
 def _rows_reading_input(args: Mapping[str, object], forward: bool) -> float:
@@ -129,7 +147,7 @@ def _weight_grad_trips(problem: dispatch.Problem, config: dispatch.Config,
     return (cdiv(pixels // config["BLOCK_K"], splits), (pixels % config["BLOCK_K"] != 0) / splits)
 
 
-dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _forward_config, _gemm_space,
+dispatch.register("conv2d_forward", "implicit_gemm", conv2d_forward_kernel, _forward_config, _forward_space,
                   trips=_gemm_trips)
 dispatch.register("conv2d_input_grad", "implicit_gemm", conv2d_input_grad_kernel, _input_grad_config, _gemm_space,
                   trips=_gemm_trips)
@@ -157,23 +175,52 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     xg, wg = gemm_operand(_plans.meta_like(x)), gemm_operand(_plans.meta_like(w))
     g = geo.groups
     m = geo.batch * geo.out_height * geo.out_width
-    args = (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *xg.stride(), *wg.stride(), *y.stride(),
-            bias.stride(0) if bias is not None else 0)
     flags = {"HAS_BIAS": bias is not None, "INT64": needs_int64(xg, wg, y), **_tap_bits(geo),
              **dot_flags(x.dtype)}
+
+    def launch_args(w_strides: Sequence[int]) -> tuple:
+        return (*geo.launch_args(), *geo.live_taps(0), *geo.live_taps(1), *xg.stride(), *w_strides, *y.stride(),
+                bias.stride(0) if bias is not None else 0)
 
     def prepare(cfg: dispatch.Config) -> Callable:
         grid = (cdiv(m, cfg["BLOCK_M"]) * cdiv(geo.out_channels // g, cfg["BLOCK_N"]), g)
         kernel = _plans.launcher(conv2d_forward_kernel, grid, EVEN_K=geo.in_channels // g % cfg["BLOCK_K"] == 0,
-                                 **flags, **cfg.launch_kwargs())
+                                 **flags, **{"B_DESCRIPTOR": 0, **cfg.launch_kwargs()})
+        if cfg.get("B_DESCRIPTOR"):
+            args = launch_args(_k_major_strides(w))
+
+            def run(x, w, bias):
+                y = alloc()
+                wk = _k_major(w)
+                k = math.prod(wk.shape[1:])  # the row stride too (with one filter, stride(0) may be anything)
+                rows = TensorDescriptor(wk, [wk.shape[0], k], [k, 1], [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+                kernel(gemm_operand(x), wk, w if bias is None else bias, y, *args, rows)
+                return y
+            return run
+        args = launch_args(wg.stride())
 
         def run(x, w, bias):
             y = alloc()
-            kernel(gemm_operand(x), gemm_operand(w), w if bias is None else bias, y, *args)
+            kernel(gemm_operand(x), gemm_operand(w), w if bias is None else bias, y, *args, None)
             return y
         return run
 
     return dispatch.runner(_forward_problem(geo, x, w), prepare, x, w, bias)
+
+
+def _k_major_strides(w: torch.Tensor) -> tuple[int, int, int, int]:
+    """The strides of the weight (F, C_g, KH, KW) packed as the K-major GEMM operand (F, KH*KW*C_g): a dense
+    channels_last tensor's."""
+    f, c, kh, kw = w.shape
+    return (kh * kw * c, 1, kw * c, c)
+
+
+def _k_major(w: torch.Tensor) -> torch.Tensor:
+    """The weight with `_k_major_strides` and a 16-byte aligned start, as a tensor descriptor of the packed
+    (F, KH*KW*C_g) matrix needs: as it is when it already is (a dense channels_last weight), else a copy.
+    A stride along an axis of size 1 is never used, so it may be anything."""
+    packed = all(size == 1 or have == want for size, have, want in zip(w.shape, w.stride(), _k_major_strides(w)))
+    return w if packed and w.data_ptr() % 16 == 0 else w.clone(memory_format=torch.channels_last)
 
 
 def _forward_problem(geo: ConvGeometry, x: torch.Tensor, w: torch.Tensor) -> dispatch.Problem:

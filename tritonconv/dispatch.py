@@ -448,7 +448,8 @@ def _is_pow2(value: int) -> bool:
 
 def check_entry(problem: Problem, entry: object) -> Config:
     """The Config a cache entry for `problem` holds, or ValueError saying why it holds none the kernel
-    could run: its meta-parameters must be the kernel's (the names its heuristic sets), each an int
+    could run: its meta-parameters must be the kernel's (the names its heuristic, or one configuration of
+    its tuning space, sets: conv2d_forward's TMA candidates add one), each an int
     within the range of the values the kernel's heuristic and tuning space use for the shape bucket,
     and a power of two wherever all of those are (block sizes); num_warps a power of two and
     num_stages >= 1, both within that range too. A cache file is user-writable, so an entry is data to
@@ -462,10 +463,10 @@ def check_entry(problem: Problem, entry: object) -> Config:
     largest = replace(problem, m=triton.next_power_of_2(max(problem.m, 1)))
     known = [c for p in (problem, largest) for c in (kernel.heuristic(p, False), *kernel.space(p))]
     names = sorted(dict(known[0].meta))
-    if not isinstance(meta, dict) or sorted(meta) != names:
+    if not isinstance(meta, dict) or not any(sorted(meta) == sorted(dict(c.meta)) for c in known):
         raise ValueError(f"its meta-parameters {sorted(meta) if isinstance(meta, dict) else meta!r} are not "
                          f"the kernel's {names}")
-    values = {name: [dict(c.meta)[name] for c in known] for name in names}
+    values = {name: [dict(c.meta)[name] for c in known if name in dict(c.meta)] for name in meta}
     values["num_warps"] = [c.num_warps for c in known]
     values["num_stages"] = [c.num_stages for c in known]
     for name, value in {**meta, "num_warps": warps, "num_stages": stages}.items():

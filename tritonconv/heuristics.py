@@ -21,6 +21,12 @@ SMEM_PER_BLOCK = 227 * 1024
 SMEM_PER_SM = 228 * 1024
 
 
+def tensor_memory_accelerator() -> bool:
+    """Whether the current GPU loads tiles through tensor descriptors in hardware (TMA: sm_90 and later),
+    or there is no GPU (Triton's interpreter runs descriptor loads, and bench.static compiles for sm_90)."""
+    return not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] >= 9
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for b > 0, in plain Python: triton.cdiv is a Triton function, costly to call from host
     code."""
