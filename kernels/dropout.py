@@ -1,7 +1,8 @@
 """Dropout kernels for conv nets: element, spatial (per feature map), cutout and DropBlock.
 
 No kernel stores a mask. Every keep/drop decision is a pure function of a 64-bit seed and the logical
-(n, c, h, w) position of the element, computed with Triton's Philox4x32-10 (`tl.randint4x`). A forward
+(n, c, h, w) position of the element, computed with Triton's Philox4x32-10 (`tl.randint4x`; `_philox`
+gives its words in fewer instructions, and draws all but spatial dropout's one word per map). A forward
 and its backward read the same seed (a one-element int64 tensor) and so regenerate the same mask; the
 memory layout of the tensors never enters the key, so NCHW and channels_last give the same mask, and a
 gradient can arrive in a different layout from the input.
@@ -48,6 +49,30 @@ CUTOUT = tl.constexpr(2)    # one size x size square per (n, c) map, clipped at 
 
 
 @triton.jit
+def _philox(seed, counter):
+    """tl.randint4x(seed, counter), bit for bit: Philox4x32-10 of (counter's low and high words, 0, 0)
+    under the 64-bit key `seed`, with each round's two products taken as 64-bit products of 32-bit
+    words. tl.randint4x takes a product's high word (umulhi) and its low word (a second multiply)
+    separately, so every product costs two multiplies; one wide multiply gives both, a third of the
+    instructions of a call."""
+    c0 = counter.to(tl.uint32)
+    c1 = (counter >> 32).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    key = seed.to(tl.uint64)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (key >> 32).to(tl.uint32)
+    for _ in tl.static_range(10):
+        p0 = c0.to(tl.uint64) * 0xD2511F53
+        p2 = c2.to(tl.uint64) * 0xCD9E8D57
+        c0, c1, c2, c3 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0, p2.to(tl.uint32), \
+            (p0 >> 32).to(tl.uint32) ^ c3 ^ k1, p0.to(tl.uint32)
+        k0 += 0x9E3779B9
+        k1 += 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def _halves_kept(r0, r1, r2, r3, threshold, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Interleave four [ROWS, COLS // 8] blocks of Philox words into one [ROWS, COLS] block of keep bits:
     the eight 16-bit halves of column q's call serve columns 8q..8q+7 in the order that the joins below
@@ -84,7 +109,7 @@ def _element_kept(seed, first, threshold, ROWS: tl.constexpr, COLS: tl.constexpr
     and a ninth call per row would be computed in the load's layout, many times over."""
     calls = first // 8
     q = tl.arange(0, COLS // 8)
-    r0, r1, r2, r3 = tl.randint4x(seed, calls[:, None] + q[None, :])
+    r0, r1, r2, r3 = _philox(seed, calls[:, None] + q[None, :])
     if ALIGNED:
         kept = _halves_kept(r0, r1, r2, r3, threshold, ROWS, COLS)
     else:
@@ -100,7 +125,7 @@ def _cut_square(seed, r, H, W, cut_size):
     """CUTOUT's square of map r: its top row and left column. A centre (cy, cx) uniform over the map: the
     high word of u * H is floor(u * H / 2^32), uniform on [0, H) up to a bias of H / 2^32. The square
     spans rows [cy - size//2, cy - size//2 + size), centred for odd sizes."""
-    u_h, u_w, _, _ = tl.randint4x(seed, r)
+    u_h, u_w, _, _ = _philox(seed, r)
     top = tl.umulhi(u_h, tl.cast(H, tl.uint32)).to(tl.int32) - cut_size // 2
     left = tl.umulhi(u_w, tl.cast(W, tl.uint32)).to(tl.int32) - cut_size // 2
     return top, left
@@ -219,30 +244,6 @@ def _spread_bits(bits, width):
         bits |= bits << step
         covered += step
     return bits
-
-
-@triton.jit
-def _philox(seed, counter):
-    """tl.randint4x(seed, counter), bit for bit: Philox4x32-10 of (counter's low and high words, 0, 0)
-    under the 64-bit key `seed`, with each round's two products taken as 64-bit products of 32-bit
-    words. tl.randint4x takes a product's high word (umulhi) and its low word (a second multiply)
-    separately, so every product costs two multiplies; one wide multiply gives both, a third of the
-    instructions of a call."""
-    c0 = counter.to(tl.uint32)
-    c1 = (counter >> 32).to(tl.uint32)
-    c2 = c0 * 0
-    c3 = c0 * 0
-    key = seed.to(tl.uint64)
-    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
-    k1 = (key >> 32).to(tl.uint32)
-    for _ in tl.static_range(10):
-        p0 = c0.to(tl.uint64) * 0xD2511F53
-        p2 = c2.to(tl.uint64) * 0xCD9E8D57
-        c0, c1, c2, c3 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0, p2.to(tl.uint32), \
-            (p0 >> 32).to(tl.uint32) ^ c3 ^ k1, p0.to(tl.uint32)
-        k0 += 0x9E3779B9
-        k1 += 0xBB67AE85
-    return c0, c1, c2, c3
 
 
 @triton.jit
