@@ -87,25 +87,28 @@ def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """One row of lanes: the width (at most 128 lanes, 64 in channels_last, whose contiguous channels want 16
     or more per tile) whose column blocks, each with its bs - 1 halo columns, cover the map's width in the
-    fewest lanes. Channels fill the tile to 8 lanes per thread: 1024 lanes on 4 warps in channels_last,
-    512 on 2 warps in NCHW, whose rows start inside a vector (the halo lanes) so that every element is its
-    own load with its own 64-bit address, which on 4 warps leave room for only 2 programs per SM (8192
-    lanes in the interpreter, which pays per program). A row's addresses, loop and layout conversion cost
-    the same per thread however many lanes it holds, and each lane carries only Philox words and two
-    32-row bit masks (`python -m bench.static --kernel drop_block_count drop_block_apply --space full`
-    shows the registers). Rows: the whole map up to 96 rows (three 32-row chunks, which start on
-    multiples of 32: no halo rows drawn or read twice), else 64 per program (the halo costs one chunk
-    more per program), the whole map in the interpreter."""
+    fewest lanes. Channels fill the tile to 8 lanes per thread: 1024 lanes on 4 warps in channels_last, 512
+    on 2 warps in NCHW, whose rows start inside a vector (the halo lanes) so that every element is its own
+    load with its own 64-bit address, which on 4 warps leave room for only 2 programs per SM; pass 2 in
+    float32 channels_last takes 4 lanes per thread (512 on 4 warps), since four rows of 8 float32 lanes per
+    thread spill (triton 3.9 on sm_80, 3.6 on sm_90); 8192 lanes in the interpreter, which pays per program.
+    A row's addresses, loop and layout conversion cost the same per thread however many lanes it holds, and
+    each lane carries only Philox words and two 32-row bit masks (`python -m bench.static --kernel
+    drop_block_count drop_block_apply --space full` shows the registers). Rows: the whole map up to 96 rows
+    (three 32-row chunks, which start on multiples of 32: no halo rows drawn or read twice), else 64 per
+    program (the halo costs one chunk more per program), the whole map in the interpreter."""
     block = dict(problem.extra)["block"]
     widest = max(64 if problem.channels_last and not interpreter else 128, next_power_of_2(2 * block))
     # The fewest lanes per map row, halos and the last block's unused columns included (65 columns and
     # bs = 7: 3 blocks of 32 lanes, where 2 of 64 hold 128), the wider on a tie.
     block_w = min((v for v in (4, 8, 16, 32, 64, 128, 256) if block < v <= widest),
                   key=lambda v: (cdiv(problem.n, v - block + 1) * v, -v))
-    lanes = 8192 if interpreter else 1024 if problem.channels_last else 512
+    per_thread = 4 if (problem.kernel == "drop_block_apply" and problem.channels_last
+                       and problem.dtype.itemsize == 4) else 8
+    lanes = 8192 if interpreter else (128 if problem.channels_last else 64) * per_thread
     block_c = heuristics.pow2_clamp(problem.m, 1, max(1, lanes // block_w))
     block_h = problem.k if interpreter or problem.k <= 96 else 64
-    warps = heuristics.pow2_clamp(block_c * block_w // 256, 1, 4)
+    warps = heuristics.pow2_clamp(block_c * block_w // (32 * per_thread), 1, 4)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
 
 
