@@ -1,7 +1,8 @@
 """Dropout kernels for conv nets: element, spatial (per feature map), cutout and DropBlock.
 
 No kernel stores a mask. Every keep/drop decision is a pure function of a 64-bit seed and the logical
-(n, c, h, w) position of the element, computed with Triton's Philox4x32-10 (`tl.randint4x`). A forward
+(n, c, h, w) position of the element, computed with Triton's Philox4x32-10 (`tl.randint4x`; `_philox`
+gives its words in fewer instructions, and draws all but spatial dropout's one word per map). A forward
 and its backward read the same seed (a one-element int64 tensor) and so regenerate the same mask; the
 memory layout of the tensors never enters the key, so NCHW and channels_last give the same mask, and a
 gradient can arrive in a different layout from the input.
@@ -18,6 +19,9 @@ Keys, with r = n*C + c the index of a feature map (a "row"):
     cutout            counter r, words 0 and 1: the square's centre row and column.
     DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
                       (r * ceil(Hs/4) + i // 4) * Ws + j, word i % 4 (four seed rows per call).
+                      Within one forward call, pass 1 also packs the seeds it draws into a workspace
+                      (one bit per seed) that pass 2 reads instead of drawing them again; the workspace
+                      goes when the call returns, and the backward draws from the key.
 
 Spatial dropout turns a word u (uint32) into a uniform float in [0, 1) by `tl.uint_to_uniform_float` and
 keeps the map when that float is >= p, so p = 0 keeps everything and p = 1 drops everything. Element
@@ -42,6 +46,30 @@ from tritonconv.kernels.common import sample_channel_blocks
 ELEMENT = tl.constexpr(0)   # each element independently: F.dropout
 CHANNEL = tl.constexpr(1)   # each (n, c) feature map as a whole: F.dropout2d
 CUTOUT = tl.constexpr(2)    # one size x size square per (n, c) map, clipped at the border
+
+
+@triton.jit
+def _philox(seed, counter):
+    """tl.randint4x(seed, counter), bit for bit: Philox4x32-10 of (counter's low and high words, 0, 0)
+    under the 64-bit key `seed`, with each round's two products taken as 64-bit products of 32-bit
+    words. tl.randint4x takes a product's high word (umulhi) and its low word (a second multiply)
+    separately, so every product costs two multiplies; one wide multiply gives both, a third of the
+    instructions of a call."""
+    c0 = counter.to(tl.uint32)
+    c1 = (counter >> 32).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    key = seed.to(tl.uint64)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (key >> 32).to(tl.uint32)
+    for _ in tl.static_range(10):
+        p0 = c0.to(tl.uint64) * 0xD2511F53
+        p2 = c2.to(tl.uint64) * 0xCD9E8D57
+        c0, c1, c2, c3 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0, p2.to(tl.uint32), \
+            (p0 >> 32).to(tl.uint32) ^ c3 ^ k1, p0.to(tl.uint32)
+        k0 += 0x9E3779B9
+        k1 += 0xBB67AE85
+    return c0, c1, c2, c3
 
 
 @triton.jit
@@ -81,7 +109,7 @@ def _element_kept(seed, first, threshold, ROWS: tl.constexpr, COLS: tl.constexpr
     and a ninth call per row would be computed in the load's layout, many times over."""
     calls = first // 8
     q = tl.arange(0, COLS // 8)
-    r0, r1, r2, r3 = tl.randint4x(seed, calls[:, None] + q[None, :])
+    r0, r1, r2, r3 = _philox(seed, calls[:, None] + q[None, :])
     if ALIGNED:
         kept = _halves_kept(r0, r1, r2, r3, threshold, ROWS, COLS)
     else:
@@ -97,7 +125,7 @@ def _cut_square(seed, r, H, W, cut_size):
     """CUTOUT's square of map r: its top row and left column. A centre (cy, cx) uniform over the map: the
     high word of u * H is floor(u * H / 2^32), uniform on [0, H) up to a bias of H / 2^32. The square
     spans rows [cy - size//2, cy - size//2 + size), centred for odd sizes."""
-    u_h, u_w, _, _ = tl.randint4x(seed, r)
+    u_h, u_w, _, _ = _philox(seed, r)
     top = tl.umulhi(u_h, tl.cast(H, tl.uint32)).to(tl.int32) - cut_size // 2
     left = tl.umulhi(u_w, tl.cast(W, tl.uint32)).to(tl.int32) - cut_size // 2
     return top, left
@@ -219,30 +247,6 @@ def _spread_bits(bits, width):
 
 
 @triton.jit
-def _philox(seed, counter):
-    """tl.randint4x(seed, counter), bit for bit: Philox4x32-10 of (counter's low and high words, 0, 0)
-    under the 64-bit key `seed`, with each round's two products taken as 64-bit products of 32-bit
-    words. tl.randint4x takes a product's high word (umulhi) and its low word (a second multiply)
-    separately, so every product costs two multiplies; one wide multiply gives both, a third of the
-    instructions of a call."""
-    c0 = counter.to(tl.uint32)
-    c1 = (counter >> 32).to(tl.uint32)
-    c2 = c0 * 0
-    c3 = c0 * 0
-    key = seed.to(tl.uint64)
-    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
-    k1 = (key >> 32).to(tl.uint32)
-    for _ in tl.static_range(10):
-        p0 = c0.to(tl.uint64) * 0xD2511F53
-        p2 = c2.to(tl.uint64) * 0xCD9E8D57
-        c0, c1, c2, c3 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0, p2.to(tl.uint32), \
-            (p0 >> 32).to(tl.uint32) ^ c3 ^ k1, p0.to(tl.uint32)
-        k0 += 0x9E3779B9
-        k1 += 0xBB67AE85
-    return c0, c1, c2, c3
-
-
-@triton.jit
 def _popcount(v):
     """Set bits of each uint32 (the bit-parallel sum: pairs, nibbles, bytes, then the bytes' sum in the
     top byte of one multiply)."""
@@ -278,10 +282,21 @@ def _row(ptr, c_offs, w_offs, i, stride_h):
 
 
 @triton.jit
+def _store_kept(ptrs, x, dropped, k, scale, mask):
+    """Store row k of a chunk: x * scale where bit k of `dropped` is clear, else an exact zero (a select,
+    so a dropped element gives 0 whatever it holds)."""
+    keep = ((dropped >> k) & 1) == 0
+    tl.store(ptrs, tl.where(keep, x.to(tl.float32) * scale, 0.0).to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def drop_block_kernel(
     x_ptr, y_ptr,   # input and output (APPLY only)
     seed_ptr,       # one int64, the Philox seed
     count_ptr,      # one int64: the kept elements, added to by COUNT, read by APPLY
+    seeds_ptr,      # int32 words of packed seeds, one per (map r, seed rows [32G, 32G + 32), seed column j) at
+                    # (r * ceil(Hs / 32) + G) * Ws + j, bit b for row 32G + b (rows Hs and below clear):
+                    # written by COUNT, read by APPLY with SEEDS
     # Sizes: x and y (N, C, H, W); block side bs; seed grid Hs x Ws = (H - bs + 1) x (W - bs + 1).
     C, H, W, bs, Hs, Ws,
     gamma_bits,     # a seed-grid position starts a block when its 32-bit draw u < gamma_bits =
@@ -291,8 +306,10 @@ def drop_block_kernel(
     # Element strides of x and y in (N, C, H, W) order.
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
-    COUNT: tl.constexpr,     # True: add the number of kept elements to *count_ptr (int64); no x or y.
+    COUNT: tl.constexpr,     # True: add the number of kept elements to *count_ptr (int64) and write the
+                             # packed seeds of the program's own rows to seeds_ptr; no x or y.
                              # False: y = x * keep * numel / (eps + *count_ptr).
+    SEEDS: tl.constexpr,     # APPLY only: read the seeds that COUNT wrote instead of drawing them again
     BLOCK_C: tl.constexpr,   # channels of one sample per program
     BLOCK_W: tl.constexpr,   # lanes per row: bs - 1 halo columns, then BLOCK_W - bs + 1 output columns
     BLOCK_H: tl.constexpr,   # output rows per program
@@ -303,20 +320,23 @@ def drop_block_kernel(
     A seed at grid position (i, j) drops the bs x bs square of rows [i, i+bs) and columns [j, j+bs), so
     element (h, w) is dropped when some seed lies in rows [h-bs+1, h] and columns [w-bs+1, w]: a max over
     columns, then over rows. Each program owns BLOCK_C maps x BLOCK_H rows x (BLOCK_W - bs + 1) columns
-    and walks the seed rows from h0 - bs + 1 down to its last row, 32 at a time ("chunks"): it draws the
-    seeds of its lanes for the 32 rows as the bits of one uint32 per lane, spreads each bit over the lane
-    and the bs - 1 lanes to its right (`_spread_lanes`: a few gathers along the lanes per chunk), then
-    over its own row and the bs - 1 rows after it (`_spread_bits`: shifts of the register towards its
-    high bits), and sets the lowest bits for the rows that seeds of earlier chunks still reach (`reach`). Bit k of the result
-    is set when output row 4*g0 + k of the lane is dropped. So each seed is drawn once per program, the
-    halo costs bs - 1 extra rows and columns of draws, never bs^2 draws per element, and the mask of a
-    row is one bit test.
+    and walks the seed rows from the multiple of 32 at or above h0 - bs + 1 down to its last row, 32 at a
+    time ("chunks"): it draws the seeds of its lanes for the 32 rows as the bits of one uint32 per lane
+    (those it needs: rows from h0 - bs + 1), spreads each bit over the lane and the bs - 1 lanes to its
+    right (`_spread_lanes`: a few gathers along the lanes per chunk), then over its own row and the bs - 1
+    rows after it (`_spread_bits`: shifts of the register towards its high bits), and sets the lowest bits
+    for the rows that seeds of earlier chunks still reach (`reach`). Bit k of the result is set when
+    output row 4*g0 + k of the lane is dropped. So each seed is drawn once per program, the halo costs
+    bs - 1 extra rows and columns of draws, never bs^2 draws per element, and the mask of a row is one bit
+    test.
 
     Pass 1 (COUNT) counts the kept elements of the program's own outputs (the halos overlap, the outputs
-    do not) from the bits, 32 rows in one population count, and adds them to one int64 with an atomic.
-    Pass 2 (APPLY) draws the same seeds and writes y = x * keep * numel / (eps + count) (dropped elements
-    as exact zeros). The backward is pass 2 on dy with the same count. Grid:
-    (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
+    do not) from the bits, 32 rows in one population count, and adds them to one int64 with an atomic; it
+    also writes each chunk's seed bits that start in its own rows and columns to seeds_ptr, one word per
+    lane. Pass 2 (APPLY) takes the same seeds, read from those words (SEEDS: a load per chunk, where
+    drawing them is most of the pass's instructions) or drawn again, and writes y = x * keep * numel /
+    (eps + count) (dropped elements as exact zeros). The backward is pass 2 on dy with the same count,
+    drawing. Grid: (N * cdiv(C, BLOCK_C) * cdiv(H, BLOCK_H) * cdiv(W, BLOCK_W - bs + 1),).
     """
     out_cols = BLOCK_W - bs + 1
     num_w = tl.cdiv(W, out_cols)
@@ -349,30 +369,51 @@ def drop_block_kernel(
 
     h0 = pid_h * BLOCK_H
     h_end = tl.minimum(h0 + BLOCK_H, H)
-    # Seeds of earlier chunks drop the first `reach` rows of this one (none at first: the first chunk
-    # starts at the program's first halo row, above which no seed reaches its outputs).
+    # Seeds of earlier chunks drop the first `reach` rows of this one (none at first: above the program's
+    # first halo row no seed reaches its outputs).
     reach = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
-    # Seed rows come four per Philox call and 32 per chunk, one bit each in a lane's register: start at
-    # the call holding row h0 - bs + 1 (or row 0). Only rows below min(h_end, Hs) hold seeds it needs.
+    # Seed rows come four per Philox call and 32 per chunk, one bit each in a lane's register. Chunks start
+    # on multiples of 32 rows, so that a chunk's bits are one word of seeds_ptr. The program needs the seeds
+    # of rows [h0 - bs + 1, h_end): Philox calls from g_first to g_seeds.
+    g_first = tl.maximum(h0 - bs + 1, 0) // 4
     g_seeds = tl.cdiv(tl.minimum(h_end, Hs), 4)
     # Counter of seed rows [4g, 4g + 4) at (map r, column j): (r * ceil(Hs / 4) + g) * Ws + j, a lane's
     # first call plus g * Ws.
     call0 = rows[:, None] * tl.cdiv(Hs, 4) * Ws + w.to(tl.int64)[None, :]
-    for g0 in range(tl.maximum(h0 - bs + 1, 0) // 4, tl.cdiv(h_end, 4), 8):
-        bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.uint32)
-        for g in range(g0, tl.minimum(g0 + 8, g_seeds)):
-            # g * Ws < Hs * Ws, within a map's positions: int32.
-            r0, r1, r2, r3 = _philox(seed, call0 + g * Ws)
-            # Integer comparisons: a float conversion per word costs several instructions.
-            four = (r0.to(tl.int64) < gamma_bits).to(tl.uint32) \
-                | ((r1.to(tl.int64) < gamma_bits).to(tl.uint32) << 1) \
-                | ((r2.to(tl.int64) < gamma_bits).to(tl.uint32) << 2) \
-                | ((r3.to(tl.int64) < gamma_bits).to(tl.uint32) << 3)
-            # Rows Hs and below of the last call hold no seeds.
-            four &= ((1 << tl.minimum(Hs - 4 * g, 4)) - 1).to(tl.uint32)
-            bits |= four << (4 * (g - g0))
+    # Word of seed rows [32G, 32G + 32) at (map r, column j): a lane's first word plus G * Ws.
+    word0 = rows[:, None] * tl.cdiv(Hs, 32) * Ws + w.to(tl.int64)[None, :]
+    seed_lane = (offs_c < C)[:, None] & seed_col[None, :]
+    for g0 in range(g_first // 8 * 8, tl.cdiv(h_end, 4), 8):
+        # g0 // 8 < ceil(Hs / 32): the chunk holds seeds.
+        words = seed_lane & (lane2d * 0 + 4 * g0 < Hs)
+        if SEEDS:
+            bits = tl.load(seeds_ptr + word0 + (g0 // 8) * Ws, mask=words, other=0).to(tl.uint32, bitcast=True)
+        else:
+            # Only the rows the program needs, except that COUNT writes the words that start in its own
+            # rows whole: drawn to the word's last seed row, the program's rows or not.
+            g_stop = g_seeds
+            if COUNT:
+                g_stop = tl.where(4 * g0 >= h0, tl.cdiv(Hs, 4), g_seeds)
+            bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.uint32)
+            for g in range(tl.maximum(g0, g_first), tl.minimum(g0 + 8, g_stop)):
+                # g * Ws < Hs * Ws, within a map's positions: int32.
+                r0, r1, r2, r3 = _philox(seed, call0 + g * Ws)
+                # Integer comparisons: a float conversion per word costs several instructions.
+                four = (r0.to(tl.int64) < gamma_bits).to(tl.uint32) \
+                    | ((r1.to(tl.int64) < gamma_bits).to(tl.uint32) << 1) \
+                    | ((r2.to(tl.int64) < gamma_bits).to(tl.uint32) << 2) \
+                    | ((r3.to(tl.int64) < gamma_bits).to(tl.uint32) << 3)
+                # Rows Hs and below of the last call hold no seeds.
+                four &= ((1 << tl.minimum(Hs - 4 * g, 4)) - 1).to(tl.uint32)
+                bits |= four << (4 * (g - g0))
+            bits = tl.where(seed_lane, bits, 0)
+            if COUNT:
+                # Each seed column is an output column of one program (out_lane), each word starts in
+                # one program's rows: every word is written once.
+                tl.store(seeds_ptr + word0 + (g0 // 8) * Ws, bits.to(tl.int32, bitcast=True),
+                         mask=words & out_lane & (lane2d * 0 + 4 * g0 >= h0))
         # Bit k: a seed in row 4*g0 + k and in one of the lane's bs columns [t-bs+1, t].
-        bits = _spread_lanes(tl.where(seed_col[None, :], bits, 0), lane2d, bs)
+        bits = _spread_lanes(bits, lane2d, bs)
         # Bit k of `dropped`: output row 4*g0 + k is dropped (a seed in rows [4*g0+k-bs+1, 4*g0+k]).
         dropped = _spread_bits(bits, tl.minimum(bs, 32)) | _low_bits(reach)
         # The next chunk starts 32 rows down: this chunk's last seed row, 4*g0 + t for its highest bit t,
@@ -385,22 +426,23 @@ def drop_block_kernel(
             own = (_low_bits(lane2d * 0 + last) & ~_low_bits(lane2d * 0 + first)) & ~dropped
             kept += tl.where(out_lane, _popcount(own), 0)
         else:
-            # Two rows per iteration: both rows' loads go out before either row is written, so one memory
-            # round trip serves two rows (the second is masked off past the block's last row).
-            for k in range(first, last, 2):
+            # Four rows per iteration: all four rows' loads go out before any row is written, so one memory
+            # round trip serves four rows (those past the block's last row are masked off).
+            for k in range(first, last, 4):
                 i = 4 * g0 + k
                 # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
                 # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
                 out1 = out_lane & (lane2d * 0 + k + 1 < last)
-                # Masked by bounds only, so that the loads stay vector loads; the keep decision is a
-                # select, so a dropped element comes out as an exact zero whatever it holds.
-                x0 = tl.load(_row(x_ptr, x_c, x_w, i, sxh), mask=out_lane, other=0.0).to(tl.float32)
-                x1 = tl.load(_row(x_ptr, x_c, x_w, i + 1, sxh), mask=out1, other=0.0).to(tl.float32)
-                keep0 = ((dropped >> k) & 1) == 0
-                keep1 = ((dropped >> (k + 1)) & 1) == 0
-                tl.store(_row(y_ptr, y_c, y_w, i, syh), tl.where(keep0, x0 * scale, 0.0).to(y_ptr.dtype.element_ty),
-                         mask=out_lane)
-                tl.store(_row(y_ptr, y_c, y_w, i + 1, syh),
-                         tl.where(keep1, x1 * scale, 0.0).to(y_ptr.dtype.element_ty), mask=out1)
+                out2 = out_lane & (lane2d * 0 + k + 2 < last)
+                out3 = out_lane & (lane2d * 0 + k + 3 < last)
+                # Masked by bounds only, so that the loads stay vector loads.
+                x0 = tl.load(_row(x_ptr, x_c, x_w, i, sxh), mask=out_lane, other=0.0)
+                x1 = tl.load(_row(x_ptr, x_c, x_w, i + 1, sxh), mask=out1, other=0.0)
+                x2 = tl.load(_row(x_ptr, x_c, x_w, i + 2, sxh), mask=out2, other=0.0)
+                x3 = tl.load(_row(x_ptr, x_c, x_w, i + 3, sxh), mask=out3, other=0.0)
+                _store_kept(_row(y_ptr, y_c, y_w, i, syh), x0, dropped, k, scale, out_lane)
+                _store_kept(_row(y_ptr, y_c, y_w, i + 1, syh), x1, dropped, k + 1, scale, out1)
+                _store_kept(_row(y_ptr, y_c, y_w, i + 2, syh), x2, dropped, k + 2, scale, out2)
+                _store_kept(_row(y_ptr, y_c, y_w, i + 3, syh), x3, dropped, k + 3, scale, out3)
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))

@@ -14,6 +14,7 @@ import tritonconv as tc
 from bench.reference import drop_block_probability
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
+from tritonconv.dropout import drop_block_apply, drop_block_count
 from tritonconv.kernels.dropout import _philox
 
 # The four mask ops with typical arguments, as (name, call(x, **kw)).
@@ -219,6 +220,38 @@ def test_drop_block_mask_same_in_every_layout_dtype_and_tile(block, size, p, mon
         assert torch.equal(tc.drop_block2d(x, p, block, seed=5) == 0, reference)
     finally:
         dispatch.forget()
+
+
+@pytest.mark.parametrize("tile", [None, dict(BLOCK_C=2, BLOCK_W=16, BLOCK_H=8)], ids=["heuristic", "small"])
+def test_drop_block_seed_words_match_drawing(tile, monkeypatch):
+    """Pass 1's seed words hold exactly the seeds (one bit per seed-grid position, rows past the grid
+    clear), and pass 2 reading them (the forward) writes what pass 2 drawing them again (the backward)
+    writes: under the heuristic's tile (the whole 75-row map, three words per column, in the interpreter)
+    and under 8-row blocks, whose programs write the words that start in their rows and read words that
+    other programs wrote."""
+    if tile is not None:
+        for name in ("drop_block_count", "drop_block_apply"):
+            monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(
+                dispatch.spec(name), heuristic=lambda *a: dispatch.Config.of(4, 1, **tile)))
+    dispatch.forget()
+    try:
+        n, c, h, w, block, gamma = 1, 3, 75, 23, 5, 0.03
+        x = rand(n, c, h, w).abs() + 1
+        seed = torch.tensor([11], device=DEVICE)
+        count, words = drop_block_count(x, seed, block, gamma)(x, seed)
+        read = drop_block_apply(x, seed, count, words, block, gamma, False)(x, seed, count, words)
+        drawn = drop_block_apply(x, seed, count, None, block, gamma, False)(x, seed, count, None)
+    finally:
+        dispatch.forget()
+    assert torch.equal(read, drawn)
+    hs, ws = h - block + 1, w - block + 1
+    bits = (words.view(n * c, -1, 1, ws).long() >> torch.arange(32, device=DEVICE)[:, None]) & 1
+    seeds = bits.reshape(n, c, -1, ws)
+    assert seeds.shape[2] == 96 and not seeds[:, :, hs:].any()
+    dropped = read == 0
+    assert dropped.any() and not dropped.all()
+    assert torch.equal(_dilate(seeds[:, :, :hs], block), dropped)
+    assert int(count) == int((~dropped).sum())
 
 
 @triton.jit

@@ -87,21 +87,28 @@ def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
 def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """One row of lanes: the width (at most 128 lanes, 64 in channels_last, whose contiguous channels want 16
     or more per tile) whose column blocks, each with its bs - 1 halo columns, cover the map's width in the
-    fewest lanes. Channels fill the tile to 1024 lanes on 4 warps (8192 in the interpreter, which pays per
-    program), 8 per thread: a row's addresses, loop and layout conversion cost the same per thread however
-    many lanes it holds, and each lane carries only Philox words and two 32-row bit masks (`python -m
-    bench.static --kernel drop_block_count drop_block_apply --space full` shows the registers). Rows: up to 64 per
-    program on a GPU (the halo costs bs - 1 extra seed rows per program), the whole map in the
-    interpreter."""
+    fewest lanes. Channels fill the tile to 8 lanes per thread: 1024 lanes on 4 warps in channels_last, 512
+    on 2 warps in NCHW, whose rows start inside a vector (the halo lanes) so that every element is its own
+    load with its own 64-bit address, which on 4 warps leave room for only 2 programs per SM; pass 2 in
+    float32 channels_last takes 4 lanes per thread (512 on 4 warps), since four rows of 8 float32 lanes per
+    thread spill (triton 3.9 on sm_80, 3.6 on sm_90); 8192 lanes in the interpreter, which pays per program.
+    A row's addresses, loop and layout conversion cost the same per thread however many lanes it holds, and
+    each lane carries only Philox words and two 32-row bit masks (`python -m bench.static --kernel
+    drop_block_count drop_block_apply --space full` shows the registers). Rows: the whole map up to 96 rows
+    (three 32-row chunks, which start on multiples of 32: no halo rows drawn or read twice), else 64 per
+    program (the halo costs one chunk more per program), the whole map in the interpreter."""
     block = dict(problem.extra)["block"]
     widest = max(64 if problem.channels_last and not interpreter else 128, next_power_of_2(2 * block))
     # The fewest lanes per map row, halos and the last block's unused columns included (65 columns and
     # bs = 7: 3 blocks of 32 lanes, where 2 of 64 hold 128), the wider on a tie.
     block_w = min((v for v in (4, 8, 16, 32, 64, 128, 256) if block < v <= widest),
                   key=lambda v: (cdiv(problem.n, v - block + 1) * v, -v))
-    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, (8192 if interpreter else 1024) // block_w))
-    block_h = problem.k if interpreter else min(problem.k, 64)
-    warps = heuristics.pow2_clamp(block_c * block_w // 256, 1, 4)
+    per_thread = 4 if (problem.kernel == "drop_block_apply" and problem.channels_last
+                       and problem.dtype.itemsize == 4) else 8
+    lanes = 8192 if interpreter else (128 if problem.channels_last else 64) * per_thread
+    block_c = heuristics.pow2_clamp(problem.m, 1, max(1, lanes // block_w))
+    block_h = problem.k if interpreter or problem.k <= 96 else 64
+    warps = heuristics.pow2_clamp(block_c * block_w // (32 * per_thread), 1, 4)
     return dispatch.Config.of(num_warps=warps, num_stages=1, BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_H=block_h)
 
 
@@ -125,22 +132,31 @@ def _drop_block_programs(config: dispatch.Config, problem: dispatch.Problem) -> 
 
 def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
                       args: Mapping[str, object]) -> tuple[float, ...]:
-    """Averaged over a program's row blocks: its chunks of 32 seed rows (from its first halo row, rounded
-    down to a Philox call's four), then per chunk the Philox calls that draw seeds, the doubling steps
-    that spread them along the lanes (ceil(log2(bs))) and along the rows (ceil(log2(min(bs, 32)))), and
-    (pass 2; pass 1 counts 32 rows at once) the pairs of the program's own rows walked."""
+    """Averaged over a program's row blocks: its chunks of 32 seed rows (from the multiple of 32 at or
+    above its first halo row), then per chunk the Philox calls that draw seeds (none where pass 2 reads
+    pass 1's words; pass 1 draws the whole words that start in its rows), the doubling steps that spread
+    them along the lanes (ceil(log2(bs))) and along the rows (ceil(log2(min(bs, 32)))), and (pass 2; pass
+    1 counts 32 rows at once) the groups of four of the program's own rows walked."""
     h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
-    chunks, calls, pairs = [], [], 0
+    count = problem.kernel == "drop_block_count"
+    hs = h - bs + 1
+    chunks, calls, quads = [], 0, 0
     for h0 in range(0, h, block_h):
         h_end = min(h0 + block_h, h)
         first = max(h0 - bs + 1, 0) // 4
-        starts = range(first, cdiv(h_end, 4), 8)
+        starts = range(first // 8 * 8, cdiv(h_end, 4), 8)
         chunks.append(len(starts))
-        calls.append(max(0, cdiv(min(h_end, h - bs + 1), 4) - first))
-        pairs += sum(cdiv(max(0, min(32, h_end - 4 * g0) - max(h0 - 4 * g0, 0)), 2) for g0 in starts)
+        for g0 in starts:
+            stop = cdiv(hs, 4) if count and 4 * g0 >= h0 else cdiv(min(h_end, hs), 4)
+            calls += max(0, min(g0 + 8, stop) - max(g0, first))
+            quads += cdiv(max(0, min(32, h_end - 4 * g0) - max(h0 - 4 * g0, 0)), 4)
     n = sum(chunks)
-    steps = (n / len(chunks), sum(calls) / n, math.ceil(math.log2(bs)), math.ceil(math.log2(min(bs, 32))))
-    return steps if problem.kernel == "drop_block_count" else (*steps, pairs / n)
+    spread = (math.ceil(math.log2(bs)), math.ceil(math.log2(min(bs, 32))))
+    if count:
+        return (n / len(chunks), calls / n, *spread)
+    if dict(problem.extra).get("seeds"):
+        return (n / len(chunks), *spread, quads / n)
+    return (n / len(chunks), calls / n, *spread, quads / n)
 
 
 def _mask_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
@@ -237,62 +253,82 @@ def _gamma_bits(gamma: float) -> int:
     return min(round(gamma * 2**32), 2**32)
 
 
-def _drop_block_problem(kernel: str, t: torch.Tensor, block: int) -> dispatch.Problem:
+def _drop_block_problem(kernel: str, t: torch.Tensor, block: int, seeds: bool = False) -> dispatch.Problem:
+    """`seeds`: pass 2 reads pass 1's seed words rather than drawing (its trips differ)."""
     n, c, h, w = t.shape
     return dispatch.Problem(kernel, m=c, n=w, k=h, batch=n, dtype=t.dtype, channels_last=channels_last(t),
-                            extra=(("block", block),))
+                            extra=(("block", block), ("seeds", True)) if seeds else (("block", block),))
+
+
+def _seed_words(x: torch.Tensor, block: int) -> int:
+    """How many int32 words pass 1 writes the seeds of x's shape into: one per map, 32 seed rows and seed
+    column (kernels/dropout.py, seeds_ptr)."""
+    n, c, h, w = x.shape
+    return n * c * cdiv(h - block + 1, 32) * (w - block + 1)
 
 
 @dispatch.on_inputs_device
 def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: float) -> Callable:
-    """The launch of pass 1 of DropBlock on tensors like these: run(x, seed) -> the number of elements of x's
-    shape that the mask keeps, as a one-element int64 tensor on x's device. Draws the seeds and reads
-    nothing else."""
+    """The launch of pass 1 of DropBlock on tensors like these: run(x, seed) -> (count, seeds): the number
+    of elements of x's shape that the mask keeps, as a one-element int64 tensor on x's device, and the
+    seeds packed one bit each into int32 words (kernels/dropout.py, seeds_ptr), for pass 2 of the same
+    call. Draws the seeds and reads nothing else.
+
+    The seed words are a workspace, as split-K's partial sums are, not a stored mask: drop_block2d hands
+    them from pass 1 to pass 2 of one forward call and lets them go when it returns (autograd saves the
+    seed and the count, never the words). The seed bits live only inside one call; the backward draws
+    the seeds again from (seed, logical index), which the cost model predicts cheaper than running pass 1
+    again to refill a workspace."""
     n, c, h, w = x.shape
     zeros = functools.partial(torch.zeros, 1, dtype=torch.int64, device=x.device)
+    words = functools.partial(torch.empty, _seed_words(x, block), dtype=torch.int32, device=x.device)
     if x.numel() == 0:
-        return lambda x, seed: zeros()
+        return lambda x, seed: (zeros(), words())
     problem = _drop_block_problem("drop_block_count", x, block)
     args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), 0.0, 0.0, *x.stride(), *x.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
-        kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=True,
+        kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=True, SEEDS=False,
                                  **cfg.launch_kwargs())
 
         def run(x, seed):
             count = zeros()  # the programs add into it
-            kernel(x, x, seed, count, *args)
-            return count
+            seeds = words()  # the programs write every word
+            kernel(x, x, seed, count, seeds, *args)
+            return count, seeds
         return run
 
     return dispatch.runner(problem, prepare, x, seed)
 
 
 @dispatch.on_inputs_device
-def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, block: int, gamma: float,
-                     out_channels_last: bool) -> Callable:
-    """The launch of pass 2 of DropBlock on tensors like these: run(x, seed, count) -> y = x * keep * numel /
-    (eps + count), eps = 1e-6 as in torchvision."""
+def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, seeds: torch.Tensor | None, block: int,
+                     gamma: float, out_channels_last: bool) -> Callable:
+    """The launch of pass 2 of DropBlock on tensors like these: run(x, seed, count, seeds) -> y = x * keep *
+    numel / (eps + count), eps = 1e-6 as in torchvision. `seeds`: the seed words that pass 1 wrote in the
+    same call (`drop_block_count`), read instead of drawing the seeds again; None (the backward) draws
+    them from `seed`, the same bits."""
     n, c, h, w = x.shape
     y = empty_like_layout(x.shape, out_channels_last, x.dtype, "meta")
     alloc = _plans.allocator(y, x.device)
     if y.numel() == 0:
-        return lambda x, seed, count: alloc()
-    problem = _drop_block_problem("drop_block_apply", x, block)
+        return lambda x, seed, count, seeds: alloc()
+    problem = _drop_block_problem("drop_block_apply", x, block, seeds is not None)
     args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), float(x.numel()), 1e-6, *x.stride(),
             *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=False,
-                                 **cfg.launch_kwargs())
+                                 SEEDS=seeds is not None, **cfg.launch_kwargs())
 
-        def run(x, seed, count):
+        def run(x, seed, count, seeds):
             y = alloc()
-            kernel(x, y, seed, count, *args)
+            # Without words the kernel reads none: any pointer stands in.
+            kernel(x, y, seed, count, count if seeds is None else seeds, *args)
             return y
         return run
 
-    return dispatch.runner(problem, prepare, x, seed, count)
+    return dispatch.runner(problem, prepare, x, seed, count, seeds)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,7 +367,7 @@ _MASK_AUTOGRAD = _plans.register_autograd(_mask_op, _mask_backward, _mask_setup_
 
 
 @torch.library.custom_op("tritonconv::drop_block_count", mutates_args=(),
-                         schema="(Tensor x, Tensor seed, int block, float gamma) -> Tensor")
+                         schema="(Tensor x, Tensor seed, int block, float gamma) -> (Tensor, Tensor)")
 @dispatch.on_inputs_device  # the launch runs under its tensors\' device
 def _drop_block_count_op(x, seed, block, gamma):
     return drop_block_count(x, seed, block, gamma)(x, seed)
@@ -339,34 +375,36 @@ def _drop_block_count_op(x, seed, block, gamma):
 
 @_drop_block_count_op.register_fake
 def _(x, seed, block, gamma):
-    return torch.empty(1, dtype=torch.int64, device=x.device)
+    return (torch.empty(1, dtype=torch.int64, device=x.device),
+            torch.empty(_seed_words(x, block), dtype=torch.int32, device=x.device))
 
 
 @torch.library.custom_op("tritonconv::drop_block_apply", mutates_args=(),
-                         schema="(Tensor x, Tensor seed, Tensor count, int block, float gamma, bool channels_last) "
-                                "-> Tensor")
+                         schema="(Tensor x, Tensor seed, Tensor count, Tensor? seeds, int block, float gamma, "
+                                "bool channels_last) -> Tensor")
 @dispatch.on_inputs_device  # the launch runs under its tensors\' device
-def _drop_block_apply_op(x, seed, count, block, gamma, channels_last):
-    return drop_block_apply(x, seed, count, block, gamma, channels_last)(x, seed, count)
+def _drop_block_apply_op(x, seed, count, seeds, block, gamma, channels_last):
+    return drop_block_apply(x, seed, count, seeds, block, gamma, channels_last)(x, seed, count, seeds)
 
 
 @_drop_block_apply_op.register_fake
-def _(x, seed, count, block, gamma, channels_last):
+def _(x, seed, count, seeds, block, gamma, channels_last):
     return empty_like_layout(x.shape, channels_last, x.dtype, x.device)
 
 
-_plans.plannable("drop_block_apply", 3, drop_block_apply)
+_plans.plannable("drop_block_apply", 4, drop_block_apply)
 
 
 def _drop_block_setup_context(ctx, inputs, output):
-    _x, seed, count, *params = inputs
+    # The seed words are left behind: the backward draws the seeds again.
+    _x, seed, count, _seeds, *params = inputs
     ctx.save_for_backward(seed, count)
     ctx.params = params
 
 
 def _drop_block_backward(ctx, dy):
     seed, count = ctx.saved_tensors
-    return input_grads(ctx, _plans.call("drop_block_apply", dy, seed, count, *ctx.params))
+    return input_grads(ctx, _plans.call("drop_block_apply", dy, seed, count, None, *ctx.params))
 
 
 _DROP_BLOCK_AUTOGRAD = _plans.register_autograd(_drop_block_apply_op, _drop_block_backward, _drop_block_setup_context)
@@ -501,10 +539,12 @@ def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool 
     the bs x bs square whose top-left corner is the seed, so it always lies inside the map and gamma keeps
     its meaning.
 
-    Two passes, no stored mask: pass 1 draws the seeds and counts the kept elements into one int64 on the
-    device (no read of x); pass 2 draws them again and writes y (dropped elements as exact zeros). The backward
-    is pass 2 applied to dy with the saved seed and count. Returns `input` itself when not training or
-    p = 0.
+    Two passes, no stored mask: pass 1 draws the seeds, counts the kept elements into one int64 on the
+    device (no read of x) and packs the seeds one bit each into a workspace; pass 2 reads them from there
+    and writes y (dropped elements as exact zeros). The seed bits live only inside one call: the
+    workspace is freed when the forward returns, and the backward is pass 2 applied to dy with the saved
+    seed and count, drawing the seeds again (cheaper than a second pass 1 to refill a workspace). Returns
+    `input` itself when not training or p = 0.
 
     Args:
         input: (N, C, H, W) float32, float16 or bfloat16, NCHW or channels_last.
@@ -519,15 +559,16 @@ def drop_block2d(input: torch.Tensor, p: float, block_size: int, training: bool 
         count, plan = _plans.plan(key, lambda: _drop_block_plan(input, active, p, block_size))
         seed_t = philox_seed(seed, input.device) if active else None
         # Pass 1 reads nothing of x and records no autograd: its plan runs on x as it is.
-        return plan(_plans.needs_grad(input), input, seed_t, None if count is None else count(False, input, seed_t))
+        passed = (None, None) if count is None else count(False, input, seed_t)
+        return plan(_plans.needs_grad(input), input, seed_t, *passed)
     p, block, gamma = _drop_block_checked(input, p, block_size)
     check_seed(seed)
     if not active:
         return input
     seed_t = philox_seed(seed, input.device)
     # Pass 1 only needs x's shape: detached, since the count is not differentiated.
-    count = torch.ops.tritonconv.drop_block_count(input.detach(), seed_t, block, gamma)
-    return torch.ops.tritonconv.drop_block_apply(input, seed_t, count, block, gamma, channels_last(input))
+    count, seeds = torch.ops.tritonconv.drop_block_count(input.detach(), seed_t, block, gamma)
+    return torch.ops.tritonconv.drop_block_apply(input, seed_t, count, seeds, block, gamma, channels_last(input))
 
 
 def _drop_block_checked(input: torch.Tensor, p: float, block_size: int) -> tuple[float, int, float]:
@@ -541,17 +582,19 @@ def _drop_block_checked(input: torch.Tensor, p: float, block_size: int) -> tuple
 
 def _drop_block_plan(input: torch.Tensor, active: bool, p: float,
                      block_size: int) -> tuple[_plans.Plan | None, _plans.Plan]:
-    """Check a drop_block2d call and plan it (see tritonconv._plans): pass 1's plan on (x, seed) -> count
-    (None when the op is the identity), and pass 2's plan on (x, seed, count)."""
+    """Check a drop_block2d call and plan it (see tritonconv._plans): pass 1's plan on (x, seed) -> (count,
+    seeds) (None when the op is the identity), and pass 2's plan on (x, seed, count, seeds)."""
     p, block, gamma = _drop_block_checked(input, p, block_size)
     if not active:
-        return None, _plans.Plan(lambda x, seed, count: x)
+        return None, _plans.Plan(lambda x, seed, count, seeds: x)
     seed = _plans.example_seed(input)
     count = _plans.Plan(drop_block_count(input, seed, block, gamma), device=input.device)
     cl = channels_last(input)
-    # Tuning pass 2 needs a count, not the call's: "every element kept" spares a pass-1 launch per plan.
+    # Tuning pass 2 needs a count and seed words, not the call's: "no seeds, every element kept" spares a
+    # pass-1 launch per plan.
     kept = torch.full((1,), input.numel(), dtype=torch.int64, device=input.device)
-    apply = drop_block_apply(input, seed, kept, block, gamma, cl)
+    no_seeds = torch.zeros(_seed_words(input, block), dtype=torch.int32, device=input.device)
+    apply = drop_block_apply(input, seed, kept, no_seeds, block, gamma, cl)
     return count, _plans.Plan(apply, (block, gamma, cl), _DROP_BLOCK_AUTOGRAD, device=input.device)
 
 
