@@ -355,8 +355,10 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
             iw = 4 * bw + j % 4
             ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
             keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
-            v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST), mask=keep,
-                        other=0.0)
+            # Unkeyed, masked by the bounds only: the load does not wait for the draw, and no keep flag stays
+            # live as a predicate until its load. (Keyed, the keep mask spares more than it costs.)
+            v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST),
+                        mask=keep if KEYED else ok, other=0.0)
             if not KEYED:
                 values += (v.to(tl.float32),)
                 kept += (keep,)
@@ -698,7 +700,8 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
                     acc += grads[w] * _keep_weight(rank, p)
                 else:
                     t = (r // CELL + (GATHER - 1 - w // NW) * STRIDE) * TAPS + r % CELL + (GATHER - 1 - w % NW) * STRIDE
-                    acc += tl.where(taps[w] == t, grads[w], 0.0)
+                    # A select of the sum, not a sum of a select: ptxas makes it one predicated add.
+                    acc = tl.where(taps[w] == t, acc + grads[w], acc)
         ih = uh * CELL + r // CELL - pad_h
         iw = uw * CELL + r % CELL - pad_w
         ok = lane_ok & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
@@ -788,7 +791,7 @@ def _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, st
             else:
                 idx_offs = (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :]
             sel = tl.load(idx_map + idx_offs, mask=ok, other=KH * KW)
-            acc += tl.where(sel.to(tl.int32) == t, g.to(tl.float32), 0.0)
+            acc = tl.where(sel.to(tl.int32) == t, acc + g.to(tl.float32), acc)   # one predicated add (`_backward_cells`)
 
     dx_offs = n * sdxn + c64 * sdxc + (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
     tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=valid)

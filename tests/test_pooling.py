@@ -171,7 +171,7 @@ def test_pool_dropout_shares_one_draw_per_unit(geometry):
 
 
 # The per-lane cell paths (2x2 and 3x3 windows at strides 1-3, undilated, square padding): forward lanes of
-# 4x8, 4x4 and 2x4 outputs drawing their patch once, backward lanes of 2x2 or 3x3 pixels.
+# 8x8, 4x4 and 2x4 outputs drawing their patch once, backward lanes of 2x2 or 3x3 pixels.
 CELL_GEOMETRIES = [(3, 2, 1), (3, 1, 1), (2, 1, 0), (3, 3, 1), (2, 2, 1), (2, 3, 0)]
 
 
