@@ -259,17 +259,11 @@ def depthwise_forward_kernel(
                     accs = depthwise_window_row(accs, xs, w_first + kh * swh + t * sww, x_row, sww, stride_w,
                                                 dil_w, OUT_W, OUT_W, OUT_H, 0, kw_end - kw_start - t)
 
-    if HAS_BIAS:
-        # Loaded and converted once for all of the thread's outputs (store_epilogue would load it per output).
-        bias = tl.load(bias_ptr + f * sb, mask=f_valid, other=0.0).to(tl.float32)
     for q in tl.static_range(OUT_H * OUT_W):
         # Accumulator q is output (oh + q // OUT_W, ow + q % OUT_W).
-        acc = accs[q]
-        if HAS_BIAS:
-            acc += bias
         y_offs = n * syn + f.to(tl.int64) * syc + (oh + q // OUT_W) * syh + (ow + q % OUT_W) * syw
-        store_epilogue(acc, bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs,
-                       (oh + q // OUT_W < OH) & (ow + q % OUT_W < OW) & f_valid, False, ACTIVATION, STORE_PRE)
+        store_epilogue(accs[q], bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs,
+                       (oh + q // OUT_W < OH) & (ow + q % OUT_W < OW) & f_valid, HAS_BIAS, ACTIVATION, STORE_PRE)
 
 
 @triton.jit
