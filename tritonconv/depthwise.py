@@ -145,7 +145,7 @@ def _forward_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Co
              else _WINDOW_OUT_H if problem.dtype.itemsize == 4 or not problem.channels_last else 1)
     # Rows unrolled past MAX_UNROLLED_KERNEL taps (`forward_taps`) hold more loads in flight: half the
     # tile channels_last, with 8 bytes of channels per thread and output, a quarter NCHW (each spilled on
-    # sm_90 at the smaller kernels' tile). Channels_last rows of such kernels that loop (float16 7x7,
+    # sm_90 at the smaller kernels' tile). Channels_last rows of such kernels that loop (16-bit 7x7,
     # stride 2) wait a memory round trip per kernel row: half the tile on half the warps, the same 16 bytes
     # per thread, so that more programs overlap those waits.
     big = window == _WINDOW_2D and problem.k > MAX_UNROLLED_KERNEL
@@ -350,13 +350,13 @@ def forward_taps(geo: ConvGeometry, dtype: torch.dtype, cl: bool) -> dict[str, i
     at stride and dilation 1 the rows of a kernel of up to MAX_UNROLLED_TAPS live rows unroll whatever its
     size (7x7: 49 taps), as the 2-D window holds one input row's columns at a time, not every tap's loads;
     so no runtime row loop waits a memory round trip per kernel row. The window's config takes smaller
-    tiles for such kernels (`_forward_config`). float16 channels_last keeps the row loop: unrolled, its 7x7
-    window spills on sm_90 at every tile that is not slower than the loop (its conversions keep more values
-    live than bfloat16's bit operations)."""
+    tiles for such kernels (`_forward_config`). 16-bit channels_last keeps the row loop: unrolled, the
+    float16 7x7 window spills on sm_90 at every tile that is not slower than the loop, and the bfloat16 one
+    is predicted slower than the loop and spills under triton 3.6."""
     taps = unrolled_taps(geo)
     rows = geo.live_taps(0)[1] - geo.live_taps(0)[0]
     if (taps["TAPS_W"] and geo.stride[0] == 1 and geo.dilation == (1, 1) and rows <= MAX_UNROLLED_TAPS
-            and not (cl and dtype == torch.float16)):
+            and not (cl and dtype.itemsize == 2)):
         taps["TAPS_H"] = rows
     return taps
 
