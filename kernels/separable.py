@@ -205,12 +205,9 @@ def separable_forward_kernel(
         acc = accs[q]
         if HAS_PW_BIAS:
             acc += bias
-        if DENSE_ROWS:
-            # syw == F, written as the constant: tile q then starts q * F elements on at a known alignment,
-            # so neighbouring channels' stores pair up (a runtime syw not a multiple of 16, as F = 24,
-            # left the tiles past the first with one store per element).
-            y_offs = y_rows[:, None] + q * F + as_index(offs_f, INT64)[None, :] * syc
-        else:
-            y_offs = y_rows[:, None] + q * syw + as_index(offs_f, INT64)[None, :] * syc
+        # On dense rows syw == F, written as the constant: tile q then starts q * F elements on at a known
+        # alignment, so neighbouring channels' stores pair up (a runtime syw not a multiple of 16, as F = 24,
+        # left the tiles past the first with one store per element).
+        y_offs = y_rows[:, None] + q * (F if DENSE_ROWS else syw) + as_index(offs_f, INT64)[None, :] * syc
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty),
                  mask=out_ok[q][:, None] & f_valid[None, :])

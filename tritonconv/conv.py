@@ -92,9 +92,9 @@ def _forward_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     channels (which the kernel would mask in registers), and C_g is a multiple of 32 elements, so the
     packed weight's rows and every box's start are 16-byte aligned, as TMA needs."""
     space = _gemm_space(problem)
-    channels = problem.k // dict(problem.extra).get("taps", 1)
     if not heuristics.tensor_memory_accelerator():
         return space
+    channels = problem.k // dict(problem.extra).get("taps", 1)
     return space + [dispatch.Config.of(**c.launch_kwargs(), B_DESCRIPTOR=1) for c in space
                     if channels % c["BLOCK_K"] == 0]
 
