@@ -15,7 +15,7 @@ Keys, with r = n*C + c the index of a feature map (a "row"):
                       memory-bound kernel cannot afford one per element. A contiguous NCHW tensor is
                       then one flat run of whole calls (vector loads whatever HW is); a channels_last
                       tile gathers each row's halves when HW is not a multiple of 8.
-    spatial dropout   counter r, word 0: one draw per feature map.
+    spatial dropout   counter r, word 0: one draw per feature map (`tl.rand`).
     cutout            counter r, words 0 and 1: the square's centre row and column.
     DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
                       (r * ceil(Hs/4) + i // 4) * Ws + j, word i % 4 (four seed rows per call).
@@ -32,7 +32,7 @@ seeds a position when its word u < round(gamma * 2^32): gamma rounded to a multi
 Dropped elements are written as exact zeros, selected rather than multiplied, so a dropped inf or NaN
 gives 0, where torch's multiply-by-mask gives NaN (a NaN that is kept stays NaN). Element dropout and
 cutout read every element (a per-element load mask would split vector loads into scalar ones); spatial
-dropout never reads a dropped map.
+dropout reads no dropped map, except where a tile of one flat run of maps (FLAT) also covers a kept one.
 
 All offsets and Philox counters are int64: a tensor over 2^31 elements indexes correctly.
 """
@@ -151,8 +151,8 @@ def dropout_mask_kernel(
     BLOCK_P: tl.constexpr,    # positions of each map per program: a multiple of 8
     ALIGNED: tl.constexpr,    # ELEMENT: HW % 8 == 0 or one map (N*C == 1), so rows start on a Philox call;
                               # otherwise BLOCK_P <= 64 and a program covers BLOCK_P - 8 positions
-    FLAT: tl.constexpr,       # CUTOUT: x and y are one dense run (N = C = 1, HW = their size) of maps of
-                              # H x W positions, with BLOCK_P <= H*W
+    FLAT: tl.constexpr,       # CHANNEL, CUTOUT: x and y are one dense run (N = C = 1, HW = their size) of
+                              # maps of H x W positions, with BLOCK_P <= H*W
 ):
     """y = x * keep(n, c, hw) * scale, with keep from the Philox key of MODE (module docstring).
 
@@ -172,20 +172,27 @@ def dropout_mask_kernel(
     rows = n * C + offs_c.to(tl.int64)   # r = n*C + c, the map's index in the Philox keys
     seed = tl.load(seed_ptr)
 
+    if FLAT:
+        # One run of maps of H*W positions, BLOCK_P <= H*W: the tile lies in the map of its first element
+        # (map r = first, as n*C + c is the flat index // H*W) and, past that map's end, in the next one;
+        # each element's map and position in it follow from the tile's start without a division per element.
+        map_size = H * W
+        first = hw_start // map_size
+        start = (hw_start - first * map_size).to(tl.int32)
+        t = tl.arange(0, BLOCK_P)
+        second = t >= map_size - start
+
     if MODE == ELEMENT:
         keep = _element_kept(seed, rows * HW + hw_start, threshold, BLOCK_C, BLOCK_P, ALIGNED)
     elif MODE == CHANNEL:
-        keep = (tl.rand(seed, rows) >= p)[:, None]
+        if FLAT:
+            kept_first = tl.rand(seed, first) >= p
+            kept_second = tl.rand(seed, first + 1) >= p
+            keep = tl.where(second, kept_second, kept_first)[None, :]
+        else:
+            keep = (tl.rand(seed, rows) >= p)[:, None]
     else:
         if FLAT:
-            # One run of maps of H*W positions, BLOCK_P <= H*W: the tile lies in the map of its first
-            # element and, past that map's end, in the next one; each element's position in its map
-            # follows from the tile's start without a division per element.
-            map_size = H * W
-            first = hw_start // map_size
-            start = (hw_start - first * map_size).to(tl.int32)
-            t = tl.arange(0, BLOCK_P)
-            second = t >= map_size - start
             pos = (start + t - tl.where(second, map_size, 0))[None, :]
             top0, left0 = _cut_square(seed, first, H, W, cut_size)
             top1, left1 = _cut_square(seed, first + 1, H, W, cut_size)
@@ -208,10 +215,15 @@ def dropout_mask_kernel(
 
     # The load is masked by bounds only, so that it stays a vector load: a per-element mask makes every
     # element its own scalar load. CHANNEL's keep is constant along a map's positions, so it can mask the
-    # load (a dropped map is never read) without splitting the vectors. The keep decision is then applied
-    # with a select, so dropped elements come out as exact zeros whatever they hold (inf and NaN too).
+    # load (a dropped map is never read) without splitting the vectors; a flat tile, whose keep changes at
+    # its maps' boundary (anywhere in a vector), is read unless both its maps are dropped. The keep decision
+    # is then applied with a select, so dropped elements come out as exact zeros whatever they hold (inf and
+    # NaN too).
     if MODE == CHANNEL:
-        load_mask = in_bounds & keep
+        if FLAT:
+            load_mask = tl.where(kept_first | kept_second, in_bounds, False)
+        else:
+            load_mask = in_bounds & keep
     else:
         load_mask = in_bounds
     x_offs = (n * sxn + offs_c.to(tl.int64) * sxc)[:, None] + offs_hw[None, :] * sxhw

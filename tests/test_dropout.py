@@ -68,12 +68,14 @@ def test_dropout_any_rank_and_broadcast_gradient():
     assert_close(x.grad, keep.double() / (1 - p), torch.float32, "input grad")
 
 
+@pytest.mark.parametrize("shape", [(2, 301, 3, 5), (2, 31, 33, 35)], ids=["small", "flat"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_spatial_dropout_forward_backward(dtype, channels_last):
-    """Whole (n, c) maps are dropped, with rate p over the maps, survivors scaled by 1/(1-p)."""
+def test_spatial_dropout_forward_backward(dtype, channels_last, shape):
+    """Whole (n, c) maps are dropped, with rate p over the maps, survivors scaled by 1/(1-p). (NCHW maps of
+    33x35 run as one flat run of maps, each tile within two of them, often one kept and one dropped.)"""
     p = 0.4
-    x = rand(2, 301, 3, 5, dtype=dtype, channels_last=channels_last, requires_grad=True)
+    x = rand(*shape, dtype=dtype, channels_last=channels_last, requires_grad=True)
     y = tc.spatial_dropout2d(x, p)
     keep = y != 0
     kept_maps = keep.all(dim=(2, 3))
@@ -353,7 +355,7 @@ def test_reproducible_under_manual_seed_and_seed(op):
 def test_mask_independent_of_layout_and_dtype(op):
     """The key is the logical element index: every layout and dtype of one tensor gets one mask."""
     call = OPS[op]
-    for shape in ((2, 7, 9, 10), (1, 3, 33, 35)):   # cutout: the larger maps run NCHW as one flat run
+    for shape in ((2, 7, 9, 10), (1, 3, 33, 35)):   # the larger maps run NCHW as one flat run (spatial, cutout)
         x = rand(*shape).abs() + 1
         masks = [call(x.to(dtype).contiguous(memory_format=fmt), seed=7) == 0
                  for dtype in DTYPES for fmt in (torch.contiguous_format, torch.channels_last)]
@@ -363,11 +365,12 @@ def test_mask_independent_of_layout_and_dtype(op):
 @pytest.mark.parametrize("op,kernels,channels_last,shape", [
     ("dropout", ["dropout_mask"], False, (2, 7, 9, 10)), ("dropout", ["dropout_mask"], True, (2, 7, 9, 10)),
     ("cutout", ["dropout_mask"], False, (2, 7, 9, 10)), ("cutout", ["dropout_mask"], False, (1, 3, 33, 35)),
+    ("spatial", ["dropout_mask"], False, (1, 5, 33, 35)),
     ("drop_block", ["drop_block_count", "drop_block_apply"], False, (2, 7, 9, 10))])
 def test_mask_independent_of_tiling(op, kernels, channels_last, shape, monkeypatch):
     """Autotuning may launch any configuration: the mask must not depend on the tile shape (channels_last
-    element dropout: 9x10 maps start inside Philox calls, and a program covers 8 positions; cutout's
-    33x35 maps run as one flat run)."""
+    element dropout: 9x10 maps start inside Philox calls, and a program covers 8 positions; spatial
+    dropout's and cutout's 33x35 maps run as one flat run)."""
     call = OPS[op]
     x = rand(*shape, channels_last=channels_last).abs() + 1
     reference = call(x, seed=3)

@@ -29,20 +29,20 @@ from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kern
 # per map), batch = N; a DropBlock Problem has m = C, n = W, k = H, batch = N and extra = block size.
 # ---------------------------------------------------------------------------------------------------------
 
-_FLAT_MAP = 1024   # cutout runs NCHW maps of at least this many positions as one flat run
+_FLAT_MAP = 1024   # spatial dropout and cutout run NCHW maps of at least this many positions as one flat run
 
 
 def _mask_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Config:
     """About 2048 elements per program (16384 in the interpreter, which pays per program), 32 KiB of x for
-    element dropout's unaligned rows, twice the elements for cutout's flat runs. NCHW widens the positions
+    element dropout's unaligned rows, twice the elements for flat runs of maps. NCHW widens the positions
     of a map (contiguous), channels_last the channels (contiguous: 64 channels make 128-byte runs in
     16-bit), then fills the rest of the tile with the other axis. (A contiguous tensor's element dropout
     is one flat map.)"""
     budget = 16384 if interpreter else 2048
     flat_map = dict(problem.extra).get("map")
     if flat_map:
-        # Cutout over a flat run of maps: a tile within two maps, each of whose two squares every thread
-        # draws, so twice the budget to share those draws.
+        # Spatial dropout or cutout over a flat run of maps: a tile within two maps, whose draws (each of a
+        # cutout's two squares, in every thread) the tile shares, so twice the budget to share them more.
         return dispatch.Config.of(num_warps=4, num_stages=1, BLOCK_C=1,
                                   BLOCK_P=min(1 << (flat_map.bit_length() - 1), 2 * budget))
     if not _rows_aligned(problem):
@@ -75,7 +75,7 @@ def _mask_space(problem: dispatch.Problem) -> list[dispatch.Config]:
     """Tiles of 512 to 8192 elements, no axis over twice its extent (masked lanes only); 16 to 64
     positions and up to 16384 elements where element dropout packs rows into integers."""
     if _rows_aligned(problem):
-        widest = dict(problem.extra).get("map", max(8, 2 * problem.n))  # a cutout's flat tile: within two maps
+        widest = dict(problem.extra).get("map", max(8, 2 * problem.n))  # a flat tile of maps: within two maps
         widths, largest = [v for v in (8, 16, 64, 256, 1024, 2048, 4096) if v <= widest], 8192
     else:
         widths, largest = [v for v in (16, 32, 64) if v <= max(16, 2 * (problem.n + 8))], 16384
@@ -213,11 +213,11 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     """
     y = _empty_output(x, out_channels_last, "meta")
     # x and y both in NCHW order are one flat run, tiled by vector loads whatever the maps' size: element
-    # dropout keys on the flat index alone, and cutout finds each element's map from the tile's start
-    # (a tile of its maps of at least _FLAT_MAP positions spans at most two).
+    # dropout keys on the flat index alone, and spatial dropout and cutout find each element's map from
+    # the tile's start (a tile of 4-D maps of at least _FLAT_MAP positions spans at most two).
     h, w = x.shape[2:] if x.dim() == 4 else (1, x.numel())
     flat = x.is_contiguous() and y.is_contiguous() and (
-        mode == ELEMENT.value or (mode == CUTOUT.value and h * w >= _FLAT_MAP))
+        mode == ELEMENT.value or (x.dim() == 4 and h * w >= _FLAT_MAP))
     like = _plans.meta_like(x).reshape(-1) if flat else _plans.meta_like(x)
     src, (n, c, hw), x_strides = _as_maps(like)
     copy = src.stride() != like.stride()  # _as_maps copies x whose plane is not dense
@@ -231,7 +231,7 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     w_shift = (w - 1).bit_length()
     w_magic = -(-2**(31 + w_shift) // w)
     args = (c, hw, h, w, p, threshold, scale, size, w_magic, w_shift, *x_strides, *y_strides)
-    flat_maps = (("map", h * w),) if flat and mode == CUTOUT.value else ()
+    flat_maps = (("map", h * w),) if flat and mode != ELEMENT.value else ()
     problem = dispatch.Problem("dropout_mask", m=c, n=hw, batch=n, dtype=x.dtype,
                                channels_last=channels_last(x) and not flat, extra=(("mode", mode), *flat_maps))
 
