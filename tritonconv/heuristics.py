@@ -6,7 +6,7 @@ op's heuristic sizes its tiles from them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -36,6 +36,11 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """The smallest power of two >= n (1 for n <= 1), in plain Python, as `cdiv`."""
     return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def power_of_2_dividing(values: Sequence[int], limit: int) -> int:
+    """The largest power of two, at most `limit` (a power of two), that divides every value (0 included)."""
+    return min([limit, *(v & -v for v in values if v)])
 
 
 def pow2_clamp(value: int, low: int, high: int) -> int:

@@ -91,8 +91,13 @@ def _gemm(kernel: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     flat = geo.stride == (1, 1) and sxh == geo.width * sxw and (not cl or n == 1 or sxn == geo.height * sxh)
     parts = int32_batches(n, plane)
     strides = (*x.stride(), w.stride(0), w.stride(1), *y.stride(), bias.stride(0) if bias is not None else 0)
+    # What divides the channel counts and the pixel strides, up to a 16-byte vector of 16-bit values
+    # (kernels/pointwise.py: vector loads and stores of channels_last rows of, say, 24 channels). 1 where 16
+    # divides them all, which the compiler sees by itself, and for float32, which gains nothing by it
+    # (bench.cost) and spills more on sm_80: the kernel's extra integer work would only cost registers.
+    divides = heuristics.power_of_2_dividing((c, f, sxn, sxh, sxw, y.stride(0), *y.stride()[2:]), 16)
     flags = {"HAS_BIAS": bias is not None, "ACTIVATION": activation, "STORE_PRE": store_pre, "FLAT_INPUT": flat,
-             **dot_flags(x.dtype)}
+             "ALIGN": 1 if divides == 16 or x.element_size() != 2 else divides, **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # channels_last: one GEMM over every pixel of a part; NCHW: one per image, whose pixels are contiguous.
