@@ -38,6 +38,16 @@ def dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def known_multiple(value, ALIGN: tl.constexpr):
+    """`value`, a multiple of ALIGN, stated so that the compiler knows it. Of integer arguments it knows
+    divisibility by 16 only, so an address built from a stride of 24 or a mask against 196 positions
+    splits every vector access into single elements; value // ALIGN * ALIGN (a shift pair, or nothing for
+    ALIGN 1) carries the divisibility into the addresses and masks made from it. The launcher promises
+    ALIGN divides value (a wrong promise gives wrong addresses)."""
+    return value // ALIGN * ALIGN
+
+
+@triton.jit
 def as_index(offsets, INT64: tl.constexpr):
     """`offsets` as the index type of the launch: int64 when INT64, else unchanged (int32)."""
     if INT64:

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from tritonconv.kernels.activations import store_epilogue
-from tritonconv.kernels.common import dot
+from tritonconv.kernels.common import dot, known_multiple
 
 
 @triton.jit
@@ -50,19 +50,24 @@ def pointwise_forward_kernel(
     BLOCK_M: tl.constexpr,  # output pixels per program
     BLOCK_N: tl.constexpr,  # output channels per program
     BLOCK_K: tl.constexpr,  # input channels per step of the reduction
-    ALIGN: tl.constexpr,    # a power of two dividing C, F and the pixel strides of x and y
+    # Powers of two (common.known_multiple) that divide what starts a vector along a contiguous axis:
+    ALIGN_C: tl.constexpr,  # channels_last: C, F and the pixel strides sxn, sxh, sxw, syn, syh, syw
+    ALIGN_P: tl.constexpr,  # NCHW: ROWS and the image and channel strides sxn, sxc, syn, syc (the plane)
 ):
     """y = activation(x @ w + bias) per pixel. Grid: (BATCH * cdiv(ROWS, BLOCK_M) * cdiv(F, BLOCK_N),).
 
     The N-tiles of one M-tile are neighbouring programs, so the input tile they all read comes from
     memory once and from L2 after that (the weights are small and stay in L2).
     """
-    # Unchanged values, written so that the compiler sees what divides them (of its arguments it knows only
-    # 16 and 1): channels_last rows of 24 or 40 channels then start on 16-byte boundaries and their channel
-    # masks hold over 8 neighbours, so they load and store as 16-byte vectors, not element by element.
-    C, F = C // ALIGN * ALIGN, F // ALIGN * ALIGN
-    sxn, sxh, sxw = sxn // ALIGN * ALIGN, sxh // ALIGN * ALIGN, sxw // ALIGN * ALIGN
-    syn, syh, syw = syn // ALIGN * ALIGN, syh // ALIGN * ALIGN, syw // ALIGN * ALIGN
+    # Vector loads and stores: channels_last rows of, say, 24 channels start 16-byte aligned and their
+    # channel masks hold over 8 neighbours; NCHW planes of, say, 14x14 = 196 pixels start 8-byte aligned.
+    C, F = known_multiple(C, ALIGN_C), known_multiple(F, ALIGN_C)
+    sxh, sxw = known_multiple(sxh, ALIGN_C), known_multiple(sxw, ALIGN_C)
+    syh, syw = known_multiple(syh, ALIGN_C), known_multiple(syw, ALIGN_C)
+    sxn = known_multiple(known_multiple(sxn, ALIGN_C), ALIGN_P)
+    syn = known_multiple(known_multiple(syn, ALIGN_C), ALIGN_P)
+    ROWS = known_multiple(ROWS, ALIGN_P)
+    sxc, syc = known_multiple(sxc, ALIGN_P), known_multiple(syc, ALIGN_P)
     pid = tl.program_id(0)
     num_n = tl.cdiv(F, BLOCK_N)
     num_m = tl.cdiv(ROWS, BLOCK_M)

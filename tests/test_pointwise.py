@@ -13,10 +13,10 @@ from tritonconv import dispatch
 
 # (N, C, H, W, F, stride): odd sizes, non-power-of-two channels, C over one reduction step and F over one
 # column tile of the interpreter's configuration, strides 1, 2 and (1, 2); channel counts that 8 divides
-# but 16 does not (channels_last rows the kernel knows are 16-byte aligned: ALIGN). Each runs in every
-# dtype and layout, with the activations taking turns.
+# but 16 does not and NCHW planes of 6x10 = 60 pixels (rows and planes the kernel knows start aligned:
+# ALIGN_C, ALIGN_P). Each runs in every dtype and layout, with the activations taking turns.
 CASES = [
-    (2, 5, 7, 9, 6, 1),
+    (2, 5, 6, 10, 6, 1),
     (1, 24, 5, 6, 40, 2),
     (3, 33, 4, 5, 70, (1, 2)),
 ]

@@ -66,6 +66,14 @@ dispatch.register("pointwise_weight_grad", "pointwise", pointwise_weight_grad_ke
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+def _vector_align(x: torch.Tensor, *values: int) -> int:
+    """pointwise_forward_kernel's ALIGN_C or ALIGN_P: the power of two that divides `values`, up to the
+    elements of a 16-byte vector of x, and 1 where 16 divides them all, which the compiler sees by itself
+    (the kernel's extra integer work would only cost registers)."""
+    divides = heuristics.power_of_2_dividing(values, 16)
+    return 1 if divides == 16 else min(divides, 16 // x.element_size())
+
+
 @dispatch.on_inputs_device
 def pointwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
                       activation: str = "none", store_pre: bool = False) -> Callable:
@@ -91,13 +99,12 @@ def _gemm(kernel: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     flat = geo.stride == (1, 1) and sxh == geo.width * sxw and (not cl or n == 1 or sxn == geo.height * sxh)
     parts = int32_batches(n, plane)
     strides = (*x.stride(), w.stride(0), w.stride(1), *y.stride(), bias.stride(0) if bias is not None else 0)
-    # What divides the channel counts and the pixel strides, up to a 16-byte vector of 16-bit values
-    # (kernels/pointwise.py: vector loads and stores of channels_last rows of, say, 24 channels). 1 where 16
-    # divides them all, which the compiler sees by itself, and for float32, which gains nothing by it
-    # (bench.cost) and spills more on sm_80: the kernel's extra integer work would only cost registers.
-    divides = heuristics.power_of_2_dividing((c, f, sxn, sxh, sxw, y.stride(0), *y.stride()[2:]), 16)
+    # ALIGN_P: the plane divides ROWS (plane in NCHW, a part's images * plane in channels_last). ALIGN_C
+    # stays 1 in float32, which gains nothing by it in bench.cost and spills more on sm_80 (triton 3.6).
     flags = {"HAS_BIAS": bias is not None, "ACTIVATION": activation, "STORE_PRE": store_pre, "FLAT_INPUT": flat,
-             "ALIGN": 1 if divides == 16 or x.element_size() != 2 else divides, **dot_flags(x.dtype)}
+             "ALIGN_C": _vector_align(x, c, f, sxn, sxh, sxw, y.stride(0), *y.stride()[2:])
+             if x.element_size() == 2 else 1,
+             "ALIGN_P": _vector_align(x, plane, sxn, x.stride(1), y.stride(0), y.stride(1)), **dot_flags(x.dtype)}
 
     def prepare(cfg: dispatch.Config) -> Callable:
         # channels_last: one GEMM over every pixel of a part; NCHW: one per image, whose pixels are contiguous.
