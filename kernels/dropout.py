@@ -17,8 +17,9 @@ Keys, with r = n*C + c the index of a feature map (a "row"):
                       tile gathers each row's halves when HW is not a multiple of 8.
     spatial dropout   counter r, word 0: one draw per feature map (`tl.rand`).
     cutout            counter r, words 0 and 1: the square's centre row and column.
-    DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: counter
-                      (r * ceil(Hs/4) + i // 4) * Ws + j, word i % 4 (four seed rows per call).
+    DropBlock         seed grid (n, c, i, j), 0 <= i < H-bs+1, 0 <= j < W-bs+1: with R seed rows per
+                      call (R = 8 for gamma >= 2^-10, else 4), counter (r * ceil(Hs/R) + i // R) * Ws + j,
+                      16-bit half i % 8 in element dropout's order (R = 8) or word i % 4 (R = 4).
                       Within one forward call, pass 1 also packs the seeds it draws into a workspace
                       (one bit per seed) that pass 2 reads instead of drawing them again; the workspace
                       goes when the call returns, and the backward draws from the key.
@@ -27,7 +28,11 @@ Spatial dropout turns a word u (uint32) into a uniform float in [0, 1) by `tl.ui
 keeps the map when that float is >= p, so p = 0 keeps everything and p = 1 drops everything. Element
 dropout draws 16 bits per element instead: it keeps a half u when u >= round(p * 2^16), so its drop
 probability is p rounded to a multiple of 2^-16 (still exactly 0 for p = 0 and 1 for p = 1). DropBlock
-seeds a position when its word u < round(gamma * 2^32): gamma rounded to a multiple of 2^-32.
+seeds a position when its draw u < round(gamma * 2^b): gamma rounded to a multiple of 2^-b. The seeds
+of one call cost one Philox call per R positions, which dominates the backward (it draws them again), so
+b = 16 bits (R = 8) wherever that rounding moves gamma by at most 1/128 of itself (gamma >= 2^-10: at
+least 64 steps of 2^-16; torchvision's p = 0.1, bs = 7 gives gamma ~ 2.5e-3) and b = 32 (R = 4) below,
+where 16 bits would round a rare seed's probability too coarsely.
 
 Dropped elements are written as exact zeros, selected rather than multiplied, so a dropped inf or NaN
 gives 0, where torch's multiply-by-mask gives NaN (a NaN that is kept stays NaN). Element dropout and
@@ -94,6 +99,23 @@ def _call_bits(r0, r1, r2, r3, threshold):
     """Keep bits of Philox calls (words r0..r3) as 8-bit masks, half j as bit j in `_halves_kept`'s order."""
     return _word_bits(r0, threshold) | (_word_bits(r2, threshold) << 2) \
         | (_word_bits(r1, threshold) << 4) | (_word_bits(r3, threshold) << 6)
+
+
+@triton.jit
+def _seed_bits(r0, r1, r2, r3, gamma_bits, SEED_ROWS: tl.constexpr):
+    """DropBlock's seeds of one Philox call's SEED_ROWS seed rows, row k as bit k of a uint32: with 4 rows,
+    row k is seeded when word k < gamma_bits; with 8, when 16-bit half k < gamma_bits, the halves in
+    `_call_bits`'s order (words r0, r2, r1, r3, each low half first), whose keep bits (half >= threshold)
+    are exactly the complement."""
+    if SEED_ROWS == 4:
+        # Integer comparisons: a float conversion per word costs several instructions.
+        bits = (r0.to(tl.int64) < gamma_bits).to(tl.uint32) \
+            | ((r1.to(tl.int64) < gamma_bits).to(tl.uint32) << 1) \
+            | ((r2.to(tl.int64) < gamma_bits).to(tl.uint32) << 2) \
+            | ((r3.to(tl.int64) < gamma_bits).to(tl.uint32) << 3)
+    else:
+        bits = (~_call_bits(r0, r1, r2, r3, gamma_bits) & 0xFF).to(tl.uint32)
+    return bits
 
 
 @triton.jit
@@ -311,8 +333,9 @@ def drop_block_kernel(
                     # written by COUNT, read by APPLY with SEEDS
     # Sizes: x and y (N, C, H, W); block side bs; seed grid Hs x Ws = (H - bs + 1) x (W - bs + 1).
     C, H, W, bs, Hs, Ws,
-    gamma_bits,     # a seed-grid position starts a block when its 32-bit draw u < gamma_bits =
-                    # round(gamma * 2^32) (an int64 up to 2^32: gamma = 1 seeds every position)
+    gamma_bits,     # a seed-grid position starts a block when its draw u < gamma_bits = round(gamma * 2^b),
+                    # b = 32 bits (SEED_ROWS 4: an int64 up to 2^32) or 16 (SEED_ROWS 8: up to 2^16); gamma_bits
+                    # = 2^b seeds every position
     numel,          # N*C*H*W as a float, the numerator of the scale (APPLY only)
     eps,            # added to the kept count in the scale's denominator, as torchvision does
     # Element strides of x and y in (N, C, H, W) order.
@@ -322,6 +345,7 @@ def drop_block_kernel(
                              # packed seeds of the program's own rows to seeds_ptr; no x or y.
                              # False: y = x * keep * numel / (eps + *count_ptr).
     SEEDS: tl.constexpr,     # APPLY only: read the seeds that COUNT wrote instead of drawing them again
+    SEED_ROWS: tl.constexpr,   # seed rows per Philox call: 4 (a 32-bit word each) or 8 (a 16-bit half each)
     BLOCK_C: tl.constexpr,   # channels of one sample per program
     BLOCK_W: tl.constexpr,   # lanes per row: bs - 1 halo columns, then BLOCK_W - bs + 1 output columns
     BLOCK_H: tl.constexpr,   # output rows per program
@@ -338,7 +362,7 @@ def drop_block_kernel(
     right (`_spread_lanes`: a few gathers along the lanes per chunk), then over its own row and the bs - 1
     rows after it (`_spread_bits`: shifts of the register towards its high bits), and sets the lowest bits
     for the rows that seeds of earlier chunks still reach (`reach`). Bit k of the result is set when
-    output row 4*g0 + k of the lane is dropped. So each seed is drawn once per program, the halo costs
+    output row row0 + k of the lane is dropped (row0 the chunk's first row). So each seed is drawn once per program, the halo costs
     bs - 1 extra rows and columns of draws, never bs^2 draws per element, and the mask of a row is one bit
     test.
 
@@ -384,56 +408,54 @@ def drop_block_kernel(
     # Seeds of earlier chunks drop the first `reach` rows of this one (none at first: above the program's
     # first halo row no seed reaches its outputs).
     reach = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.int32)
-    # Seed rows come four per Philox call and 32 per chunk, one bit each in a lane's register. Chunks start
-    # on multiples of 32 rows, so that a chunk's bits are one word of seeds_ptr. The program needs the seeds
-    # of rows [h0 - bs + 1, h_end): Philox calls from g_first to g_seeds.
-    g_first = tl.maximum(h0 - bs + 1, 0) // 4
-    g_seeds = tl.cdiv(tl.minimum(h_end, Hs), 4)
-    # Counter of seed rows [4g, 4g + 4) at (map r, column j): (r * ceil(Hs / 4) + g) * Ws + j, a lane's
-    # first call plus g * Ws.
-    call0 = rows[:, None] * tl.cdiv(Hs, 4) * Ws + w.to(tl.int64)[None, :]
+    # Seed rows come SEED_ROWS per Philox call and 32 per chunk, one bit each in a lane's register. Chunks
+    # start on multiples of 32 rows, so that a chunk's bits are one word of seeds_ptr. The program needs the
+    # seeds of rows [h0 - bs + 1, h_end): Philox calls from g_first to g_seeds.
+    CALLS: tl.constexpr = 32 // SEED_ROWS   # Philox calls per chunk
+    g_first = tl.maximum(h0 - bs + 1, 0) // SEED_ROWS
+    g_seeds = tl.cdiv(tl.minimum(h_end, Hs), SEED_ROWS)
+    # Counter of seed rows [SEED_ROWS*g, SEED_ROWS*(g + 1)) at (map r, column j): (r * ceil(Hs / SEED_ROWS)
+    # + g) * Ws + j, a lane's first call plus g * Ws.
+    call0 = rows[:, None] * tl.cdiv(Hs, SEED_ROWS) * Ws + w.to(tl.int64)[None, :]
     # Word of seed rows [32G, 32G + 32) at (map r, column j): a lane's first word plus G * Ws.
     word0 = rows[:, None] * tl.cdiv(Hs, 32) * Ws + w.to(tl.int64)[None, :]
     seed_lane = (offs_c < C)[:, None] & seed_col[None, :]
-    for g0 in range(g_first // 8 * 8, tl.cdiv(h_end, 4), 8):
-        # g0 // 8 < ceil(Hs / 32): the chunk holds seeds.
-        words = seed_lane & (lane2d * 0 + 4 * g0 < Hs)
+    for row0 in range(tl.maximum(h0 - bs + 1, 0) // 32 * 32, h_end, 32):
+        # row0 < Hs: the chunk holds seeds.
+        words = seed_lane & (lane2d * 0 + row0 < Hs)
         if SEEDS:
-            bits = tl.load(seeds_ptr + word0 + (g0 // 8) * Ws, mask=words, other=0).to(tl.uint32, bitcast=True)
+            bits = tl.load(seeds_ptr + word0 + (row0 // 32) * Ws, mask=words, other=0).to(tl.uint32, bitcast=True)
         else:
             # Only the rows the program needs, except that COUNT writes the words that start in its own
             # rows whole: drawn to the word's last seed row, the program's rows or not.
             g_stop = g_seeds
             if COUNT:
-                g_stop = tl.where(4 * g0 >= h0, tl.cdiv(Hs, 4), g_seeds)
+                g_stop = tl.where(row0 >= h0, tl.cdiv(Hs, SEED_ROWS), g_seeds)
+            g0 = row0 // SEED_ROWS
             bits = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.uint32)
-            for g in range(tl.maximum(g0, g_first), tl.minimum(g0 + 8, g_stop)):
+            for g in range(tl.maximum(g0, g_first), tl.minimum(g0 + CALLS, g_stop)):
                 # g * Ws < Hs * Ws, within a map's positions: int32.
                 r0, r1, r2, r3 = _philox(seed, call0 + g * Ws)
-                # Integer comparisons: a float conversion per word costs several instructions.
-                four = (r0.to(tl.int64) < gamma_bits).to(tl.uint32) \
-                    | ((r1.to(tl.int64) < gamma_bits).to(tl.uint32) << 1) \
-                    | ((r2.to(tl.int64) < gamma_bits).to(tl.uint32) << 2) \
-                    | ((r3.to(tl.int64) < gamma_bits).to(tl.uint32) << 3)
+                drawn = _seed_bits(r0, r1, r2, r3, gamma_bits, SEED_ROWS)
                 # Rows Hs and below of the last call hold no seeds.
-                four &= ((1 << tl.minimum(Hs - 4 * g, 4)) - 1).to(tl.uint32)
-                bits |= four << (4 * (g - g0))
+                drawn &= ((1 << tl.minimum(Hs - SEED_ROWS * g, SEED_ROWS)) - 1).to(tl.uint32)
+                bits |= drawn << (SEED_ROWS * (g - g0))
             bits = tl.where(seed_lane, bits, 0)
             if COUNT:
                 # Each seed column is an output column of one program (out_lane), each word starts in
                 # one program's rows: every word is written once.
-                tl.store(seeds_ptr + word0 + (g0 // 8) * Ws, bits.to(tl.int32, bitcast=True),
-                         mask=words & out_lane & (lane2d * 0 + 4 * g0 >= h0))
-        # Bit k: a seed in row 4*g0 + k and in one of the lane's bs columns [t-bs+1, t].
+                tl.store(seeds_ptr + word0 + (row0 // 32) * Ws, bits.to(tl.int32, bitcast=True),
+                         mask=words & out_lane & (lane2d * 0 + row0 >= h0))
+        # Bit k: a seed in row row0 + k and in one of the lane's bs columns [t-bs+1, t].
         bits = _spread_lanes(bits, lane2d, bs)
-        # Bit k of `dropped`: output row 4*g0 + k is dropped (a seed in rows [4*g0+k-bs+1, 4*g0+k]).
+        # Bit k of `dropped`: output row row0 + k is dropped (a seed in rows [row0+k-bs+1, row0+k]).
         dropped = _spread_bits(bits, tl.minimum(bs, 32)) | _low_bits(reach)
-        # The next chunk starts 32 rows down: this chunk's last seed row, 4*g0 + t for its highest bit t,
+        # The next chunk starts 32 rows down: this chunk's last seed row, row0 + t for its highest bit t,
         # reaches t + bs - 32 rows into it, an earlier chunk's reach - 32.
         reach = tl.maximum(reach - 32, tl.where(bits != 0, _top_bit(bits) + bs - 32, 0))
         # The program's own output rows in this chunk: k in [first, last).
-        first = tl.maximum(h0 - 4 * g0, 0)
-        last = tl.minimum(32, h_end - 4 * g0)
+        first = tl.maximum(h0 - row0, 0)
+        last = tl.minimum(32, h_end - row0)
         if COUNT:
             own = (_low_bits(lane2d * 0 + last) & ~_low_bits(lane2d * 0 + first)) & ~dropped
             kept += tl.where(out_lane, _popcount(own), 0)
@@ -441,7 +463,7 @@ def drop_block_kernel(
             # Four rows per iteration: all four rows' loads go out before any row is written, so one memory
             # round trip serves four rows (those past the block's last row are masked off).
             for k in range(first, last, 4):
-                i = 4 * g0 + k
+                i = row0 + k
                 # The row index in every lane: masks built from it stay [BLOCK_C, BLOCK_W] booleans (the
                 # interpreter turns a boolean scalar broadcast into int32, which tl.load rejects as a mask).
                 out1 = out_lane & (lane2d * 0 + k + 1 < last)

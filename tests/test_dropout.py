@@ -14,7 +14,7 @@ import tritonconv as tc
 from bench.reference import drop_block_probability
 from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
 from tritonconv import dispatch
-from tritonconv.dropout import drop_block_apply, drop_block_count
+from tritonconv.dropout import _seed_draws, drop_block_apply, drop_block_count
 from tritonconv.kernels.dropout import _philox
 
 # The four mask ops with typical arguments, as (name, call(x, **kw)).
@@ -224,20 +224,23 @@ def test_drop_block_mask_same_in_every_layout_dtype_and_tile(block, size, p, mon
         dispatch.forget()
 
 
+@pytest.mark.parametrize("gamma,seed_rows", [(0.03, 8), (0.0006, 4)], ids=["16-bit", "32-bit"])
 @pytest.mark.parametrize("tile", [None, dict(BLOCK_C=2, BLOCK_W=16, BLOCK_H=8)], ids=["heuristic", "small"])
-def test_drop_block_seed_words_match_drawing(tile, monkeypatch):
+def test_drop_block_seed_words_match_drawing(tile, gamma, seed_rows, monkeypatch):
     """Pass 1's seed words hold exactly the seeds (one bit per seed-grid position, rows past the grid
     clear), and pass 2 reading them (the forward) writes what pass 2 drawing them again (the backward)
     writes: under the heuristic's tile (the whole 75-row map, three words per column, in the interpreter)
     and under 8-row blocks, whose programs write the words that start in their rows and read words that
-    other programs wrote."""
+    other programs wrote; with 16-bit draws, eight seed rows a Philox call (gamma >= 2^-10), and 32-bit
+    draws, four rows a call (a smaller gamma)."""
     if tile is not None:
         for name in ("drop_block_count", "drop_block_apply"):
             monkeypatch.setitem(dispatch._KERNELS, name, dataclasses.replace(
                 dispatch.spec(name), heuristic=lambda *a: dispatch.Config.of(4, 1, **tile)))
     dispatch.forget()
     try:
-        n, c, h, w, block, gamma = 1, 3, 75, 23, 5, 0.03
+        n, c, h, w, block = 2, 4, 75, 23, 5
+        assert _seed_draws(gamma)[0] == seed_rows
         x = rand(n, c, h, w).abs() + 1
         seed = torch.tensor([11], device=DEVICE)
         count, words = drop_block_count(x, seed, block, gamma)(x, seed)
@@ -254,6 +257,17 @@ def test_drop_block_seed_words_match_drawing(tile, monkeypatch):
     assert dropped.any() and not dropped.all()
     assert torch.equal(_dilate(seeds[:, :, :hs], block), dropped)
     assert int(count) == int((~dropped).sum())
+
+
+def test_drop_block_seed_resolution():
+    """Seeds draw 16 bits (eight rows a Philox call) from gamma = 2^-10 up, where rounding gamma to a multiple
+    of 2^-16 moves it by at most 1/128 of itself, and 32 bits below; gamma 0 seeds nothing and 1 everything."""
+    assert _seed_draws(2**-10) == (8, 64)
+    assert _seed_draws(2**-10 * 0.99) == (4, round(2**22 * 0.99))
+    assert _seed_draws(1.0) == (8, 2**16) and _seed_draws(0.0) == (4, 0)
+    for gamma in (2**-10, 0.0013, 0.0025, 0.01, 0.3):
+        rows, bits = _seed_draws(gamma)
+        assert rows == 8 and abs(bits / 2**16 - gamma) <= gamma / 128, gamma
 
 
 @triton.jit

@@ -137,19 +137,19 @@ def _drop_block_trips(problem: dispatch.Problem, config: dispatch.Config,
     pass 1's words; pass 1 draws the whole words that start in its rows), the doubling steps that spread
     them along the lanes (ceil(log2(bs))) and along the rows (ceil(log2(min(bs, 32)))), and (pass 2; pass
     1 counts 32 rows at once) the groups of four of the program's own rows walked."""
-    h, bs, block_h = args["H"], args["bs"], config["BLOCK_H"]
+    h, bs, block_h, rows = args["H"], args["bs"], config["BLOCK_H"], args["SEED_ROWS"]
     count = problem.kernel == "drop_block_count"
     hs = h - bs + 1
     chunks, calls, quads = [], 0, 0
     for h0 in range(0, h, block_h):
         h_end = min(h0 + block_h, h)
-        first = max(h0 - bs + 1, 0) // 4
-        starts = range(first // 8 * 8, cdiv(h_end, 4), 8)
+        first = max(h0 - bs + 1, 0) // rows
+        starts = range(max(h0 - bs + 1, 0) // 32 * 32, h_end, 32)
         chunks.append(len(starts))
-        for g0 in starts:
-            stop = cdiv(hs, 4) if count and 4 * g0 >= h0 else cdiv(min(h_end, hs), 4)
-            calls += max(0, min(g0 + 8, stop) - max(g0, first))
-            quads += cdiv(max(0, min(32, h_end - 4 * g0) - max(h0 - 4 * g0, 0)), 4)
+        for row0 in starts:
+            stop = cdiv(hs, rows) if count and row0 >= h0 else cdiv(min(h_end, hs), rows)
+            calls += max(0, min(row0 // rows + 32 // rows, stop) - max(row0 // rows, first))
+            quads += cdiv(max(0, min(32, h_end - row0) - max(h0 - row0, 0)), 4)
     n = sum(chunks)
     spread = (math.ceil(math.log2(bs)), math.ceil(math.log2(min(bs, 32))))
     if count:
@@ -248,9 +248,12 @@ def apply_mask(x: torch.Tensor, seed: torch.Tensor, mode: int, p: float, size: i
     return dispatch.runner(problem, prepare, x, seed)
 
 
-def _gamma_bits(gamma: float) -> int:
-    """DropBlock's seed threshold for 32-bit draws (kernels/dropout.py): round(gamma * 2^32), at most 2^32."""
-    return min(round(gamma * 2**32), 2**32)
+def _seed_draws(gamma: float) -> tuple[int, int]:
+    """DropBlock's seed rows per Philox call and seed threshold (kernels/dropout.py): 16-bit draws, eight rows
+    a call, where round(gamma * 2^16) is within 1/128 of gamma * 2^16 (gamma >= 2^-10), else 32-bit draws,
+    four rows a call; the threshold round(gamma * 2^b), at most 2^b."""
+    bits = 16 if gamma >= 2**-10 else 32
+    return 128 // bits, min(round(gamma * 2**bits), 2**bits)
 
 
 def _drop_block_problem(kernel: str, t: torch.Tensor, block: int, seeds: bool = False) -> dispatch.Problem:
@@ -285,11 +288,12 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
     if x.numel() == 0:
         return lambda x, seed: (zeros(), words())
     problem = _drop_block_problem("drop_block_count", x, block)
-    args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), 0.0, 0.0, *x.stride(), *x.stride())
+    seed_rows, gamma_bits = _seed_draws(gamma)
+    args = (c, h, w, block, h - block + 1, w - block + 1, gamma_bits, 0.0, 0.0, *x.stride(), *x.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=True, SEEDS=False,
-                                 **cfg.launch_kwargs())
+                                 SEED_ROWS=seed_rows, **cfg.launch_kwargs())
 
         def run(x, seed):
             count = zeros()  # the programs add into it
@@ -314,12 +318,13 @@ def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, s
     if y.numel() == 0:
         return lambda x, seed, count, seeds: alloc()
     problem = _drop_block_problem("drop_block_apply", x, block, seeds is not None)
-    args = (c, h, w, block, h - block + 1, w - block + 1, _gamma_bits(gamma), float(x.numel()), 1e-6, *x.stride(),
+    seed_rows, gamma_bits = _seed_draws(gamma)
+    args = (c, h, w, block, h - block + 1, w - block + 1, gamma_bits, float(x.numel()), 1e-6, *x.stride(),
             *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=False,
-                                 SEEDS=seeds is not None, **cfg.launch_kwargs())
+                                 SEEDS=seeds is not None, SEED_ROWS=seed_rows, **cfg.launch_kwargs())
 
         def run(x, seed, count, seeds):
             y = alloc()
