@@ -3,6 +3,8 @@ host overhead. Launches are stubbed out (bench.host.stubbed_launches), so no ker
 
 import pytest
 import torch
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
 
 import tritonconv as tc
 from bench import host
@@ -152,6 +154,39 @@ def test_recorded_call_takes_tensors_left_by_a_functorch_transform():
     torch.nn.functional.conv2d(torch._C._functorch.unwrap_if_dead(x).double(), ref, padding=1,
                                groups=3).sum().backward()
     assert_close(w.grad, ref.grad, torch.float32)
+
+def test_dead_functorch_wrapper_without_grad(stubbed, monkeypatch):
+    """Without autograd recording, a dead wrapper reaches the plan's launches as it is; a GPU launch asks
+    every tensor argument for its data pointer (stubbed here as such a launch), which a dead wrapper
+    refuses, so the plan runs again on the unwrapped tensors; an error of any other cause still raises."""
+    leaked = []
+
+    def f(x):
+        leaked.append(x * 2)
+        return leaked[-1].sum()
+
+    torch.func.grad(f)(torch.rand(2, 3, 5, 5))
+    x = leaked[0]
+    launched = []
+
+    def launch(self, *args, grid, warmup, **kwargs):
+        launched.append([a.data_ptr() for a in args if isinstance(a, torch.Tensor)])
+
+    monkeypatch.setattr(JITFunction, "run", launch)
+    monkeypatch.setattr(InterpretedFunction, "run", launch)
+    with torch.no_grad():
+        assert tc.depthwise_conv2d(x, torch.empty(3, 1, 3, 3), padding=1).shape == (2, 3, 5, 5)
+    assert launched and all(launched)
+
+    def broken(self, *args, grid, warmup, **kwargs):
+        raise RuntimeError("launch failed")
+
+    monkeypatch.setattr(JITFunction, "run", broken)
+    monkeypatch.setattr(InterpretedFunction, "run", broken)
+    _plans.clear()   # plans bind the launch when they are made
+    with torch.no_grad(), pytest.raises(RuntimeError, match="launch failed"):
+        tc.depthwise_conv2d(torch.empty(2, 3, 5, 5), torch.empty(3, 1, 3, 3), padding=1)
+
 
 def test_backward_runs_plans(stubbed):
     """An eager backward (no create_graph) runs its gradient ops through plans, as the forward does: the

@@ -70,7 +70,16 @@ class Plan:
     def _call(self, needs_grad: bool, tensors: tuple):
         if needs_grad and self.autograd is not None:
             return _apply_eager(*[t if t is None else _unwrap_if_dead(t) for t in tensors], self)
-        out = self.run(*tensors)
+        try:
+            out = self.run(*tensors)
+        except RuntimeError:
+            # A tensor that escaped a finished functorch transform (a dead wrapper) has no storage, and a
+            # launch asks each tensor for its data pointer before it starts anything: run again on the
+            # unwrapped tensors. Trying first costs the common call nothing; unwrapping every call would not.
+            unwrapped = [t if t is None else _unwrap_if_dead(t) for t in tensors]
+            if all(u is t for u, t in zip(unwrapped, tensors)):
+                raise
+            out = self.run(*unwrapped)
         return out[0] if self.first else out
 
 
