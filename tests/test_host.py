@@ -31,18 +31,19 @@ def _conv(n: int = 2, **kwargs) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", sorted(BOUNDS))
 def test_cached_eager_call_costs_a_few_empty_functions(mode):
-    """Host time per cached call of every op, against an empty autograd.Function timed in the same run
-    (min over rounds of CPU time; ops over the bound are timed again, twice at most, keeping their best)."""
+    """Host time per cached call of every op, as a multiple of an empty autograd.Function timed in the same
+    run (min over rounds of CPU time). Ops over the bound are timed again, three times at most, each time
+    beside the Function again, and keep their best ratio: load on a shared CI machine comes and goes
+    between runs, so only a ratio of times taken together means anything."""
     times = host.host_times(number=200, repeats=5, modes=(mode,))[mode]
-    for _ in range(2):
-        unit = times[host.FUNCTION]
-        slow = [op for op, t in times.items() if op not in (host.FUNCTION, host.CUSTOM_OP) and t > BOUNDS[mode] * unit]
+    ratios = {op: t / times[host.FUNCTION] for op, t in times.items() if op not in (host.FUNCTION, host.CUSTOM_OP)}
+    for _ in range(3):
+        slow = [op for op, r in ratios.items() if r > BOUNDS[mode]]
         if not slow:
             break
         again = host.host_times(slow, number=200, repeats=5, modes=(mode,))[mode]
-        times = {op: min(t, again.get(op, t)) for op, t in times.items()}
-    ratios = {op: round(t / times[host.FUNCTION], 1) for op, t in times.items()}
-    assert max(r for op, r in ratios.items() if op != host.CUSTOM_OP) <= BOUNDS[mode], ratios
+        ratios.update({op: min(ratios[op], again[op] / again[host.FUNCTION]) for op in slow})
+    assert max(ratios.values()) <= BOUNDS[mode], {op: round(r, 1) for op, r in ratios.items()}
 
 
 def test_checks_run_for_every_key(stubbed):
