@@ -1,8 +1,14 @@
-"""Test harness: Triton's interpreter when there is no GPU, NaN-filled outputs, one tolerance table."""
+"""Test harness: Triton's interpreter when there is no GPU, NaN-filled outputs, one tolerance table, and
+the background runs of the static reports."""
 
 import contextlib
 import importlib
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -93,3 +99,75 @@ def run_samples() -> None:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Background reports. tests/test_cost.py and tests/test_static.py check reports that compile every kernel
+# for real GPUs on the CPU (`python -m bench.cost`, `python -m bench.static`): minutes of compiler work
+# that does not touch the interpreter. Each test module declares its command with `background`; once
+# collection has found a test that uses the command's fixture, the commands run one after another in a
+# single compiler process beside the interpreter tests (CI has two cores; the interpreter uses one), and
+# the fixture waits for its own. bench.cost runs first: its sm_90 launches are also bench.static's, found
+# again in Triton's cache.
+# ---------------------------------------------------------------------------------------------------------
+
+class Background:
+    """One command's run: `result()` waits for it and returns (CompletedProcess, output folder)."""
+
+    def __init__(self, fixture: str, args: list[str]):
+        self.fixture, self.args = fixture, args
+        self.out = Path(tempfile.mkdtemp(prefix=f"tritonconv-{fixture}-"))
+        self.done = threading.Event()
+        self.scheduled = False
+        self.proc: subprocess.Popen | None = None
+        self.completed: subprocess.CompletedProcess | None = None
+
+    def run(self) -> None:
+        # Compiling needs real Triton, not the interpreter this process runs.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        command = [sys.executable, "-m", *self.args, "--jobs", "1", "--out", str(self.out)]
+        try:
+            self.proc = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout, stderr = self.proc.communicate(timeout=1200)
+            self.completed = subprocess.CompletedProcess(command, self.proc.returncode, stdout, stderr)
+        except Exception as error:  # reported by result(), in the test that needs it
+            self.completed = subprocess.CompletedProcess(command, -1, "", f"{type(error).__name__}: {error}")
+            if self.proc is not None:
+                self.proc.kill()
+        finally:
+            self.done.set()
+
+    def result(self) -> tuple[subprocess.CompletedProcess, Path]:
+        if not self.scheduled:  # no collected test asked for it (a fixture used another way): run it now
+            self.scheduled = True
+            self.run()
+        self.done.wait()
+        return self.completed, self.out
+
+
+_BACKGROUND: list[Background] = []
+
+
+def background(fixture: str, *args: str) -> Background:
+    """Declare `python -m *args --jobs 1 --out DIR`, the report behind the fixture named `fixture`, to run
+    in the background (see above)."""
+    job = Background(fixture, list(args))
+    _BACKGROUND.append(job)
+    return job
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    jobs = [job for job in _BACKGROUND if job.fixture in wanted]
+    for job in jobs:
+        job.scheduled = True
+    if jobs:
+        threading.Thread(target=lambda: [job.run() for job in jobs], daemon=True).start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for job in _BACKGROUND:  # a run cut short (-x, ^C) leaves no compiler behind
+        if job.proc is not None and job.proc.poll() is None:
+            job.proc.kill()
+        shutil.rmtree(job.out, ignore_errors=True)

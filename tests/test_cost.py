@@ -7,9 +7,7 @@ than tests/test_static.py does (several minutes on 2 cores when Triton's cache i
 third about 17. The budget file holds every dtype; `python -m bench.cost --quick` checks them all."""
 
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +16,9 @@ import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from bench import cost, sass, static
+from conftest import background
 from tritonconv import dispatch
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sass(*lines: str) -> str:
@@ -171,16 +169,14 @@ def test_budget_round_trips(tmp_path):
     assert cost.read_budget(path) == {"k [x]": 1.235}
 
 
+_QUICK = background("quick", "bench.cost", "--quick", "--dtype", "bfloat16")
+
+
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
-    """One `python -m bench.cost --quick --dtype bfloat16` (in a process without TRITON_INTERPRET, which
-    conftest sets here). Its sm_90 launches are also tests/test_static.py's, so whichever runs second
-    finds them in Triton's cache."""
-    out = tmp_path_factory.mktemp("cost")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "bench.cost", "--quick", "--dtype", "bfloat16", "--out", str(out)],
-                          cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+def quick() -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
+    """One `python -m bench.cost --quick --dtype bfloat16`, in the background from the start of the session
+    (conftest.background). Its sm_90 launches are also tests/test_static.py's, which it runs first."""
+    proc, out = _QUICK.result()
     assert (out / "cost.csv").exists(), f"no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc, pd.read_csv(out / "cost.csv")
 

@@ -3,32 +3,28 @@ registered kernel compiles for sm_90 and sm_80 on the CPU, fits shared memory an
 GEMM-shaped kernels reach Hopper's tensor cores (HGMMA) in fp16 and bf16."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import background
 from tritonconv import dispatch
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["sm_90", "sm_80"]
 DTYPES = {"float32", "float16", "bfloat16"}
 SHOWN = ["target", "kernel", "dtype", "shapes", "config", "registers", "spill_store_bytes", "shared_bytes",
          "hgmma", "verdict", "error"]
 
 
+_REPORT = background("report", "bench.static", "--space", "heuristic", "--quick", "--target", *TARGETS)
+
+
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> pd.DataFrame:
-    """One run of `python -m bench.static` for both targets, in a process without TRITON_INTERPRET
-    (conftest sets it here; Triton's interpreter stand-ins cannot be compiled)."""
-    out = tmp_path_factory.mktemp("static")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    command = [sys.executable, "-m", "bench.static", "--space", "heuristic", "--quick", "--target", *TARGETS,
-               "--out", str(out)]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+def report() -> pd.DataFrame:
+    """One run of `python -m bench.static` for both targets, in the background from the start of the session
+    (conftest.background)."""
+    proc, out = _REPORT.result()
     assert (out / "static.csv").exists(), f"no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     return pd.read_csv(out / "static.csv")
 
@@ -87,15 +83,21 @@ def test_rejects_apply_only_to_the_source_they_were_found_with(tmp_path, monkeyp
     assert rejects == {("conv2d_forward", "torch.float16", True): frozenset({dispatch.Config.from_json(config)})}
 
 
-def test_conv_forward_tma_candidate_compiles_for_sm90_without_spills(tmp_path):
+_TMA_CANDIDATE = background("tma_candidate", "bench.static", "--quick", "--kernel", "conv2d_forward", "--dtype",
+                            "float16", "--target", "sm_90", "--also", "B_DESCRIPTOR=1")
+
+
+@pytest.fixture
+def tma_candidate() -> Path:
+    proc, out = _TMA_CANDIDATE.result()
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_conv_forward_tma_candidate_compiles_for_sm90_without_spills(tma_candidate):
     """`--also B_DESCRIPTOR=1` compiles the conv forward's TMA weight loads (a tuning candidate that no GPU
     has run yet) beside its heuristic configuration: both layouts, with tensor cores and no spills."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    command = [sys.executable, "-m", "bench.static", "--quick", "--kernel", "conv2d_forward", "--dtype", "float16",
-               "--target", "sm_90", "--also", "B_DESCRIPTOR=1", "--out", str(tmp_path)]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = pd.read_csv(tmp_path / "static.csv")
+    rows = pd.read_csv(tma_candidate / "static.csv")
     candidates = rows[~rows["heuristic"]]
     assert set(candidates["layout"]) == {"nchw", "nhwc"} and candidates["config"].str.contains("B_DESCRIPTOR=1").all()
     bad = candidates[(candidates["verdict"] != "ok") | ~(candidates["hgmma"] > 0)]
