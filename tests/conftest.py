@@ -53,6 +53,18 @@ def rand(*shape: int, dtype: torch.dtype = torch.float32, channels_last: bool = 
     return t.requires_grad_(requires_grad)
 
 
+# The 16-bit (dtype, channels_last) pairs that `dtype_layouts` rotates through.
+_SIXTEEN_BIT = [(torch.float16, False), (torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, True)]
+
+
+def dtype_layouts(i: int) -> list[tuple[torch.dtype, bool]]:
+    """The (dtype, channels_last) pairs a parametrised test runs its i-th case in: float32 in both layouts,
+    and one 16-bit pair, rotating with i through float16 and bfloat16 in both layouts. A deterministic
+    subsample (the suite must fit CI's time): each 16-bit type still meets each layout across the cases,
+    and the 16-bit types differ from each other in conversions only (the same tiles, by element size)."""
+    return [(torch.float32, False), (torch.float32, True), _SIXTEEN_BIT[i % len(_SIXTEEN_BIT)]]
+
+
 @contextlib.contextmanager
 def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     """torch.use_deterministic_algorithms(enabled) inside the block (the tests run with it on, warn_only,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, deterministic_algorithms, op_sample, rand
+from conftest import DEVICE, DTYPES, assert_close, deterministic_algorithms, dtype_layouts, op_sample, rand
 from tritonconv import dispatch
 
 # (N, C, H, W, F, (KH, KW), stride, padding, dilation, groups): odd sizes, non-power-of-two channels,
@@ -28,9 +28,13 @@ def _reference(x, w, b, stride, padding, dilation, groups):
     return F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, padding, dilation, groups)
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def _params(cases: list, name: str) -> list:
+    """Each case in `dtype_layouts(i)`'s dtypes and layouts."""
+    return [pytest.param(case, dtype, cl, id=f"{name}{i}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
+            for i, case in enumerate(cases) for dtype, cl in dtype_layouts(i)]
+
+
+@pytest.mark.parametrize("case,dtype,channels_last", _params(CASES, "case"))
 def test_conv2d_forward_backward(case, dtype, channels_last):
     n, c, h, w_, f, k, stride, padding, dilation, groups = case
     x = rand(n, c, h, w_, dtype=dtype, channels_last=channels_last, requires_grad=True)
@@ -67,9 +71,7 @@ PHASE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", PHASE_CASES, ids=[f"phase{i}" for i in range(len(PHASE_CASES))])
+@pytest.mark.parametrize("case,dtype,channels_last", _params(PHASE_CASES, "phase"))
 def test_strided_input_grad_by_phase(case, dtype, channels_last):
     n, c, h, w_, f, k, stride, padding, dilation = case
     x = rand(n, c, h, w_, dtype=dtype, channels_last=channels_last, requires_grad=True)

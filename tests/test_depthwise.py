@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
-from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
+from conftest import DEVICE, DTYPES, assert_close, dtype_layouts, op_sample, rand
 from tritonconv import _plans, dispatch
 from tritonconv._shared import conv_geometry, tap_major, unrolled_taps
 from tritonconv.depthwise import forward_taps
@@ -25,7 +25,7 @@ CASES = [
 LARGE = (1, 3, 8, 13, 1, (13, 13), 1, 6, 1)
 PARAMS = [pytest.param(case, dtype, cl,
                        id=f"k{case[5][0]}x{case[5][1]}_m{case[4]}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
-          for case in CASES for dtype in DTYPES for cl in (False, True)] + [
+          for i, case in enumerate(CASES) for dtype, cl in dtype_layouts(i)] + [
     pytest.param(LARGE, torch.float32, False, id="k13x13-float32-nchw"),
     pytest.param(LARGE, torch.bfloat16, True, id="k13x13-bfloat16-nhwc"),
 ]

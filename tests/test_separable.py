@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from bench.reference import ACTIVATIONS
-from conftest import DEVICE, DTYPES, assert_close, op_sample, rand
+from conftest import DEVICE, assert_close, dtype_layouts, op_sample, rand
 from tritonconv import dispatch
 
 
@@ -27,8 +27,8 @@ CASES = [
     (2, 16, 5, 4, 2, (1, 3), 9, 1, (0, 1), 1),
 ]
 PARAMS = [pytest.param(case, dtype, cl, act, id=f"case{i}-{act}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
-          for i, case in enumerate(CASES) for dtype in DTYPES for j, cl in enumerate((False, True))
-          for act in [list(ACTIVATIONS)[(2 * i + j) % len(ACTIVATIONS)]]]
+          for i, case in enumerate(CASES) for dtype, cl in dtype_layouts(i)
+          for act in [list(ACTIVATIONS)[(2 * i + cl) % len(ACTIVATIONS)]]]
 
 
 def _two_step(x, wd, bd, wp, bp, stride, padding, dilation, activation):
