@@ -71,10 +71,15 @@ def sample_channel_blocks(pid, num_c, num_p):
     """Split a flat program id over (sample, channel block, pixel block), pixel blocks fastest, with
     scalar arithmetic only: the sample n (int64), the channel block and the pixel block of `pid`, for
     num_c channel blocks and num_p pixel blocks per sample."""
+    # Unsigned: every operand is a count or an index, and an unsigned division by a runtime value is
+    # about half the instructions of a signed one (no sign corrections).
+    # (tl.cast: a count may be a compile-time constant, as for a size Triton specialised to 1.)
+    pid, num_c, num_p = tl.cast(pid, tl.uint32), tl.cast(num_c, tl.uint32), tl.cast(num_p, tl.uint32)
     pid_p = pid % num_p
-    pid_c = (pid // num_p) % num_c
-    n = (pid // (num_p * num_c)).to(tl.int64)
-    return n, pid_c, pid_p
+    rest = pid // num_p
+    pid_c = rest % num_c
+    n = (rest // num_c).to(tl.int64)
+    return n, pid_c.to(tl.int32), pid_p.to(tl.int32)
 
 
 @triton.jit
@@ -92,8 +97,9 @@ def plane_tile(t, rows, cols, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     Returns the tile's rows as an int64 (BLOCK_H, 1, 1) tensor and its columns as (1, BLOCK_W, 1), ready
     to broadcast against a (BLOCK_H, BLOCK_W, BLOCK_C) tile; they may run past the plane's edge.
     """
-    tiles_w = tl.cdiv(cols, BLOCK_W)
-    return tile_pixels(t // tiles_w, t % tiles_w, BLOCK_H, BLOCK_W)
+    tiles_w = tl.cast(tl.cdiv(cols, BLOCK_W), tl.uint32)  # unsigned, as in sample_channel_blocks
+    t = tl.cast(t, tl.uint32)
+    return tile_pixels((t // tiles_w).to(tl.int32), (t % tiles_w).to(tl.int32), BLOCK_H, BLOCK_W)
 
 
 @triton.jit

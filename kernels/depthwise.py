@@ -166,8 +166,11 @@ def depthwise_forward_kernel(
     kh_start, kh_end, kw_start, kw_end,
     # Element strides of x and y in (N, C, H, W) order (any memory format); of w in (F, KH, KW) (the
     # launcher passes tap-major weights for whole channel blocks: 1, KW * F', F' with F' a multiple of BLOCK_C).
-    sxn, sxc, sxh, sxw,
-    swf, swh, sww,
+    # x's column stride and the weights' tap strides are constexpr (a compile per channel count, which the
+    # layers of a network share): each input row's window columns and each tap's weights then load through
+    # one pointer with constant offsets, instead of a 64-bit address computed per load.
+    sxn, sxc, sxh, sxw: tl.constexpr,
+    swf, swh: tl.constexpr, sww: tl.constexpr,
     syn, syc, syh, syw,
     sb,     # element stride of bias
     HAS_BIAS: tl.constexpr,
@@ -259,11 +262,16 @@ def depthwise_forward_kernel(
                     accs = depthwise_window_row(accs, xs, w_first + kh * swh + t * sww, x_row, sww, stride_w,
                                                 dil_w, OUT_W, OUT_W, OUT_H, 0, kw_end - kw_start - t)
 
+    if HAS_BIAS:
+        # Loaded and widened once for all of a thread's outputs (store_epilogue, given HAS_BIAS, would load it
+        # again for each of them).
+        bias = tl.load(bias_ptr + f * sb, mask=f_valid, other=0.0).to(tl.float32)
     for q in tl.static_range(OUT_H * OUT_W):
         # Accumulator q is output (oh + q // OUT_W, ow + q % OUT_W).
         y_offs = n * syn + f.to(tl.int64) * syc + (oh + q // OUT_W) * syh + (ow + q % OUT_W) * syw
-        store_epilogue(accs[q], bias_ptr, sb, f, f_valid, y_ptr + y_offs, z_ptr + y_offs,
-                       (oh + q // OUT_W < OH) & (ow + q % OUT_W < OW) & f_valid, HAS_BIAS, ACTIVATION, STORE_PRE)
+        store_epilogue(accs[q] + bias if HAS_BIAS else accs[q], bias_ptr, sb, f, f_valid, y_ptr + y_offs,
+                       z_ptr + y_offs, (oh + q // OUT_W < OH) & (ow + q % OUT_W < OW) & f_valid, False, ACTIVATION,
+                       STORE_PRE)
 
 
 @triton.jit
