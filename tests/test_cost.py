@@ -8,7 +8,6 @@ third about 17. The budget file holds every dtype; `python -m bench.cost --quick
 
 import math
 import subprocess
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,7 +17,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from bench import cost, sass, static
 from conftest import background
 from tritonconv import dispatch
-
 
 
 def _sass(*lines: str) -> str:
