@@ -13,7 +13,8 @@ Index widths. Three policies, each chosen for what its kernels do with their ind
   is a branchy subroutine that costs many registers per thread (and spilled once rematerialised in an
   epilogue's layout), while a 1-D row of int64 offsets costs little; the host keeps the pixel count
   below 2^31 (`int32_batches` cuts a larger batch into runs that fit), so int32 never overflows.
-- Every other kernel (depthwise, pooling, dropout): offsets and Philox counters are int64 throughout.
+- Every other kernel (depthwise, pooling, dropout but DropBlock's apply pass, which follows conv's INT64
+  policy within a sample): offsets and Philox counters are int64 throughout.
   They are memory-bound loops over small tiles, where the wider offsets cost no occupancy that matters,
   and a tensor over 2^31 elements then indexes correctly with no host-side case.
 """

@@ -45,7 +45,7 @@ All offsets and Philox counters are int64: a tensor over 2^31 elements indexes c
 import triton
 import triton.language as tl
 
-from tritonconv.kernels.common import sample_channel_blocks
+from tritonconv.kernels.common import as_index, sample_channel_blocks
 
 # Which mask `dropout_mask_kernel` applies.
 ELEMENT = tl.constexpr(0)   # each element independently: F.dropout
@@ -309,10 +309,10 @@ def _low_bits(count):
 
 
 @triton.jit
-def _row(ptr, c_offs, w_offs, i, stride_h):
-    """Pointers to row i of a [channels, columns] tile: per-channel and per-column offsets, the row's
-    added once per row (a whole tile of int64 offsets held across the loop costs 4 registers a lane)."""
-    return ptr + (c_offs + i.to(tl.int64) * stride_h)[:, None] + w_offs[None, :]
+def _row(ptr, tile, i, stride_h, INT64: tl.constexpr):
+    """Pointers to row i of a [channels, columns] tile: one row pointer, then each element's offset in the
+    tile (int32 unless INT64: one wide multiply-add per element, where int64 offsets cost four)."""
+    return ptr + as_index(i, INT64) * stride_h + tile
 
 
 @triton.jit
@@ -346,6 +346,7 @@ def drop_block_kernel(
                              # False: y = x * keep * numel / (eps + *count_ptr).
     SEEDS: tl.constexpr,     # APPLY only: read the seeds that COUNT wrote instead of drawing them again
     SEED_ROWS: tl.constexpr,   # seed rows per Philox call: 4 (a 32-bit word each) or 8 (a 16-bit half each)
+    INT64: tl.constexpr,     # APPLY: 64-bit offsets within a sample (`needs_int64`), else int32
     BLOCK_C: tl.constexpr,   # channels of one sample per program
     BLOCK_W: tl.constexpr,   # lanes per row: bs - 1 halo columns, then BLOCK_W - bs + 1 output columns
     BLOCK_H: tl.constexpr,   # output rows per program
@@ -397,11 +398,11 @@ def drop_block_kernel(
     else:
         kept_total = tl.load(count_ptr).to(tl.float32)
         scale = numel / (eps + kept_total)
-        # Offsets kept per channel and per column, added per row (`_row`).
-        x_c = n * sxn + offs_c.to(tl.int64) * sxc
-        x_w = w.to(tl.int64) * sxw
-        y_c = n * syn + offs_c.to(tl.int64) * syc
-        y_w = w.to(tl.int64) * syw
+        # The sample's maps, and each element's offset in them but for its row's, added per row (`_row`).
+        x_map = x_ptr + n * sxn
+        y_map = y_ptr + n * syn
+        x_tile = as_index(offs_c, INT64)[:, None] * sxc + as_index(w, INT64)[None, :] * sxw
+        y_tile = as_index(offs_c, INT64)[:, None] * syc + as_index(w, INT64)[None, :] * syw
 
     h0 = pid_h * BLOCK_H
     h_end = tl.minimum(h0 + BLOCK_H, H)
@@ -470,13 +471,13 @@ def drop_block_kernel(
                 out2 = out_lane & (lane2d * 0 + k + 2 < last)
                 out3 = out_lane & (lane2d * 0 + k + 3 < last)
                 # Masked by bounds only, so that the loads stay vector loads.
-                x0 = tl.load(_row(x_ptr, x_c, x_w, i, sxh), mask=out_lane, other=0.0)
-                x1 = tl.load(_row(x_ptr, x_c, x_w, i + 1, sxh), mask=out1, other=0.0)
-                x2 = tl.load(_row(x_ptr, x_c, x_w, i + 2, sxh), mask=out2, other=0.0)
-                x3 = tl.load(_row(x_ptr, x_c, x_w, i + 3, sxh), mask=out3, other=0.0)
-                _store_kept(_row(y_ptr, y_c, y_w, i, syh), x0, dropped, k, scale, out_lane)
-                _store_kept(_row(y_ptr, y_c, y_w, i + 1, syh), x1, dropped, k + 1, scale, out1)
-                _store_kept(_row(y_ptr, y_c, y_w, i + 2, syh), x2, dropped, k + 2, scale, out2)
-                _store_kept(_row(y_ptr, y_c, y_w, i + 3, syh), x3, dropped, k + 3, scale, out3)
+                x0 = tl.load(_row(x_map, x_tile, i, sxh, INT64), mask=out_lane, other=0.0)
+                x1 = tl.load(_row(x_map, x_tile, i + 1, sxh, INT64), mask=out1, other=0.0)
+                x2 = tl.load(_row(x_map, x_tile, i + 2, sxh, INT64), mask=out2, other=0.0)
+                x3 = tl.load(_row(x_map, x_tile, i + 3, sxh, INT64), mask=out3, other=0.0)
+                _store_kept(_row(y_map, y_tile, i, syh, INT64), x0, dropped, k, scale, out_lane)
+                _store_kept(_row(y_map, y_tile, i + 1, syh, INT64), x1, dropped, k + 1, scale, out1)
+                _store_kept(_row(y_map, y_tile, i + 2, syh, INT64), x2, dropped, k + 2, scale, out2)
+                _store_kept(_row(y_map, y_tile, i + 3, syh, INT64), x3, dropped, k + 3, scale, out3)
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))

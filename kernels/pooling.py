@@ -311,8 +311,9 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
     each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under their windows
-    once (one Philox call per block, not one per window that overlaps it) and loads each unit once; then
-    every output scans its taps, all of them compile-time positions in the lane's patch.
+    once (one Philox call per block, not one per window that overlaps it) and loads each unit once; each
+    output scans its taps, all of them compile-time positions in the lane's patch, as soon as the rows of
+    blocks under its window are drawn.
 
     CELL_H * STRIDE is even and CELL_W * STRIDE a multiple of 4, so every cell's patch starts at the same
     offset into its first block, (-PAD) mod 2 rows and (-PAD) mod 4 columns.
@@ -342,89 +343,109 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     bh0 = uh * (CELL_H * STRIDE // 2) - (PAD + FIRST_H) // 2
     bw0 = uw * (CELL_W * STRIDE // 4) - (PAD + FIRST_W) // 4
 
-    # Draw and load the patch, block by block: unit j of block (a, b) is half j of its call.
+    # Draw and load the patch, block by block (unit j of block (a, b) is half j of its call), a row of blocks
+    # at a time; after each row, the cell's outputs whose windows it completes are scanned and stored. The
+    # code is unrolled, so a unit's registers are free after the last window that reads it: a thread holds
+    # about two rows of blocks, not the patch, and a cell can be tall (fewer blocks drawn twice, by two
+    # cells) without spilling.
     values = ()
     kept = ()
-    for blk in tl.static_range(BLOCKS_H * BLOCKS_W):
-        bh = bh0 + blk // BLOCKS_W
-        bw = bw0 + blk % BLOCKS_W
-        r0, r1, r2, r3 = tl.randint4x(seed, (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4)
-                                      + _along_p(bw, CELLS_FIRST))
-        for j in tl.static_range(8):
-            ih = 2 * bh + j // 4
-            iw = 4 * bw + j % 4
-            ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
-            keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
-            # Unkeyed, masked by the bounds only: the load does not wait for the draw, and no keep flag stays
-            # live as a predicate until its load. (Keyed, the keep mask spares more than it costs.)
-            v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST),
-                        mask=keep if KEYED else ok, other=0.0)
-            if not KEYED:
-                values += (v.to(tl.float32),)
-                kept += (keep,)
-            else:
-                # Position (row, column) of the unit in the drawn patch, as 16 * row + column.
-                values += (_unit_key(v, keep, ((blk // BLOCKS_W) * 2 + j // 4) * 16 + (blk % BLOCKS_W) * 4 + j % 4),)
-
     y_map = n * syn + _along_c(offs_c.to(tl.int64) * syc, CELLS_FIRST)   # each lane's map in y and idx
-    for r in tl.static_range(CELL_H * CELL_W):
-        if not KEYED:
-            best = tl.where(lane_ok, float("-inf"), float("-inf"))
-            best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
-            for t in tl.static_range(KK):
-                best, best_tap = _scan_unit(values, kept, _cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
-                                                                     FIRST_W + (r % CELL_W) * STRIDE + t % TAPS,
-                                                                     BLOCKS_W), t, best, best_tap, KK)
-            out = tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty)
-        else:
-            # The window's tap (0, 0) sits at row FIRST_H + (r // CELL_W) * STRIDE of the drawn patch, column
-            # FIRST_W + (r % CELL_W) * STRIDE.
-            best = tl.zeros_like(lane_ok.to(tl.int32))
-            for t in tl.static_range(KK):
-                best = tl.maximum(best, values[_cell_unit(FIRST_H + (r // CELL_W) * STRIDE + t // TAPS,
-                                                          FIRST_W + (r % CELL_W) * STRIDE + t % TAPS, BLOCKS_W)])
-            out, best_tap = _key_max(best, FIRST_H + (r // CELL_W) * STRIDE, FIRST_W + (r % CELL_W) * STRIDE, TAPS,
-                                     y_ptr.dtype.element_ty)
-        oh = uh * CELL_H + r // CELL_W
-        ow = uw * CELL_W + r % CELL_W
-        ok = lane_ok & _along_p((oh < OH) & (ow < OW), CELLS_FIRST)
-        y_offs = _along_p(oh.to(tl.int64) * syh + ow.to(tl.int64) * syw, CELLS_FIRST)
-        tl.store(y_ptr + y_map + y_offs, out, mask=ok)
-        if STORE_INDEX:
-            tl.store(idx_ptr + y_map + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=ok)
+    for a in tl.static_range(BLOCKS_H):
+        for b in tl.static_range(BLOCKS_W):
+            bh = bh0 + a
+            bw = bw0 + b
+            r0, r1, r2, r3 = tl.randint4x(seed, (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4)
+                                          + _along_p(bw, CELLS_FIRST))
+            for j in tl.static_range(8):
+                ih = 2 * bh + j // 4
+                iw = 4 * bw + j % 4
+                ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
+                keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
+                # Unkeyed, masked by the bounds only: the load does not wait for the draw, and no keep flag
+                # stays live as a predicate until its load. (Keyed, the keep mask spares more than it costs.)
+                v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST),
+                            mask=keep if KEYED else ok, other=0.0)
+                if not KEYED:
+                    values += (v.to(tl.float32),)
+                    kept += (keep,)
+                else:
+                    # Position (row, column) of the unit in the drawn patch, as 64 * row + column.
+                    values += (_unit_key(v, keep, (2 * a + j // 4) * 64 + b * 4 + j % 4),)
+
+        for r in tl.static_range(CELL_H * CELL_W):
+            # The window of output r has its tap (0, 0) at row R0 = FIRST_H + (r // CELL_W) * STRIDE of the
+            # drawn patch, column C0 = FIRST_W + (r % CELL_W) * STRIDE; its last row is in block row a.
+            if (FIRST_H + (r // CELL_W) * STRIDE + TAPS - 1) // 2 == a:
+                _cell_output(values, kept, r, uh, uw, lane_ok, y_ptr, idx_ptr, y_map, OH, OW, syh, syw,
+                             FIRST_H + (r // CELL_W) * STRIDE, FIRST_W + (r % CELL_W) * STRIDE, STORE_INDEX,
+                             KEYED, TAPS, BLOCKS_W, CELL_H, CELL_W, CELLS_FIRST)
+
+
+@triton.jit
+def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr, y_map, OH, OW, syh, syw,
+                 R0: tl.constexpr, C0: tl.constexpr, STORE_INDEX: tl.constexpr, KEYED: tl.constexpr,
+                 TAPS: tl.constexpr, BLOCKS_W: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr,
+                 CELLS_FIRST: tl.constexpr):
+    """Scan and store output r of each lane's cell (`_dropout_cells`), whose window's tap (0, 0) is unit
+    (R0, C0) of the drawn patch, held as tuples of values (keys when KEYED) and keep flags."""
+    KK: tl.constexpr = TAPS * TAPS
+    if not KEYED:
+        best = tl.where(lane_ok, float("-inf"), float("-inf"))
+        best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
+        for t in tl.static_range(KK):
+            best, best_tap = _scan_unit(values, kept, _cell_unit(R0 + t // TAPS, C0 + t % TAPS, BLOCKS_W), t, best,
+                                        best_tap, KK)
+        out = tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty)
+    else:
+        best = tl.full(lane_ok.shape, _NO_KEY, tl.int32)
+        for t in tl.static_range(KK):
+            best = tl.maximum(best, values[_cell_unit(R0 + t // TAPS, C0 + t % TAPS, BLOCKS_W)])
+        out, best_tap = _key_max(best, R0, C0, TAPS, y_ptr.dtype.element_ty)
+    oh = uh * CELL_H + r // CELL_W
+    ow = uw * CELL_W + r % CELL_W
+    ok = lane_ok & _along_p((oh < OH) & (ow < OW), CELLS_FIRST)
+    y_offs = _along_p(oh.to(tl.int64) * syh + ow.to(tl.int64) * syw, CELLS_FIRST)
+    tl.store(y_ptr + y_map + y_offs, out, mask=ok)
+    if STORE_INDEX:
+        tl.store(idx_ptr + y_map + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=ok)
+
+
+# The key of a unit no window may take (dropped, or outside the input): below every kept unit's key.
+_NO_KEY = tl.constexpr(-(1 << 30))
 
 
 @triton.jit
 def _unit_key(v, keep, CODE: tl.constexpr):
-    """A 16-bit unit (float16 or bfloat16) as an int32 key whose integer max is `_wins`'s winner among the
-    units of any window of a patch (`_dropout_cells`), CODE < 256 being the unit's patch position in
-    row-major order: bits 8-23 the value's bits mapped to an order-preserving unsigned integer (NaN above
-    +inf; -0 as +0, equal under >), bits 0-7 255 - CODE (of equal values the earlier tap wins: a window's
-    taps are in patch order) or, for NaN, CODE (the later NaN wins). A dropped unit is 0, below every
-    kept one. One integer max per tap then replaces the compare-and-select of `_scan_tap`."""
+    """A 16-bit unit (float16 or bfloat16) as an int32 key whose signed max is `_wins`'s winner among the
+    units of any window of a patch (`_dropout_cells`), CODE = 64 * row + column < 4096 being the unit's
+    position in the patch. Bits 12 and up hold the value as a signed integer of the same order, its
+    sign-magnitude bits made two's complement (so -0 and +0 are equal, as under >), or 0x8000 for NaN
+    (above +inf's 0x7C00 or 0x7F80); bits 0-11 hold 4095 - CODE (of equal values the earlier tap wins: a
+    window's taps are in patch order) or, for NaN, CODE (the later NaN wins). A dropped unit is _NO_KEY.
+    One integer max per tap then replaces the compare-and-select of `_scan_tap`."""
     if v.dtype == tl.float16:
         INF_BITS = 0x7C00
     else:
         INF_BITS = 0x7F80
-    bits = v.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    bits = tl.where(bits == 0x8000, 0, bits)
-    # Negative values (sign set) reverse their order: flip every bit; positives just set the sign bit.
-    ordered = bits ^ tl.where(bits >= 0x8000, 0xFFFF, 0x8000)
-    key = tl.where((bits & 0x7FFF) > INF_BITS, 0xFFFF00 + CODE, ordered * 256 + (255 - CODE))
-    return tl.where(keep, key, 0)
+    bits = v.to(tl.int16, bitcast=True).to(tl.int32)   # sign-extended: negative values are negative
+    sign = bits >> 31                                   # 0 or -1
+    ordered = (bits ^ (sign & 0x7FFF)) - sign           # -magnitude for negative values, else the magnitude
+    key = tl.where((bits & 0x7FFF) > INF_BITS, 0x8000 * 4096 + CODE, ordered * 4096 + (4095 - CODE))
+    return tl.where(keep, key, _NO_KEY)
 
 
 @triton.jit
 def _key_max(key, R0: tl.constexpr, C0: tl.constexpr, TAPS: tl.constexpr, dtype: tl.constexpr):
     """The output and winning tap of a window from the max of its units' keys (`_unit_key`), its tap (0, 0)
-    at patch row R0, column C0: the value's bits unmapped (a NaN comes out as 0x7FFF, -0 as +0), the tap
-    from the position; 0 and TAPS*TAPS when no unit was kept (key 0)."""
-    ordered = key >> 8
-    bits = ordered ^ tl.where(ordered >= 0x8000, 0x8000, 0xFFFF)
-    code = tl.where(ordered == 0xFFFF, key & 0xFF, 255 - (key & 0xFF))
-    tap = ((code >> 4) - R0) * TAPS + (code & 15) - C0
-    out = tl.where(key == 0, 0, bits).to(tl.int16).to(dtype, bitcast=True)
-    return out, tl.where(key == 0, TAPS * TAPS, tap)
+    at patch row R0, column C0: the value's bits from the key's signed value (a NaN comes out as 0x7FFF,
+    -0 as +0), the tap from the position; 0 and TAPS*TAPS when no unit was kept (_NO_KEY)."""
+    ordered = key >> 12
+    bits = tl.where(ordered < 0, 0x8000 - ordered, tl.where(ordered == 0x8000, 0x7FFF, ordered))
+    code = tl.where(ordered == 0x8000, key & 0xFFF, 4095 - (key & 0xFFF))
+    tap = ((code >> 6) - R0) * TAPS + (code & 63) - C0
+    out = tl.where(key == _NO_KEY, 0, bits).to(tl.int16).to(dtype, bitcast=True)
+    return out, tl.where(key == _NO_KEY, TAPS * TAPS, tap)
 
 
 @triton.jit

@@ -3,6 +3,7 @@ random), the Philox key (reproducible, layout- and tiling-independent, regenerat
 references built from the observed mask, dtypes, layouts, bad input."""
 
 import dataclasses
+import importlib
 
 import pytest
 import torch
@@ -149,6 +150,26 @@ def test_drop_block_forward_backward(dtype, channels_last):
     y.backward(dy)
     assert_close(x.grad, dy.double() * keep * scale, dtype, "input grad")
     _check_layout(x.grad, channels_last)
+
+
+def test_drop_block_int64_offsets(monkeypatch):
+    """The apply pass's 64-bit offsets (INT64, set for tensors over 2^30 elements), forced on a small
+    problem: the same output as with int32 offsets, forward and backward."""
+    x = rand(2, 3, 10, 7, requires_grad=True)
+    dy = rand(*x.shape)
+    outputs = []
+    for forced in (False, True):
+        if forced:
+            # The module, not the function tritonconv.dropout that its package attribute names.
+            monkeypatch.setattr(importlib.import_module("tritonconv.dropout"), "needs_int64", lambda *tensors: True)
+        with dispatch.recording() as decisions:
+            y = tc.drop_block2d(x, 0.3, 3, seed=5)
+            (grad,) = torch.autograd.grad(y, x, dy)
+        assert "drop_block_apply" in {d.problem.kernel for d in decisions}
+        outputs.append((y, grad))
+    (y, grad), (y64, grad64) = outputs
+    assert (y == 0).any() and (y != 0).any()
+    assert torch.equal(y64, y) and torch.equal(grad64, grad)
 
 
 @pytest.mark.parametrize("block,size", [(1, (7, 9)), (2, (9, 8)), (3, (9, 9)), (4, (10, 7)), (5, (13, 11)),

@@ -233,15 +233,15 @@ def conv_padding(padding: int | Sequence[int] | str, kernel: tuple[int, int], st
 # Index widths. Tensors over 2^31 elements must index correctly; every kernel follows one of three
 # policies, written down here once:
 #
-# - An INT64 constexpr (the implicit-GEMM conv kernels, kernels/conv.py): offsets are int32 unless the
-#   launcher passes INT64=needs_int64(...), so the gathers of the inner loop stay 32-bit whenever every
-#   offset fits.
+# - An INT64 constexpr (the implicit-GEMM conv kernels, kernels/conv.py; DropBlock's apply pass): offsets
+#   are int32 unless the launcher passes INT64=needs_int64(...), so the gathers of the inner loop stay
+#   32-bit whenever every offset fits (DropBlock: offsets within a sample, one per element and row).
 # - int32 pixel numbers with int32_batches (pointwise and separable): pixel indices are int32, since an
 #   int64 division costs about 100 registers on sm_90, and every offset is int64; the launcher splits
 #   the batch with int32_batches so that no launch numbers 2^31 pixels. The fused separable kernel also
 #   takes the INT64 constexpr for its offsets.
-# - int64 everywhere else (depthwise, pooling, dropout, activations): offsets (and Philox counters) are
-#   int64 from the program's base on.
+# - int64 everywhere else (depthwise, pooling, the other dropouts, activations): offsets (and Philox
+#   counters) are int64 from the program's base on.
 # ---------------------------------------------------------------------------------------------------------
 
 def needs_int64(*tensors: torch.Tensor) -> bool:

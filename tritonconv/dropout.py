@@ -19,7 +19,7 @@ import torch
 
 from tritonconv import _plans, dispatch, heuristics
 from tritonconv._checks import (channels_last, check_probability, check_seed, check_tensor, empty_like_layout,
-                                philox_seed)
+                                needs_int64, philox_seed)
 from tritonconv._shared import input_grads
 from tritonconv.heuristics import cdiv, next_power_of_2
 from tritonconv.kernels.dropout import CHANNEL, CUTOUT, ELEMENT, drop_block_kernel, dropout_mask_kernel
@@ -293,7 +293,7 @@ def drop_block_count(x: torch.Tensor, seed: torch.Tensor, block: int, gamma: flo
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=True, SEEDS=False,
-                                 SEED_ROWS=seed_rows, **cfg.launch_kwargs())
+                                 SEED_ROWS=seed_rows, INT64=False, **cfg.launch_kwargs())
 
         def run(x, seed):
             count = zeros()  # the programs add into it
@@ -321,10 +321,11 @@ def drop_block_apply(x: torch.Tensor, seed: torch.Tensor, count: torch.Tensor, s
     seed_rows, gamma_bits = _seed_draws(gamma)
     args = (c, h, w, block, h - block + 1, w - block + 1, gamma_bits, float(x.numel()), 1e-6, *x.stride(),
             *y.stride())
+    int64 = needs_int64(x, y)
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(drop_block_kernel, (dispatch.programs(cfg, problem),), COUNT=False,
-                                 SEEDS=seeds is not None, SEED_ROWS=seed_rows, **cfg.launch_kwargs())
+                                 SEEDS=seeds is not None, SEED_ROWS=seed_rows, INT64=int64, **cfg.launch_kwargs())
 
         def run(x, seed, count, seeds):
             y = alloc()

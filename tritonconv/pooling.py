@@ -76,9 +76,12 @@ class PoolGeometry:
         `_dropout_cells`): a common square window (2, 3) at a square stride of 1 to 3 with square padding,
         undilated, and not the pair path; (0, 0) otherwise. A cell spans an even number of input rows and
         a multiple of 4 columns (whole 2x4 blocks of draws). Stride-1 cells are 8x8: a misaligned patch
-        (padding 1) draws 6x4 blocks for 64 outputs, where 4x8 cells drew 4x4 for 32."""
+        (padding 1) draws 6x4 blocks for 64 outputs, where 4x8 cells drew 4x4 for 32. Stride-2 cells are
+        8x4 (9x3 blocks for 32 outputs; 4x4 drew 5x3 for 16): the kernel holds about two rows of blocks at
+        a time, so a taller cell costs few registers; 16x4 and 4x8 predicted slower
+        (`python -m bench.cost --kernel max_pool2d_forward`)."""
         common = self._celled() and self.pad[0] == self.pad[1] and not self.pairs()
-        return {1: (8, 8), 2: (4, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
+        return {1: (8, 8), 2: (8, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
 
     def cell(self) -> int:
         """The side of the pixel cell each lane of the backward takes (kernels.pooling
@@ -143,8 +146,8 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         budget = 4096 if extra["pairs"] and problem.dtype != torch.float32 else 2048
         warps = 4 if extra["pairs"] else 8
         if extra["cell"]:
-            # A lane of a cell holds its patch's units and keep flags (up to 10x10 of each, 8x8 stride-1
-            # cells): one cell a thread.
+            # A lane of a cell holds about two rows of its patch's 2x4 blocks of units and keep flags at a
+            # time (`_dropout_cells`): one cell a thread.
             budget, warps = 128, 4
     if problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
