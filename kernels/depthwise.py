@@ -184,6 +184,7 @@ def depthwise_forward_kernel(
     OUT_W: tl.constexpr,       # neighbouring output columns per thread (and taps per chunk of a runtime row)
     OUT_H: tl.constexpr,       # neighbouring output rows per thread, > 1 only with TAPS_H > 0 and OUT_W > 1
     BF16_BITS: tl.constexpr,   # widen bfloat16 inputs by bit operations (`widen`): bfloat16 on a GPU
+    GRID_NC: tl.constexpr,     # the grid is (tiles, channel blocks, samples), else one flat axis (below)
 ):
     """y = activation(depthwise_conv(x, w) + bias), computed directly in float32.
 
@@ -194,12 +195,20 @@ def depthwise_forward_kernel(
     thread computes OUT_H x OUT_W outputs and each input row's window serves every output row whose taps
     reach it: (OUT_H - 1) * sh + (KH - 1) * dh + 1 row windows instead of OUT_H * KH.
 
-    Grid: (N * cdiv(F, BLOCK_C) * cdiv(OH, BLOCK_H * OUT_H) * cdiv(OW, BLOCK_W * OUT_W),), one flat axis because
-    N * channel blocks alone can exceed the 65535 limit of the other grid axes. Neighbouring programs take
-    neighbouring spatial tiles of one channel block, so the halo they share is still in cache.
+    Grid (GRID_NC): (cdiv(OH, BLOCK_H * OUT_H) * cdiv(OW, BLOCK_W * OUT_W), cdiv(F, BLOCK_C), N), each
+    program's sample and channel block read off its ids (the divisions that split a flat id are about 30
+    instructions of a program's ~2500). The launcher falls back to one flat axis of their product,
+    samples slowest, where N or the channel blocks exceed the 65535 limit of grid axes 1 and 2. Either way
+    neighbouring programs take neighbouring spatial tiles of one channel block, so the halo they share is
+    still in cache.
     """
-    n, pid_f, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(F, BLOCK_C),
-                                           tl.cdiv(OH, BLOCK_H * OUT_H) * tl.cdiv(OW, BLOCK_W * OUT_W))
+    if GRID_NC:
+        tile = tl.program_id(0)
+        pid_f = tl.program_id(1)
+        n = tl.program_id(2).to(tl.int64)
+    else:
+        n, pid_f, tile = sample_channel_blocks(tl.program_id(0), tl.cdiv(F, BLOCK_C),
+                                               tl.cdiv(OH, BLOCK_H * OUT_H) * tl.cdiv(OW, BLOCK_W * OUT_W))
     oh, ow = plane_tile(tile, tl.cdiv(OH, OUT_H), tl.cdiv(OW, OUT_W), BLOCK_H, BLOCK_W)
     oh = oh * OUT_H  # each thread's first output row and column
     ow = ow * OUT_W

@@ -1,5 +1,7 @@
 """depthwise_conv2d against F.conv2d(groups=C) in float64: forward, backward, layouts, dtypes, routing, bad input."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from conftest import DEVICE, DTYPES, assert_close, dtype_layouts, op_sample, ran
 from tritonconv import _plans, dispatch
 from tritonconv._shared import conv_geometry, tap_major, unrolled_taps
 from tritonconv.depthwise import forward_taps
-from tritonconv.kernels.depthwise import depthwise_weight_grad_kernel
+from tritonconv.kernels.depthwise import depthwise_forward_kernel, depthwise_weight_grad_kernel
 
 # (N, C, H, W, multiplier, (KH, KW), stride, padding, dilation): K = 1, 3, 5, 7, multipliers 1 and 2,
 # stride 2, dilation 2, even and non-square kernels, "same"/"valid", and planes and channel counts that need
@@ -178,6 +180,31 @@ def test_input_grad_flips_the_kernel_at_stride_one(i):
     ref.backward(dy.double())
     assert_close(dx, xr.grad, dtype, f"input grad {k} p{padding} d{dilation} x{mult} s{stride}")
     assert dx.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("n,c", [(3, 5), (1, 130)], ids=["samples", "channel-blocks"])
+def test_flat_grid_past_the_axis_limit(monkeypatch, n, c):
+    """The forward kernel (and the stride-1 input gradient, which runs it) on one flat grid axis, as for
+    more samples or channel blocks than grid axes 1 and 2 hold (65535; lowered here to 1, which 3 samples,
+    then 130 channels in blocks of at most 64, exceed)."""
+    monkeypatch.setattr(importlib.import_module("tritonconv.depthwise"), "_GRID_AXIS_LIMIT", 1)
+    x = rand(n, c, 6, 7, dtype=torch.float16, channels_last=True, requires_grad=True)
+    w = rand(c, 1, 3, 3, dtype=torch.float16)
+    b = rand(c, dtype=torch.float16)
+    grids = []
+    run = depthwise_forward_kernel.run
+    monkeypatch.setattr(depthwise_forward_kernel, "run",
+                        lambda *args, grid, **kwargs: grids.append(grid) or run(*args, grid=grid, **kwargs))
+    with dispatch.recording():
+        y = tc.depthwise_conv2d(x, w, b, 1, 1, 1)
+        dy = rand(*y.shape, dtype=torch.float16)
+        (dx,) = torch.autograd.grad(y, x, dy)
+    assert len(grids) == 2 and all(len(grid) == 1 for grid in grids)
+    xr = x.detach().double().requires_grad_()
+    ref = _reference(xr, w, b, 1, 1, 1)
+    assert_close(y, ref, torch.float16, "forward")
+    ref.backward(dy.double())
+    assert_close(dx, xr.grad, torch.float16, "input grad")
 
 
 def test_weight_grad_steps_across_tile_rows_and_images():

@@ -284,6 +284,23 @@ def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
     return _plane_tiles(config, problem) * cdiv(problem.n, config["BLOCK_C"])
 
 
+# The most programs along grid axes 1 and 2 (CUDA's limit).
+_GRID_AXIS_LIMIT = 65535
+
+
+def _forward_grid(config: dispatch.Config, problem: dispatch.Problem) -> tuple[int, ...]:
+    """The forward kernel's grid: (plane tiles of a sample, channel blocks, samples) when the last two fit
+    grid axes 1 and 2, so that a program reads its tile, channel block and sample off its ids without
+    dividing (GRID_NC); else one flat axis of `_tile_programs`."""
+    extra = dict(problem.extra)
+    images = problem.m // max(1, extra["height"] * extra["width"] * extra.get("phases", 1))
+    blocks = cdiv(problem.n, config["BLOCK_C"])
+    tiles = _plane_tiles(config, problem)
+    if blocks <= _GRID_AXIS_LIMIT and images <= _GRID_AXIS_LIMIT:
+        return (tiles // images, blocks, images)
+    return (tiles * blocks,)
+
+
 def _weight_grad_steps(config: dispatch.Config, problem: dispatch.Problem) -> int:
     """Weight gradient: the reduction steps, BLOCK_H of the N * OH output rows each."""
     return cdiv(problem.m // dict(problem.extra)["width"], config["BLOCK_H"])
@@ -391,8 +408,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         taps_sign = -1 if flip else 1
         all_args = (*args, 1, taps_sign * geo.kernel[1] * columns, taps_sign * columns, *y.stride(),
                     bias.stride(0) if bias is not None else 0)
-        kernel = _plans.launcher(depthwise_forward_kernel, (dispatch.programs(cfg, problem),),
-                                 HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
+        grid = _forward_grid(cfg, problem)
+        kernel = _plans.launcher(depthwise_forward_kernel, grid, GRID_NC=len(grid) == 3, HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
                                  BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(),
                                  **(window_taps if cfg["OUT_W"] > 1 else taps), **cfg.launch_kwargs())
 
