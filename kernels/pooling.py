@@ -330,6 +330,8 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     # (`_unit_key`): one integer max per tap, for a key's few instructions per unit. At larger strides a
     # unit serves too few windows to repay its key.
     KEYED: tl.constexpr = STRIDE == 1 and x_ptr.dtype.element_ty != tl.float32
+    # A key codes its unit's patch row and column in 6 bits each (`_unit_key`).
+    tl.static_assert(not KEYED or (2 * BLOCKS_H <= 64 and 4 * BLOCKS_W <= 64))
     cells_w = tl.cdiv(OW, CELL_W)
     cells = tl.cdiv(OH, CELL_H) * cells_w
     n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
