@@ -39,7 +39,9 @@ gives 0, where torch's multiply-by-mask gives NaN (a NaN that is kept stays NaN)
 cutout read every element (a per-element load mask would split vector loads into scalar ones); spatial
 dropout reads no dropped map, except where a tile of one flat run of maps (FLAT) also covers a kept one.
 
-All offsets and Philox counters are int64: a tensor over 2^31 elements indexes correctly.
+All offsets and Philox counters are int64, except DropBlock's apply pass: its offsets within a sample are
+int32 unless the launcher sets INT64 (`needs_int64`); either way a tensor over 2^31 elements indexes
+correctly.
 """
 
 import triton

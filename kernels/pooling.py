@@ -59,6 +59,8 @@ from tritonconv.kernels.common import sample_channel_pixel_tile
 MAX = tl.constexpr(0)        # the max, as F.max_pool2d
 DROPOUT = tl.constexpr(1)    # the max of the units Philox keeps, 0 if none
 WEIGHTED = tl.constexpr(2)   # probabilistic weighted pooling, sum_i (1-p) p^(i-1) v_i
+# The key (`_unit_key`) of a unit no window may take (dropped, or outside the input): below every kept one.
+_NO_KEY = tl.constexpr(-(1 << 30))
 
 
 @triton.jit
@@ -411,10 +413,6 @@ def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr,
     tl.store(y_ptr + y_map + y_offs, out, mask=ok)
     if STORE_INDEX:
         tl.store(idx_ptr + y_map + y_offs, best_tap.to(idx_ptr.dtype.element_ty), mask=ok)
-
-
-# The key of a unit no window may take (dropped, or outside the input): below every kept unit's key.
-_NO_KEY = tl.constexpr(-(1 << 30))
 
 
 @triton.jit

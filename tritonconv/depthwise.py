@@ -273,10 +273,14 @@ def _plane_tiles(blocks: Mapping[str, int] | dispatch.Config, problem: dispatch.
     """(BLOCK_H, BLOCK_W) tiles of the N planes of `problem`: per channel block, the programs of the
     forward and input gradient (one program covers a tile of every stride phase)."""
     extra = dict(problem.extra)
-    rows, cols = extra["height"], extra["width"]
-    images = problem.m // max(1, rows * cols * extra.get("phases", 1))
-    return images * cdiv(rows, blocks["BLOCK_H"] * blocks.get("OUT_H", 1)) * cdiv(
-        cols, blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
+    return _images(problem) * cdiv(extra["height"], blocks["BLOCK_H"] * blocks.get("OUT_H", 1)) * cdiv(
+        extra["width"], blocks["BLOCK_W"] * blocks.get("OUT_W", 1))
+
+
+def _images(problem: dispatch.Problem) -> int:
+    """The samples of a forward or input-gradient Problem (problem.m counts their pixels of every phase)."""
+    extra = dict(problem.extra)
+    return problem.m // max(1, extra["height"] * extra["width"] * extra.get("phases", 1))
 
 
 def _tile_programs(config: dispatch.Config, problem: dispatch.Problem) -> int:
@@ -292,13 +296,10 @@ def _forward_grid(config: dispatch.Config, problem: dispatch.Problem) -> tuple[i
     """The forward kernel's grid: (plane tiles of a sample, channel blocks, samples) when the last two fit
     grid axes 1 and 2, so that a program reads its tile, channel block and sample off its ids without
     dividing (GRID_NC); else one flat axis of `_tile_programs`."""
-    extra = dict(problem.extra)
-    images = problem.m // max(1, extra["height"] * extra["width"] * extra.get("phases", 1))
-    blocks = cdiv(problem.n, config["BLOCK_C"])
-    tiles = _plane_tiles(config, problem)
+    images, blocks = _images(problem), cdiv(problem.n, config["BLOCK_C"])
     if blocks <= _GRID_AXIS_LIMIT and images <= _GRID_AXIS_LIMIT:
-        return (tiles // images, blocks, images)
-    return (tiles * blocks,)
+        return (_plane_tiles(config, problem) // images, blocks, images)
+    return (_tile_programs(config, problem),)
 
 
 def _weight_grad_steps(config: dispatch.Config, problem: dispatch.Problem) -> int:
@@ -409,7 +410,8 @@ def depthwise_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | Non
         all_args = (*args, 1, taps_sign * geo.kernel[1] * columns, taps_sign * columns, *y.stride(),
                     bias.stride(0) if bias is not None else 0)
         grid = _forward_grid(cfg, problem)
-        kernel = _plans.launcher(depthwise_forward_kernel, grid, GRID_NC=len(grid) == 3, HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
+        kernel = _plans.launcher(depthwise_forward_kernel, grid, GRID_NC=len(grid) == 3,
+                                 HAS_BIAS=bias is not None, ACTIVATION=activation, STORE_PRE=store_pre,
                                  BF16_BITS=x.dtype == torch.bfloat16 and not interpreting(),
                                  **(window_taps if cfg["OUT_W"] > 1 else taps), **cfg.launch_kwargs())
 
