@@ -18,7 +18,8 @@ Backward without an int64 index tensor. The forward stores, per output, the winn
 no unit was kept. The input gradient is then a gather: each input pixel visits the windows that contain
 it (only the ((K-1)*d)//s + 1 per axis that can, not one per tap), and adds dy where that
 window's byte names the pixel's tap. No atomics, deterministic. For the common windows (2x2, 3x3 at
-strides 1-3) a lane takes a cell of pixels that share their windows, and loads each window once.
+strides 1-3) a lane takes a cell of pixels that share their windows, and loads each window once; at
+stride 1 in NCHW, a row of a cell's windows is two vector loads of 4 columns (ROW_RUNS).
 
 Max-pooling dropout. Every input unit is kept by one 16-bit Philox draw, shared by all the windows that
 contain it: the units form blocks of 2 rows x 4 columns, block (bh, bw) = (ih//2, iw//4) of map r is
@@ -621,6 +622,9 @@ def max_pool2d_backward_kernel(
     SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both
     CELL: tl.constexpr,       # a TAPS x TAPS window at a STRIDE (1, 2, 3), no dilation: each lane takes
                               # CELL x CELL pixels (`_backward_cells`); 0: one pixel a lane
+    ROW_RUNS: tl.constexpr,   # CELL at STRIDE 1, not WEIGHTED, dy and idx rows contiguous with row strides and OW
+                              # multiples of 4: each row of a lane's windows is two vector loads of 4
+                              # columns (`_chunk`), not NW loads of one
     TAPS: tl.constexpr,       # CELL: the window's side
     BLOCK_C: tl.constexpr,    # channels of one sample per program
     BLOCK_P: tl.constexpr,    # input pixels (ih, iw) per program (CELL: cells)
@@ -637,7 +641,7 @@ def max_pool2d_backward_kernel(
     if CELL:
         _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, p, sdyn, sdyc, sdyh, sdyw,
                         sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw, sdxn, sdxc, sdxh, sdxw, WEIGHTED, TAPS,
-                        STRIDE, CELL, SAME_STRIDES, BLOCK_C, BLOCK_P)
+                        STRIDE, CELL, SAME_STRIDES, ROW_RUNS, BLOCK_C, BLOCK_P)
     else:
         _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
                          dil_h, dil_w, p, sdyn, sdyc, sdyh, sdyw, sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw,
@@ -649,7 +653,7 @@ def max_pool2d_backward_kernel(
 def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, p, sdyn, sdyc, sdyh, sdyw,
                     sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw, sdxn, sdxc, sdxh, sdxw, WEIGHTED: tl.constexpr,
                     TAPS: tl.constexpr, STRIDE: tl.constexpr, CELL: tl.constexpr, SAME_STRIDES: tl.constexpr,
-                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                    ROW_RUNS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_backward_kernel for a TAPS x TAPS window at stride STRIDE, undilated: each
     lane takes a cell of CELL x CELL input pixels (CELL a multiple of STRIDE), a = (ih + pad_h, iw + pad_w)
     in [CELL*u, CELL*u + CELL) per axis. All of a cell's pixels lie in the windows o = u*CELL/STRIDE - j,
@@ -676,7 +680,24 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
     ow0 = uw * (CELL // STRIDE) - (GATHER - 1)
     grads = ()
     taps = ()
-    for w in tl.static_range(NW * NW):
+    if ROW_RUNS:
+        # Stride 1, CELL 4: the lane's windows of row oh are columns ow0 + j = 4*uw - (GATHER-1) + j, j < NW,
+        # all within the 8 columns from 4*uw - 4 (GATHER <= 5): two chunks of 4 that start on multiples of 4,
+        # so a row is two vector loads of dy and two of idx. OW is a multiple of 4: a chunk is all in or all
+        # out of the row, so its mask is the lane's, and the loads stay vector loads.
+        for i in tl.static_range(NW):
+            oh = oh0 + i
+            row_ok = lane_ok & ((oh >= 0) & (oh < OH))[None, :]
+            dy_row = ()
+            idx_row = ()
+            for q in tl.static_range(2):
+                ok = row_ok & ((uw * 4 - 4 + 4 * q >= 0) & (uw * 4 - 4 + 4 * q < OW))[None, :]
+                dy_row += _chunk(dy_map, oh, uw * 4 - 4 + 4 * q, sdyh, ok, 0.0, BLOCK_C, BLOCK_P)
+                idx_row += _chunk(idx_map, oh, uw * 4 - 4 + 4 * q, sidxh, ok, TAPS * TAPS, BLOCK_C, BLOCK_P)
+            for j in tl.static_range(NW):
+                grads += (dy_row[5 - GATHER + j].to(tl.float32),)
+                taps += (idx_row[5 - GATHER + j].to(tl.int32),)
+    for w in tl.static_range(0 if ROW_RUNS else NW * NW):
         oh = oh0 + w // NW
         ow = ow0 + w % NW
         ok = lane_ok & ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW))[None, :]
@@ -728,6 +749,22 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
         ok = lane_ok & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
         dx_offs = (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
         tl.store(dx_map + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _chunk(map_ptr, oh, ow, stride_h, mask, other, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Columns [ow, ow + 4) of row oh of each lane's map (`_backward_cells`' ROW_RUNS; the launcher guarantees
+    oh * stride_h + ow a multiple of 4 elements), as a tuple of 4 [BLOCK_C, BLOCK_P] tiles in column order:
+    one vector load of [BLOCK_C, BLOCK_P, 4] (`mask` per lane), split in registers. The 4 columns are one
+    thread's whole run, so a split moves no data between threads; each split halves the last axis by taking
+    alternate columns, so the pairs come out as (0, 2) and (1, 3)."""
+    start = tl.multiple_of(oh.to(tl.int64) * stride_h + ow, 4)
+    run = tl.load(map_ptr[:, :, None] + (start[None, :, None] + tl.arange(0, 4)[None, None, :]),
+                  mask=mask[:, :, None], other=other)
+    even, odd = tl.split(tl.reshape(run, (BLOCK_C, BLOCK_P, 2, 2)))
+    c0, c2 = tl.split(even)
+    c1, c3 = tl.split(odd)
+    return c0, c1, c2, c3
 
 
 @triton.jit

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import tritonconv as tc
+from tritonconv import dispatch
+from tritonconv.kernels.pooling import max_pool2d_backward_kernel
 from conftest import DTYPES, assert_close, op_sample, rand
 
 # (N, C, H, W, kernel_size, stride, padding, dilation, ceil_mode): VGG's 2x2/2, ResNet's 3x3/2 pad 1,
@@ -69,6 +71,43 @@ def test_max_pool2d_every_stride_and_ceil_mode(geometry, ceil_mode):
     y, ref, dx, dx_ref = _pool_and_grad(x, kernel, stride, padding, 1, ceil_mode)
     assert torch.equal(y.double(), ref)
     assert_close(dx, dx_ref, torch.float32, "input grad")
+
+
+# Stride-1 windows in NCHW, whose backward loads each row of a cell's windows as two runs of 4 columns
+# (kernels.pooling `_chunk`) where OW is a multiple of 4 and the rows of dy and the taps are contiguous:
+# (kernel, padding, W, dy's row stride) with OW = 12 (runs at both edges), then OW = 11 and a dy whose rows
+# are strided, which take the one-window-a-load path.
+ROW_RUN_CASES = [(3, 1, 12, None, True), (3, 0, 14, 16, True), (2, 1, 11, None, True), (2, 0, 13, 20, True),
+                 (3, 1, 11, None, False), (3, 1, 12, 2, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", ROW_RUN_CASES, ids=[f"k{c[0]}p{c[1]}w{c[2]}s{c[3]}" for c in ROW_RUN_CASES])
+def test_max_pool2d_backward_row_runs(monkeypatch, case, dtype):
+    """The backward's gradient against torch whether or not it loads rows as runs, and which path ran:
+    dy is a view of a wider tensor (a row stride that is a multiple of 4 but not OW) or of every other
+    column (row stride 2, column stride 2: no runs)."""
+    kernel, padding, w, row_stride, runs = case
+    x = rand(2, 3, 9, w, dtype=dtype, requires_grad=True)
+    y = tc.max_pool2d(x, kernel, 1, padding)
+    oh, ow = y.shape[-2:]
+    if row_stride == 2:
+        dy = rand(2, 3, oh, 2 * ow, dtype=dtype)[..., ::2]
+    elif row_stride:
+        dy = rand(2, 3, oh, row_stride, dtype=dtype)[..., :ow]
+    else:
+        dy = rand(2, 3, oh, ow, dtype=dtype)
+    seen = []
+    run = max_pool2d_backward_kernel.run
+    monkeypatch.setattr(max_pool2d_backward_kernel, "run",
+                        lambda *args, **kwargs: seen.append(kwargs["ROW_RUNS"]) or run(*args, **kwargs))
+    with dispatch.recording():
+        (dx,) = torch.autograd.grad(y, x, dy)
+    assert seen == [runs]
+    xr = x.detach().double().requires_grad_()
+    ref = F.max_pool2d(xr, kernel, 1, padding)
+    ref.backward(dy.double())
+    assert_close(dx, xr.grad, dtype, "input grad")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

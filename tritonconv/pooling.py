@@ -274,13 +274,17 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     idx_strides = dy.stride() if weighted else saved.stride()
     x_strides = saved.stride() if weighted else dy.stride()
     args = (*geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride())
+    # Stride-1 cells load each row of their windows as one run of 8 columns from a multiple of 4
+    # (kernels/pooling.py `_chunk`): dy's and idx's rows contiguous, starting on multiples of 4.
+    row_runs = (cell != 0 and geo.stride == (1, 1) and not weighted and geo.out_width % 4 == 0
+                and dy.stride(3) == saved.stride(3) == 1 and dy.stride(2) % 4 == 0 and saved.stride(2) % 4 == 0)
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_backward_kernel, (dispatch.programs(cfg, problem),), WEIGHTED=weighted,
                                  GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
                                  STRIDE=geo.stride[0] if geo.stride[0] == geo.stride[1] in (1, 2, 3) else 0,
                                  SAME_STRIDES=not weighted and dy.stride() == saved.stride(),
-                                 CELL=cell, TAPS=geo.fixed_taps(),
+                                 CELL=cell, TAPS=geo.fixed_taps(), ROW_RUNS=row_runs,
                                  **cfg.launch_kwargs())
 
         def run(dy, saved):
