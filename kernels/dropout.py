@@ -311,10 +311,11 @@ def _low_bits(count):
 
 
 @triton.jit
-def _row(ptr, tile, i, stride_h, INT64: tl.constexpr):
-    """Pointers to row i of a [channels, columns] tile: one row pointer, then each element's offset in the
-    tile (int32 unless INT64: one wide multiply-add per element, where int64 offsets cost four)."""
-    return ptr + as_index(i, INT64) * stride_h + tile
+def _row(ptrs, i, stride_h, INT64: tl.constexpr):
+    """Pointers to row i of a tile whose row-0 pointers are `ptrs`: one 64-bit add per element, which rows
+    i + 1, i + 2, ... share, as constant offsets k * stride_h from these (stride_h a constexpr: immediates
+    of the loads and stores)."""
+    return ptrs + as_index(i, INT64) * stride_h
 
 
 @triton.jit
@@ -341,8 +342,8 @@ def drop_block_kernel(
     numel,          # N*C*H*W as a float, the numerator of the scale (APPLY only)
     eps,            # added to the kept count in the scale's denominator, as torchvision does
     # Element strides of x and y in (N, C, H, W) order.
-    sxn, sxc, sxh, sxw,
-    syn, syc, syh, syw,
+    sxn, sxc, sxh: tl.constexpr, sxw,
+    syn, syc, syh: tl.constexpr, syw,
     COUNT: tl.constexpr,     # True: add the number of kept elements to *count_ptr (int64) and write the
                              # packed seeds of the program's own rows to seeds_ptr; no x or y.
                              # False: y = x * keep * numel / (eps + *count_ptr).
@@ -400,11 +401,9 @@ def drop_block_kernel(
     else:
         kept_total = tl.load(count_ptr).to(tl.float32)
         scale = numel / (eps + kept_total)
-        # The sample's maps, and each element's offset in them but for its row's, added per row (`_row`).
-        x_map = x_ptr + n * sxn
-        y_map = y_ptr + n * syn
-        x_tile = as_index(offs_c, INT64)[:, None] * sxc + as_index(w, INT64)[None, :] * sxw
-        y_tile = as_index(offs_c, INT64)[:, None] * syc + as_index(w, INT64)[None, :] * syw
+        # Each element's pointer in row 0 of the sample's maps; a row's offset is added per row (`_row`).
+        x_tile = x_ptr + n * sxn + (as_index(offs_c, INT64)[:, None] * sxc + as_index(w, INT64)[None, :] * sxw)
+        y_tile = y_ptr + n * syn + (as_index(offs_c, INT64)[:, None] * syc + as_index(w, INT64)[None, :] * syw)
 
     h0 = pid_h * BLOCK_H
     h_end = tl.minimum(h0 + BLOCK_H, H)
@@ -473,13 +472,15 @@ def drop_block_kernel(
                 out2 = out_lane & (lane2d * 0 + k + 2 < last)
                 out3 = out_lane & (lane2d * 0 + k + 3 < last)
                 # Masked by bounds only, so that the loads stay vector loads.
-                x0 = tl.load(_row(x_map, x_tile, i, sxh, INT64), mask=out_lane, other=0.0)
-                x1 = tl.load(_row(x_map, x_tile, i + 1, sxh, INT64), mask=out1, other=0.0)
-                x2 = tl.load(_row(x_map, x_tile, i + 2, sxh, INT64), mask=out2, other=0.0)
-                x3 = tl.load(_row(x_map, x_tile, i + 3, sxh, INT64), mask=out3, other=0.0)
-                _store_kept(_row(y_map, y_tile, i, syh, INT64), x0, dropped, k, scale, out_lane)
-                _store_kept(_row(y_map, y_tile, i + 1, syh, INT64), x1, dropped, k + 1, scale, out1)
-                _store_kept(_row(y_map, y_tile, i + 2, syh, INT64), x2, dropped, k + 2, scale, out2)
-                _store_kept(_row(y_map, y_tile, i + 3, syh, INT64), x3, dropped, k + 3, scale, out3)
+                x_row = _row(x_tile, i, sxh, INT64)
+                x0 = tl.load(x_row, mask=out_lane, other=0.0)
+                x1 = tl.load(x_row + sxh, mask=out1, other=0.0)
+                x2 = tl.load(x_row + 2 * sxh, mask=out2, other=0.0)
+                x3 = tl.load(x_row + 3 * sxh, mask=out3, other=0.0)
+                y_row = _row(y_tile, i, syh, INT64)
+                _store_kept(y_row, x0, dropped, k, scale, out_lane)
+                _store_kept(y_row + syh, x1, dropped, k + 1, scale, out1)
+                _store_kept(y_row + 2 * syh, x2, dropped, k + 2, scale, out2)
+                _store_kept(y_row + 3 * syh, x3, dropped, k + 3, scale, out3)
     if COUNT:
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64))
