@@ -308,8 +308,8 @@ def _along_p(v, CELLS_FIRST: tl.constexpr):
 
 
 @triton.jit
-def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
-                   syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, STRIDE: tl.constexpr,
+def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh: tl.constexpr,
+                   sxw: tl.constexpr, syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, STRIDE: tl.constexpr,
                    PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr, CELLS_FIRST: tl.constexpr,
                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
@@ -356,6 +356,9 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     values = ()
     kept = ()
     y_map = n * syn + _along_c(offs_c.to(tl.int64) * syc, CELLS_FIRST)   # each lane's map in y and idx
+    # Each lane's unit (2*bh0, 4*bw0), the patch's first block's first: unit (2*bh + i, 4*bw + k) sits
+    # ((2*(bh - bh0) + i) * sxh + (4*(bw - bw0) + k) * sxw) elements on, a constant (an immediate of the load).
+    x_patch = x_map + _along_p((2 * bh0).to(tl.int64) * sxh + (4 * bw0).to(tl.int64) * sxw, CELLS_FIRST)
     for a in tl.static_range(BLOCKS_H):
         for b in tl.static_range(BLOCKS_W):
             bh = bh0 + a
@@ -369,8 +372,8 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
                 keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
                 # Unkeyed, masked by the bounds only: the load does not wait for the draw, and no keep flag
                 # stays live as a predicate until its load. (Keyed, the keep mask spares more than it costs.)
-                v = tl.load(x_map + _along_p(ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw, CELLS_FIRST),
-                            mask=keep if KEYED else ok, other=0.0)
+                v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw), mask=keep if KEYED else ok,
+                            other=0.0)
                 if not KEYED:
                     values += (v.to(tl.float32),)
                     kept += (keep,)
@@ -472,6 +475,8 @@ def max_pool2d_forward_kernel(
     CELL_W: tl.constexpr,        # CELL_H x CELL_W outputs (`_dropout_cells`); 0: not this path
     STRIDE: tl.constexpr,        # CELL_H: the stride and padding of both axes
     PAD: tl.constexpr,
+    CELL_SXH: tl.constexpr,      # CELL_H: sxh and sxw as constants, so that the units of a cell's patch are constant
+    CELL_SXW: tl.constexpr,      # offsets from one pointer (immediates of the loads); 0 on the other paths
     CELLS_FIRST: tl.constexpr,   # CELL_H: the lanes' tile is (cells, channels) (channels_last), not (channels, cells)
     BLOCK_C: tl.constexpr,       # channels of one sample per program
     BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program (PAIRS: BLOCK_P // 2 pairs; CELL_H: cells)
@@ -483,7 +488,7 @@ def max_pool2d_forward_kernel(
         _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
                        syn, syc, syh, syw, STORE_INDEX, BLOCK_C, BLOCK_P)
     elif CELL_H:
-        _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
+        _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, CELL_SXH, CELL_SXW,
                        syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_FIRST,
                        BLOCK_C, BLOCK_P)
     else:

@@ -240,6 +240,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
                                  STORE_INDEX=store_index, PAIRS=pairs, TAPS=taps, SPAN_H=geo.span(0),
                                  SPAN_W=geo.span(1), CELL_H=cell_h, CELL_W=cell_w,
                                  STRIDE=geo.stride[0] if cell_h else 0, PAD=geo.pad[0] if cell_h else 0,
+                                 CELL_SXH=x.stride(2) if cell_h else 0, CELL_SXW=x.stride(3) if cell_h else 0,
                                  CELLS_FIRST=bool(cell_h) and cl, **cfg.launch_kwargs())
 
         def run(x, seed):
