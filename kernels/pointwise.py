@@ -177,4 +177,4 @@ def pointwise_weight_grad_kernel(
     elif WORKSPACE:
         tl.store(dw_ptr + split.to(tl.int64) * F * C + dw_offs, acc, mask=mask)
     else:
-        tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask)
+        tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask, sem="relaxed")
