@@ -309,9 +309,9 @@ def _along_p(v, CELLS_FIRST: tl.constexpr):
 
 @triton.jit
 def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh: tl.constexpr,
-                   sxw: tl.constexpr, syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, STRIDE: tl.constexpr,
-                   PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr, CELLS_FIRST: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                   sxw: tl.constexpr, syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr,
+                   STRIDE: tl.constexpr, PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr,
+                   CELLS_FIRST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
     each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under their windows
     once (one Philox call per block, not one per window that overlaps it) and loads each unit once; each

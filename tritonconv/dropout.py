@@ -89,9 +89,11 @@ def _drop_block_config(problem: dispatch.Problem, interpreter: bool) -> dispatch
     or more per tile) whose column blocks, each with its bs - 1 halo columns, cover the map's width in the
     fewest lanes. Channels fill the tile to 8 lanes per thread: 1024 lanes on 4 warps in channels_last, 512
     on 2 warps in NCHW, whose rows start inside a vector (the halo lanes) so that every element is its own
-    load with its own 64-bit address, which on 4 warps leave room for only 2 programs per SM; pass 2 in
-    float32 channels_last takes 4 lanes per thread (512 on 4 warps), since four rows of 8 float32 lanes per
-    thread spill (triton 3.9 on sm_80, 3.6 on sm_90); 8192 lanes in the interpreter, which pays per program.
+    load (with a 64-bit address per element and group of four rows), which on 4 warps left room for only 2
+    programs per SM; pass 2 in float32 channels_last takes 4 lanes per thread (512 on 4 warps), since four
+    rows of 8 float32 lanes per thread spill (triton 3.9 on sm_80, 3.6 on sm_90); 8192 lanes in the
+    interpreter, which pays per program. 4 or 16 lanes per thread in NCHW were predicted slower (the latter
+    spills).
     A row's addresses, loop and layout conversion cost the same per thread however many lanes it holds, and
     each lane carries only Philox words and two 32-row bit masks (`python -m bench.static --kernel
     drop_block_count drop_block_apply --space full` shows the registers). Rows: the whole map up to 96 rows

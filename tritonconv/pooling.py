@@ -275,8 +275,9 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     idx_strides = dy.stride() if weighted else saved.stride()
     x_strides = saved.stride() if weighted else dy.stride()
     args = (*geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride())
-    # Stride-1 cells load each row of their windows as one run of 8 columns from a multiple of 4
-    # (kernels/pooling.py `_chunk`): dy's and idx's rows contiguous, starting on multiples of 4.
+    # Stride-1 cells load each row of their windows as two vector loads of 4 columns, each from a multiple of
+    # 4 (kernels/pooling.py `_chunk`): dy's and idx's rows contiguous, starting on multiples of 4, and whole
+    # chunks of 4 in or out of a row (OW a multiple of 4).
     row_runs = (cell != 0 and geo.stride == (1, 1) and not weighted and geo.out_width % 4 == 0
                 and dy.stride(3) == saved.stride(3) == 1 and dy.stride(2) % 4 == 0 and saved.stride(2) % 4 == 0)
 
