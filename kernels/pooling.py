@@ -783,19 +783,20 @@ def _cell_rank(values, ME: tl.constexpr, H0: tl.constexpr, W0: tl.constexpr, PAT
     rank = tl.zeros_like(values[ME])
     for t in tl.static_range(TAPS * TAPS):
         if (H0 + t // TAPS) * PATCH + W0 + t % TAPS != ME:
-            rank += _outranks(values, (H0 + t // TAPS) * PATCH + W0 + t % TAPS, ME)
+            # A select of the sum, not a sum of a select: one predicated add.
+            rank = tl.where(_outranks(values, (H0 + t // TAPS) * PATCH + W0 + t % TAPS, ME), rank + 1.0, rank)
     return rank
 
 
 @triton.jit
 def _outranks(values, U: tl.constexpr, ME: tl.constexpr):
-    """1.0 where patch unit U (`_cell_rank`) outranks unit ME: larger, or equal at an earlier tap (>= is false
-    for NaN, as > and == are, so a NaN outranks nothing and nothing outranks it), else 0.0."""
+    """Where patch unit U (`_cell_rank`) outranks unit ME: larger, or equal at an earlier tap (>= is false
+    for NaN, as > and == are, so a NaN outranks nothing and nothing outranks it)."""
     if U < ME:
         above = values[U] >= values[ME]
     else:
         above = values[U] > values[ME]
-    return above.to(tl.float32)
+    return above
 
 
 @triton.constexpr_function
