@@ -311,7 +311,7 @@ def _along_p(v, CELLS_FIRST: tl.constexpr):
 def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh: tl.constexpr,
                    sxw: tl.constexpr, syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr,
                    STRIDE: tl.constexpr, PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr,
-                   CELLS_FIRST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                   CELLS_FIRST: tl.constexpr, RUNS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
     each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under their windows
     once (one Philox call per block, not one per window that overlaps it) and loads each unit once; each
@@ -365,15 +365,27 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
             bw = bw0 + b
             r0, r1, r2, r3 = tl.randint4x(seed, (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4)
                                           + _along_p(bw, CELLS_FIRST))
+            if RUNS:
+                # NCHW rows: the block's two rows of four units, each one vector load masked by the whole chunk's
+                # bounds (a unit's own bounds and keep flag enter below).
+                units = ()
+                for i in tl.static_range(2):
+                    ih = 2 * bh + i
+                    row_ok = lane_ok & ((ih >= 0) & (ih < H) & (4 * bw >= 0) & (4 * bw < W))[None, :]
+                    units += _columns(tl.load(x_patch[:, :, None] + ((2 * a + i) * sxh + 4 * b + tl.arange(0, 4)),
+                                              mask=row_ok[:, :, None], other=0.0), BLOCK_C, BLOCK_P)
             for j in tl.static_range(8):
                 ih = 2 * bh + j // 4
                 iw = 4 * bw + j % 4
                 ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
                 keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
-                # Unkeyed, masked by the bounds only: the load does not wait for the draw, and no keep flag
-                # stays live as a predicate until its load. (Keyed, the keep mask spares more than it costs.)
-                v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw), mask=keep if KEYED else ok,
-                            other=0.0)
+                if RUNS:
+                    v = units[j]
+                else:
+                    # Unkeyed, masked by the bounds only: the load does not wait for the draw, and no keep flag
+                    # stays live as a predicate until its load. (Keyed, the keep mask spares more than it costs.)
+                    v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw),
+                                mask=keep if KEYED else ok, other=0.0)
                 if not KEYED:
                     values += (v.to(tl.float32),)
                     kept += (keep,)
@@ -477,6 +489,8 @@ def max_pool2d_forward_kernel(
     PAD: tl.constexpr,
     CELL_SXH: tl.constexpr,      # CELL_H: sxh and sxw as constants, so that the units of a cell's patch are constant
     CELL_SXW: tl.constexpr,      # offsets from one pointer (immediates of the loads); 0 on the other paths
+    CELL_RUNS: tl.constexpr,     # CELL_H in NCHW, x's rows contiguous, W and sxh multiples of 4: a block row's four
+                                 # units are one vector load (`_columns`), a 4-column chunk wholly in or out of a row
     CELLS_FIRST: tl.constexpr,   # CELL_H: the lanes' tile is (cells, channels) (channels_last), not (channels, cells)
     BLOCK_C: tl.constexpr,       # channels of one sample per program
     BLOCK_P: tl.constexpr,       # output pixels (oh, ow) per program (PAIRS: BLOCK_P // 2 pairs; CELL_H: cells)
@@ -489,7 +503,7 @@ def max_pool2d_forward_kernel(
                        syn, syc, syh, syw, STORE_INDEX, BLOCK_C, BLOCK_P)
     elif CELL_H:
         _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, CELL_SXH, CELL_SXW,
-                       syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_FIRST,
+                       syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_FIRST, CELL_RUNS,
                        BLOCK_C, BLOCK_P)
     else:
         _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h,
@@ -760,12 +774,17 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
 def _chunk(map_ptr, oh, ow, stride_h, mask, other, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Columns [ow, ow + 4) of row oh of each lane's map (`_backward_cells`' ROW_RUNS; the launcher guarantees
     oh * stride_h + ow a multiple of 4 elements), as a tuple of 4 [BLOCK_C, BLOCK_P] tiles in column order:
-    one vector load of [BLOCK_C, BLOCK_P, 4] (`mask` per lane), split in registers. The 4 columns are one
-    thread's whole run, so a split moves no data between threads; each split halves the last axis by taking
-    alternate columns, so the pairs come out as (0, 2) and (1, 3)."""
+    one vector load of [BLOCK_C, BLOCK_P, 4] (`mask` per lane), split in registers (`_columns`)."""
     start = tl.multiple_of(oh.to(tl.int64) * stride_h + ow, 4)
-    run = tl.load(map_ptr[:, :, None] + (start[None, :, None] + tl.arange(0, 4)[None, None, :]),
-                  mask=mask[:, :, None], other=other)
+    return _columns(tl.load(map_ptr[:, :, None] + (start[None, :, None] + tl.arange(0, 4)[None, None, :]),
+                            mask=mask[:, :, None], other=other), BLOCK_C, BLOCK_P)
+
+
+@triton.jit
+def _columns(run, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The 4 columns of a [BLOCK_C, BLOCK_P, 4] tile whose last axis one thread holds, as a tuple of [BLOCK_C,
+    BLOCK_P] tiles in column order: splits in registers, no data moved between threads (each split halves
+    the last axis by taking alternate columns, so the pairs come out as (0, 2) and (1, 3))."""
     even, odd = tl.split(tl.reshape(run, (BLOCK_C, BLOCK_P, 2, 2)))
     c0, c2 = tl.split(even)
     c1, c3 = tl.split(odd)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import tritonconv as tc
 from tritonconv import dispatch
-from tritonconv.kernels.pooling import max_pool2d_backward_kernel
+from tritonconv.kernels.pooling import max_pool2d_backward_kernel, max_pool2d_forward_kernel
 from conftest import DTYPES, assert_close, op_sample, rand
 
 # (N, C, H, W, kernel_size, stride, padding, dilation, ceil_mode): VGG's 2x2/2, ResNet's 3x3/2 pad 1,
@@ -232,6 +232,32 @@ def test_pool_dropout_cells_share_each_units_draw(geometry, channels_last):
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(x.grad, xr.grad, torch.float32, "input grad")
+
+
+# NCHW cells whose block rows load as vector runs (CELL_RUNS: W and the row stride multiples of 4), and the
+# views that do not: (kernel, stride, padding, W, x's row stride or None, runs).
+CELL_RUN_CASES = [(3, 1, 1, 20, None, True), (3, 2, 1, 20, 24, True), (3, 1, 1, 20, 22, False),
+                  (3, 2, 1, 19, None, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CELL_RUN_CASES, ids=[f"k{c[0]}s{c[1]}w{c[3]}r{c[4]}" for c in CELL_RUN_CASES])
+def test_pool_dropout_cell_runs(monkeypatch, case, dtype):
+    """The cells' output, exact against the float64 composition with the observed mask, whether or not
+    they load block rows as runs, and which path ran (x contiguous, a view of a wider tensor whose row
+    stride is or is not a multiple of 4, an odd W)."""
+    kernel, stride, padding, w, row_stride, runs = case
+    p, seed = 0.3, 5
+    x = rand(2, 3, 13, row_stride or w, dtype=dtype)[..., :w]
+    keep = _kept_units(x, p, seed)
+    seen = []
+    run = max_pool2d_forward_kernel.run
+    monkeypatch.setattr(max_pool2d_forward_kernel, "run",
+                        lambda *args, **kwargs: seen.append(kwargs["CELL_RUNS"]) or run(*args, **kwargs))
+    with dispatch.recording():
+        y = tc.max_pool2d_dropout(x, kernel, stride, padding, p=p, seed=seed)
+    assert seen == [runs]
+    assert torch.equal(y.double(), _masked_max_pool(x.double(), keep, kernel, stride, padding, 1))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -232,6 +232,9 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
         "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=x.dtype, channels_last=cl,
         extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w), ("taps", taps)))
+    # NCHW cells load a block row's four units at once (kernels/pooling.py `_dropout_cells`): rows contiguous,
+    # starting on multiples of 4, and whole 4-column chunks in or out of a row (W a multiple of 4).
+    cell_runs = (bool(cell_h) and not cl and x.stride(3) == 1 and x.stride(2) % 4 == 0 and geo.width % 4 == 0)
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
     args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
@@ -241,6 +244,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
                                  SPAN_W=geo.span(1), CELL_H=cell_h, CELL_W=cell_w,
                                  STRIDE=geo.stride[0] if cell_h else 0, PAD=geo.pad[0] if cell_h else 0,
                                  CELL_SXH=x.stride(2) if cell_h else 0, CELL_SXW=x.stride(3) if cell_h else 0,
+                                 CELL_RUNS=cell_runs,
                                  CELLS_FIRST=bool(cell_h) and cl, **cfg.launch_kwargs())
 
         def run(x, seed):
