@@ -450,6 +450,7 @@ def conv2d_weight_grad_kernel(
         dw_size = tl.num_programs(2).to(tl.int64) * F_PER_GROUP * C_PER_GROUP * KHKW
         tl.store(dw_ptr + split * dw_size + dw_offs, acc, mask=mask)
     else:
+        # Relaxed: the sum is read only after the kernel ends (acq_rel would fence every atomic).
         tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask, sem="relaxed")
 
 

@@ -534,6 +534,7 @@ def depthwise_weight_grad_kernel(
         dw_offs = f_vec.to(tl.int64) * taps + kh * KW + kw
         ok = f_vec < tl.where((kh < KH) & (kw < KW), F, 0)  # no channel of a tap past the kernel
         if ATOMIC:
+            # Relaxed: the sum is read only after the kernel ends (acq_rel would fence every atomic).
             tl.atomic_add(dw_ptr + dw_offs, partial, mask=ok, sem="relaxed")
         else:
             tl.store(dw_ptr + (split * col_tiles + col_tile).to(tl.int64) * F * taps + dw_offs, partial, mask=ok)

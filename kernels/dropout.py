@@ -483,4 +483,5 @@ def drop_block_kernel(
                 _store_kept(y_row + 2 * syh, x2, dropped, k + 2, scale, out2)
                 _store_kept(y_row + 3 * syh, x3, dropped, k + 3, scale, out3)
     if COUNT:
+        # Relaxed: the sum is read only after the kernel ends (acq_rel would fence every atomic).
         tl.atomic_add(count_ptr, tl.sum(tl.sum(kept, axis=1), axis=0).to(tl.int64), sem="relaxed")

@@ -177,4 +177,5 @@ def pointwise_weight_grad_kernel(
     elif WORKSPACE:
         tl.store(dw_ptr + split.to(tl.int64) * F * C + dw_offs, acc, mask=mask)
     else:
+        # Relaxed: the sum is read only after the kernel ends (acq_rel would fence every atomic).
         tl.atomic_add(dw_ptr + dw_offs, acc, mask=mask, sem="relaxed")

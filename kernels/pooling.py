@@ -329,6 +329,8 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     BLOCKS_H: tl.constexpr = _cell_blocks(FIRST_H, STRIDE, CELL_H, TAPS, 2)
     BLOCKS_W: tl.constexpr = _cell_blocks(FIRST_W, STRIDE, CELL_W, TAPS, 4)
     KK: tl.constexpr = TAPS * TAPS
+    # Runs are along W: the (channels, cells) tile of NCHW.
+    tl.static_assert(not (RUNS and CELLS_FIRST))
     # 16-bit units at stride 1 (each unit a tap of up to KK windows of the cell) are scanned as integer keys
     # (`_unit_key`): one integer max per tap, for a key's few instructions per unit. At larger strides a
     # unit serves too few windows to repay its key.
@@ -710,9 +712,10 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
             dy_row = ()
             idx_row = ()
             for q in tl.static_range(2):
-                ok = row_ok & ((uw * 4 - 4 + 4 * q >= 0) & (uw * 4 - 4 + 4 * q < OW))[None, :]
-                dy_row += _chunk(dy_map, oh, uw * 4 - 4 + 4 * q, sdyh, ok, 0.0, BLOCK_C, BLOCK_P)
-                idx_row += _chunk(idx_map, oh, uw * 4 - 4 + 4 * q, sidxh, ok, TAPS * TAPS, BLOCK_C, BLOCK_P)
+                ow = uw * 4 - 4 + 4 * q   # the chunk's first column
+                ok = row_ok & ((ow >= 0) & (ow < OW))[None, :]
+                dy_row += _chunk(dy_map, oh, ow, sdyh, ok, 0.0, BLOCK_C, BLOCK_P)
+                idx_row += _chunk(idx_map, oh, ow, sidxh, ok, TAPS * TAPS, BLOCK_C, BLOCK_P)
             for j in tl.static_range(NW):
                 grads += (dy_row[5 - GATHER + j].to(tl.float32),)
                 taps += (idx_row[5 - GATHER + j].to(tl.int32),)

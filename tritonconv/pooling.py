@@ -203,6 +203,13 @@ dispatch.register("max_pool2d_backward", "pooling", max_pool2d_backward_kernel, 
 # Launchers.
 # ---------------------------------------------------------------------------------------------------------
 
+def _rows_in_chunks(width: int, *tensors: torch.Tensor) -> bool:
+    """Whether the kernels may load these tensors' rows in vector chunks of 4 columns (kernels/pooling.py
+    `_columns`): every row contiguous and starting on a multiple of 4 elements, and `width` a multiple of 4,
+    so that a chunk lies wholly in or out of a row and one mask serves its 4 columns."""
+    return width % 4 == 0 and all(t.stride(3) == 1 and t.stride(2) % 4 == 0 for t in tensors)
+
+
 def _index_dtype(geo: PoolGeometry) -> torch.dtype:
     """The per-output tap record: taps 0..KK-1 and KK for "no unit kept" fit a byte up to 255 taps."""
     return torch.uint8 if geo.kernel[0] * geo.kernel[1] <= 255 else torch.int32
@@ -232,9 +239,8 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
         "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=x.dtype, channels_last=cl,
         extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w), ("taps", taps)))
-    # NCHW cells load a block row's four units at once (kernels/pooling.py `_dropout_cells`): rows contiguous,
-    # starting on multiples of 4, and whole 4-column chunks in or out of a row (W a multiple of 4).
-    cell_runs = (bool(cell_h) and not cl and x.stride(3) == 1 and x.stride(2) % 4 == 0 and geo.width % 4 == 0)
+    # NCHW cells load a block row's four units at once (kernels/pooling.py `_dropout_cells`).
+    cell_runs = bool(cell_h) and not cl and _rows_in_chunks(geo.width, x)
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
     args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
@@ -279,11 +285,9 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     idx_strides = dy.stride() if weighted else saved.stride()
     x_strides = saved.stride() if weighted else dy.stride()
     args = (*geo.launch_args(), p, *dy.stride(), *idx_strides, *x_strides, *dx.stride())
-    # Stride-1 cells load each row of their windows as two vector loads of 4 columns, each from a multiple of
-    # 4 (kernels/pooling.py `_chunk`): dy's and idx's rows contiguous, starting on multiples of 4, and whole
-    # chunks of 4 in or out of a row (OW a multiple of 4).
-    row_runs = (cell != 0 and geo.stride == (1, 1) and not weighted and geo.out_width % 4 == 0
-                and dy.stride(3) == saved.stride(3) == 1 and dy.stride(2) % 4 == 0 and saved.stride(2) % 4 == 0)
+    # Stride-1 cells load each row of their windows as two vector loads of 4 columns (kernels/pooling.py
+    # `_chunk`).
+    row_runs = cell != 0 and geo.stride == (1, 1) and not weighted and _rows_in_chunks(geo.out_width, dy, saved)
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_backward_kernel, (dispatch.programs(cfg, problem),), WEIGHTED=weighted,
