@@ -191,6 +191,7 @@ PROBES = [
     # compiles none of them)
     Probe("max_pool2d_dropout", "32x64x112x112 3x3 s2 p0.3 nhwc", _map(32, 64, 112, 3, 2, 1, p=0.3, channels_last=True)),
     Probe("max_pool2d_dropout", "32x64x56x56 3x3 s1 p0.3 nchw", _map(32, 64, 56, 3, 1, 1, p=0.3)),
+    Probe("max_pool2d_dropout", "32x64x56x56 3x3 s1 p0.3 nhwc", _map(32, 64, 56, 3, 1, 1, p=0.3, channels_last=True)),
     Probe("max_pool2d_dropout", "32x64x112x112 3x3 s2 p0.3 eval nchw", _map(32, 64, 112, 3, 2, 1, p=0.3, training=False)),
 ]
 

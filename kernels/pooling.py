@@ -60,8 +60,15 @@ from tritonconv.kernels.common import sample_channel_pixel_tile
 MAX = tl.constexpr(0)        # the max, as F.max_pool2d
 DROPOUT = tl.constexpr(1)    # the max of the units Philox keeps, 0 if none
 WEIGHTED = tl.constexpr(2)   # probabilistic weighted pooling, sum_i (1-p) p^(i-1) v_i
-# The key (`_unit_key`) of a unit no window may take (dropped, or outside the input): below every kept one.
-_NO_KEY = tl.constexpr(-(1 << 30))
+# 2^_DROP_SHIFT is subtracted from the key (`_unit_key`) of a unit no window may take (dropped, or outside
+# the input): every such key falls below every kept one and every window's empty key (`_empty_key`), and
+# none overflows.
+_DROP_SHIFT = tl.constexpr(30)
+# The value field (`_unit_key`) of a NaN: 0x7FFF, itself a NaN's bits, above +inf's 0x7C00 or 0x7F80; and of
+# an empty window (`_empty_key`): below every unit's (-0x7F80 and up), and whose bits (`_key_max`,
+# 0x8000 - EMPTY = 0x20000) keep 0, +0.0, in their low 16.
+_NAN_ORDERED = tl.constexpr(0x7FFF)
+_EMPTY_ORDERED = tl.constexpr(-0x18000)
 
 
 @triton.jit
@@ -311,7 +318,8 @@ def _along_p(v, CELLS_FIRST: tl.constexpr):
 def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh: tl.constexpr,
                    sxw: tl.constexpr, syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr,
                    STRIDE: tl.constexpr, PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr,
-                   CELLS_FIRST: tl.constexpr, RUNS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                   CELLS_W: tl.constexpr, CELLS_FIRST: tl.constexpr, RUNS: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_P: tl.constexpr):
     """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
     each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under their windows
     once (one Philox call per block, not one per window that overlaps it) and loads each unit once; each
@@ -321,6 +329,15 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     CELL_H * STRIDE is even and CELL_W * STRIDE a multiple of 4, so every cell's patch starts at the same
     offset into its first block, (-PAD) mod 2 rows and (-PAD) mod 4 columns.
 
+    Lanes are cells of a grid CELLS_W cells wide (the launcher's `dropout_cell_columns`: at least the cells
+    a row of outputs needs, and enough that their own columns, below, cover the input's width). When a
+    program's lanes are whole rows of that grid (BLOCK_P a multiple of CELLS_W, a power of two), neighbouring
+    lanes share their draws (SHARE): a cell's own blocks are the OWN_W columns of blocks under its CELL_W
+    outputs' strides, CELL_W * STRIDE input columns from column uw * CELL_W * STRIDE; the blocks its windows
+    reach left and right of them are its neighbours' own, which the lane gathers from the lanes beside it
+    instead of drawing (a warp shuffle). The first lane of a row has no left neighbour and needs none (its
+    halo lies left of column 0); the last lane's right halo lies right of the grid's own columns, so past W.
+
     CELLS_FIRST (channels_last): the lane tile is (cells, channels), channels along its fast axis as along
     memory's, so that the loads keep the layout the keep flags are computed in (transposed, every masked
     load's flag went through shared memory)."""
@@ -328,6 +345,12 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     FIRST_W: tl.constexpr = (4 - PAD % 4) % 4
     BLOCKS_H: tl.constexpr = _cell_blocks(FIRST_H, STRIDE, CELL_H, TAPS, 2)
     BLOCKS_W: tl.constexpr = _cell_blocks(FIRST_W, STRIDE, CELL_W, TAPS, 4)
+    # Blocks of the patch's row left of the cell's own (its first own block is the patch's LEFT_W-th), and
+    # its own: the halo on either side is at most one neighbour's own blocks.
+    LEFT_W: tl.constexpr = (PAD + FIRST_W) // 4
+    OWN_W: tl.constexpr = CELL_W * STRIDE // 4
+    SHARE: tl.constexpr = BLOCK_P % CELLS_W == 0
+    tl.static_assert(LEFT_W <= OWN_W and BLOCKS_W <= LEFT_W + 2 * OWN_W)
     KK: tl.constexpr = TAPS * TAPS
     # Runs are along W: the (channels, cells) tile of NCHW.
     tl.static_assert(not (RUNS and CELLS_FIRST))
@@ -335,14 +358,15 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     # (`_unit_key`): one integer max per tap, for a key's few instructions per unit. At larger strides a
     # unit serves too few windows to repay its key.
     KEYED: tl.constexpr = STRIDE == 1 and x_ptr.dtype.element_ty != tl.float32
-    # A key codes its unit's patch row and column in 6 bits each (`_unit_key`).
-    tl.static_assert(not KEYED or (2 * BLOCKS_H <= 64 and 4 * BLOCKS_W <= 64))
-    cells_w = tl.cdiv(OW, CELL_W)
-    cells = tl.cdiv(OH, CELL_H) * cells_w
+    # A key codes its unit's patch row and column as TAPS * row + column in 12 bits (`_unit_key`).
+    tl.static_assert(not KEYED or TAPS * (2 * BLOCKS_H + 1) + 4 * BLOCKS_W + KK < 4096)
+    cells = tl.cdiv(OH, CELL_H) * CELLS_W
     n, offs_c, offs_u = sample_channel_pixel_tile(tl.program_id(0), C, cells, BLOCK_C, BLOCK_P)
-    uh = offs_u // cells_w
-    uw = offs_u % cells_w
+    uh = offs_u // CELLS_W
+    uw = offs_u % CELLS_W
     lane_ok = _along_c(offs_c < C, CELLS_FIRST) & _along_p(offs_u < cells, CELLS_FIRST)
+    # Each lane's index along the tile's cell axis, for the gathers of SHARE.
+    lane = tl.broadcast_to(_along_p(tl.arange(0, BLOCK_P), CELLS_FIRST), lane_ok.shape)
     x_map = x_ptr + n * sxn + _along_c(offs_c.to(tl.int64) * sxc, CELLS_FIRST)
     rows = _along_c(n * C + offs_c.to(tl.int64), CELLS_FIRST)
     seed = tl.load(seed_ptr)
@@ -362,11 +386,12 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     # ((2*(bh - bh0) + i) * sxh + (4*(bw - bw0) + k) * sxw) elements on, a constant (an immediate of the load).
     x_patch = x_map + _along_p((2 * bh0).to(tl.int64) * sxh + (4 * bw0).to(tl.int64) * sxw, CELLS_FIRST)
     for a in tl.static_range(BLOCKS_H):
+        bh = bh0 + a
+        first = (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4) + _along_p(bw0, CELLS_FIRST)
+        drawn = _own_words(seed, first, SHARE, LEFT_W, OWN_W)
         for b in tl.static_range(BLOCKS_W):
-            bh = bh0 + a
             bw = bw0 + b
-            r0, r1, r2, r3 = tl.randint4x(seed, (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4)
-                                          + _along_p(bw, CELLS_FIRST))
+            r0, r1, r2, r3 = _block_words(seed, first, b, drawn, lane, SHARE, LEFT_W, OWN_W, BLOCK_P, CELLS_FIRST)
             if RUNS:
                 # NCHW rows: the block's two rows of four units, each one vector load masked by the whole chunk's
                 # bounds (a unit's own bounds and keep flag enter below).
@@ -384,16 +409,17 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
                 if RUNS:
                     v = units[j]
                 else:
-                    # Unkeyed, masked by the bounds only: the load does not wait for the draw, and no keep flag
-                    # stays live as a predicate until its load. (Keyed, the keep mask spares more than it costs.)
-                    v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw),
-                                mask=keep if KEYED else ok, other=0.0)
+                    # Masked by the bounds only: the load does not wait for the draw, and no keep flag stays
+                    # live as a predicate until its load.
+                    v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw), mask=ok, other=0.0)
                 if not KEYED:
                     values += (v.to(tl.float32),)
                     kept += (keep,)
                 else:
-                    # Position (row, column) of the unit in the drawn patch, as 64 * row + column.
-                    values += (_unit_key(v, keep, (2 * a + j // 4) * 64 + b * 4 + j % 4),)
+                    # Kept when the margin is >= 0. Position (row, column) of the unit in the drawn patch, as
+                    # TAPS * row + column.
+                    margin = tl.where(ok, _half(r0, r1, r2, r3, j).to(tl.int32) - threshold, -1)
+                    values += (_unit_key(v, margin, (2 * a + j // 4) * TAPS + b * 4 + j % 4),)
 
         for r in tl.static_range(CELL_H * CELL_W):
             # The window of output r has its tap (0, 0) at row R0 = FIRST_H + (r // CELL_W) * STRIDE of the
@@ -402,6 +428,50 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
                 _cell_output(values, kept, r, uh, uw, lane_ok, y_ptr, idx_ptr, y_map, OH, OW, syh, syw,
                              FIRST_H + (r // CELL_W) * STRIDE, FIRST_W + (r % CELL_W) * STRIDE, STORE_INDEX,
                              KEYED, TAPS, BLOCKS_W, CELL_H, CELL_W, CELLS_FIRST)
+
+
+@triton.jit
+def _own_words(seed, first, SHARE: tl.constexpr, LEFT_W: tl.constexpr, OWN_W: tl.constexpr):
+    """SHARE: the Philox words of each lane's own OWN_W blocks of a row of its patch (`_dropout_cells`),
+    the LEFT_W-th block of the row on, four a block; the row's first block is Philox offset `first`.
+    Otherwise none: `_block_words` draws each block where it is used."""
+    drawn = ()
+    if SHARE:
+        for b in tl.static_range(LEFT_W, LEFT_W + OWN_W):
+            r0, r1, r2, r3 = tl.randint4x(seed, first + b)
+            drawn += (r0, r1, r2, r3)
+    return drawn
+
+
+@triton.jit
+def _block_words(seed, first, b: tl.constexpr, drawn, lane, SHARE: tl.constexpr, LEFT_W: tl.constexpr,
+                 OWN_W: tl.constexpr, BLOCK_P: tl.constexpr, CELLS_FIRST: tl.constexpr):
+    """The four Philox words of block b of a row of each lane's patch (`_dropout_cells`): drawn here, or
+    (SHARE) one of the lane's own (`_own_words`) or its neighbour's own, gathered from the lane beside it
+    (the words no unit uses are never gathered: dead code)."""
+    AXIS: tl.constexpr = 0 if CELLS_FIRST else 1
+    if not SHARE:
+        r0, r1, r2, r3 = tl.randint4x(seed, first + b)
+    elif b < LEFT_W:
+        # The left neighbour's own block b + OWN_W.
+        left = tl.maximum(lane - 1, 0)
+        r0 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W)], left, AXIS)
+        r1 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W) + 1], left, AXIS)
+        r2 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W) + 2], left, AXIS)
+        r3 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W) + 3], left, AXIS)
+    elif b < LEFT_W + OWN_W:
+        r0 = drawn[4 * (b - LEFT_W)]
+        r1 = drawn[4 * (b - LEFT_W) + 1]
+        r2 = drawn[4 * (b - LEFT_W) + 2]
+        r3 = drawn[4 * (b - LEFT_W) + 3]
+    else:
+        # The right neighbour's own block b - OWN_W.
+        right = tl.minimum(lane + 1, BLOCK_P - 1)
+        r0 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W)], right, AXIS)
+        r1 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W) + 1], right, AXIS)
+        r2 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W) + 2], right, AXIS)
+        r3 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W) + 3], right, AXIS)
+    return r0, r1, r2, r3
 
 
 @triton.jit
@@ -420,10 +490,10 @@ def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr,
                                         best_tap, KK)
         out = tl.where(best_tap == KK, 0.0, best).to(y_ptr.dtype.element_ty)
     else:
-        best = tl.full(lane_ok.shape, _NO_KEY, tl.int32)
+        best = tl.full(lane_ok.shape, _empty_key(R0 * TAPS + C0, KK), tl.int32)
         for t in tl.static_range(KK):
             best = tl.maximum(best, values[_cell_unit(R0 + t // TAPS, C0 + t % TAPS, BLOCKS_W)])
-        out, best_tap = _key_max(best, R0, C0, TAPS, y_ptr.dtype.element_ty)
+        out, best_tap = _key_max(best, R0 * TAPS + C0, y_ptr.dtype.element_ty)
     oh = uh * CELL_H + r // CELL_W
     ow = uw * CELL_W + r % CELL_W
     ok = lane_ok & _along_p((oh < OH) & (ow < OW), CELLS_FIRST)
@@ -434,14 +504,16 @@ def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr,
 
 
 @triton.jit
-def _unit_key(v, keep, CODE: tl.constexpr):
+def _unit_key(v, margin, CODE: tl.constexpr):
     """A 16-bit unit (float16 or bfloat16) as an int32 key whose signed max is `_wins`'s winner among the
-    units of any window of a patch (`_dropout_cells`), CODE = 64 * row + column < 4096 being the unit's
-    position in the patch. Bits 12 and up hold the value as a signed integer of the same order, its
-    sign-magnitude bits made two's complement (so -0 and +0 are equal, as under >), or 0x8000 for NaN
-    (above +inf's 0x7C00 or 0x7F80); bits 0-11 hold 4095 - CODE (of equal values the earlier tap wins: a
-    window's taps are in patch order) or, for NaN, CODE (the later NaN wins). A dropped unit is _NO_KEY.
-    One integer max per tap then replaces the compare-and-select of `_scan_tap`."""
+    units of any window of a patch (`_dropout_cells`), CODE = TAPS * row + column < 4096 being the unit's
+    position in the patch: within a window (columns at most TAPS - 1 apart) codes run in the order of its
+    taps, and a unit's tap is its code less that of the window's tap (0, 0). Bits 12 and up hold the value
+    as a signed integer of the same order, its sign-magnitude bits made two's complement (so -0 and +0 are
+    equal, as under >), or _NAN_ORDERED for NaN; bits 0-11 hold 4095 - CODE (of equal values the earlier
+    tap wins) or, for NaN, CODE (the later NaN wins). A unit whose keep margin is negative (dropped, or
+    outside the input) loses 2^_DROP_SHIFT. One integer max per tap then replaces the compare-and-select of
+    `_scan_tap`."""
     if v.dtype == tl.float16:
         INF_BITS = 0x7C00
     else:
@@ -449,21 +521,29 @@ def _unit_key(v, keep, CODE: tl.constexpr):
     bits = v.to(tl.int16, bitcast=True).to(tl.int32)   # sign-extended: negative values are negative
     sign = bits >> 31                                   # 0 or -1
     ordered = (bits ^ (sign & 0x7FFF)) - sign           # -magnitude for negative values, else the magnitude
-    key = tl.where((bits & 0x7FFF) > INF_BITS, 0x8000 * 4096 + CODE, ordered * 4096 + (4095 - CODE))
-    return tl.where(keep, key, _NO_KEY)
+    key = tl.where((bits & 0x7FFF) > INF_BITS, _NAN_ORDERED * 4096 + CODE, ordered * 4096 + (4095 - CODE))
+    # The margin's sign (0 or -1) shifted, not a select: LLVM folds a select of a constant key into every
+    # max that takes it (a SEL per window that reads the unit, not one per unit), and so it does the same
+    # sign masked by an AND (15.2, 14.7 and 13.9 us predicted at 3x3 stride 1, NCHW).
+    return key + ((margin >> 31) << _DROP_SHIFT)
+
+
+@triton.constexpr_function
+def _empty_key(origin, taps):
+    """The key a window's max starts from (`_unit_key`): below every unit's, and decoded by `_key_max` as
+    +0.0 and tap `taps` (no unit kept) for the window whose tap (0, 0) has code `origin`."""
+    return _EMPTY_ORDERED.value * 4096 + 4095 - (origin + taps)
 
 
 @triton.jit
-def _key_max(key, R0: tl.constexpr, C0: tl.constexpr, TAPS: tl.constexpr, dtype: tl.constexpr):
-    """The output and winning tap of a window from the max of its units' keys (`_unit_key`), its tap (0, 0)
-    at patch row R0, column C0: the value's bits from the key's signed value (a NaN comes out as 0x7FFF,
-    -0 as +0), the tap from the position; 0 and TAPS*TAPS when no unit was kept (_NO_KEY)."""
+def _key_max(key, ORIGIN: tl.constexpr, dtype: tl.constexpr):
+    """The output and winning tap of a window from the max of its units' keys (`_unit_key`) and its empty
+    key (`_empty_key`), ORIGIN being the code of its tap (0, 0): the value's bits from the key's signed
+    value (a NaN comes out as 0x7FFF, -0 as +0, an empty window as +0), the tap from the code."""
     ordered = key >> 12
-    bits = tl.where(ordered < 0, 0x8000 - ordered, tl.where(ordered == 0x8000, 0x7FFF, ordered))
-    code = tl.where(ordered == 0x8000, key & 0xFFF, 4095 - (key & 0xFFF))
-    tap = ((code >> 6) - R0) * TAPS + (code & 63) - C0
-    out = tl.where(key == _NO_KEY, 0, bits).to(tl.int16).to(dtype, bitcast=True)
-    return out, tl.where(key == _NO_KEY, TAPS * TAPS, tap)
+    bits = tl.where(ordered < 0, 0x8000 - ordered, ordered)
+    tap = tl.where(ordered == _NAN_ORDERED, (key & 0xFFF) - ORIGIN, (4095 - ORIGIN) - (key & 0xFFF))
+    return bits.to(tl.int16).to(dtype, bitcast=True), tap
 
 
 @triton.jit
@@ -487,6 +567,7 @@ def max_pool2d_forward_kernel(
     SPAN_W: tl.constexpr,        # ... and along its columns
     CELL_H: tl.constexpr,        # DROPOUT, a TAPS x TAPS window at STRIDE with padding PAD: each lane takes
     CELL_W: tl.constexpr,        # CELL_H x CELL_W outputs (`_dropout_cells`); 0: not this path
+    CELLS_W: tl.constexpr,       # CELL_H: lanes per row of cells (`_dropout_cells`)
     STRIDE: tl.constexpr,        # CELL_H: the stride and padding of both axes
     PAD: tl.constexpr,
     CELL_SXH: tl.constexpr,      # CELL_H: sxh and sxw as constants, so that the units of a cell's patch are constant
@@ -499,14 +580,14 @@ def max_pool2d_forward_kernel(
 ):
     """One program computes BLOCK_C x BLOCK_P outputs of one sample. Grid:
     (N * cdiv(C, BLOCK_C) * cdiv(OH*OW, BLOCK_P),), pixel blocks fastest (PAIRS: OH * 2*cdiv(OW, 2)
-    pixels, so that each pair is whole; CELL_H: cdiv(OH, CELL_H) * cdiv(OW, CELL_W) cells)."""
+    pixels, so that each pair is whole; CELL_H: cdiv(OH, CELL_H) * CELLS_W cells)."""
     if PAIRS:
         _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
                        syn, syc, syh, syw, STORE_INDEX, BLOCK_C, BLOCK_P)
     elif CELL_H:
         _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, CELL_SXH, CELL_SXW,
-                       syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_FIRST, CELL_RUNS,
-                       BLOCK_C, BLOCK_P)
+                       syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_W, CELLS_FIRST,
+                       CELL_RUNS, BLOCK_C, BLOCK_P)
     else:
         _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h,
                          pad_w, dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE,

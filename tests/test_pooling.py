@@ -234,6 +234,20 @@ def test_pool_dropout_cells_share_each_units_draw(geometry, channels_last):
     assert_close(x.grad, xr.grad, torch.float32, "input grad")
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("kernel, width", [(3, 17), (3, 18), (2, 17)])
+def test_pool_dropout_cells_last_lane_halo(kernel, width, dtype, channels_last):
+    """Stride 1, no padding, W one or two past a multiple of 8: the last row of output cells reaches input
+    columns that no cell owns, so the grid takes one more lane a row (`dropout_cell_lanes`), whose draws its
+    left neighbour gathers; the output is exact against the masked float64 composition."""
+    p, seed = 0.5, 29
+    x = rand(2, 3, 9, width, dtype=dtype, channels_last=channels_last)
+    keep = _kept_units(x, p, seed)
+    y = tc.max_pool2d_dropout(x, kernel, 1, 0, p=p, seed=seed)
+    assert torch.equal(y.double(), _masked_max_pool(x.double(), keep, kernel, 1, 0, 1))
+
+
 # NCHW cells whose block rows load as vector runs (CELL_RUNS: W and the row stride multiples of 4), and the
 # views that do not: (kernel, stride, padding, W, x's row stride or None, runs).
 CELL_RUN_CASES = [(3, 1, 1, 20, None, True), (3, 2, 1, 20, 24, True), (3, 1, 1, 20, 22, False),
@@ -292,6 +306,25 @@ def test_pool_dropout_keyed_cells_nan_zeros_infinities(geometry, dtype, channels
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(x.grad, xr.grad, dtype, "input grad")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("geometry", [(3, 1, 1), (2, 1, 0)], ids=["k3s1p1", "k2s1p0"])
+def test_pool_dropout_keyed_cells_empty_windows(geometry, channels_last):
+    """16-bit stride-1 cells at a high drop rate, many windows keeping no unit: those output +0.0 and send
+    no gradient (their empty key decodes as tap KK), every other window's gradient reaches its winner."""
+    p, seed = 0.85, 23
+    x = rand(2, 3, 13, 18, dtype=torch.float16, channels_last=channels_last).requires_grad_()
+    keep = _kept_units(x.detach(), p, seed)
+    y = tc.max_pool2d_dropout(x, *geometry, p=p, seed=seed)
+    xr = x.detach().double().requires_grad_()
+    ref = _masked_max_pool(xr, keep, *geometry, 1)
+    empty = F.max_pool2d(keep.double(), *geometry) == 0
+    assert empty.sum() > 20 and torch.equal(y.double(), ref) and not y[empty].signbit().any()
+    dy = rand(*ref.shape, dtype=torch.float16)
+    y.backward(dy)
+    ref.backward(dy.double())
+    assert_close(x.grad, xr.grad, torch.float16, "input grad")
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -83,6 +83,23 @@ class PoolGeometry:
         common = self._celled() and self.pad[0] == self.pad[1] and not self.pairs()
         return {1: (8, 8), 2: (8, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
 
+    def dropout_cell_lanes(self, channels_last: bool) -> tuple[int, bool]:
+        """Lanes per row of `dropout_cell`'s cells (kernels.pooling `_dropout_cells`) and whether they are
+        padded so that programs hold whole rows and neighbouring lanes share their halo draws: the cells a
+        row of outputs needs, and at least enough that the grid's own input columns (cell_w * stride a
+        cell) cover W, so that the last lane's right halo lies past the input. Padded to a power of two:
+        in NCHW up to 128 (a program's lanes, a row of cells within a warp: shuffles); channels_last at
+        stride 1 up to 16 (a program is one row of cells and 128 / lanes channels; its cells span warps,
+        so the gathers go through shared memory, which repays only stride 1's two halo blocks of four).
+        Predicted (`python -m bench.cost --kernel max_pool2d_forward`), 3x3 at 56x56, 8 lanes for 7 cells:
+        stride 1 NCHW 18.6 -> 16.9 us, channels_last 17.6 -> 17.0; at stride 2, 112x112 channels_last,
+        sharing took 40.3 us against 35.1."""
+        cell_w = self.dropout_cell()[1]
+        lanes = max(-(-self.out_width // cell_w), -(-self.width // (cell_w * self.stride[1])))
+        padded = 1 << (lanes - 1).bit_length()
+        limit = (16 if self.stride[1] == 1 else 0) if channels_last else 128
+        return (padded, True) if padded <= limit else (lanes, False)
+
     def cell(self) -> int:
         """The side of the pixel cell each lane of the backward takes (kernels.pooling
         `_backward_cells`): a common square window (2, 3) at a square stride of 1 to 3, undilated; the
@@ -149,7 +166,12 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
             # A lane of a cell holds about two rows of its patch's 2x4 blocks of units and keep flags at a
             # time (`_dropout_cells`): one cell a thread.
             budget, warps = 128, 4
-    if problem.channels_last and not interpreter:
+    if problem.channels_last and not interpreter and extra.get("shared_row"):
+        # Cells padded to whole rows whose lanes share their draws (`PoolGeometry.dropout_cell_lanes`): a row
+        # a program.
+        block_p = extra["shared_row"]
+        block_c = heuristics.pow2_clamp(problem.m, 1, budget // block_p)
+    elif problem.channels_last and not interpreter:
         block_c = heuristics.pow2_clamp(problem.m, 1, 64)
         block_p = heuristics.pow2_clamp(problem.n, 1, budget // block_c)
     else:
@@ -233,12 +255,14 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     taps = geo.fixed_taps() if mode in (MAX.value, WEIGHTED.value) or cell_h else 0
     # PAIRS lanes are output pairs: its pixels are OH rows of whole pairs; CELL lanes are cells of outputs.
     pixels = geo.out_height * (2 * heuristics.cdiv(geo.out_width, 2) if pairs else geo.out_width)
+    cells_w, share = geo.dropout_cell_lanes(cl) if cell_h else (0, False)
     if cell_h:
-        pixels = heuristics.cdiv(geo.out_height, cell_h) * heuristics.cdiv(geo.out_width, cell_w)
+        pixels = heuristics.cdiv(geo.out_height, cell_h) * cells_w
     problem = dispatch.Problem(
         "max_pool2d_forward", m=geo.channels, n=pixels, k=geo.kernel[0] * geo.kernel[1],
         batch=geo.batch, dtype=x.dtype, channels_last=cl,
-        extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w), ("taps", taps)))
+        extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w), ("taps", taps),
+               ("shared_row", cells_w if share else 0)))
     # NCHW cells load a block row's four units at once (kernels/pooling.py `_dropout_cells`).
     cell_runs = bool(cell_h) and not cl and _rows_in_chunks(geo.width, x)
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
@@ -247,7 +271,7 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_forward_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
                                  STORE_INDEX=store_index, PAIRS=pairs, TAPS=taps, SPAN_H=geo.span(0),
-                                 SPAN_W=geo.span(1), CELL_H=cell_h, CELL_W=cell_w,
+                                 SPAN_W=geo.span(1), CELL_H=cell_h, CELL_W=cell_w, CELLS_W=cells_w,
                                  STRIDE=geo.stride[0] if cell_h else 0, PAD=geo.pad[0] if cell_h else 0,
                                  CELL_SXH=x.stride(2) if cell_h else 0, CELL_SXW=x.stride(3) if cell_h else 0,
                                  CELL_RUNS=cell_runs,
