@@ -34,7 +34,9 @@ VGG's 2x2 stride-2 windows (PAIRS): one 2x4 block holds exactly the windows of t
 (oh, 2q) and (oh, 2q+1), so the program's lanes are output pairs: one call per pair draws each unit
 of its patch once, and each of the block's two rows is one contiguous 4-unit load along W. Other
 common windows (2x2, 3x3 at strides 1-3, `_dropout_cells`) give each lane a cell of outputs whose
-patch it draws and loads once; only the blocks of the halo between neighbouring cells are drawn twice.
+patch it draws and loads once. The halo blocks left and right of a cell's own are its neighbours' own:
+where a program holds whole rows of cells it gathers their words from the lanes beside it; the halo rows
+above and below, and the side halos elsewhere, are drawn by both cells.
 At stride 1 a 16-bit unit becomes one integer key whose max is the window's winner (`_unit_key`), so
 each of a window's taps costs one integer max.
 Any other geometry walks the blocks its window overlaps (SPAN_H x SPAN_W of them), each unit offered to
