@@ -331,13 +331,14 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     CELL_H * STRIDE is even and CELL_W * STRIDE a multiple of 4, so every cell's patch starts at the same
     offset into its first block, (-PAD) mod 2 rows and (-PAD) mod 4 columns.
 
-    Lanes are cells of a grid CELLS_W cells wide (the launcher's `dropout_cell_columns`: at least the cells
-    a row of outputs needs, and enough that their own columns, below, cover the input's width). When a
-    program's lanes are whole rows of that grid (BLOCK_P a multiple of CELLS_W, a power of two), neighbouring
-    lanes share their draws (SHARE): a cell's own blocks are the OWN_W columns of blocks under its CELL_W
-    outputs' strides, CELL_W * STRIDE input columns from column uw * CELL_W * STRIDE; the blocks its windows
-    reach left and right of them are its neighbours' own, which the lane gathers from the lanes beside it
-    instead of drawing (a warp shuffle). The first lane of a row has no left neighbour and needs none (its
+    Lanes are cells of a grid CELLS_W cells wide (the launcher's `PoolGeometry.dropout_cell_lanes`: at least
+    the cells a row of outputs needs, and enough that their own columns, below, cover the input's width).
+    When a program's lanes are whole rows of that grid (BLOCK_P a multiple of CELLS_W, a power of two),
+    neighbouring lanes share their draws (SHARE): a cell's own blocks are the OWN_W columns of blocks under
+    its CELL_W outputs' strides, CELL_W * STRIDE input columns from column uw * CELL_W * STRIDE; the blocks
+    its windows reach left and right of them are its neighbours' own, which the lane gathers from the lanes
+    beside it instead of drawing (warp shuffles in NCHW, where a row of cells lies in a warp; shared memory
+    in channels_last). The first lane of a row has no left neighbour and needs none (its
     halo lies left of column 0); the last lane's right halo lies right of the grid's own columns, so past W.
 
     CELLS_FIRST (channels_last): the lane tile is (cells, channels), channels along its fast axis as along
@@ -449,30 +450,22 @@ def _own_words(seed, first, SHARE: tl.constexpr, LEFT_W: tl.constexpr, OWN_W: tl
 def _block_words(seed, first, b: tl.constexpr, drawn, lane, SHARE: tl.constexpr, LEFT_W: tl.constexpr,
                  OWN_W: tl.constexpr, BLOCK_P: tl.constexpr, CELLS_FIRST: tl.constexpr):
     """The four Philox words of block b of a row of each lane's patch (`_dropout_cells`): drawn here, or
-    (SHARE) one of the lane's own (`_own_words`) or its neighbour's own, gathered from the lane beside it
-    (the words no unit uses are never gathered: dead code)."""
-    AXIS: tl.constexpr = 0 if CELLS_FIRST else 1
+    (SHARE) one of the lane's own (`_own_words`) or, for a halo block, its neighbour's own, gathered from the
+    lane beside it (the words no unit uses are never gathered: dead code)."""
     if not SHARE:
         r0, r1, r2, r3 = tl.randint4x(seed, first + b)
-    elif b < LEFT_W:
-        # The left neighbour's own block b + OWN_W.
-        left = tl.maximum(lane - 1, 0)
-        r0 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W)], left, AXIS)
-        r1 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W) + 1], left, AXIS)
-        r2 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W) + 2], left, AXIS)
-        r3 = tl.gather(drawn[4 * (b + OWN_W - LEFT_W) + 3], left, AXIS)
-    elif b < LEFT_W + OWN_W:
-        r0 = drawn[4 * (b - LEFT_W)]
-        r1 = drawn[4 * (b - LEFT_W) + 1]
-        r2 = drawn[4 * (b - LEFT_W) + 2]
-        r3 = drawn[4 * (b - LEFT_W) + 3]
     else:
-        # The right neighbour's own block b - OWN_W.
-        right = tl.minimum(lane + 1, BLOCK_P - 1)
-        r0 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W)], right, AXIS)
-        r1 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W) + 1], right, AXIS)
-        r2 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W) + 2], right, AXIS)
-        r3 = tl.gather(drawn[4 * (b - OWN_W - LEFT_W) + 3], right, AXIS)
+        # The owner's side (-1 left, 1 right, 0 the lane itself) and the block's index among its own.
+        SIDE: tl.constexpr = -1 if b < LEFT_W else (1 if b >= LEFT_W + OWN_W else 0)
+        I: tl.constexpr = 4 * (b - LEFT_W - SIDE * OWN_W)
+        r0, r1, r2, r3 = drawn[I], drawn[I + 1], drawn[I + 2], drawn[I + 3]
+        if SIDE != 0:
+            AXIS: tl.constexpr = 0 if CELLS_FIRST else 1
+            owner = tl.minimum(tl.maximum(lane + SIDE, 0), BLOCK_P - 1)
+            r0 = tl.gather(r0, owner, AXIS)
+            r1 = tl.gather(r1, owner, AXIS)
+            r2 = tl.gather(r2, owner, AXIS)
+            r3 = tl.gather(r3, owner, AXIS)
     return r0, r1, r2, r3
 
 
@@ -526,7 +519,7 @@ def _unit_key(v, margin, CODE: tl.constexpr):
     key = tl.where((bits & 0x7FFF) > INF_BITS, _NAN_ORDERED * 4096 + CODE, ordered * 4096 + (4095 - CODE))
     # The margin's sign (0 or -1) shifted, not a select: LLVM folds a select of a constant key into every
     # max that takes it (a SEL per window that reads the unit, not one per unit), and so it does the same
-    # sign masked by an AND (15.2, 14.7 and 13.9 us predicted at 3x3 stride 1, NCHW).
+    # sign masked by an AND; the shift keeps one per unit (the cost model's SASS, 3x3 stride 1).
     return key + ((margin >> 31) << _DROP_SHIFT)
 
 

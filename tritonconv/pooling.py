@@ -90,10 +90,8 @@ class PoolGeometry:
         cell) cover W, so that the last lane's right halo lies past the input. Padded to a power of two:
         in NCHW up to 128 (a program's lanes, a row of cells within a warp: shuffles); channels_last at
         stride 1 up to 16 (a program is one row of cells and 128 / lanes channels; its cells span warps,
-        so the gathers go through shared memory, which repays only stride 1's two halo blocks of four).
-        Predicted (`python -m bench.cost --kernel max_pool2d_forward`), 3x3 at 56x56, 8 lanes for 7 cells:
-        stride 1 NCHW 18.6 -> 16.9 us, channels_last 17.6 -> 17.0; at stride 2, 112x112 channels_last,
-        sharing took 40.3 us against 35.1."""
+        so the gathers go through shared memory, which repays only stride 1's two halo blocks of four;
+        predicted slower at stride 2: `python -m bench.cost --kernel max_pool2d_forward`)."""
         cell_w = self.dropout_cell()[1]
         lanes = max(-(-self.out_width // cell_w), -(-self.width // (cell_w * self.stride[1])))
         padded = 1 << (lanes - 1).bit_length()
