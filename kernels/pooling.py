@@ -37,8 +37,8 @@ common windows (2x2, 3x3 at strides 1-3, `_dropout_cells`) give each lane a cell
 patch it draws and loads once. The halo blocks left and right of a cell's own are its neighbours' own:
 where a program holds whole rows of cells it gathers their words from the lanes beside it; the halo rows
 above and below, and the side halos elsewhere, are drawn by both cells.
-At stride 1 a 16-bit unit becomes one integer key whose max is the window's winner (`_unit_key`), so
-each of a window's taps costs one integer max.
+There a 16-bit unit becomes one integer key whose max is the window's winner (`_unit_key`), so each
+of a window's taps costs one integer max.
 Any other geometry walks the blocks its window overlaps (SPAN_H x SPAN_W of them), each unit offered to
 the window by `_dropout_unit`.
 
@@ -357,10 +357,10 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     KK: tl.constexpr = TAPS * TAPS
     # Runs are along W: the (channels, cells) tile of NCHW.
     tl.static_assert(not (RUNS and CELLS_FIRST))
-    # 16-bit units at stride 1 (each unit a tap of up to KK windows of the cell) are scanned as integer keys
-    # (`_unit_key`): one integer max per tap, for a key's few instructions per unit. At larger strides a
-    # unit serves too few windows to repay its key.
-    KEYED: tl.constexpr = STRIDE == 1 and x_ptr.dtype.element_ty != tl.float32
+    # 16-bit units are scanned as integer keys (`_unit_key`): one integer max per tap and a few instructions
+    # per output to decode, for a key's few instructions per unit, which repays at every stride (a unit is
+    # a tap of up to KK windows at stride 1, of about KK / 4 at stride 2).
+    KEYED: tl.constexpr = x_ptr.dtype.element_ty != tl.float32
     # A key codes its unit's patch row and column as TAPS * row + column in 12 bits (`_unit_key`).
     tl.static_assert(not KEYED or TAPS * (2 * BLOCKS_H + 1) + 4 * BLOCKS_W + KK < 4096)
     cells = tl.cdiv(OH, CELL_H) * CELLS_W

@@ -276,9 +276,10 @@ def test_pool_dropout_cell_runs(monkeypatch, case, dtype):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("geometry", [(3, 1, 1), (2, 1, 0)], ids=["k3s1p1", "k2s1p0"])
+@pytest.mark.parametrize("geometry", [(3, 1, 1), (2, 1, 0), (3, 2, 1), (2, 3, 0)],
+                         ids=["k3s1p1", "k2s1p0", "k3s2p1", "k2s3p0"])
 def test_pool_dropout_keyed_cells_nan_zeros_infinities(geometry, dtype, channels_last):
-    """16-bit stride-1 cells pick a window's winner by an integer max of per-unit keys: on small integers
+    """16-bit cells pick a window's winner by an integer max of per-unit keys: on small integers
     (many ties), +0 and -0 (equal: the first tap wins), NaNs (the last wins) and infinities, the output is
     F.max_pool2d of the kept units (0 where none is kept; a kept -inf is taken), the gradient reaches the
     unit torch's max picks."""
@@ -309,9 +310,9 @@ def test_pool_dropout_keyed_cells_nan_zeros_infinities(geometry, dtype, channels
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("geometry", [(3, 1, 1), (2, 1, 0)], ids=["k3s1p1", "k2s1p0"])
+@pytest.mark.parametrize("geometry", [(3, 1, 1), (2, 1, 0), (3, 2, 1)], ids=["k3s1p1", "k2s1p0", "k3s2p1"])
 def test_pool_dropout_keyed_cells_empty_windows(geometry, channels_last):
-    """16-bit stride-1 cells at a high drop rate, many windows keeping no unit: those output +0.0 and send
+    """16-bit cells at a high drop rate, many windows keeping no unit: those output +0.0 and send
     no gradient (their empty key decodes as tap KK), every other window's gradient reaches its winner."""
     p, seed = 0.85, 23
     x = rand(2, 3, 13, 18, dtype=torch.float16, channels_last=channels_last).requires_grad_()
