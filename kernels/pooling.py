@@ -408,7 +408,7 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
                 ih = 2 * bh + j // 4
                 iw = 4 * bw + j % 4
                 ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
-                keep = ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold)
+                half = _half(r0, r1, r2, r3, j).to(tl.int32)
                 if RUNS:
                     v = units[j]
                 else:
@@ -417,11 +417,11 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
                     v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw), mask=ok, other=0.0)
                 if not KEYED:
                     values += (v.to(tl.float32),)
-                    kept += (keep,)
+                    kept += (ok & (half >= threshold),)
                 else:
-                    # Kept when the margin is >= 0. Position (row, column) of the unit in the drawn patch, as
-                    # TAPS * row + column.
-                    margin = tl.where(ok, _half(r0, r1, r2, r3, j).to(tl.int32) - threshold, -1)
+                    # Kept when inside the input and its margin is >= 0. Position (row, column) of the unit in
+                    # the drawn patch, as TAPS * row + column.
+                    margin = tl.where(ok, half - threshold, -1)
                     values += (_unit_key(v, margin, (2 * a + j // 4) * TAPS + b * 4 + j % 4),)
 
         for r in tl.static_range(CELL_H * CELL_W):
