@@ -33,7 +33,7 @@ units, 0 when none is kept.
 VGG's 2x2 stride-2 windows (PAIRS): one 2x4 block holds exactly the windows of the output pair
 (oh, 2q) and (oh, 2q+1), so the program's lanes are output pairs: one call per pair draws each unit
 of its patch once, and each of the block's two rows is one contiguous 4-unit load along W. Other
-common windows (2x2, 3x3 at strides 1-3, `_dropout_cells`) give each lane a cell of outputs whose
+common windows (2x2, 3x3 at strides 1-3, `_window_cells`) give each lane a cell of outputs whose
 patch it draws and loads once. The halo blocks left and right of a cell's own are its neighbours' own:
 where a program holds whole rows of cells it gathers their words from the lanes beside it; the halo rows
 above and below, and the side halos elsewhere, are drawn by both cells.
@@ -46,9 +46,10 @@ Weighted pooling (eval). With the window's n units sorted descending v_1 >= ... 
 output is v_i with probability (1-p) p^(i-1); its expectation is y = sum_i (1-p) p^(i-1) v_i. Each unit's
 rank i-1 is counted by comparing it with every other unit of its window (ties broken by tap), which costs
 (KH*KW)^2 comparisons per output and holds only two values at a time. The forward's common windows (2x2,
-3x3) instead load their units once and sort them in registers with a sorting network (5 or 25
-comparators, no ranks: equal values are interchangeable in the sum); the backward's cells load the patch
-under the cell's windows once and compare each (unit, other unit of a shared window) pair once.
+3x3) instead sort their units in registers with a sorting network (5 or 25 comparators, no ranks: equal
+values are interchangeable in the sum), each lane taking a cell of outputs and loading its patch once
+(`_window_cells`) where the cells of the dropout mode apply; the backward's cells load the patch under the
+cell's windows once and compare each (unit, other unit of a shared window) pair once.
 
 All offsets and Philox counters are int64.
 """
@@ -160,21 +161,33 @@ def _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS: tl
 
 
 @triton.jit
-def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr):
+def _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS: tl.constexpr,
+                     MIN_UNITS: tl.constexpr):
     """Weighted pooling of a TAPS x TAPS window whose tap (0, 0) sits at (ih0, iw0), unrolled: its units are
     loaded once (-inf outside the input, so they sort last), sorted in registers by a sorting network, and
-    the i-th largest weighed (1-p) p^i for i below the window's count of units (equal values are
-    interchangeable, so ties need no rule)."""
+    the i-th largest weighed (1-p) p^i for i below the window's count of units (`_weighted_sum`; equal values
+    are interchangeable, so ties need no rule)."""
     values, inside = _window_units(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, TAPS, tl.float32)
     units = tl.zeros_like(valid.to(tl.int32))
     for t in tl.static_range(TAPS * TAPS):
         units += inside[t].to(tl.int32)
+    return _weighted_sum(values, units, p, TAPS, MIN_UNITS)
+
+
+@triton.jit
+def _weighted_sum(values, units, p, TAPS: tl.constexpr, MIN_UNITS: tl.constexpr):
+    """sum_i (1-p) p^i v_i over the `units` largest of a TAPS x TAPS window's values (a tuple in any order,
+    -inf for the taps outside the input, so that they sort last), sorted by the window's network. Every
+    window has at least MIN_UNITS units, so the ranks below need no test."""
     for k in tl.static_range(_comparators(TAPS)):
         values = _exchange(values, _comparator(TAPS, k, 0), _comparator(TAPS, k, 1))
     out = tl.zeros_like(values[0])
     weight = 1.0 - p
     for i in tl.static_range(TAPS * TAPS):
-        out += tl.where(units > i, weight * values[i], 0.0)
+        if i < MIN_UNITS:
+            out += values[i] * weight
+        else:
+            out += tl.where(units > i, values[i], 0.0) * weight
         weight = weight * p
     return out
 
@@ -279,7 +292,7 @@ def _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
 @triton.constexpr_function
 def _cell_blocks(first, stride, cell, taps, size):
     """Blocks of `size` units along an axis that hold a cell's patch: its `cell` windows at `stride`
-    start `first` units into the first block and span (cell-1)*stride + taps units (`_dropout_cells`)."""
+    start `first` units into the first block and span (cell-1)*stride + taps units (`_window_cells`)."""
     return (first + (cell - 1) * stride + taps + size - 1) // size
 
 
@@ -317,21 +330,21 @@ def _along_p(v, CELLS_FIRST: tl.constexpr):
 
 
 @triton.jit
-def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh: tl.constexpr,
-                   sxw: tl.constexpr, syn, syc, syh, syw, STORE_INDEX: tl.constexpr, TAPS: tl.constexpr,
-                   STRIDE: tl.constexpr, PAD: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr,
-                   CELLS_W: tl.constexpr, CELLS_FIRST: tl.constexpr, RUNS: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_P: tl.constexpr):
-    """max_pool2d_forward_kernel's DROPOUT mode for a TAPS x TAPS window at STRIDE, padding PAD, undilated:
-    each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under their windows
-    once (one Philox call per block, not one per window that overlaps it) and loads each unit once; each
-    output scans its taps, all of them compile-time positions in the lane's patch, as soon as the rows of
-    blocks under its window are drawn.
+def _window_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, p, threshold, sxn, sxc, sxh: tl.constexpr,
+                  sxw: tl.constexpr, syn, syc, syh, syw, WEIGHTED: tl.constexpr, STORE_INDEX: tl.constexpr,
+                  TAPS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, MIN_UNITS: tl.constexpr,
+                  CELL_H: tl.constexpr, CELL_W: tl.constexpr, CELLS_W: tl.constexpr, CELLS_FIRST: tl.constexpr,
+                  RUNS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """max_pool2d_forward_kernel's DROPOUT and WEIGHTED modes for a TAPS x TAPS window at STRIDE, padding
+    PAD, undilated: each lane takes a cell of CELL_H x CELL_W outputs, draws the 2x4 blocks of units under
+    their windows once (one Philox call per block, not one per window that overlaps it; WEIGHTED draws none)
+    and loads each unit once; each output scans (WEIGHTED: sorts) its taps, all of them compile-time
+    positions in the lane's patch, as soon as the rows of blocks under its window are loaded.
 
     CELL_H * STRIDE is even and CELL_W * STRIDE a multiple of 4, so every cell's patch starts at the same
     offset into its first block, (-PAD) mod 2 rows and (-PAD) mod 4 columns.
 
-    Lanes are cells of a grid CELLS_W cells wide (the launcher's `PoolGeometry.dropout_cell_lanes`: at least
+    Lanes are cells of a grid CELLS_W cells wide (the launcher's `PoolGeometry.window_cell_lanes`: at least
     the cells a row of outputs needs, and enough that their own columns, below, cover the input's width).
     When a program's lanes are whole rows of that grid (BLOCK_P a multiple of CELLS_W, a power of two),
     neighbouring lanes share their draws (SHARE): a cell's own blocks are the OWN_W columns of blocks under
@@ -360,7 +373,10 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     # 16-bit units are scanned as integer keys (`_unit_key`): one integer max per tap and a few instructions
     # per output to decode, for a key's few instructions per unit, which repays at every stride (a unit is
     # a tap of up to KK windows at stride 1, of about KK / 4 at stride 2).
-    KEYED: tl.constexpr = x_ptr.dtype.element_ty != tl.float32
+    KEYED: tl.constexpr = x_ptr.dtype.element_ty != tl.float32 and not WEIGHTED
+    # WEIGHTED sorts the units outside the input last as -inf (`_weighted_sum`); DROPOUT drops them.
+    OUTSIDE: tl.constexpr = float("-inf") if WEIGHTED else 0.0
+    tl.static_assert(not (WEIGHTED and STORE_INDEX))
     # A key codes its unit's patch row and column as TAPS * row + column in 12 bits (`_unit_key`).
     tl.static_assert(not KEYED or TAPS * (2 * BLOCKS_H + 1) + 4 * BLOCKS_W + KK < 4096)
     cells = tl.cdiv(OH, CELL_H) * CELLS_W
@@ -372,7 +388,8 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     lane = tl.broadcast_to(_along_p(tl.arange(0, BLOCK_P), CELLS_FIRST), lane_ok.shape)
     x_map = x_ptr + n * sxn + _along_c(offs_c.to(tl.int64) * sxc, CELLS_FIRST)
     rows = _along_c(n * C + offs_c.to(tl.int64), CELLS_FIRST)
-    seed = tl.load(seed_ptr)
+    if not WEIGHTED:
+        seed = tl.load(seed_ptr)
     # The cell's first block: its patch starts at input row uh*CELL_H*STRIDE - PAD, FIRST_H rows into it.
     bh0 = uh * (CELL_H * STRIDE // 2) - (PAD + FIRST_H) // 2
     bw0 = uw * (CELL_W * STRIDE // 4) - (PAD + FIRST_W) // 4
@@ -391,10 +408,13 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
     for a in tl.static_range(BLOCKS_H):
         bh = bh0 + a
         first = (rows * tl.cdiv(H, 2) + _along_p(bh, CELLS_FIRST)) * tl.cdiv(W, 4) + _along_p(bw0, CELLS_FIRST)
-        drawn = _own_words(seed, first, SHARE, LEFT_W, OWN_W)
+        if not WEIGHTED:
+            drawn = _own_words(seed, first, SHARE, LEFT_W, OWN_W)
         for b in tl.static_range(BLOCKS_W):
             bw = bw0 + b
-            r0, r1, r2, r3 = _block_words(seed, first, b, drawn, lane, SHARE, LEFT_W, OWN_W, BLOCK_P, CELLS_FIRST)
+            if not WEIGHTED:
+                r0, r1, r2, r3 = _block_words(seed, first, b, drawn, lane, SHARE, LEFT_W, OWN_W, BLOCK_P,
+                                              CELLS_FIRST)
             if RUNS:
                 # NCHW rows: the block's two rows of four units, each one vector load masked by the whole chunk's
                 # bounds (a unit's own bounds and keep flag enter below).
@@ -403,22 +423,25 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
                     ih = 2 * bh + i
                     row_ok = lane_ok & ((ih >= 0) & (ih < H) & (4 * bw >= 0) & (4 * bw < W))[None, :]
                     units += _columns(tl.load(x_patch[:, :, None] + ((2 * a + i) * sxh + 4 * b + tl.arange(0, 4)),
-                                              mask=row_ok[:, :, None], other=0.0), BLOCK_C, BLOCK_P)
+                                              mask=row_ok[:, :, None], other=OUTSIDE), BLOCK_C, BLOCK_P)
             for j in tl.static_range(8):
                 ih = 2 * bh + j // 4
                 iw = 4 * bw + j % 4
                 ok = lane_ok & _along_p((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W), CELLS_FIRST)
-                half = _half(r0, r1, r2, r3, j).to(tl.int32)
                 if RUNS:
                     v = units[j]
                 else:
                     # Masked by the bounds only: the load does not wait for the draw, and no keep flag stays
                     # live as a predicate until its load.
-                    v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw), mask=ok, other=0.0)
-                if not KEYED:
+                    v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw), mask=ok,
+                                other=OUTSIDE)
+                if WEIGHTED:
                     values += (v.to(tl.float32),)
-                    kept += (ok & (half >= threshold),)
+                elif not KEYED:
+                    values += (v.to(tl.float32),)
+                    kept += (ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold),)
                 else:
+                    half = _half(r0, r1, r2, r3, j).to(tl.int32)
                     # Kept when inside the input and its margin is >= 0. Position (row, column) of the unit in
                     # the drawn patch, as TAPS * row + column.
                     margin = tl.where(ok, half - threshold, -1)
@@ -428,14 +451,14 @@ def _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, 
             # The window of output r has its tap (0, 0) at row R0 = FIRST_H + (r // CELL_W) * STRIDE of the
             # drawn patch, column C0 = FIRST_W + (r % CELL_W) * STRIDE; its last row is in block row a.
             if (FIRST_H + (r // CELL_W) * STRIDE + TAPS - 1) // 2 == a:
-                _cell_output(values, kept, r, uh, uw, lane_ok, y_ptr, idx_ptr, y_map, OH, OW, syh, syw,
-                             FIRST_H + (r // CELL_W) * STRIDE, FIRST_W + (r % CELL_W) * STRIDE, STORE_INDEX,
-                             KEYED, TAPS, BLOCKS_W, CELL_H, CELL_W, CELLS_FIRST)
+                _cell_output(values, kept, r, uh, uw, lane_ok, y_ptr, idx_ptr, y_map, 2 * bh0, 4 * bw0, H, W, OH,
+                             OW, p, syh, syw, FIRST_H + (r // CELL_W) * STRIDE, FIRST_W + (r % CELL_W) * STRIDE,
+                             WEIGHTED, STORE_INDEX, KEYED, TAPS, MIN_UNITS, BLOCKS_W, CELL_H, CELL_W, CELLS_FIRST)
 
 
 @triton.jit
 def _own_words(seed, first, SHARE: tl.constexpr, LEFT_W: tl.constexpr, OWN_W: tl.constexpr):
-    """SHARE: the Philox words of each lane's own OWN_W blocks of a row of its patch (`_dropout_cells`),
+    """SHARE: the Philox words of each lane's own OWN_W blocks of a row of its patch (`_window_cells`),
     the LEFT_W-th block of the row on, four a block; the row's first block is Philox offset `first`.
     Otherwise none: `_block_words` draws each block where it is used."""
     drawn = ()
@@ -449,7 +472,7 @@ def _own_words(seed, first, SHARE: tl.constexpr, LEFT_W: tl.constexpr, OWN_W: tl
 @triton.jit
 def _block_words(seed, first, b: tl.constexpr, drawn, lane, SHARE: tl.constexpr, LEFT_W: tl.constexpr,
                  OWN_W: tl.constexpr, BLOCK_P: tl.constexpr, CELLS_FIRST: tl.constexpr):
-    """The four Philox words of block b of a row of each lane's patch (`_dropout_cells`): drawn here, or
+    """The four Philox words of block b of a row of each lane's patch (`_window_cells`): drawn here, or
     (SHARE) one of the lane's own (`_own_words`) or, for a halo block, its neighbour's own, gathered from the
     lane beside it (the words no unit uses are never gathered: dead code)."""
     if not SHARE:
@@ -470,14 +493,27 @@ def _block_words(seed, first, b: tl.constexpr, drawn, lane, SHARE: tl.constexpr,
 
 
 @triton.jit
-def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr, y_map, OH, OW, syh, syw,
-                 R0: tl.constexpr, C0: tl.constexpr, STORE_INDEX: tl.constexpr, KEYED: tl.constexpr,
-                 TAPS: tl.constexpr, BLOCKS_W: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr,
-                 CELLS_FIRST: tl.constexpr):
-    """Scan and store output r of each lane's cell (`_dropout_cells`), whose window's tap (0, 0) is unit
-    (R0, C0) of the drawn patch, held as tuples of values (keys when KEYED) and keep flags."""
+def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr, y_map, ih_patch, iw_patch, H, W,
+                 OH, OW, p, syh, syw, R0: tl.constexpr, C0: tl.constexpr, WEIGHTED: tl.constexpr,
+                 STORE_INDEX: tl.constexpr, KEYED: tl.constexpr, TAPS: tl.constexpr, MIN_UNITS: tl.constexpr,
+                 BLOCKS_W: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr, CELLS_FIRST: tl.constexpr):
+    """Scan (WEIGHTED: sort) and store output r of each lane's cell (`_window_cells`), whose window's tap
+    (0, 0) is unit (R0, C0) of the patch, held as tuples of values (keys when KEYED) and keep flags (neither
+    KEYED nor WEIGHTED); the patch's unit (0, 0) is input pixel (ih_patch, iw_patch)."""
     KK: tl.constexpr = TAPS * TAPS
-    if not KEYED:
+    if WEIGHTED:
+        # The window's units inside the input: its rows inside times its columns inside (one count per row
+        # and per column of the cell's outputs, shared by their windows).
+        rows = tl.zeros_like(uh)
+        cols = tl.zeros_like(uw)
+        window = ()
+        for k in tl.static_range(TAPS):
+            rows += ((ih_patch + (R0 + k) >= 0) & (ih_patch + (R0 + k) < H)).to(tl.int32)
+            cols += ((iw_patch + (C0 + k) >= 0) & (iw_patch + (C0 + k) < W)).to(tl.int32)
+        for t in tl.static_range(KK):
+            window += (values[_cell_unit(R0 + t // TAPS, C0 + t % TAPS, BLOCKS_W)],)
+        out = _weighted_sum(window, _along_p(rows * cols, CELLS_FIRST), p, TAPS, MIN_UNITS).to(y_ptr.dtype.element_ty)
+    elif not KEYED:
         best = tl.where(lane_ok, float("-inf"), float("-inf"))
         best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
         for t in tl.static_range(KK):
@@ -501,7 +537,7 @@ def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr,
 @triton.jit
 def _unit_key(v, margin, CODE: tl.constexpr):
     """A 16-bit unit (float16 or bfloat16) as an int32 key whose signed max is `_wins`'s winner among the
-    units of any window of a patch (`_dropout_cells`), CODE = TAPS * row + column < 4096 being the unit's
+    units of any window of a patch (`_window_cells`), CODE = TAPS * row + column < 4096 being the unit's
     position in the patch: within a window (columns at most TAPS - 1 apart) codes run in the order of its
     taps, and a unit's tap is its code less that of the window's tap (0, 0). Bits 12 and up hold the value
     as a signed integer of the same order, its sign-magnitude bits made two's complement (so -0 and +0 are
@@ -558,11 +594,12 @@ def max_pool2d_forward_kernel(
     STORE_INDEX: tl.constexpr,   # write the winning tap to idx, for the backward (MAX, DROPOUT)
     PAIRS: tl.constexpr,         # DROPOUT with 2x2 stride-2 windows, no padding or dilation: `_dropout_pairs`
     TAPS: tl.constexpr,          # MAX: the side of a common square window (2, 3), unrolled; 0 walks KH x KW
+    MIN_UNITS: tl.constexpr,     # WEIGHTED with TAPS: the fewest units (taps inside the input) of any window
     SPAN_H: tl.constexpr,        # DROPOUT otherwise: 2x4 blocks of units a window overlaps, at most, down its rows
     SPAN_W: tl.constexpr,        # ... and along its columns
-    CELL_H: tl.constexpr,        # DROPOUT, a TAPS x TAPS window at STRIDE with padding PAD: each lane takes
-    CELL_W: tl.constexpr,        # CELL_H x CELL_W outputs (`_dropout_cells`); 0: not this path
-    CELLS_W: tl.constexpr,       # CELL_H: lanes per row of cells (`_dropout_cells`)
+    CELL_H: tl.constexpr,        # DROPOUT and WEIGHTED, a TAPS x TAPS window at STRIDE, padding PAD: a lane takes
+    CELL_W: tl.constexpr,        # CELL_H x CELL_W outputs (`_window_cells`); 0: not this path
+    CELLS_W: tl.constexpr,       # CELL_H: lanes per row of cells (`_window_cells`)
     STRIDE: tl.constexpr,        # CELL_H: the stride and padding of both axes
     PAD: tl.constexpr,
     CELL_SXH: tl.constexpr,      # CELL_H: sxh and sxw as constants, so that the units of a cell's patch are constant
@@ -580,20 +617,20 @@ def max_pool2d_forward_kernel(
         _dropout_pairs(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, sxh, sxw,
                        syn, syc, syh, syw, STORE_INDEX, BLOCK_C, BLOCK_P)
     elif CELL_H:
-        _dropout_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, threshold, sxn, sxc, CELL_SXH, CELL_SXW,
-                       syn, syc, syh, syw, STORE_INDEX, TAPS, STRIDE, PAD, CELL_H, CELL_W, CELLS_W, CELLS_FIRST,
-                       CELL_RUNS, BLOCK_C, BLOCK_P)
+        _window_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, p, threshold, sxn, sxc, CELL_SXH, CELL_SXW,
+                      syn, syc, syh, syw, MODE == WEIGHTED, STORE_INDEX, TAPS, STRIDE, PAD, MIN_UNITS, CELL_H, CELL_W,
+                      CELLS_W, CELLS_FIRST, CELL_RUNS, BLOCK_C, BLOCK_P)
     else:
         _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h,
                          pad_w, dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE,
-                         STORE_INDEX, TAPS, SPAN_H, SPAN_W, BLOCK_C, BLOCK_P)
+                         STORE_INDEX, TAPS, MIN_UNITS, SPAN_H, SPAN_W, BLOCK_C, BLOCK_P)
 
 
 @triton.jit
 def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
                      dil_h, dil_w, p, threshold, sxn, sxc, sxh, sxw, syn, syc, syh, syw, MODE: tl.constexpr,
-                     STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr,
-                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                     STORE_INDEX: tl.constexpr, TAPS: tl.constexpr, MIN_UNITS: tl.constexpr, SPAN_H: tl.constexpr,
+                     SPAN_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_forward_kernel for any window: each lane one output, walking its window."""
     n, offs_c, offs_p = sample_channel_pixel_tile(tl.program_id(0), C, OH * OW, BLOCK_C, BLOCK_P)
     oh = offs_p // OW
@@ -606,7 +643,7 @@ def _forward_windows(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, KH, KW, s
     KK = KH * KW
 
     if MODE == WEIGHTED and TAPS:
-        out = _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS)
+        out = _weighted_window(x_map, ih0, iw0, valid, H, W, dil_h, dil_w, sxh, sxw, p, TAPS, MIN_UNITS)
     elif MODE == WEIGHTED:
         out = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
         for t in range(KK):

@@ -239,7 +239,7 @@ def test_pool_dropout_cells_share_each_units_draw(geometry, channels_last):
 @pytest.mark.parametrize("kernel, width", [(3, 17), (3, 18), (2, 17)])
 def test_pool_dropout_cells_last_lane_halo(kernel, width, dtype, channels_last):
     """Stride 1, no padding, W one or two past a multiple of 8: the last row of output cells reaches input
-    columns that no cell owns, so the grid takes one more lane a row (`dropout_cell_lanes`), whose draws its
+    columns that no cell owns, so the grid takes one more lane a row (`window_cell_lanes`), whose draws its
     left neighbour gathers; the output is exact against the masked float64 composition."""
     p, seed = 0.5, 29
     x = rand(2, 3, 9, width, dtype=dtype, channels_last=channels_last)
@@ -415,6 +415,25 @@ def test_pool_dropout_eval_cells_with_ties(geometry):
     y.backward(dy)
     ref.backward(dy.double())
     assert_close(x.grad, xr.grad, torch.float32, "input grad")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("geometry", CELL_GEOMETRIES, ids=[f"k{k}s{s}p{p}" for k, s, p in CELL_GEOMETRIES])
+def test_pool_dropout_eval_forward_cells(monkeypatch, geometry, channels_last):
+    """The weighted forward's cells (kernels.pooling `_window_cells`: each lane sorts the windows of a cell
+    of outputs from one load of its patch), on contiguous maps whose NCHW rows load as runs of 4, 13 rows
+    so that padded geometries cut the last row of windows as well as the first, against the float64 stable
+    sort; and that the cells ran."""
+    p = 0.3
+    x = rand(2, 3, 13, 20, channels_last=channels_last)
+    seen = []
+    run = max_pool2d_forward_kernel.run
+    monkeypatch.setattr(max_pool2d_forward_kernel, "run", lambda *args, **kwargs: seen.append(
+        (kwargs["CELL_H"] > 0, kwargs["CELL_RUNS"])) or run(*args, **kwargs))
+    with dispatch.recording():
+        y = tc.max_pool2d_dropout(x, *geometry, p=p, training=False)
+    assert seen == [(True, not channels_last)]
+    assert_close(y, _weighted_pool(x.double(), *geometry, 1, p), torch.float32, "forward")
 
 
 @pytest.mark.parametrize("training", [True, False])

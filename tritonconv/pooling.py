@@ -67,43 +67,61 @@ class PoolGeometry:
         return self.kernel == (2, 2) and self.stride == (2, 2) and self.pad == (0, 0) and self.dilation == (1, 1)
 
     def _celled(self) -> bool:
-        """Whether lanes can take cells (`dropout_cell`, `cell`): a common square window (2, 3) at a square
+        """Whether lanes can take cells (`window_cell`, `cell`): a common square window (2, 3) at a square
         stride of 1 to 3, undilated, so every (pixel or output, window) tap is a compile-time constant."""
         return bool(self.fixed_taps()) and self.stride[0] == self.stride[1] in (1, 2, 3) and self.dilation == (1, 1)
 
-    def dropout_cell(self) -> tuple[int, int]:
-        """The outputs (rows, columns) each lane of the max-pooling dropout forward takes (kernels.pooling
-        `_dropout_cells`): a common square window (2, 3) at a square stride of 1 to 3 with square padding,
-        undilated, and not the pair path; (0, 0) otherwise. A cell spans an even number of input rows and
+    def window_cell(self) -> tuple[int, int]:
+        """The outputs (rows, columns) each lane of the max-pooling dropout forward, training or eval, takes
+        (kernels.pooling `_window_cells`): a common square window (2, 3) at a square stride of 1 to 3 with
+        square padding, undilated, and not the pair path; (0, 0) otherwise. A cell spans an even number of input rows and
         a multiple of 4 columns (whole 2x4 blocks of draws). Stride-1 cells are 8x8: a misaligned patch
         (padding 1) draws 6x4 blocks for 64 outputs, where 4x8 cells drew 4x4 for 32. Stride-2 cells are
         8x4 (9x3 blocks for 32 outputs; 4x4 drew 5x3 for 16): the kernel holds about two rows of blocks at
         a time, so a taller cell costs few registers; 16x4 and 4x8 predicted slower
-        (`python -m bench.cost --kernel max_pool2d_forward`)."""
+        (`python -m bench.cost --kernel max_pool2d_forward`), in eval (sorting, no draws) as well, as were 2x4,
+        4x4 and 8x8."""
         common = self._celled() and self.pad[0] == self.pad[1] and not self.pairs()
         return {1: (8, 8), 2: (8, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
 
-    def dropout_cell_lanes(self, channels_last: bool) -> tuple[int, bool]:
-        """Lanes per row of `dropout_cell`'s cells (kernels.pooling `_dropout_cells`) and whether they are
+    def window_cell_lanes(self, channels_last: bool, draws: bool) -> tuple[int, bool]:
+        """Lanes per row of `window_cell`'s cells (kernels.pooling `_window_cells`) and whether they are
         padded so that programs hold whole rows and neighbouring lanes share their halo draws: the cells a
         row of outputs needs, and at least enough that the grid's own input columns (cell_w * stride a
         cell) cover W, so that the last lane's right halo lies past the input. Padded to a power of two:
         in NCHW up to 128 (a program's lanes, a row of cells within a warp: shuffles); channels_last at
         stride 1 up to 16 (a program is one row of cells and 128 / lanes channels; its cells span warps,
         so the gathers go through shared memory, which repays only stride 1's two halo blocks of four;
-        predicted slower at stride 2: `python -m bench.cost --kernel max_pool2d_forward`)."""
-        cell_w = self.dropout_cell()[1]
+        predicted slower at stride 2: `python -m bench.cost --kernel max_pool2d_forward`). Without `draws`
+        (eval) there is nothing to share: the cells a row of outputs needs."""
+        cell_w = self.window_cell()[1]
+        if not draws:
+            return -(-self.out_width // cell_w), False
         lanes = max(-(-self.out_width // cell_w), -(-self.width // (cell_w * self.stride[1])))
         padded = 1 << (lanes - 1).bit_length()
         limit = (16 if self.stride[1] == 1 else 0) if channels_last else 128
         return (padded, True) if padded <= limit else (lanes, False)
 
-    def cell(self) -> int:
+    def min_units(self) -> int:
+        """The fewest taps of any window that lie inside the input (at least one: a window starts inside the
+        input or its left padding, and the padding is at most half the window)."""
+        def fewest(axis: int) -> int:
+            size, k, s, p, d = (self.height, self.width)[axis], self.kernel[axis], self.stride[axis], \
+                self.pad[axis], self.dilation[axis]
+            out = (self.out_height, self.out_width)[axis]
+            return min(sum(0 <= o * s - p + t * d < size for t in range(k)) for o in range(out))
+        return fewest(0) * fewest(1)
+
+    def cell(self, weighted: bool) -> int:
         """The side of the pixel cell each lane of the backward takes (kernels.pooling
         `_backward_cells`): a common square window (2, 3) at a square stride of 1 to 3, undilated; the
         stride, but 4 at stride 1, so that stride-1 lanes share windows too: a 4x4 cell loads 36 windows
-        (2.25 a pixel) where a 2x2 cell loads 16 (4 a pixel). 0: one pixel a lane."""
-        return {1: 4, 2: 2, 3: 3}[self.stride[0]] if self._celled() else 0
+        (2.25 a pixel) where a 2x2 cell loads 16 (4 a pixel). The weighted backward, which loads the units
+        under its windows as well, takes 4 at stride 2 too: 3x3 windows' 7x7 units for 16 pixels, where a
+        2x2 cell loads 5x5 for 4 (predicted 1.5x faster; 6 slower). 0: one pixel a lane."""
+        if not self._celled():
+            return 0
+        return {1: 4, 2: 4 if weighted else 2, 3: 3}[self.stride[0]]
 
     def cell_windows(self, cell: int) -> int:
         """The windows a lane of `cell` x `cell` pixels loads (`_backward_cells`): the gather(axis) windows of
@@ -147,8 +165,8 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         # tile's channels and its per-element work is a few instructions per window: 4096 pixels (32 a
         # thread) amortise the first. A lane of a cell holds two values per window and a sum per pixel:
         # as many cells a thread as fit about 192 registers (2x2 stride 2: 32; 3x3 stride 2: 16; 3x3
-        # stride 1, 4x4 cells: 2). A weighted lane holds its windows' dy and its patch's units (3x3
-        # stride 2: 4 cells a thread; stride 1: 1).
+        # stride 1, 4x4 cells: 2). A weighted lane holds its windows' dy and its patch's units (3x3,
+        # 4x4 cells: 2 a thread at stride 2, 1 at stride 1).
         budget = 4096
         if extra["cell"]:
             per_thread = 192 // (extra["held"] + extra["cell"] ** 2)
@@ -160,12 +178,12 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
         # 3.6, the GPU machine's), the window walk 2048 at 8 warps (8 a thread).
         budget = 4096 if extra["pairs"] and problem.dtype != torch.float32 else 2048
         warps = 4 if extra["pairs"] else 8
-        if extra["cell"]:
-            # A lane of a cell holds about two rows of its patch's 2x4 blocks of units and keep flags at a
-            # time (`_dropout_cells`): one cell a thread.
-            budget, warps = 128, 4
+    if problem.kernel == "max_pool2d_forward" and extra["cell"] and not interpreter:
+        # A lane of a cell holds about two rows of its patch's 2x4 blocks of units and keep flags at a time
+        # (`_window_cells`), and in eval a window's sorting network: one cell a thread.
+        budget, warps = 128, 4
     if problem.channels_last and not interpreter and extra.get("shared_row"):
-        # Cells padded to whole rows whose lanes share their draws (`PoolGeometry.dropout_cell_lanes`): a row
+        # Cells padded to whole rows whose lanes share their draws (`PoolGeometry.window_cell_lanes`): a row
         # a program.
         block_p = extra["shared_row"]
         block_c = heuristics.pow2_clamp(problem.m, 1, budget // block_p)
@@ -249,11 +267,11 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
     if y.numel() == 0:
         return lambda x, seed: (alloc_y(), alloc_idx())
     pairs = mode == DROPOUT.value and geo.pairs()
-    cell_h, cell_w = geo.dropout_cell() if mode == DROPOUT.value else (0, 0)
+    cell_h, cell_w = geo.window_cell() if mode != MAX.value else (0, 0)
     taps = geo.fixed_taps() if mode in (MAX.value, WEIGHTED.value) or cell_h else 0
     # PAIRS lanes are output pairs: its pixels are OH rows of whole pairs; CELL lanes are cells of outputs.
     pixels = geo.out_height * (2 * heuristics.cdiv(geo.out_width, 2) if pairs else geo.out_width)
-    cells_w, share = geo.dropout_cell_lanes(cl) if cell_h else (0, False)
+    cells_w, share = geo.window_cell_lanes(cl, mode == DROPOUT.value) if cell_h else (0, False)
     if cell_h:
         pixels = heuristics.cdiv(geo.out_height, cell_h) * cells_w
     problem = dispatch.Problem(
@@ -261,14 +279,16 @@ def pool_forward(x: torch.Tensor, geo: PoolGeometry, mode: int, p: float, seed: 
         batch=geo.batch, dtype=x.dtype, channels_last=cl,
         extra=(("mode", mode), ("pairs", pairs), ("cell", cell_h * cell_w), ("taps", taps),
                ("shared_row", cells_w if share else 0)))
-    # NCHW cells load a block row's four units at once (kernels/pooling.py `_dropout_cells`).
+    # NCHW cells load a block row's four units at once (kernels/pooling.py `_window_cells`).
     cell_runs = bool(cell_h) and not cl and _rows_in_chunks(geo.width, x)
     # DROPOUT's 16-bit drop threshold (kernels/pooling.py).
     args = (*geo.launch_args(), p, round(p * 2**16), *x.stride(), *y.stride())
 
     def prepare(cfg: dispatch.Config) -> Callable:
         kernel = _plans.launcher(max_pool2d_forward_kernel, (dispatch.programs(cfg, problem),), MODE=mode,
-                                 STORE_INDEX=store_index, PAIRS=pairs, TAPS=taps, SPAN_H=geo.span(0),
+                                 STORE_INDEX=store_index, PAIRS=pairs, TAPS=taps,
+                                 MIN_UNITS=geo.min_units() if mode == WEIGHTED.value and taps else 0,
+                                 SPAN_H=geo.span(0),
                                  SPAN_W=geo.span(1), CELL_H=cell_h, CELL_W=cell_w, CELLS_W=cells_w,
                                  STRIDE=geo.stride[0] if cell_h else 0, PAD=geo.pad[0] if cell_h else 0,
                                  CELL_SXH=x.stride(2) if cell_h else 0, CELL_SXW=x.stride(3) if cell_h else 0,
@@ -294,7 +314,7 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
     alloc = _plans.allocator(dx, dy.device)
     if dx.numel() == 0:
         return lambda dy, saved: alloc()
-    cell = geo.cell()
+    cell = geo.cell(weighted)
     # CELL lanes are cells of pixels, cell x cell each, starting at the top-left padding.
     pixels = (heuristics.cdiv(geo.height + geo.pad[0], cell) * heuristics.cdiv(geo.width + geo.pad[1], cell) if cell
               else geo.height * geo.width)
