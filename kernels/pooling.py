@@ -864,6 +864,13 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
             values += (tl.load(x_map + x_offs, mask=ok, other=float("nan")).to(tl.float32),)
 
     dx_map = dx_ptr + n * sdxn + c64 * sdxc
+    if WEIGHTED:
+        # Pixel r of window w takes dy (1-p) p^rank = dy (1-p) 2^(rank log2 p): the factor dy (1-p) once per
+        # window, the exponent summed over the units that outrank the pixel (`_cell_rank`).
+        log2_p = tl.log2(p)
+        scaled = ()
+        for w in tl.static_range(NW * NW):
+            scaled += (grads[w] * (1.0 - p),)
     for r in tl.static_range(CELL * CELL):
         acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
         for w in tl.static_range(NW * NW):
@@ -871,10 +878,10 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
             if _is_tap(r // CELL, w // NW, GATHER, STRIDE, TAPS) and _is_tap(r % CELL, w % NW, GATHER, STRIDE, TAPS):
                 if WEIGHTED:
                     # The pixel sits at (r // CELL, r % CELL) + (GATHER-1) * STRIDE in the patch.
-                    rank = _cell_rank(values,
-                                      (r // CELL + (GATHER - 1) * STRIDE) * PATCH + r % CELL + (GATHER - 1) * STRIDE,
-                                      (w // NW) * STRIDE, (w % NW) * STRIDE, PATCH, TAPS)
-                    acc += grads[w] * _keep_weight(rank, p)
+                    exponent = _cell_rank(values,
+                                          (r // CELL + (GATHER - 1) * STRIDE) * PATCH + r % CELL + (GATHER - 1) * STRIDE,
+                                          (w // NW) * STRIDE, (w % NW) * STRIDE, log2_p, PATCH, TAPS)
+                    acc += scaled[w] * tl.exp2(exponent)
                 else:
                     t = (r // CELL + (GATHER - 1 - w // NW) * STRIDE) * TAPS + r % CELL + (GATHER - 1 - w % NW) * STRIDE
                     # A select of the sum, not a sum of a select: ptxas makes it one predicated add.
@@ -908,18 +915,17 @@ def _columns(run, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
-def _cell_rank(values, ME: tl.constexpr, H0: tl.constexpr, W0: tl.constexpr, PATCH: tl.constexpr,
+def _cell_rank(values, ME: tl.constexpr, H0: tl.constexpr, W0: tl.constexpr, step, PATCH: tl.constexpr,
                TAPS: tl.constexpr):
     """`_window_rank` of unit ME in the TAPS x TAPS window whose tap (0, 0) sits at (H0, W0) of a patch held
     as a tuple of PATCH x PATCH values (ME = row * PATCH + column; NaN outside the input, `_backward_cells`),
-    counted in float32 (exact), which spares a conversion per rank. A window's tap order is its patch's
-    row-major order, so each compare depends on the two units only, not on the window: the windows that
-    share a pair of units share its compare."""
+    times `step`, summed in float32 (`step` per unit that outranks ME: no multiply or conversion per rank).
+    A window's tap order is its patch's row-major order, so each compare depends on the two units only, not
+    on the window: the windows that share a pair of units share its compare."""
     rank = tl.zeros_like(values[ME])
     for t in tl.static_range(TAPS * TAPS):
         if (H0 + t // TAPS) * PATCH + W0 + t % TAPS != ME:
-            # A select of the sum, not a sum of a select: one predicated add.
-            rank = tl.where(_outranks(values, (H0 + t // TAPS) * PATCH + W0 + t % TAPS, ME), rank + 1.0, rank)
+            rank = tl.where(_outranks(values, (H0 + t // TAPS) * PATCH + W0 + t % TAPS, ME), rank + step, rank)
     return rank
 
 
