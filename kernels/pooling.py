@@ -741,11 +741,13 @@ def max_pool2d_backward_kernel(
     C, H, W, OH, OW, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     p,              # drop probability (WEIGHTED)
-    # Element strides in (N, C, H, W) order of dy, idx (not WEIGHTED), x (WEIGHTED) and dx.
-    sdyn, sdyc, sdyh, sdyw,
-    sidxn, sidxc, sidxh, sidxw,
-    sxn, sxc, sxh, sxw,
-    sdxn, sdxc, sdxh, sdxw,
+    # Element strides in (N, C, H, W) order of dy, idx (not WEIGHTED), x (WEIGHTED) and dx. Those of rows and
+    # columns are compile-time constants (a compile per shape), so that a cell's windows, units and pixels
+    # sit at constant offsets from one pointer per lane: the immediates of its loads and stores.
+    sdyn, sdyc, sdyh: tl.constexpr, sdyw: tl.constexpr,
+    sidxn, sidxc, sidxh: tl.constexpr, sidxw: tl.constexpr,
+    sxn, sxc, sxh: tl.constexpr, sxw: tl.constexpr,
+    sdxn, sdxc, sdxh: tl.constexpr, sdxw: tl.constexpr,
     WEIGHTED: tl.constexpr,   # True: gradient of weighted pooling (recomputes ranks from x); False: route
                               # dy to the tap named in idx (MAX and DROPOUT)
     GATHER_H: tl.constexpr,   # windows down the rows that can hold one input row: ((KH-1)*dil_h) // stride_h + 1
@@ -753,7 +755,7 @@ def max_pool2d_backward_kernel(
     DILATED: tl.constexpr,    # dil_h > 1 or dil_w > 1: a tap offset must be divided by the dilation
     STRIDE: tl.constexpr,     # a common square stride (1, 2, 3) as a constant, so dividing by it is a multiply; 0: the
                               # runtime stride_h, stride_w (a stride of 1 is specialised by Triton itself)
-    SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both
+    SAME_STRIDES: tl.constexpr,   # dy and idx have the same strides (not WEIGHTED): one offset serves both (CELL: 0)
     CELL: tl.constexpr,       # a TAPS x TAPS window at a STRIDE (1, 2, 3), no dilation: each lane takes
                               # CELL x CELL pixels (`_backward_cells`); 0: one pixel a lane
     ROW_RUNS: tl.constexpr,   # CELL at STRIDE 1, not WEIGHTED, dy and idx rows contiguous with row strides and OW
@@ -775,7 +777,7 @@ def max_pool2d_backward_kernel(
     if CELL:
         _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, p, sdyn, sdyc, sdyh, sdyw,
                         sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw, sdxn, sdxc, sdxh, sdxw, WEIGHTED, TAPS,
-                        STRIDE, CELL, SAME_STRIDES, ROW_RUNS, BLOCK_C, BLOCK_P)
+                        STRIDE, CELL, ROW_RUNS, BLOCK_C, BLOCK_P)
     else:
         _backward_pixels(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w,
                          dil_h, dil_w, p, sdyn, sdyc, sdyh, sdyw, sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw,
@@ -784,9 +786,11 @@ def max_pool2d_backward_kernel(
 
 
 @triton.jit
-def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, p, sdyn, sdyc, sdyh, sdyw,
-                    sidxn, sidxc, sidxh, sidxw, sxn, sxc, sxh, sxw, sdxn, sdxc, sdxh, sdxw, WEIGHTED: tl.constexpr,
-                    TAPS: tl.constexpr, STRIDE: tl.constexpr, CELL: tl.constexpr, SAME_STRIDES: tl.constexpr,
+def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_w, p, sdyn, sdyc,
+                    sdyh: tl.constexpr, sdyw: tl.constexpr, sidxn, sidxc, sidxh: tl.constexpr, sidxw: tl.constexpr,
+                    sxn, sxc, sxh: tl.constexpr, sxw: tl.constexpr, sdxn, sdxc, sdxh: tl.constexpr,
+                    sdxw: tl.constexpr, WEIGHTED: tl.constexpr,
+                    TAPS: tl.constexpr, STRIDE: tl.constexpr, CELL: tl.constexpr,
                     ROW_RUNS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """max_pool2d_backward_kernel for a TAPS x TAPS window at stride STRIDE, undilated: each
     lane takes a cell of CELL x CELL input pixels (CELL a multiple of STRIDE), a = (ih + pad_h, iw + pad_w)
@@ -812,6 +816,9 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
     idx_map = idx_ptr + n * sidxn + c64 * sidxc
     oh0 = uh * (CELL // STRIDE) - (GATHER - 1)
     ow0 = uw * (CELL // STRIDE) - (GATHER - 1)
+    # The lane's first window (oh0, ow0), from which window w sits (w // NW, w % NW) windows on.
+    dy_cell = dy_map + (oh0.to(tl.int64) * sdyh + ow0.to(tl.int64) * sdyw)[None, :]
+    idx_cell = idx_map + (oh0.to(tl.int64) * sidxh + ow0.to(tl.int64) * sidxw)[None, :]
     grads = ()
     taps = ()
     if ROW_RUNS:
@@ -836,15 +843,11 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
         oh = oh0 + w // NW
         ow = ow0 + w % NW
         ok = lane_ok & ((oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW))[None, :]
-        dy_offs = (oh.to(tl.int64) * sdyh + ow.to(tl.int64) * sdyw)[None, :]
-        if SAME_STRIDES:
-            idx_offs = dy_offs
-        else:
-            idx_offs = (oh.to(tl.int64) * sidxh + ow.to(tl.int64) * sidxw)[None, :]
-        grads += (tl.load(dy_map + dy_offs, mask=ok, other=0.0).to(tl.float32),)
+        grads += (tl.load(dy_cell + ((w // NW) * sdyh + (w % NW) * sdyw), mask=ok, other=0.0).to(tl.float32),)
         if not WEIGHTED:
             # Outside `ok` the record reads as TAPS*TAPS, which names no tap.
-            taps += (tl.load(idx_map + idx_offs, mask=ok, other=TAPS * TAPS).to(tl.int32),)
+            taps += (tl.load(idx_cell + ((w // NW) * sidxh + (w % NW) * sidxw), mask=ok,
+                             other=TAPS * TAPS).to(tl.int32),)
     if WEIGHTED:
         PATCH: tl.constexpr = (NW - 1) * STRIDE + TAPS
         x_map = x_ptr + n * sxn + c64 * sxc
@@ -863,7 +866,9 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
             # the ranks, and are never ranked themselves (their pixels are not stored).
             values += (tl.load(x_map + x_offs, mask=ok, other=float("nan")).to(tl.float32),)
 
-    dx_map = dx_ptr + n * sdxn + c64 * sdxc
+    # The lane's first pixel, from which pixel r sits (r // CELL, r % CELL) on.
+    dx_cell = (dx_ptr + n * sdxn + c64 * sdxc
+               + ((uh * CELL - pad_h).to(tl.int64) * sdxh + (uw * CELL - pad_w).to(tl.int64) * sdxw)[None, :])
     if WEIGHTED:
         # Pixel r of window w takes dy (1-p) p^rank = dy (1-p) 2^(rank log2 p): the factor dy (1-p) once per
         # window, the exponent summed over the units that outrank the pixel (`_cell_rank`).
@@ -889,8 +894,7 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
         ih = uh * CELL + r // CELL - pad_h
         iw = uw * CELL + r % CELL - pad_w
         ok = lane_ok & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[None, :]
-        dx_offs = (ih.to(tl.int64) * sdxh + iw.to(tl.int64) * sdxw)[None, :]
-        tl.store(dx_map + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=ok)
+        tl.store(dx_cell + ((r // CELL) * sdxh + (r % CELL) * sdxw), acc.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit

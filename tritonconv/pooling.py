@@ -163,13 +163,15 @@ def _pool_config(problem: dispatch.Problem, interpreter: bool) -> dispatch.Confi
     if problem.kernel == "max_pool2d_backward" and (mode != WEIGHTED.value or extra["cell"]):
         # The backward's per-pixel work (its windows' coordinates, found by division) is shared by the
         # tile's channels and its per-element work is a few instructions per window: 4096 pixels (32 a
-        # thread) amortise the first. A lane of a cell holds two values per window and a sum per pixel:
-        # as many cells a thread as fit about 192 registers (2x2 stride 2: 32; 3x3 stride 2: 16; 3x3
-        # stride 1, 4x4 cells: 2). A weighted lane holds its windows' dy and its patch's units (3x3,
-        # 4x4 cells: 2 a thread at stride 2, 1 at stride 1).
+        # thread) amortise the first. A lane of a cell holds two values per window, a sum per pixel and
+        # its pointers to dy, idx and dx (two registers each; the windows and pixels are constant offsets
+        # from them): as many cells a thread as fit about 192 registers (2x2 stride 2: 16; 3x3 stride 2:
+        # 8; 3x3 stride 1, 4x4 cells: 2; without the pointers' share, 32 cells of 2x2 spilled with triton
+        # 3.6). A weighted lane holds its windows' dy and its patch's units (3x3, 4x4 cells: 2 a thread at
+        # stride 2, 1 at stride 1).
         budget = 4096
         if extra["cell"]:
-            per_thread = 192 // (extra["held"] + extra["cell"] ** 2)
+            per_thread = 192 // (extra["held"] + extra["cell"] ** 2 + 4)
             budget = 128 << (per_thread.bit_length() - 1)
     if problem.kernel == "max_pool2d_forward" and mode == DROPOUT.value and not interpreter:
         # Its Philox calls make it issue-bound: more outputs a thread amortise the per-program and per-pair
@@ -335,7 +337,7 @@ def pool_backward(dy: torch.Tensor, saved: torch.Tensor, geo: PoolGeometry, mode
         kernel = _plans.launcher(max_pool2d_backward_kernel, (dispatch.programs(cfg, problem),), WEIGHTED=weighted,
                                  GATHER_H=geo.gather(0), GATHER_W=geo.gather(1), DILATED=max(geo.dilation) > 1,
                                  STRIDE=geo.stride[0] if geo.stride[0] == geo.stride[1] in (1, 2, 3) else 0,
-                                 SAME_STRIDES=not weighted and dy.stride() == saved.stride(),
+                                 SAME_STRIDES=not weighted and not cell and dy.stride() == saved.stride(),
                                  CELL=cell, TAPS=geo.fixed_taps(), ROW_RUNS=row_runs,
                                  **cfg.launch_kwargs())
 
