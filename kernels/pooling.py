@@ -63,10 +63,12 @@ from tritonconv.kernels.common import sample_channel_pixel_tile
 MAX = tl.constexpr(0)        # the max, as F.max_pool2d
 DROPOUT = tl.constexpr(1)    # the max of the units Philox keeps, 0 if none
 WEIGHTED = tl.constexpr(2)   # probabilistic weighted pooling, sum_i (1-p) p^(i-1) v_i
-# 2^_DROP_SHIFT is subtracted from the key (`_unit_key`) of a unit no window may take (dropped, or outside
-# the input): every such key falls below every kept one and every window's empty key (`_empty_key`), and
-# none overflows.
-_DROP_SHIFT = tl.constexpr(30)
+# 2^_DROP_SHIFT is subtracted from the key (`_unit_key`) of a unit no window may take, once for each of: it is
+# dropped, its row lies outside the input, its column does. Once puts a key (at most 0x7FFFFFF) below every
+# window's empty key (`_empty_key`, above -0x18000000): 2^29 > 0x7FFFFFF + 0x18000000; three times does not
+# overflow the lowest key (-0x7F80 * 4096 - 3 * 2^29 > -2^31).
+_DROP_SHIFT = tl.constexpr(29)
+_DROP = tl.constexpr(1 << _DROP_SHIFT.value)
 # The value field (`_unit_key`) of a NaN: 0x7FFF, itself a NaN's bits, above +inf's 0x7C00 or 0x7F80; and of
 # an empty window (`_empty_key`): below every unit's (-0x7F80 and up), and whose bits (`_key_max`,
 # 0x8000 - EMPTY = 0x20000) keep 0, +0.0, in their low 16.
@@ -444,8 +446,15 @@ def _window_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, p, threshold
                     half = _half(r0, r1, r2, r3, j).to(tl.int32)
                     # Kept when inside the input and its margin is >= 0. Position (row, column) of the unit in
                     # the drawn patch, as TAPS * row + column.
-                    margin = tl.where(ok, half - threshold, -1)
-                    values += (_unit_key(v, margin, (2 * a + j // 4) * TAPS + b * 4 + j % 4),)
+                    # The key's low bits 4095 - CODE, CODE = TAPS * row + column, as a term per patch row and
+                    # one per column (each shared by the lane's units of that row or column), each less
+                    # 2^_DROP_SHIFT where its row or column lies outside the input: a select per row and
+                    # column, not three per unit (its bounds and the lane's).
+                    row_low = tl.where((ih >= 0) & (ih < H), 4095 - (2 * a + j // 4) * TAPS,
+                                       4095 - (2 * a + j // 4) * TAPS - _DROP)
+                    col_low = tl.where((iw >= 0) & (iw < W), -(4 * b + j % 4), -(4 * b + j % 4) - _DROP)
+                    values += (_unit_key(v, half - threshold, _along_p(row_low, CELLS_FIRST)
+                                         + _along_p(col_low, CELLS_FIRST), (2 * a + j // 4) * TAPS + 4 * b + j % 4),)
 
         for r in tl.static_range(CELL_H * CELL_W):
             # The window of output r has its tap (0, 0) at row R0 = FIRST_H + (r // CELL_W) * STRIDE of the
@@ -512,7 +521,8 @@ def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr,
             cols += ((iw_patch + (C0 + k) >= 0) & (iw_patch + (C0 + k) < W)).to(tl.int32)
         for t in tl.static_range(KK):
             window += (values[_cell_unit(R0 + t // TAPS, C0 + t % TAPS, BLOCKS_W)],)
-        out = _weighted_sum(window, _along_p(rows * cols, CELLS_FIRST), p, TAPS, MIN_UNITS).to(y_ptr.dtype.element_ty)
+        out = _weighted_sum(window, _along_p(rows * cols, CELLS_FIRST), p, TAPS, MIN_UNITS)
+        out = out.to(y_ptr.dtype.element_ty)
     elif not KEYED:
         best = tl.where(lane_ok, float("-inf"), float("-inf"))
         best_tap = tl.where(lane_ok, KK, KK)   # KK: no unit yet
@@ -535,16 +545,17 @@ def _cell_output(values, kept, r: tl.constexpr, uh, uw, lane_ok, y_ptr, idx_ptr,
 
 
 @triton.jit
-def _unit_key(v, margin, CODE: tl.constexpr):
+def _unit_key(v, margin, low, CODE: tl.constexpr):
     """A 16-bit unit (float16 or bfloat16) as an int32 key whose signed max is `_wins`'s winner among the
     units of any window of a patch (`_window_cells`), CODE = TAPS * row + column < 4096 being the unit's
     position in the patch: within a window (columns at most TAPS - 1 apart) codes run in the order of its
     taps, and a unit's tap is its code less that of the window's tap (0, 0). Bits 12 and up hold the value
     as a signed integer of the same order, its sign-magnitude bits made two's complement (so -0 and +0 are
     equal, as under >), or _NAN_ORDERED for NaN; bits 0-11 hold 4095 - CODE (of equal values the earlier
-    tap wins) or, for NaN, CODE (the later NaN wins). A unit whose keep margin is negative (dropped, or
-    outside the input) loses 2^_DROP_SHIFT. One integer max per tap then replaces the compare-and-select of
-    `_scan_tap`."""
+    tap wins; `low`, which the caller gives less 2^_DROP_SHIFT for each axis on which the unit lies outside
+    the input) or, for NaN, CODE (the later NaN wins; a NaN is never outside: those units load as 0). A unit
+    whose keep margin is negative (dropped) loses 2^_DROP_SHIFT. One integer max per tap then replaces the
+    compare-and-select of `_scan_tap`."""
     if v.dtype == tl.float16:
         INF_BITS = 0x7C00
     else:
@@ -552,7 +563,7 @@ def _unit_key(v, margin, CODE: tl.constexpr):
     bits = v.to(tl.int16, bitcast=True).to(tl.int32)   # sign-extended: negative values are negative
     sign = bits >> 31                                   # 0 or -1
     ordered = (bits ^ (sign & 0x7FFF)) - sign           # -magnitude for negative values, else the magnitude
-    key = tl.where((bits & 0x7FFF) > INF_BITS, _NAN_ORDERED * 4096 + CODE, ordered * 4096 + (4095 - CODE))
+    key = tl.where((bits & 0x7FFF) > INF_BITS, _NAN_ORDERED * 4096 + CODE, ordered * 4096 + low)
     # The margin's sign (0 or -1) shifted, not a select: LLVM folds a select of a constant key into every
     # max that takes it (a SEL per window that reads the unit, not one per unit), and so it does the same
     # sign masked by an AND; the shift keeps one per unit (the cost model's SASS, 3x3 stride 1).
@@ -883,9 +894,9 @@ def _backward_cells(dy_ptr, idx_ptr, x_ptr, dx_ptr, C, H, W, OH, OW, pad_h, pad_
             if _is_tap(r // CELL, w // NW, GATHER, STRIDE, TAPS) and _is_tap(r % CELL, w % NW, GATHER, STRIDE, TAPS):
                 if WEIGHTED:
                     # The pixel sits at (r // CELL, r % CELL) + (GATHER-1) * STRIDE in the patch.
-                    exponent = _cell_rank(values,
-                                          (r // CELL + (GATHER - 1) * STRIDE) * PATCH + r % CELL + (GATHER - 1) * STRIDE,
-                                          (w // NW) * STRIDE, (w % NW) * STRIDE, log2_p, PATCH, TAPS)
+                    exponent = _cell_rank(values, (r // CELL + (GATHER - 1) * STRIDE) * PATCH + r % CELL
+                                          + (GATHER - 1) * STRIDE, (w // NW) * STRIDE, (w % NW) * STRIDE, log2_p,
+                                          PATCH, TAPS)
                     acc += scaled[w] * tl.exp2(exponent)
                 else:
                     t = (r // CELL + (GATHER - 1 - w // NW) * STRIDE) * TAPS + r % CELL + (GATHER - 1 - w % NW) * STRIDE

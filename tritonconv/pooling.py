@@ -74,13 +74,13 @@ class PoolGeometry:
     def window_cell(self) -> tuple[int, int]:
         """The outputs (rows, columns) each lane of the max-pooling dropout forward, training or eval, takes
         (kernels.pooling `_window_cells`): a common square window (2, 3) at a square stride of 1 to 3 with
-        square padding, undilated, and not the pair path; (0, 0) otherwise. A cell spans an even number of input rows and
-        a multiple of 4 columns (whole 2x4 blocks of draws). Stride-1 cells are 8x8: a misaligned patch
-        (padding 1) draws 6x4 blocks for 64 outputs, where 4x8 cells drew 4x4 for 32. Stride-2 cells are
-        8x4 (9x3 blocks for 32 outputs; 4x4 drew 5x3 for 16): the kernel holds about two rows of blocks at
-        a time, so a taller cell costs few registers; 16x4 and 4x8 predicted slower
-        (`python -m bench.cost --kernel max_pool2d_forward`), in eval (sorting, no draws) as well, as were 2x4,
-        4x4 and 8x8."""
+        square padding, undilated, and not the pair path; (0, 0) otherwise. A cell spans an even number of
+        input rows and a multiple of 4 columns (whole 2x4 blocks of draws). Stride-1 cells are 8x8: a
+        misaligned patch (padding 1) draws 6x4 blocks for 64 outputs, where 4x8 cells drew 4x4 for 32.
+        Stride-2 cells are 8x4 (9x3 blocks for 32 outputs; 4x4 drew 5x3 for 16): the kernel holds about two
+        rows of blocks at a time, so a taller cell costs few registers; 16x4 and 4x8 predicted slower
+        (`python -m bench.cost --kernel max_pool2d_forward`), in eval (sorting, no draws) as well, as were
+        2x4, 4x4 and 8x8."""
         common = self._celled() and self.pad[0] == self.pad[1] and not self.pairs()
         return {1: (8, 8), 2: (8, 4), 3: (2, 4)}[self.stride[0]] if common else (0, 0)
 
