@@ -437,11 +437,10 @@ def _window_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, p, threshold
                     # live as a predicate until its load.
                     v = tl.load(x_patch + ((2 * a + j // 4) * sxh + (4 * b + j % 4) * sxw), mask=ok,
                                 other=OUTSIDE)
-                if WEIGHTED:
+                if not KEYED:
                     values += (v.to(tl.float32),)
-                elif not KEYED:
-                    values += (v.to(tl.float32),)
-                    kept += (ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold),)
+                    if not WEIGHTED:
+                        kept += (ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold),)
                 else:
                     half = _half(r0, r1, r2, r3, j).to(tl.int32)
                     # Kept when inside the input and its margin is >= 0. Position (row, column) of the unit in

@@ -118,7 +118,8 @@ class PoolGeometry:
         stride, but 4 at stride 1, so that stride-1 lanes share windows too: a 4x4 cell loads 36 windows
         (2.25 a pixel) where a 2x2 cell loads 16 (4 a pixel). The weighted backward, which loads the units
         under its windows as well, takes 4 at stride 2 too: 3x3 windows' 7x7 units for 16 pixels, where a
-        2x2 cell loads 5x5 for 4 (predicted 1.5x faster; 6 slower). 0: one pixel a lane."""
+        2x2 cell loads 5x5 for 4 (faster than 2 or 6 by `python -m bench.cost --kernel max_pool2d_backward`).
+        0: one pixel a lane."""
         if not self._celled():
             return 0
         return {1: 4, 2: 4 if weighted else 2, 3: 3}[self.stride[0]]
