@@ -443,12 +443,11 @@ def _window_cells(x_ptr, y_ptr, idx_ptr, seed_ptr, C, H, W, OH, OW, p, threshold
                         kept += (ok & (_half(r0, r1, r2, r3, j).to(tl.int32) >= threshold),)
                 else:
                     half = _half(r0, r1, r2, r3, j).to(tl.int32)
-                    # Kept when inside the input and its margin is >= 0. Position (row, column) of the unit in
-                    # the drawn patch, as TAPS * row + column.
-                    # The key's low bits 4095 - CODE, CODE = TAPS * row + column, as a term per patch row and
-                    # one per column (each shared by the lane's units of that row or column), each less
-                    # 2^_DROP_SHIFT where its row or column lies outside the input: a select per row and
-                    # column, not three per unit (its bounds and the lane's).
+                    # Kept when its margin half - threshold is >= 0 and it lies inside the input. The key's low
+                    # bits 4095 - CODE, CODE = TAPS * row + column, come as a term per patch row and one per
+                    # column (each shared by the lane's units of that row or column), each less 2^_DROP_SHIFT
+                    # where its row or column lies outside the input: a select per row and column, not three
+                    # per unit (its bounds and the lane's).
                     row_low = tl.where((ih >= 0) & (ih < H), 4095 - (2 * a + j // 4) * TAPS,
                                        4095 - (2 * a + j // 4) * TAPS - _DROP)
                     col_low = tl.where((iw >= 0) & (iw < W), -(4 * b + j % 4), -(4 * b + j % 4) - _DROP)
@@ -571,8 +570,9 @@ def _unit_key(v, margin, low, CODE: tl.constexpr):
 
 @triton.constexpr_function
 def _empty_key(origin, taps):
-    """The key a window's max starts from (`_unit_key`): below every unit's, and decoded by `_key_max` as
-    +0.0 and tap `taps` (no unit kept) for the window whose tap (0, 0) has code `origin`."""
+    """The key a window's max starts from (`_unit_key`): below every kept unit's, above every dropped or
+    outside one, and decoded by `_key_max` as +0.0 and tap `taps` (no unit kept) for the window whose tap
+    (0, 0) has code `origin`."""
     return _EMPTY_ORDERED.value * 4096 + 4095 - (origin + taps)
 
 
